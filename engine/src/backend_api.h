@@ -1,0 +1,126 @@
+/*
+ * backend_api.h: the boundary between the engine module and a backend shared object.
+ *
+ * The module (engine.so) never links libtorch: it dlopen()s
+ * <BACKENDSPATH>/redisai_torch/redisai_torch.so and calls gw_backend_init(). Everything that
+ * crosses this line is plain C so that the two sides can be built, upgraded and sanitised
+ * independently.
+ *
+ * Memory rule: whatever a backend hands back (error strings, output tensors and their shapes)
+ * is allocated with GwHostApi.alloc and released by the module with GwHostApi.free. The module
+ * routes these through RedisModule_Alloc so tensors count against maxmemory and INFO memory.
+ *
+ * Error rule: functions that can fail return NULL on success, or an error message (allocated
+ * with GwHostApi.alloc, no "ERR " prefix) that the module sends to the client as is.
+ */
+#ifndef GROUNDWATCH_BACKEND_API_H
+#define GROUNDWATCH_BACKEND_API_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+#define GW_BACKEND_ABI_VERSION 1
+
+/* Element types, in the order of the protocol's TYPE names. */
+typedef enum {
+  GW_DTYPE_FLOAT = 0,
+  GW_DTYPE_DOUBLE = 1,
+  GW_DTYPE_INT8 = 2,
+  GW_DTYPE_INT16 = 3,
+  GW_DTYPE_INT32 = 4,
+  GW_DTYPE_INT64 = 5,
+  GW_DTYPE_UINT8 = 6,
+  GW_DTYPE_UINT16 = 7,
+  GW_DTYPE_BOOL = 8,
+  GW_DTYPE_STRING = 9
+} GwDType;
+
+/* A dense, C-order, little-endian tensor. As an input it is a borrowed view; as an output the
+ * backend fills shape and data with GwHostApi.alloc'd buffers that the module then owns. */
+typedef struct {
+  int32_t dtype;  /* GwDType */
+  int32_t ndim;
+  int64_t *shape; /* ndim entries */
+  void *data;     /* nbytes bytes */
+  size_t nbytes;
+} GwTensor;
+
+/* A Redis reply converted for scripts calling redis.execute(). */
+typedef enum {
+  GW_REPLY_NIL = 0,
+  GW_REPLY_INTEGER = 1,
+  GW_REPLY_STRING = 2, /* bulk or simple string */
+  GW_REPLY_ERROR = 3,
+  GW_REPLY_ARRAY = 4,
+  GW_REPLY_DOUBLE = 5
+} GwReplyType;
+
+typedef struct GwReply {
+  int32_t type; /* GwReplyType */
+  long long integer;
+  double dbl;
+  char *str; /* STRING / ERROR, len bytes, NUL-terminated */
+  size_t len;
+  struct GwReply *elements; /* ARRAY */
+  size_t nelements;
+} GwReply;
+
+/* What the module offers a backend. call_ctx is the opaque value the module passed to
+ * script_run; the backend hands it back unchanged from inside a running script. */
+typedef struct {
+  void *(*alloc)(size_t bytes);
+  void (*free)(void *ptr);
+  /* level: "debug", "verbose", "notice" or "warning". */
+  void (*log)(const char *level, const char *message);
+  /* redis.execute(cmd, args...) from a script: runs one non-blocking command under the GIL. */
+  char *(*redis_execute)(void *call_ctx, int argc, const char *const *argv, const size_t *argvlen,
+                         GwReply *reply);
+  void (*reply_free)(GwReply *reply);
+  /* redisAI.model_execute(key, inputs, nout) from a script: runs a stored model synchronously. */
+  char *(*model_execute)(void *call_ctx, const char *key, size_t keylen, const GwTensor *inputs,
+                         size_t ninputs, size_t noutputs, GwTensor *outputs);
+} GwHostApi;
+
+/* What a backend offers the module. Every function pointer is set. Models and scripts may be
+ * run concurrently from several worker threads. */
+typedef struct {
+  uint32_t abi_version; /* GW_BACKEND_ABI_VERSION */
+  const char *name;     /* "TORCH" */
+  const char *(*version)(void); /* e.g. "2.13.0", reported as Torch_version */
+  /* Thread pools; 0 keeps the library default. Called once, before any model or script runs. */
+  void (*configure)(int intra_op_threads, int inter_op_threads);
+
+  /* device: "CPU", "GPU", "CPU:n" or "GPU:n", already upper-cased by the module. */
+  char *(*model_load)(const void *blob, size_t len, const char *device, void **model);
+  void (*model_free)(void *model);
+  size_t (*model_ninputs)(const void *model);
+  const char *(*model_input_name)(const void *model, size_t index);
+  size_t (*model_noutputs)(const void *model);
+  /* Bytes of parameters and buffers the loaded model holds (for MEMORY USAGE). */
+  size_t (*model_memory)(const void *model);
+  /* Runs forward(). Fails with a message when ninputs/noutputs do not match the model. */
+  char *(*model_run)(void *model, const GwTensor *inputs, size_t ninputs, GwTensor *outputs,
+                     size_t noutputs);
+
+  char *(*script_compile)(const char *source, size_t len, const char *device, void **script);
+  void (*script_free)(void *script);
+  int (*script_has_function)(const void *script, const char *name);
+  /* Runs fn(tensors, keys, args). *outputs is an alloc'd array of *noutputs tensors. */
+  char *(*script_run)(void *script, const char *fn, const GwTensor *inputs, size_t ninputs,
+                      const char *const *keys, size_t nkeys, const char *const *args, size_t nargs,
+                      void *call_ctx, GwTensor **outputs, size_t *noutputs);
+} GwBackendApi;
+
+/* The one symbol a backend exports. Returns NULL when it cannot start (the reason is logged). */
+typedef const GwBackendApi *(*GwBackendInitFn)(const GwHostApi *host);
+#define GW_BACKEND_INIT_SYMBOL "gw_backend_init"
+
+#ifdef __cplusplus
+}
+#endif
+
+#endif

@@ -1,0 +1,139 @@
+"""Every Redis key and channel name groundwatch uses, and the hash-tag rule behind them.
+
+Key layout version 1 (documented in docs/protocol.md). All keys of one feed carry the feed's
+hash tag ``{feed}``, so a feed's frames, its model copies, the tensors of its DAGs, its results
+and its counters live in one Redis Cluster slot and every multi-key command stays legal. Keys
+that are not about one feed (the model registry) carry the registry's own tag.
+
+No other module spells a key name: they call these functions.
+"""
+
+from __future__ import annotations
+
+import re
+
+from groundwatch.errors import ConfigError
+
+LAYOUT_VERSION = 1
+PREFIX = "gw"
+
+_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.\-]{0,63}$")
+
+
+def check_name(kind: str, name: str) -> str:
+    """Feed, model and consumer names are short identifiers with no braces or colons."""
+    if not _NAME.match(name):
+        raise ConfigError(
+            f"{kind} name {name!r} is not valid: use 1-64 letters, digits, '_', '.' or '-', "
+            "starting with a letter or digit"
+        )
+    return name
+
+
+def tag(feed: str) -> str:
+    """The hash tag shared by every key of `feed`."""
+    return "{" + check_name("feed", feed) + "}"
+
+
+def _feed(feed: str, *parts: str) -> str:
+    return ":".join((PREFIX, tag(feed), *parts))
+
+
+# --- streams -------------------------------------------------------------------------------
+
+
+def frames(feed: str) -> str:
+    """Stream of frames (tiles) waiting for inference."""
+    return _feed(feed, "frames")
+
+
+def detections(feed: str) -> str:
+    """Stream of per-tile detection results; also the name of their pub/sub channel."""
+    return _feed(feed, "detections")
+
+
+def scenes(feed: str) -> str:
+    """Stream of merged per-scene results; also the name of their pub/sub channel."""
+    return _feed(feed, "scenes")
+
+
+def dead_letters(feed: str) -> str:
+    """Stream of frames that could not be processed, each with its reason."""
+    return _feed(feed, "dead")
+
+
+# --- per-scene and per-frame state ---------------------------------------------------------
+
+
+def scene_ingested(feed: str, scene_id: str) -> str:
+    """Marker set once a scene's tiles were published: ingesting it again is a no-op."""
+    return _feed(feed, "ingested", scene_id)
+
+
+def scene_tiles(feed: str, scene_id: str) -> str:
+    """Hash tile index -> per-tile result, gathered until the scene is complete."""
+    return _feed(feed, "scene", scene_id, "tiles")
+
+
+def scene_result(feed: str, scene_id: str) -> str:
+    """The merged GeoJSON FeatureCollection of a complete scene (expires after the scene TTL)."""
+    return _feed(feed, "scene", scene_id)
+
+
+def frame_done(feed: str, frame_id: str, model_version: str) -> str:
+    """Idempotency marker: this frame was published with this model version."""
+    return _feed(feed, "done", frame_id, model_version)
+
+
+# --- models --------------------------------------------------------------------------------
+
+
+def model(feed: str, name: str, version: int) -> str:
+    """The AI model key of one version, copied into the feed's slot."""
+    return _feed(feed, "model", check_name("model", name), f"v{version}")
+
+
+def active_model(feed: str) -> str:
+    """String `name:version` of the model the feed's consumers run now."""
+    return _feed(feed, "active")
+
+
+def dag_routing(feed: str) -> str:
+    """The key named in AI.DAGEXECUTE ROUTING so a feed's DAG runs on the feed's shard."""
+    return _feed(feed, "route")
+
+
+REGISTRY_TAG = "{registry}"
+
+
+def registry_versions(name: str) -> str:
+    """Hash version -> JSON metadata of every stored version of model `name`."""
+    return ":".join((PREFIX, REGISTRY_TAG, "model", check_name("model", name), "versions"))
+
+
+def registry_active(name: str) -> str:
+    """The registry's active version of model `name`."""
+    return ":".join((PREFIX, REGISTRY_TAG, "model", check_name("model", name), "active"))
+
+
+def registry_models() -> str:
+    """Set of model names known to the registry."""
+    return ":".join((PREFIX, REGISTRY_TAG, "models"))
+
+
+# --- operations ----------------------------------------------------------------------------
+
+
+def feeds() -> str:
+    """Set of feed names that have been used (for `groundwatch status`)."""
+    return ":".join((PREFIX, "feeds"))
+
+
+def stats(feed: str) -> str:
+    """Hash of counters (frames_in, frames_done, detections, dead, ...) of a feed."""
+    return _feed(feed, "stats")
+
+
+def latency(feed: str) -> str:
+    """Capped list of recent end-to-end latencies in ms (XADD to publish)."""
+    return _feed(feed, "latency")

@@ -1,0 +1,109 @@
+"""The one settings object, built once from flags and the environment and passed down.
+
+Nothing else in groundwatch reads the environment: a role receives a :class:`Settings` and
+takes what it needs from it. Environment variables are ``GROUNDWATCH_<FIELD>`` (upper case)
+plus the conventional ``REDIS_URL``; a command-line flag wins over the environment, which wins
+over the default.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import socket
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from groundwatch.errors import ConfigError
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+
+
+def _default_consumer() -> str:
+    return f"{socket.gethostname()}-{os.getpid()}"
+
+
+@dataclass(frozen=True)
+class Settings:
+    """Everything configurable, validated on construction.
+
+    redis_url: where Redis is (``redis://``, ``rediss://`` for TLS, ACL user and password in
+        the URL); None means the embedded server that `groundwatch up` started under data_dir.
+    data_dir: the embedded server's files (RDB, AOF, log, port file) and demo output.
+    engine_module: the engine's shared object loaded into the embedded server.
+    """
+
+    redis_url: str | None = None
+    data_dir: Path = Path(".groundwatch")
+    engine_module: Path = REPO_ROOT / "engine" / "build" / "engine.so"
+    threads_per_queue: int = 1
+    intra_op_threads: int = 0
+    feed: str = "default"
+    group: str = "detectors"
+    consumer: str = field(default_factory=_default_consumer)
+    model: str = "ship"
+    score_threshold: float = 0.3
+    tile_size: int = 512
+    tile_overlap: int = 64
+    read_count: int = 16
+    block_ms: int = 1000
+    claim_idle_ms: int = 30000
+    max_deliveries: int = 3
+    max_lag: int = 1000
+    backpressure_timeout_s: float = 60.0
+    scene_ttl_s: int = 7 * 24 * 3600
+    log_level: str = "INFO"
+
+    def __post_init__(self) -> None:
+        if self.redis_url is not None and not self.redis_url.startswith(
+            ("redis://", "rediss://", "unix://")
+        ):
+            raise ConfigError(
+                f"REDIS_URL {self.redis_url!r} is not a Redis URL; use redis://[user:password@]host:port/db, "
+                "rediss:// for TLS, or unix:///path/to/socket"
+            )
+        if self.tile_size <= 0 or not 0 <= self.tile_overlap < self.tile_size:
+            raise ConfigError(
+                f"tile overlap {self.tile_overlap} must be >= 0 and smaller than the tile size {self.tile_size}"
+            )
+        if not 0.0 <= self.score_threshold <= 1.0:
+            raise ConfigError(f"score threshold {self.score_threshold} must be between 0 and 1")
+        for name in ("threads_per_queue", "read_count", "max_deliveries"):
+            if getattr(self, name) < 1:
+                raise ConfigError(f"{name} must be at least 1, got {getattr(self, name)}")
+
+    @classmethod
+    def load(cls, env: Mapping[str, str] | None = None, **flags: Any) -> Settings:
+        """Defaults, overridden by `env` (default: os.environ), overridden by non-None flags."""
+        env = os.environ if env is None else env
+        values: dict[str, Any] = {}
+        for f in dataclasses.fields(cls):
+            raw = env.get(f"GROUNDWATCH_{f.name.upper()}")
+            if f.name == "redis_url":
+                raw = env.get("REDIS_URL", raw)
+            if raw is not None and raw != "":
+                values[f.name] = _convert(f.name, f.type, raw)
+        values.update({k: v for k, v in flags.items() if v is not None})
+        unknown = set(values) - {f.name for f in dataclasses.fields(cls)}
+        if unknown:
+            raise ConfigError(f"unknown settings: {', '.join(sorted(unknown))}")
+        return cls(**values)
+
+    def replace(self, **changes: Any) -> Settings:
+        return dataclasses.replace(self, **changes)
+
+
+def _convert(name: str, type_name: Any, raw: str) -> Any:
+    kind = str(type_name)
+    try:
+        if "Path" in kind:
+            return Path(raw)
+        if kind == "int":
+            return int(raw)
+        if kind == "float":
+            return float(raw)
+    except ValueError as e:
+        raise ConfigError(f"GROUNDWATCH_{name.upper()}={raw!r} is not a valid {kind}") from e
+    return raw
