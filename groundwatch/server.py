@@ -51,6 +51,10 @@ class RedisServer:
     process: subprocess.Popen[bytes] | None = field(default=None, init=False)
 
     @property
+    def daemonized(self) -> bool:
+        return ("daemonize", "yes") in self.extra_config
+
+    @property
     def log_path(self) -> Path:
         return self.data_dir / "redis.log"
 
@@ -95,7 +99,7 @@ class RedisServer:
         )
         deadline = time.monotonic() + timeout_s
         while time.monotonic() < deadline:
-            if self.process.poll() is not None:
+            if self.process.poll() is not None and not (self.daemonized and self.process.returncode == 0):
                 err = self.process.stderr.read().decode(errors="replace") if self.process.stderr else ""
                 raise ServerError(
                     f"redis-server exited with status {self.process.returncode} on start.\n"

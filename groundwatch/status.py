@@ -1,0 +1,113 @@
+"""Operational figures per feed, read from plain Redis keys (see the README's redis-cli cookbook).
+
+collect() only reads; render() formats. Consumers write the counters (`keys.stats`) and the
+recent latencies (`keys.latency`); everything else comes from the streams themselves.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+import redis
+
+from groundwatch import keys
+from groundwatch.ai import Engine, EngineError
+
+
+@dataclass
+class GroupStatus:
+    name: str
+    consumers: int
+    pending: int
+    lag: int | None
+
+
+@dataclass
+class FeedStatus:
+    feed: str
+    frames: int
+    dead_letters: int
+    groups: list[GroupStatus] = field(default_factory=list)
+    counters: dict[str, float] = field(default_factory=dict)
+    latency_ms: dict[str, float] = field(default_factory=dict)
+    model: str | None = None
+    model_stats: dict[str, Any] = field(default_factory=dict)
+
+
+def percentiles(values: list[float], points: tuple[int, ...] = (50, 90, 99)) -> dict[str, float]:
+    """Nearest-rank percentiles; empty input gives an empty dict."""
+    if not values:
+        return {}
+    ordered = sorted(values)
+    out = {}
+    for p in points:
+        rank = max(0, min(len(ordered) - 1, int(round(p / 100 * len(ordered) + 0.5)) - 1))
+        out[f"p{p}"] = ordered[rank]
+    return out
+
+
+def _text(value: Any) -> str:
+    return value.decode() if isinstance(value, bytes) else str(value)
+
+
+def collect(client: redis.Redis, feed: str | None = None) -> list[FeedStatus]:
+    names = [feed] if feed else sorted(_text(f) for f in client.smembers(keys.feeds()))
+    out = []
+    for name in names:
+        st = FeedStatus(
+            feed=name,
+            frames=int(client.xlen(keys.frames(name))),
+            dead_letters=int(client.xlen(keys.dead_letters(name))),
+        )
+        try:
+            groups = client.xinfo_groups(keys.frames(name))
+        except redis.ResponseError:
+            groups = []
+        for g in groups:
+            st.groups.append(
+                GroupStatus(
+                    name=_text(g["name"]),
+                    consumers=int(g["consumers"]),
+                    pending=int(g["pending"]),
+                    lag=None if g.get("lag") is None else int(g["lag"]),
+                )
+            )
+        st.counters = {_text(k): float(v) for k, v in client.hgetall(keys.stats(name)).items()}
+        st.latency_ms = percentiles([float(v) for v in client.lrange(keys.latency(name), 0, -1)])
+        active = client.get(keys.active_model(name))
+        if active:
+            st.model = _text(active)
+            model_name, _, version = st.model.rpartition(":")
+            try:
+                info = Engine(client).model_info(keys.model(name, model_name, int(version.lstrip("v"))))
+                st.model_stats = {
+                    "calls": info.calls, "samples": info.samples,
+                    "errors": info.errors, "mean_ms": round(info.mean_ms, 2),
+                }
+            except (EngineError, ValueError):
+                st.model_stats = {}
+        out.append(st)
+    return out
+
+
+def render(feeds: list[FeedStatus]) -> str:
+    if not feeds:
+        return "no feeds yet: publish with `groundwatch ingest FILE --feed NAME`"
+    lines = []
+    for st in feeds:
+        lines.append(f"feed {st.feed}")
+        lines.append(f"  frames stream    {st.frames} entries, dead letters {st.dead_letters}")
+        for g in st.groups:
+            lag = "?" if g.lag is None else str(g.lag)
+            lines.append(f"  group {g.name:<10} consumers {g.consumers}, lag {lag}, pending {g.pending}")
+        if st.counters:
+            shown = ", ".join(f"{k} {v:g}" for k, v in sorted(st.counters.items()))
+            lines.append(f"  counters         {shown}")
+        if st.latency_ms:
+            shown = ", ".join(f"{k} {v:.0f} ms" for k, v in st.latency_ms.items())
+            lines.append(f"  latency          {shown}")
+        if st.model:
+            stats = ", ".join(f"{k} {v}" for k, v in st.model_stats.items())
+            lines.append(f"  model            {st.model} {stats}")
+    return "\n".join(lines)
