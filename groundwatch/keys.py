@@ -70,6 +70,11 @@ def scene_ingested(feed: str, scene_id: str) -> str:
     return _feed(feed, "ingested", scene_id)
 
 
+def scene_progress(feed: str, scene_id: str) -> str:
+    """Hash {tiles, published} of a scene whose frames are being published (deleted when done)."""
+    return _feed(feed, "ingesting", scene_id)
+
+
 def scene_tiles(feed: str, scene_id: str) -> str:
     """Hash tile index -> per-tile result, gathered until the scene is complete."""
     return _feed(feed, "scene", scene_id, "tiles")
@@ -114,6 +119,16 @@ def registry_versions(name: str) -> str:
 def registry_active(name: str) -> str:
     """The registry's active version of model `name`."""
     return ":".join((PREFIX, REGISTRY_TAG, "model", check_name("model", name), "active"))
+
+
+def registry_counter(name: str) -> str:
+    """Counter that hands out version numbers of model `name`; never reused, even after removal."""
+    return ":".join((PREFIX, REGISTRY_TAG, "model", check_name("model", name), "next"))
+
+
+def registry_history(name: str) -> str:
+    """List of versions of model `name` that were active before, newest first (for rollback)."""
+    return ":".join((PREFIX, REGISTRY_TAG, "model", check_name("model", name), "history"))
 
 
 def registry_models() -> str:
