@@ -132,7 +132,9 @@ class Engine:
         reply = _pairs(self._call("AI.TENSORGET", key, "META", "BLOB"))
         return to_array(str(reply["dtype"]), [int(d) for d in reply["shape"]], reply["blob"])
 
-    def run(self, model_key: str, array: np.ndarray, route_key: str, timeout_ms: int | None = None) -> np.ndarray:
+    def run(
+        self, model_key: str, array: np.ndarray, route_key: str, timeout_ms: int | None = None
+    ) -> np.ndarray:
         """One input through the model in one DAG; the tensors never touch the keyspace."""
         reply = self.client.execute_command(*dag_command(model_key, route_key, array, timeout_ms))
         return dag_output(reply)

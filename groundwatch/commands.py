@@ -12,7 +12,7 @@ from groundwatch.server import RedisServer
 from groundwatch.settings import Settings
 
 
-def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("up", help="start the embedded redis-server with the engine, data under .groundwatch/")
     p.add_argument("--port", type=int, default=0, help="port to listen on (default: a free one)")
     p.add_argument("--foreground", action="store_true", help="stay attached; Ctrl-C stops the server")
@@ -21,7 +21,9 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     p = sub.add_parser("down", help="stop the embedded redis-server (it saves its data first)")
     p.set_defaults(handler=cmd_down)
 
-    p = sub.add_parser("status", help="per feed: stream length, lag, pending, dead letters, throughput, models")
+    p = sub.add_parser(
+        "status", help="per feed: stream length, lag, pending, dead letters, throughput, models"
+    )
     p.add_argument("--feed", dest="feed", default=None, help="only this feed")
     p.set_defaults(handler=cmd_status)
 
@@ -32,8 +34,12 @@ def embedded_server(settings: Settings, port: int = 0) -> RedisServer:
         data_dir=settings.data_dir.resolve(),
         port=port,
         engine_module=settings.engine_module,
-        module_args=("THREADS_PER_QUEUE", str(settings.threads_per_queue),
-                     "INTRA_OP_PARALLELISM", str(settings.intra_op_threads)),
+        module_args=(
+            "THREADS_PER_QUEUE",
+            str(settings.threads_per_queue),
+            "INTRA_OP_PARALLELISM",
+            str(settings.intra_op_threads),
+        ),
         extra_config=(("appendonly", "yes"), ("appendfsync", "everysec"), ("save", "300 1")),
     )
 
@@ -46,8 +52,11 @@ def cmd_up(settings: Settings, args: argparse.Namespace) -> int:
     server = embedded_server(settings, args.port)
     if not args.foreground:
         # Detach: the server outlives this command; `groundwatch down` stops it.
-        server.extra_config = (*server.extra_config, ("daemonize", "yes"),
-                               ("pidfile", str(server.data_dir / "redis.pid")))
+        server.extra_config = (
+            *server.extra_config,
+            ("daemonize", "yes"),
+            ("pidfile", str(server.data_dir / "redis.pid")),
+        )
     server.start()
     pid = server.process.pid if server.process else 0
     if not args.foreground:
@@ -86,7 +95,9 @@ def cmd_down(settings: Settings, args: argparse.Namespace) -> int:
             break
         time.sleep(0.1)
     else:
-        raise ServerError(f"redis-server (pid {info.pid}) did not stop within 30 s; see {info.data_dir}/redis.log")
+        raise ServerError(
+            f"redis-server (pid {info.pid}) did not stop within 30 s; see {info.data_dir}/redis.log"
+        )
     connection.state_file(settings).unlink(missing_ok=True)
     print(f"stopped the embedded server (port {info.port}); its data stays in {info.data_dir}")
     return 0

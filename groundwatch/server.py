@@ -68,15 +68,24 @@ class RedisServer:
             raise ServerError(INSTALL_HINT)
         args = [
             exe,
-            "--port", str(self.port),
-            "--bind", "127.0.0.1",
-            "--dir", str(self.data_dir),
-            "--logfile", str(self.log_path),
-            "--daemonize", "no",
-            "--save", "",
-            "--appendonly", "no",
-            "--protected-mode", "yes",
-            "--enable-debug-command", "local",
+            "--port",
+            str(self.port),
+            "--bind",
+            "127.0.0.1",
+            "--dir",
+            str(self.data_dir),
+            "--logfile",
+            str(self.log_path),
+            "--daemonize",
+            "no",
+            "--save",
+            "",
+            "--appendonly",
+            "no",
+            "--protected-mode",
+            "yes",
+            "--enable-debug-command",
+            "local",
         ]
         for name, value in self.extra_config:
             args += [f"--{name}", value]
@@ -109,7 +118,9 @@ class RedisServer:
                 return self
             time.sleep(0.05)
         self.kill()
-        raise ServerError(f"redis-server did not answer on port {self.port} in {timeout_s}s.\n{self.log_tail()}")
+        raise ServerError(
+            f"redis-server did not answer on port {self.port} in {timeout_s}s.\n{self.log_tail()}"
+        )
 
     def _pings(self) -> bool:
         try:

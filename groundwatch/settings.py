@@ -57,9 +57,7 @@ class Settings:
     log_level: str = "INFO"
 
     def __post_init__(self) -> None:
-        if self.redis_url is not None and not self.redis_url.startswith(
-            ("redis://", "rediss://", "unix://")
-        ):
+        if self.redis_url is not None and not self.redis_url.startswith(("redis://", "rediss://", "unix://")):
             raise ConfigError(
                 f"REDIS_URL {self.redis_url!r} is not a Redis URL; use redis://[user:password@]host:port/db, "
                 "rediss:// for TLS, or unix:///path/to/socket"

@@ -42,7 +42,7 @@ def percentiles(values: list[float], points: tuple[int, ...] = (50, 90, 99)) -> 
     ordered = sorted(values)
     out = {}
     for p in points:
-        rank = max(0, min(len(ordered) - 1, int(round(p / 100 * len(ordered) + 0.5)) - 1))
+        rank = max(0, min(len(ordered) - 1, round(p / 100 * len(ordered) + 0.5) - 1))
         out[f"p{p}"] = ordered[rank]
     return out
 
@@ -82,8 +82,10 @@ def collect(client: redis.Redis, feed: str | None = None) -> list[FeedStatus]:
             try:
                 info = Engine(client).model_info(keys.model(name, model_name, int(version.lstrip("v"))))
                 st.model_stats = {
-                    "calls": info.calls, "samples": info.samples,
-                    "errors": info.errors, "mean_ms": round(info.mean_ms, 2),
+                    "calls": info.calls,
+                    "samples": info.samples,
+                    "errors": info.errors,
+                    "mean_ms": round(info.mean_ms, 2),
                 }
             except (EngineError, ValueError):
                 st.model_stats = {}

@@ -52,9 +52,7 @@ def engine_module(pytestconfig: pytest.Config) -> Path | None:
 
 
 @pytest.fixture(scope="session")
-def server_factory(
-    tmp_path_factory: pytest.TempPathFactory, engine_module: Path | None
-) -> Iterator[object]:
+def server_factory(tmp_path_factory: pytest.TempPathFactory, engine_module: Path | None) -> Iterator[object]:
     """Call it to start a fresh server: factory(module_args=(...), extra_config=((k, v),))."""
     started: list[RedisServer] = []
     counter = itertools.count()

@@ -13,18 +13,29 @@ def _slot_tag(key: str) -> str:
 def test_every_key_of_a_feed_shares_its_hash_tag() -> None:
     feed = "sentinel-1"
     per_feed = [
-        keys.frames(feed), keys.detections(feed), keys.scenes(feed), keys.dead_letters(feed),
-        keys.scene_ingested(feed, "S1"), keys.scene_tiles(feed, "S1"), keys.scene_result(feed, "S1"),
-        keys.frame_done(feed, "S1/0", "ship:3"), keys.model(feed, "ship", 3), keys.active_model(feed),
-        keys.dag_routing(feed), keys.stats(feed), keys.latency(feed),
+        keys.frames(feed),
+        keys.detections(feed),
+        keys.scenes(feed),
+        keys.dead_letters(feed),
+        keys.scene_ingested(feed, "S1"),
+        keys.scene_tiles(feed, "S1"),
+        keys.scene_result(feed, "S1"),
+        keys.frame_done(feed, "S1/0", "ship:3"),
+        keys.model(feed, "ship", 3),
+        keys.active_model(feed),
+        keys.dag_routing(feed),
+        keys.stats(feed),
+        keys.latency(feed),
     ]
     assert {_slot_tag(k) for k in per_feed} == {feed}
     assert len(set(per_feed)) == len(per_feed)
 
 
 def test_registry_keys_share_the_registry_tag() -> None:
-    assert {_slot_tag(k) for k in (keys.registry_versions("ship"), keys.registry_active("ship"),
-                                   keys.registry_models())} == {"registry"}
+    assert {
+        _slot_tag(k)
+        for k in (keys.registry_versions("ship"), keys.registry_active("ship"), keys.registry_models())
+    } == {"registry"}
 
 
 @pytest.mark.parametrize("bad", ["", "a{b}", "a:b", "x" * 65, "-lead", "sp ace"])

@@ -14,7 +14,11 @@ def test_defaults_without_environment() -> None:
 
 
 def test_environment_then_flags_take_precedence() -> None:
-    env = {"REDIS_URL": "rediss://user:pw@example:6380/0", "GROUNDWATCH_TILE_SIZE": "256", "GROUNDWATCH_FEED": "s1"}
+    env = {
+        "REDIS_URL": "rediss://user:pw@example:6380/0",
+        "GROUNDWATCH_TILE_SIZE": "256",
+        "GROUNDWATCH_FEED": "s1",
+    }
     s = Settings.load(env=env, feed="s2")
     assert s.redis_url == "rediss://user:pw@example:6380/0"
     assert s.tile_size == 256

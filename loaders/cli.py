@@ -1,0 +1,112 @@
+"""`groundwatch load` and `groundwatch model list|activate|rollback|remove`."""
+
+from __future__ import annotations
+
+import argparse
+
+from groundwatch.settings import Settings
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("load", help="register a TorchScript model version in the engine and activate it")
+    p.add_argument("file", help="TorchScript file (torch.jit.save) with groundwatch.json metadata")
+    p.add_argument("--name", required=True, help="model name, e.g. ship")
+    p.add_argument("--version", type=int, default=None, help="version number (default: the next one)")
+    p.add_argument("--device", default="CPU", help="CPU, GPU, CPU:n or GPU:n")
+    p.add_argument("--batch", type=int, default=None, help="engine auto-batching: BATCHSIZE")
+    p.add_argument("--min-batch", type=int, default=None, help="MINBATCHSIZE (needs --batch)")
+    p.add_argument(
+        "--min-batch-timeout", type=int, default=None, help="MINBATCHTIMEOUT in ms (needs --min-batch)"
+    )
+    p.add_argument(
+        "--feeds", default=None, help="comma-separated feeds to serve (default: the --feed setting)"
+    )
+    p.add_argument(
+        "--no-activate", action="store_true", help="store and warm up, but keep the current version"
+    )
+    p.set_defaults(handler=cmd_load)
+
+    m = sub.add_parser("model", help="list, activate, roll back or remove registered model versions")
+    msub = m.add_subparsers(dest="model_command", metavar="ACTION", required=True)
+    q = msub.add_parser(
+        "list", help="versions with metadata and the engine's calls, samples, errors, mean time"
+    )
+    q.set_defaults(handler=cmd_list)
+    q = msub.add_parser("activate", help="make a registered version active on its feeds")
+    q.add_argument("name")
+    q.add_argument("version", type=int)
+    q.set_defaults(handler=cmd_activate)
+    q = msub.add_parser("rollback", help="activate the version that was active before")
+    q.add_argument("name")
+    q.set_defaults(handler=cmd_rollback)
+    q = msub.add_parser("remove", help="delete a version that is not active")
+    q.add_argument("name")
+    q.add_argument("version", type=int)
+    q.set_defaults(handler=cmd_remove)
+
+
+def cmd_load(settings: Settings, args: argparse.Namespace) -> int:
+    from groundwatch.connection import connect
+    from loaders.loader import LoadOptions, load
+
+    feeds = tuple(f.strip() for f in (args.feeds or settings.feed).split(",") if f.strip())
+    opts = LoadOptions(
+        name=args.name,
+        feeds=feeds,
+        version=args.version,
+        device=args.device,
+        batch=args.batch,
+        min_batch=args.min_batch,
+        min_batch_timeout_ms=args.min_batch_timeout,
+        activate=not args.no_activate,
+    )
+    record = load(connect(settings), args.file, opts)
+    state = "active" if opts.activate else "stored, not active"
+    print(
+        f"{record.label} ({state}) on feeds {', '.join(record.feeds)}: classes {', '.join(record.classes)}, "
+        f"{record.bands} band(s) {record.dtype}, tile {record.tile_size}, sha256 {record.sha256[:12]}"
+    )
+    return 0
+
+
+def cmd_list(settings: Settings, args: argparse.Namespace) -> int:
+    from groundwatch.connection import connect
+    from loaders.loader import stats
+
+    rows = stats(connect(settings))
+    if not rows:
+        print("no models registered: `groundwatch load FILE --name NAME`")
+        return 0
+    print(f"{'model':<16}{'':2}{'feeds':<18}{'calls':>8}{'samples':>9}{'errors':>7}{'mean ms':>9}  loaded")
+    for s in rows:
+        mark = "*" if s.active else " "
+        print(
+            f"{s.record.label:<16}{mark:2}{','.join(s.record.feeds):<18}{s.calls:>8}{s.samples:>9}"
+            f"{s.errors:>7}{s.mean_ms:>9.2f}  {s.record.loaded_at}"
+        )
+    print("* active")
+    return 0
+
+
+def cmd_activate(settings: Settings, args: argparse.Namespace) -> int:
+    from groundwatch.connection import connect
+    from loaders.loader import activate
+
+    print(f"{activate(connect(settings), args.name, args.version).label} is active")
+    return 0
+
+
+def cmd_rollback(settings: Settings, args: argparse.Namespace) -> int:
+    from groundwatch.connection import connect
+    from loaders.loader import rollback
+
+    print(f"rolled back: {rollback(connect(settings), args.name).label} is active")
+    return 0
+
+
+def cmd_remove(settings: Settings, args: argparse.Namespace) -> int:
+    from groundwatch.connection import connect
+    from loaders.loader import remove
+
+    print(f"removed {remove(connect(settings), args.name, args.version).label}")
+    return 0
