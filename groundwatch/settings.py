@@ -54,6 +54,10 @@ class Settings:
     max_lag: int = 1000
     backpressure_timeout_s: float = 60.0
     scene_ttl_s: int = 7 * 24 * 3600
+    ingest_bands: str = ""  # ingest: 1-based band numbers to read, e.g. "4,3,2" (empty: all bands)
+    expect_bands: int = 0  # ingest: refuse scenes that do not yield this many bands (0: any)
+    publish_batch: int = 32  # ingest: frames per MULTI/EXEC (and per backpressure check)
+    watch_poll_s: float = 2.0  # ingest: drop-folder poll interval; a file must be unchanged over two polls
     log_level: str = "INFO"
 
     def __post_init__(self) -> None:
@@ -68,7 +72,7 @@ class Settings:
             )
         if not 0.0 <= self.score_threshold <= 1.0:
             raise ConfigError(f"score threshold {self.score_threshold} must be between 0 and 1")
-        for name in ("threads_per_queue", "read_count", "max_deliveries"):
+        for name in ("threads_per_queue", "read_count", "max_deliveries", "publish_batch"):
             if getattr(self, name) < 1:
                 raise ConfigError(f"{name} must be at least 1, got {getattr(self, name)}")
 
