@@ -1,0 +1,52 @@
+// torch_backend.h: what the two translation units of the TORCH backend share.
+// Internal to engine/backend; the module only sees backend_api.h.
+#pragma once
+
+#include <torch/script.h>
+
+#include <string>
+#include <vector>
+
+#include "backend_api.h"
+
+namespace gw {
+
+// The host API given to gw_backend_init; set once, never changes afterwards.
+extern const GwHostApi *host;
+
+// An error message for the module: alloc'd with host->alloc, newlines folded into spaces (Redis
+// error replies are one line), never empty.
+char *make_error(const std::string &message);
+// The message of the exception currently being handled (call inside a catch block only).
+std::string current_exception_message();
+
+// Runs once per calling thread before torch work: applies the configured intra-op thread count
+// to threads that libtorch did not create (the module's queue workers).
+void init_thread();
+
+// "CPU", "CPU:n", "GPU", "GPU:n" -> a torch device. GPU needs a CUDA build with a visible device.
+c10::Device parse_device(const char *device);
+
+// A borrowed GwTensor as a torch tensor over the same memory (no copy). Throws on STRING, an
+// unknown dtype, or a byte count that does not match the shape.
+at::Tensor tensor_from_gw(const GwTensor &in);
+// Fills *out with host->alloc'd copies of t's shape and data (contiguous, on the CPU).
+void tensor_to_gw(const at::Tensor &t, GwTensor *out);
+// Frees what tensor_to_gw filled in.
+void free_gw_tensor(GwTensor *t);
+// GwDType for a torch dtype; throws for types that RedisAI tensors cannot hold.
+int32_t gw_dtype_of(at::ScalarType type);
+
+// Collects the tensors of a Tensor, Tuple or List value; what names the offending value in errors.
+std::vector<at::Tensor> tensors_of(const c10::IValue &value, const char *what);
+
+// Scripts (torch_scripts.cpp). register_script_ops runs once, from gw_backend_init; throws on failure.
+void register_script_ops();
+char *script_compile(const char *source, size_t len, const char *device, void **script);
+void script_free(void *script);
+int script_has_function(const void *script, const char *name);
+char *script_run(void *script, const char *fn, const GwTensor *inputs, size_t ninputs,
+                 const char *const *keys, size_t nkeys, const char *const *args, size_t nargs,
+                 void *call_ctx, GwTensor **outputs, size_t *noutputs);
+
+}  // namespace gw

@@ -1,0 +1,436 @@
+// torch_scripts.cpp: TorchScript scripts and the operators they call.
+//
+// Scripts are compiled from source with a resolver that maps the names RedisAI 1.2 scripts use:
+//   torch.* / math.*           -> aten operators
+//   redis.execute(cmd, args...) -> Any      (the reply: int, str, float, None or a list; an error
+//                                             reply raises)
+//   redis.asList(value) -> List[Any]
+//   redisAI.model_execute(key, [tensors], n) -> List[Tensor]
+// and the reply helpers RedisAI documented for script authors (redis_string_int_to_tensor,
+// redis_string_float_to_tensor, redis_int_to_tensor, redis_int_list_to_tensor,
+// redis_hash_to_tensor), which a script may call without defining them (its own definitions win).
+//
+// The operators reach Redis through the host API with the call_ctx of the script that is running
+// on this thread (a thread_local set by script_run).
+#include <c10/core/InferenceMode.h>
+#include <torch/csrc/jit/api/compilation_unit.h>
+#include <torch/csrc/jit/frontend/resolver.h>
+#include <torch/csrc/jit/runtime/custom_operator.h>
+#include <torch/csrc/jit/runtime/operator.h>
+#include <torch/script.h>
+
+#include <cstring>
+#include <memory>
+#include <mutex>
+#include <stdexcept>
+#include <string>
+#include <vector>
+
+#include "torch_backend.h"
+
+namespace gw {
+namespace {
+
+thread_local void *current_call_ctx = nullptr;
+thread_local bool in_script = false;
+
+// ---------------------------------------------------------------------------------------------
+// Operators
+
+c10::IValue reply_to_ivalue(const GwReply &reply) {
+  switch (reply.type) {
+    case GW_REPLY_NIL: return c10::IValue();
+    case GW_REPLY_INTEGER: return c10::IValue(static_cast<int64_t>(reply.integer));
+    case GW_REPLY_DOUBLE: return c10::IValue(reply.dbl);
+    case GW_REPLY_STRING: return c10::IValue(std::string(reply.str ? reply.str : "", reply.len));
+    case GW_REPLY_ERROR:
+      throw std::runtime_error(std::string(reply.str ? reply.str : "error", reply.len));
+    case GW_REPLY_ARRAY: {
+      c10::impl::GenericList list(c10::AnyType::get());
+      list.reserve(reply.nelements);
+      for (size_t i = 0; i < reply.nelements; i++) list.push_back(reply_to_ivalue(reply.elements[i]));
+      return c10::IValue(std::move(list));
+    }
+    default: throw std::runtime_error("unknown reply type from redis.execute");
+  }
+}
+
+void require_script_context(const char *op) {
+  if (!in_script)
+    throw std::runtime_error(std::string(op) + " can only be called from a running script");
+}
+
+// redis::execute(str cmd, str[] args=[]) -> Any
+void op_redis_execute(torch::jit::Stack &stack) {
+  require_script_context("redis.execute");
+  c10::List<std::string> args = torch::jit::pop(stack).to<c10::List<std::string>>();
+  std::string cmd = torch::jit::pop(stack).toStringRef();
+  std::vector<std::string> words;
+  words.reserve(args.size() + 1);
+  words.push_back(cmd);
+  for (size_t i = 0; i < args.size(); i++) words.push_back(args.get(i));
+  std::vector<const char *> argv;
+  std::vector<size_t> argvlen;
+  for (const std::string &w : words) {
+    argv.push_back(w.data());
+    argvlen.push_back(w.size());
+  }
+  if (!host->redis_execute) throw std::runtime_error("redis.execute is not available");
+  GwReply reply;
+  std::memset(&reply, 0, sizeof(reply));
+  char *err = host->redis_execute(current_call_ctx, static_cast<int>(argv.size()), argv.data(),
+                                  argvlen.data(), &reply);
+  if (err) {
+    std::string message(err);
+    host->free(err);
+    throw std::runtime_error(message);
+  }
+  c10::IValue value;
+  try {
+    value = reply_to_ivalue(reply);
+  } catch (...) {
+    if (host->reply_free) host->reply_free(&reply);
+    throw;
+  }
+  if (host->reply_free) host->reply_free(&reply);
+  torch::jit::push(stack, std::move(value));
+}
+
+// redis::asList(Any value) -> Any[]
+void op_as_list(torch::jit::Stack &stack) {
+  c10::IValue value = torch::jit::pop(stack);
+  if (!value.isList())
+    throw std::runtime_error("redis.asList: the value is a " + value.type()->repr_str() +
+                             ", not a list");
+  c10::impl::GenericList list(c10::AnyType::get());
+  for (const c10::IValue &e : value.toListRef()) list.push_back(e);
+  torch::jit::push(stack, c10::IValue(std::move(list)));
+}
+
+// redisAI::model_execute(str model_key, Tensor[] inputs, int num_outputs) -> Tensor[]
+void op_model_execute(torch::jit::Stack &stack) {
+  require_script_context("redisAI.model_execute");
+  int64_t noutputs = torch::jit::pop(stack).toInt();
+  std::vector<at::Tensor> inputs = torch::jit::pop(stack).toTensorVector();
+  std::string key = torch::jit::pop(stack).toStringRef();
+  if (noutputs < 0) throw std::runtime_error("redisAI.model_execute: negative number of outputs");
+  if (!host->model_execute) throw std::runtime_error("redisAI.model_execute is not available");
+
+  std::vector<at::Tensor> held;  // contiguous CPU copies that the GwTensor views point into
+  std::vector<std::vector<int64_t>> shapes;
+  std::vector<GwTensor> in(inputs.size());
+  held.reserve(inputs.size());
+  shapes.reserve(inputs.size());
+  for (size_t i = 0; i < inputs.size(); i++) {
+    at::Tensor t = inputs[i].detach();
+    if (!t.device().is_cpu()) t = t.to(at::kCPU);
+    t = t.contiguous();
+    if (t.is_conj()) t = t.resolve_conj();
+    if (t.is_neg()) t = t.resolve_neg();
+    held.push_back(t);
+    shapes.emplace_back(t.sizes().begin(), t.sizes().end());
+    in[i].dtype = gw_dtype_of(t.scalar_type());
+    in[i].ndim = static_cast<int32_t>(t.dim());
+    in[i].shape = shapes.back().data();
+    in[i].data = const_cast<void *>(t.const_data_ptr());
+    in[i].nbytes = t.nbytes();
+  }
+  std::vector<GwTensor> out(static_cast<size_t>(noutputs));
+  for (GwTensor &o : out) std::memset(&o, 0, sizeof(o));
+  char *err = host->model_execute(current_call_ctx, key.data(), key.size(), in.data(), in.size(),
+                                  static_cast<size_t>(noutputs), out.data());
+  if (err) {
+    std::string message(err);
+    host->free(err);
+    for (GwTensor &o : out) free_gw_tensor(&o);
+    throw std::runtime_error(message);
+  }
+  c10::List<at::Tensor> results;
+  std::exception_ptr failure;
+  for (GwTensor &o : out) {
+    if (failure) {
+      free_gw_tensor(&o);
+      continue;
+    }
+    try {
+      at::Tensor view = tensor_from_gw(o);
+      // Take ownership of the host buffer: freed with host->free when torch drops the tensor.
+      void *data = o.data;
+      at::Tensor owned = torch::from_blob(
+          view.data_ptr(), view.sizes(), [data](void *) { if (data) host->free(data); },
+          view.options());
+      o.data = nullptr;
+      if (o.shape) host->free(o.shape);
+      o.shape = nullptr;
+      results.push_back(owned);
+    } catch (...) {
+      failure = std::current_exception();
+      free_gw_tensor(&o);
+    }
+  }
+  if (failure) std::rethrow_exception(failure);
+  torch::jit::push(stack, c10::IValue(std::move(results)));
+}
+
+// redis::execute.noargs(str cmd) -> Any (the same, for commands without arguments)
+void op_redis_execute_noargs(torch::jit::Stack &stack) {
+  torch::jit::push(stack, c10::List<std::string>());
+  op_redis_execute(stack);
+}
+
+}  // namespace
+
+// Registered from gw_backend_init rather than by a static initialiser, so that a failure is an
+// error the module can report instead of an exception thrown while redis-server dlopen()s us.
+void register_script_ops() {
+  static std::once_flag once;
+  std::call_once(once, [] {
+    // The ops have side effects: CONSERVATIVE keeps the compiler from dropping or reordering them.
+    torch::jit::RegisterOperators ops({
+        torch::jit::Operator("redis::execute(str cmd, str[] args) -> Any", op_redis_execute,
+                             c10::AliasAnalysisKind::CONSERVATIVE),
+        torch::jit::Operator("redis::execute.noargs(str cmd) -> Any", op_redis_execute_noargs,
+                             c10::AliasAnalysisKind::CONSERVATIVE),
+        torch::jit::Operator("redis::asList(Any value) -> Any[]", op_as_list,
+                             c10::AliasAnalysisKind::FROM_SCHEMA),
+        torch::jit::Operator(
+            "redisAI::model_execute(str model_key, Tensor[] inputs, int num_outputs) -> Tensor[]",
+            op_model_execute, c10::AliasAnalysisKind::CONSERVATIVE),
+    });
+  });
+}
+
+namespace {
+
+// ---------------------------------------------------------------------------------------------
+// Compilation
+
+// The conversion helpers RedisAI documented for scripts that read Redis replies.
+// redis_int_to_tensor was documented as taking an int; it takes Any here so that it also accepts
+// redis.execute()'s reply directly (an int still converts to Any).
+const char *const kHelpersSource = R"TS(
+def redis_string_int_to_tensor(redis_value: Any):
+    return torch.tensor(int(str(redis_value)))
+
+def redis_string_float_to_tensor(redis_value: Any):
+    return torch.tensor(float(str(redis_value)))
+
+def redis_int_to_tensor(redis_value: Any):
+    return torch.tensor(int(str(redis_value)))
+
+def redis_int_list_to_tensor(redis_value: Any):
+    values = redis.asList(redis_value)
+    l = [torch.tensor(int(str(v))).reshape(1, 1) for v in values]
+    return torch.cat(l, dim=0)
+
+def redis_hash_to_tensor(redis_value: Any):
+    values = redis.asList(redis_value)
+    l = [torch.tensor(int(str(v))).reshape(1, 1) for v in values]
+    return torch.cat(l, dim=0)
+)TS";
+
+struct ScriptResolver : public torch::jit::Resolver {
+  explicit ScriptResolver(std::shared_ptr<torch::jit::CompilationUnit> helpers)
+      : helpers_(std::move(helpers)) {}
+
+  std::shared_ptr<torch::jit::SugaredValue> resolveValue(const std::string &name,
+                                                         torch::jit::GraphFunction &,
+                                                         const torch::jit::SourceRange &) override {
+    if (name == "torch" || name == "math") return std::make_shared<torch::jit::BuiltinModule>("aten");
+    if (name == "redis") return std::make_shared<torch::jit::BuiltinModule>("redis");
+    if (name == "redisAI") return std::make_shared<torch::jit::BuiltinModule>("redisAI");
+    if (helpers_) {
+      if (torch::jit::Function *fn = helpers_->find_function(c10::QualifiedName(name)))
+        return std::make_shared<torch::jit::FunctionValue>(fn);
+    }
+    return nullptr;
+  }
+
+  c10::TypePtr resolveType(const std::string &, const torch::jit::SourceRange &) override {
+    return nullptr;
+  }
+
+ private:
+  std::shared_ptr<torch::jit::CompilationUnit> helpers_;
+};
+
+// Compiled once, kept for the life of the process (scripts' graphs call into it).
+std::shared_ptr<torch::jit::CompilationUnit> helpers_unit() {
+  static std::shared_ptr<torch::jit::CompilationUnit> unit = [] {
+    auto cu = std::make_shared<torch::jit::CompilationUnit>();
+    cu->define(std::nullopt, kHelpersSource, std::make_shared<ScriptResolver>(nullptr), nullptr);
+    return cu;
+  }();
+  return unit;
+}
+
+struct Script {
+  std::shared_ptr<torch::jit::CompilationUnit> unit;
+  c10::Device device{c10::kCPU};
+};
+
+bool is_list_of(const c10::TypePtr &t, c10::TypeKind element) {
+  return t->kind() == c10::TypeKind::ListType &&
+         t->expectRef<c10::ListType>().getElementType()->kind() == element;
+}
+
+// Arguments for fn: the RedisAI 1.2 signature (tensors, keys, args), or, for scripts written for
+// the deprecated AI.SCRIPTRUN, tensors one per Tensor parameter (a List[Tensor] parameter takes
+// the rest) and str/int/float parameters taken in order from KEYS then ARGS.
+std::vector<c10::IValue> make_arguments(const c10::FunctionSchema &schema,
+                                        std::vector<at::Tensor> &tensors,
+                                        const std::vector<std::string> &keys,
+                                        const std::vector<std::string> &args) {
+  const auto &params = schema.arguments();
+  std::vector<c10::IValue> stack;
+  if (params.size() == 3 && is_list_of(params[0].type(), c10::TypeKind::TensorType) &&
+      is_list_of(params[1].type(), c10::TypeKind::StringType) &&
+      is_list_of(params[2].type(), c10::TypeKind::StringType)) {
+    stack.emplace_back(c10::List<at::Tensor>(tensors));
+    stack.emplace_back(c10::List<std::string>(keys));
+    stack.emplace_back(c10::List<std::string>(args));
+    return stack;
+  }
+  std::vector<std::string> words(keys);
+  words.insert(words.end(), args.begin(), args.end());
+  size_t next_tensor = 0, next_word = 0;
+  for (const c10::Argument &p : params) {
+    const c10::TypePtr &t = p.type();
+    if (t->kind() == c10::TypeKind::TensorType) {
+      if (next_tensor >= tensors.size())
+        throw std::runtime_error("function " + schema.name() + " expects more input tensors than the " +
+                                 std::to_string(tensors.size()) + " given");
+      stack.emplace_back(tensors[next_tensor++]);
+    } else if (is_list_of(t, c10::TypeKind::TensorType)) {
+      std::vector<at::Tensor> rest(tensors.begin() + static_cast<std::ptrdiff_t>(next_tensor),
+                                   tensors.end());
+      next_tensor = tensors.size();
+      stack.emplace_back(c10::List<at::Tensor>(rest));
+    } else if (t->kind() == c10::TypeKind::StringType || t->kind() == c10::TypeKind::IntType ||
+               t->kind() == c10::TypeKind::FloatType) {
+      if (next_word >= words.size())
+        throw std::runtime_error("function " + schema.name() + ": no value for argument " + p.name());
+      const std::string &w = words[next_word++];
+      try {
+        if (t->kind() == c10::TypeKind::StringType)
+          stack.emplace_back(w);
+        else if (t->kind() == c10::TypeKind::IntType)
+          stack.emplace_back(static_cast<int64_t>(std::stoll(w)));
+        else
+          stack.emplace_back(std::stod(w));
+      } catch (const std::logic_error &) {
+        throw std::runtime_error("function " + schema.name() + ": invalid value '" + w +
+                                 "' for argument " + p.name());
+      }
+    } else if (p.default_value()) {
+      stack.push_back(*p.default_value());
+    } else {
+      throw std::runtime_error("function " + schema.name() + " has a parameter " + p.name() +
+                               " of type " + t->repr_str() +
+                               "; entry points take (tensors: List[Tensor], keys: List[str], "
+                               "args: List[str])");
+    }
+  }
+  if (next_tensor < tensors.size())
+    throw std::runtime_error("function " + schema.name() + " takes " + std::to_string(next_tensor) +
+                             " input tensors but " + std::to_string(tensors.size()) + " were given");
+  return stack;
+}
+
+struct ScriptContextGuard {
+  void *saved_ctx;
+  bool saved_in;
+  explicit ScriptContextGuard(void *ctx) : saved_ctx(current_call_ctx), saved_in(in_script) {
+    current_call_ctx = ctx;
+    in_script = true;
+  }
+  ~ScriptContextGuard() {
+    current_call_ctx = saved_ctx;
+    in_script = saved_in;
+  }
+  ScriptContextGuard(const ScriptContextGuard &) = delete;
+  ScriptContextGuard &operator=(const ScriptContextGuard &) = delete;
+};
+
+}  // namespace
+
+char *script_compile(const char *source, size_t len, const char *device, void **out) {
+  if (out) *out = nullptr;
+  try {
+    init_thread();
+    auto script = std::make_unique<Script>();
+    script->device = parse_device(device);
+    script->unit = std::make_shared<torch::jit::CompilationUnit>();
+    script->unit->define(std::nullopt, std::string(source, len),
+                         std::make_shared<ScriptResolver>(helpers_unit()), nullptr);
+    *out = script.release();
+    return nullptr;
+  } catch (...) {
+    return make_error(current_exception_message());
+  }
+}
+
+void script_free(void *script) {
+  try {
+    delete static_cast<Script *>(script);
+  } catch (...) {
+  }
+}
+
+int script_has_function(const void *script, const char *name) {
+  try {
+    const Script *s = static_cast<const Script *>(script);
+    return name && s->unit->find_function(c10::QualifiedName(name)) != nullptr;
+  } catch (...) {
+    return 0;
+  }
+}
+
+char *script_run(void *script, const char *fn, const GwTensor *inputs, size_t ninputs,
+                 const char *const *keys, size_t nkeys, const char *const *args, size_t nargs,
+                 void *call_ctx, GwTensor **outputs, size_t *noutputs) {
+  *outputs = nullptr;
+  *noutputs = 0;
+  GwTensor *out = nullptr;
+  size_t filled = 0;
+  try {
+    init_thread();
+    Script *s = static_cast<Script *>(script);
+    torch::jit::Function *function = fn ? s->unit->find_function(c10::QualifiedName(fn)) : nullptr;
+    if (!function)
+      throw std::runtime_error(std::string("function ") + (fn ? fn : "(null)") +
+                               " is not defined in the script");
+    ScriptContextGuard context(call_ctx);
+    c10::InferenceMode guard;
+    std::vector<at::Tensor> tensors;
+    tensors.reserve(ninputs);
+    for (size_t i = 0; i < ninputs; i++) {
+      at::Tensor t = tensor_from_gw(inputs[i]);
+      if (s->device != t.device()) t = t.to(s->device);
+      tensors.push_back(std::move(t));
+    }
+    std::vector<std::string> key_list(keys, keys + nkeys);
+    std::vector<std::string> arg_list(args, args + nargs);
+    std::vector<c10::IValue> stack =
+        make_arguments(function->getSchema(), tensors, key_list, arg_list);
+    c10::IValue result = (*function)(std::move(stack));
+    std::vector<at::Tensor> outs = tensors_of(result, "script");
+    if (!outs.empty()) {
+      out = static_cast<GwTensor *>(host->alloc(sizeof(GwTensor) * outs.size()));
+      if (!out) throw std::runtime_error("out of memory");
+      std::memset(out, 0, sizeof(GwTensor) * outs.size());
+      for (; filled < outs.size(); filled++) tensor_to_gw(outs[filled], &out[filled]);
+    }
+    *outputs = out;
+    *noutputs = outs.size();
+    return nullptr;
+  } catch (...) {
+    if (out) {
+      for (size_t i = 0; i < filled; i++) free_gw_tensor(&out[i]);
+      host->free(out);
+    }
+    return make_error(current_exception_message());
+  }
+}
+
+}  // namespace gw
