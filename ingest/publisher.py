@@ -1,0 +1,346 @@
+"""Writing frames to a feed's stream: idempotency, backpressure, retention.
+
+- :func:`publish_frames` writes consecutive frames of one scene in one MULTI/EXEC that also
+  records the scene's resume point (``keys.scene_progress``), under WATCH of that point and of
+  the scene's marker (``keys.scene_ingested``): every tile of a scene goes on the stream exactly
+  once, even across crashes and concurrent producers; the batch with the last tile sets the
+  marker and deletes the resume point.
+- :func:`wait_for_room` is backpressure: it waits (bounded) while consumers are behind.
+- :func:`trim_acknowledged` is retention: XTRIM MINID to the oldest entry any group still needs.
+- :func:`publish_tile` is the Python API for feeds that already hold arrays.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, replace
+from datetime import UTC, datetime
+from typing import Any
+
+import numpy as np
+import redis
+
+from groundwatch import frames, keys
+from groundwatch.frames import Frame, PixelWindow
+from groundwatch.settings import Settings
+from ingest.errors import BackpressureError, IngestError
+
+log = logging.getLogger(__name__)
+
+
+def _s(value: Any) -> str:
+    return value.decode() if isinstance(value, bytes) else str(value)
+
+
+def _id(entry_id: Any) -> tuple[int, int]:
+    ms, _, seq = _s(entry_id).partition("-")
+    return int(ms), int(seq or 0)
+
+
+def now_ms() -> int:
+    return time.time_ns() // 1_000_000
+
+
+# --- backpressure --------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Backlog:
+    """How far one consumer group (or, with group None, the stream without any group) is behind."""
+
+    group: str | None
+    lag: int  # entries not yet delivered to the group
+    pending: int  # delivered, not acknowledged
+
+
+def backlog(client: redis.Redis, feed: str, limit: int | None = None) -> list[Backlog]:
+    """Per consumer group of the feed's stream: lag and pending. With no group: the stream's length.
+
+    Redis 7 reports `lag`; where it cannot (after deletions), the undelivered entries are counted
+    with XRANGE, stopping at `limit` + 1.
+    """
+    stream = keys.frames(feed)
+    try:
+        groups = client.xinfo_groups(stream)
+    except redis.ResponseError:  # no such key: nothing published yet
+        return [Backlog(None, 0, 0)]
+    if not groups:
+        return [Backlog(None, int(client.xlen(stream)), 0)]
+    out = []
+    for g in groups:
+        lag = g.get("lag")
+        if lag is None:
+            count = None if limit is None else limit + 1
+            lag = len(client.xrange(stream, min="(" + _s(g["last-delivered-id"]), max="+", count=count))
+        out.append(Backlog(_s(g["name"]), int(lag), int(g["pending"])))
+    return out
+
+
+def wait_for_room(
+    client: redis.Redis,
+    settings: Settings,
+    feed: str | None = None,
+    *,
+    poll_s: float = 0.2,
+    sleep: Callable[[float], None] = time.sleep,
+    clock: Callable[[], float] = time.monotonic,
+) -> float:
+    """Return once every group's lag and pending are below `settings.max_lag`.
+
+    Waits at most `settings.backpressure_timeout_s`, then raises BackpressureError naming the
+    group that is behind. Returns the seconds waited.
+    """
+    feed = feed or settings.feed
+    limit = settings.max_lag
+    start = clock()
+    waited = False
+    while True:
+        behind = [b for b in backlog(client, feed, limit) if b.lag >= limit or b.pending >= limit]
+        if not behind:
+            return clock() - start
+        if not waited:
+            waited = True
+            client.hincrby(keys.stats(feed), "backpressure_waits", 1)
+            log.info("feed %s: consumers are behind (%s); waiting", feed, _describe(behind))
+        elapsed = clock() - start
+        if elapsed >= settings.backpressure_timeout_s:
+            raise BackpressureError(_backpressure_message(feed, behind, settings, elapsed))
+        sleep(min(poll_s, max(0.0, settings.backpressure_timeout_s - elapsed)))
+
+
+def _describe(behind: list[Backlog]) -> str:
+    return "; ".join(
+        f"no consumer group yet, {b.lag} frames queued" if b.group is None
+        else f"group {b.group!r}: lag {b.lag}, pending {b.pending}"
+        for b in behind
+    )
+
+
+def _backpressure_message(feed: str, behind: list[Backlog], settings: Settings, elapsed: float) -> str:
+    stream = keys.frames(feed)
+    fixes = "start (more) consumers for the feed"
+    named = [b.group for b in behind if b.group is not None]
+    if named:
+        fixes += f", or remove an abandoned group with `XGROUP DESTROY {stream} {named[0]}`"
+    return (
+        f"feed {feed!r}: consumers are behind ({_describe(behind)}; limit max_lag={settings.max_lag}) and "
+        f"did not catch up within {elapsed:.1f}s, so nothing more was published. To fix: {fixes}; "
+        f"or raise GROUNDWATCH_MAX_LAG / GROUNDWATCH_BACKPRESSURE_TIMEOUT_S (--max-lag, "
+        f"--backpressure-timeout-s). Already published frames stay; ingest again to continue."
+    )
+
+
+# --- retention -----------------------------------------------------------------------------
+
+
+def trim_acknowledged(client: redis.Redis, feed: str) -> int:
+    """XTRIM MINID to the oldest entry any consumer group still needs; returns entries removed.
+
+    A group needs its oldest pending entry, or (nothing pending) everything after its
+    last-delivered-id. With no group, nothing is trimmed: nobody has acknowledged anything.
+    """
+    stream = keys.frames(feed)
+    try:
+        groups = client.xinfo_groups(stream)
+    except redis.ResponseError:
+        return 0
+    if not groups:
+        return 0
+    needed: list[tuple[int, int]] = []
+    for g in groups:
+        if int(g["pending"]) > 0:
+            summary = client.xpending(stream, g["name"])
+            needed.append(_id(summary["min"]))
+        else:
+            ms, seq = _id(g["last-delivered-id"])
+            needed.append((ms, seq + 1))
+    ms, seq = min(needed)
+    removed = int(client.xtrim(stream, minid=f"{ms}-{seq}", approximate=False))
+    if removed:
+        client.hincrby(keys.stats(feed), "frames_trimmed", removed)
+    return removed
+
+
+# --- publishing ----------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class BatchResult:
+    ids: list[str]  # stream entry ids of the frames this call added
+    complete: bool  # the scene's marker is set (by this call or before)
+    duplicate: bool  # nothing added: the scene (or these tiles) had been published before
+
+
+def scene_done(client: redis.Redis, feed: str, scene: str) -> dict[str, Any] | None:
+    """The scene's ingest marker (decoded), or None when it was not completely published."""
+    raw = client.get(keys.scene_ingested(feed, scene))
+    if raw is None:
+        return None
+    try:
+        value = json.loads(raw)
+    except ValueError:
+        value = {"value": _s(raw)}
+    return value if isinstance(value, dict) else {"value": value}
+
+
+def publish_frames(
+    client: redis.Redis,
+    feed: str,
+    batch: Sequence[Frame],
+    *,
+    skipped: int = 0,
+    source: str | None = None,
+    progress_ttl_s: int = 7 * 24 * 3600,
+) -> BatchResult:
+    """Publish consecutive tiles of one scene atomically, exactly once.
+
+    `batch` holds tiles i..j of one scene (all with the same `tiles`). Tiles the scene's resume
+    point says are already on the stream are left out; a gap (tile i when only tiles below k < i
+    are published) is an error. The batch that ends with the scene's last tile sets the marker.
+    `skipped` (all-nodata tiles) is recorded with the marker.
+    """
+    if not batch:
+        raise ValueError("empty batch")
+    scene, tiles = batch[0].scene, batch[0].tiles
+    for k, f in enumerate(batch):
+        if f.scene != scene or f.tiles != tiles or f.tile != batch[0].tile + k:
+            raise ValueError("a batch holds consecutive tiles of one scene")
+    stream = keys.frames(feed)
+    marker, progress, stats = keys.scene_ingested(feed, scene), keys.scene_progress(feed, scene), keys.stats(feed)
+    while True:
+        with client.pipeline(transaction=True) as pipe:
+            try:
+                pipe.watch(marker, progress)
+                if pipe.exists(marker):
+                    return BatchResult([], complete=True, duplicate=True)
+                state = {_s(k): int(v) for k, v in pipe.hgetall(progress).items()}
+                if state and state.get("tiles") != tiles:
+                    raise IngestError(
+                        f"scene {scene!r} of feed {feed!r} was partly published as {state.get('tiles')} tiles "
+                        f"and now has {tiles}: the tiling (tile size, overlap, bands) changed in between. "
+                        f"Ingest it with the settings used before, or start over with --force"
+                    )
+                published = state.get("published", 0)
+                todo = [f for f in batch if f.tile >= published]
+                if not todo:
+                    return BatchResult([], complete=False, duplicate=True)
+                if todo[0].tile != published:
+                    raise IngestError(
+                        f"scene {scene!r}: tile {todo[0].tile} cannot be published before tile {published}; "
+                        "publish a scene's tiles in order 0..tiles-1"
+                    )
+                end = todo[-1].tile + 1
+                stamp = now_ms()
+                pipe.multi()
+                nbytes = 0
+                for f in todo:
+                    pipe.xadd(stream, frames.encode(replace(f, published_ms=stamp)))
+                    nbytes += len(f.data)
+                if end == tiles:
+                    done = {"tiles": tiles, "skipped": skipped, "at": stamp, "source": source}
+                    pipe.set(marker, json.dumps(done))
+                    pipe.delete(progress)
+                    pipe.hincrby(stats, "scenes_in", 1)
+                    if skipped:
+                        pipe.hincrby(stats, "tiles_skipped", skipped)
+                else:
+                    pipe.hset(progress, mapping={"tiles": tiles, "published": end})
+                    pipe.expire(progress, progress_ttl_s)
+                pipe.hincrby(stats, "frames_in", len(todo))
+                pipe.hincrby(stats, "bytes_in", nbytes)
+                replies = pipe.execute()
+            except redis.WatchError:
+                continue  # another producer moved the scene on: look again
+        return BatchResult([_s(i) for i in replies[: len(todo)]], complete=end == tiles, duplicate=False)
+
+
+def mark_empty_scene(client: redis.Redis, feed: str, scene: str, skipped: int, source: str | None) -> bool:
+    """A scene whose every tile is nodata: nothing to publish; set its marker. False if already set."""
+    done = {"tiles": 0, "skipped": skipped, "at": now_ms(), "source": source}
+    if not client.set(keys.scene_ingested(feed, scene), json.dumps(done), nx=True):
+        return False
+    client.hincrby(keys.stats(feed), "scenes_in", 1)
+    client.hincrby(keys.stats(feed), "tiles_skipped", skipped)
+    return True
+
+
+def forget_scene(client: redis.Redis, feed: str, scene: str) -> None:
+    """Drop a scene's marker and resume point, so it is published again (`--force`)."""
+    client.delete(keys.scene_ingested(feed, scene), keys.scene_progress(feed, scene))
+
+
+def register_feed(client: redis.Redis, feed: str) -> None:
+    client.sadd(keys.feeds(), feed)
+
+
+# --- arrays --------------------------------------------------------------------------------
+
+
+def _resolve(settings_or_feed: Settings | str) -> tuple[Settings, str]:
+    if isinstance(settings_or_feed, Settings):
+        return settings_or_feed, settings_or_feed.feed
+    keys.check_name("feed", settings_or_feed)
+    return Settings(feed=settings_or_feed), settings_or_feed
+
+
+def content_scene_id(array: np.ndarray, transform: Sequence[float], crs: str) -> str:
+    """A deterministic scene id from the array's bytes and georeference (same tile -> same id)."""
+    h = hashlib.sha256()
+    h.update(f"{array.dtype.str}{array.shape}{tuple(float(x) for x in transform)[:6]}{crs}".encode())
+    h.update(np.ascontiguousarray(array).tobytes())
+    return "a-" + h.hexdigest()[:32]
+
+
+def publish_tile(
+    client: redis.Redis,
+    settings_or_feed: Settings | str,
+    array: np.ndarray,
+    transform: Sequence[float],
+    crs: str,
+    *,
+    scene: str | None = None,
+    tile: int = 0,
+    tiles: int = 1,
+    window: PixelWindow | tuple[int, int, int, int] | None = None,
+    acquired: datetime | None = None,
+    nodata: float | None = None,
+    bands: Sequence[int] | None = None,
+    source: str | None = None,
+    wait: bool = True,
+) -> str | None:
+    """Publish one tile held in memory; returns its stream entry id, or None if already published.
+
+    array: (C, H, W) or (H, W), any engine dtype, published as is. transform: the SCENE's affine
+    transform (affine order a, b, c, d, e, f, or an `affine.Affine`); crs: "EPSG:<code>" or WKT.
+    window: where the array's valid part lies in the scene, in pixels (default: the array is the
+    scene, (0, 0, W, H)). scene: the scene id (default: derived from the content, so publishing
+    the same array twice is a no-op). A scene of several tiles is published by calling this for
+    tile = 0 .. tiles-1 in order; the scene is marked ingested with its last tile. wait: apply
+    backpressure first (settings.max_lag / backpressure_timeout_s).
+    """
+    settings, feed = _resolve(settings_or_feed)
+    arr = np.asarray(array)
+    if arr.ndim == 2:
+        arr = arr[np.newaxis]
+    if scene is None:
+        scene = content_scene_id(arr, tuple(transform), crs)
+    if window is None:
+        window = PixelWindow(0, 0, int(arr.shape[-1]), int(arr.shape[-2]))
+    frame = Frame.from_array(
+        arr, scene=scene, tile=tile, tiles=tiles, window=window, transform=transform, crs=crs,
+        acquired=acquired or datetime.now(UTC), published_ms=now_ms(), nodata=nodata,
+        bands=None if bands is None else tuple(bands), source=source,
+    )
+    if scene_done(client, feed, scene) is not None:
+        return None
+    if wait:
+        wait_for_room(client, settings, feed)
+    register_feed(client, feed)
+    result = publish_frames(client, feed, [frame], source=source)
+    if result.complete and not result.duplicate:
+        trim_acknowledged(client, feed)
+    return result.ids[0] if result.ids else None

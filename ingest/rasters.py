@@ -1,0 +1,189 @@
+"""Reading scenes with rasterio, through one function: :func:`open_raster`.
+
+It checks what ingest needs (readable, georeferenced, the bands asked for, one dtype the engine
+knows) and turns every failure into an :class:`InputError` that names the file and the fix.
+Reads are windowed; :meth:`Raster.read_rows` widens a band of rows to the file's internal block
+rows, so each block of a tiled or striped file is decoded once per row of tiles.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from groundwatch.frames import FrameError, PixelWindow, engine_dtype
+from ingest.errors import InputError
+
+_PARTIAL_HINT = (
+    "the file is probably partly written or corrupt: wait until the ground station has finished "
+    "writing it (deliver as name.tif.part and rename), or ask for it to be sent again"
+)
+
+
+@dataclass
+class Raster:
+    """An open scene: its metadata and windowed reads of the selected bands."""
+
+    path: Path
+    dataset: Any  # rasterio DatasetReader
+    bands: tuple[int, ...]  # 1-based band numbers in the file
+    width_px: int
+    height_px: int
+    dtype: np.dtype[Any]
+    transform: tuple[float, float, float, float, float, float]  # affine order a..f
+    crs: str
+    nodata: float | None
+    block_rows_px: int
+    acquired: datetime
+
+    def read(self, window: PixelWindow) -> np.ndarray:
+        """The selected bands in `window` as a (C, height, width) array of the file's dtype."""
+        from rasterio.errors import RasterioError
+        from rasterio.windows import Window
+
+        try:
+            return self.dataset.read(
+                indexes=list(self.bands),
+                window=Window(window.col_off, window.row_off, window.width, window.height),
+            )
+        except (RasterioError, OSError) as e:
+            raise InputError(
+                f"{self.path}: reading pixels {tuple(window)} (col_off, row_off, width, height) failed: "
+                f"{_reason(e)}; {_PARTIAL_HINT}"
+            ) from e
+
+    def read_rows(self, row_off_px: int, height_px: int) -> tuple[int, np.ndarray]:
+        """All columns of rows row_off_px..row_off_px+height_px-1, widened to whole block rows.
+
+        Returns (first row read, array); the caller slices its windows out of it.
+        """
+        b = self.block_rows_px
+        start = (row_off_px // b) * b
+        stop = min(self.height_px, -(-(row_off_px + height_px) // b) * b)
+        return start, self.read(PixelWindow(0, start, self.width_px, stop - start))
+
+
+def _reason(e: BaseException) -> str:
+    """The error with its causes (rasterio says "see previous exception" for GDAL's message)."""
+    parts = [str(e)]
+    while e.__cause__ is not None or e.__context__ is not None:
+        e = e.__cause__ or e.__context__  # type: ignore[assignment]
+        parts.append(str(e))
+    return ": ".join(p for p in parts if p)
+
+
+def _crs_text(crs: Any) -> str:
+    epsg = crs.to_epsg()
+    return f"EPSG:{epsg}" if epsg else str(crs.to_wkt())
+
+
+def _acquired(path: Path, tags: dict[str, str]) -> datetime:
+    """Acquisition time from the file's tags, else the file's modification time (UTC)."""
+    for name in ("ACQUISITIONDATETIME", "acquired", "TIFFTAG_DATETIME"):
+        text = tags.get(name)
+        if not text:
+            continue
+        for parse in (
+            lambda t: datetime.strptime(t, "%Y:%m:%d %H:%M:%S").replace(tzinfo=UTC),
+            lambda t: datetime.fromisoformat(t.replace("Z", "+00:00")),
+        ):
+            try:
+                value = parse(text.strip())
+            except ValueError:
+                continue
+            return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
+    return datetime.fromtimestamp(os.stat(path).st_mtime, UTC)
+
+
+@contextmanager
+def open_raster(
+    path: str | os.PathLike[str],
+    bands: Sequence[int] | None = None,
+    expect_bands: int = 0,
+) -> Iterator[Raster]:
+    """Open a scene for ingest: the one place that opens rasters.
+
+    bands: 1-based band numbers to read, in that order (None: all). expect_bands: when > 0, the
+    number of channels the feed's model wants; a scene that yields another count is refused.
+    """
+    import rasterio
+    from rasterio.errors import RasterioError
+
+    p = Path(path)
+    if not p.is_file():
+        raise InputError(f"{p}: no such file; check the path")
+    try:
+        ds = rasterio.open(p)
+    except (RasterioError, OSError) as e:
+        raise InputError(
+            f"{p}: cannot be opened as a raster ({_reason(e)}); ingest reads GeoTIFF/COG and other formats GDAL "
+            f"knows. If it is a GeoTIFF, {_PARTIAL_HINT}"
+        ) from e
+    try:
+        yield _describe(p, ds, bands, expect_bands)
+    finally:
+        ds.close()
+
+
+def _describe(p: Path, ds: Any, bands: Sequence[int] | None, expect_bands: int) -> Raster:
+    from affine import Affine
+
+    if ds.crs is None or (ds.transform == Affine.identity() and not ds.gcps[0]):
+        raise InputError(
+            f"{p}: not georeferenced (no CRS or no geotransform), so its detections could not be placed "
+            "on a map. Georeference it, e.g. `gdal_translate -a_srs EPSG:32631 -a_ullr ULX ULY LRX LRY "
+            "in.tif out.tif`, or publish the array with ingest.publisher.publish_tile(..., transform, crs)"
+        )
+    if ds.transform == Affine.identity():
+        raise InputError(
+            f"{p}: georeferenced by ground control points only; warp it to a grid first, e.g. "
+            "`gdalwarp -t_srs EPSG:32631 in.tif out.tif`"
+        )
+    selected = tuple(range(1, ds.count + 1)) if not bands else tuple(int(b) for b in bands)
+    bad = [b for b in selected if not 1 <= b <= ds.count]
+    if bad:
+        raise InputError(
+            f"{p}: has {ds.count} band(s) but band(s) {', '.join(map(str, bad))} were asked for; "
+            f"choose bands between 1 and {ds.count} with --bands"
+        )
+    if expect_bands and len(selected) != expect_bands:
+        raise InputError(
+            f"{p}: yields {len(selected)} band(s) ({', '.join(map(str, selected))}) but the feed expects "
+            f"{expect_bands}; select {expect_bands} bands with --bands (e.g. --bands "
+            f"{','.join(str(i + 1) for i in range(min(expect_bands, ds.count)))}) or fix --expect-bands"
+        )
+    dtypes = {ds.dtypes[b - 1] for b in selected}
+    if len(dtypes) != 1:
+        raise InputError(
+            f"{p}: the selected bands have different types ({', '.join(sorted(dtypes))}); select bands of "
+            "one type with --bands, or convert with gdal_translate -ot"
+        )
+    dtype = np.dtype(dtypes.pop())
+    try:
+        engine_dtype(dtype)
+    except FrameError as e:
+        raise InputError(
+            f"{p}: pixel type {dtype} is not supported ({e}); convert it, e.g. `gdal_translate -ot Int32`"
+        ) from e
+    nodatas = {ds.nodatavals[b - 1] for b in selected}
+    nodata_values = [v for v in nodatas if v is not None]
+    if len(nodatas) > 1 and not all(isinstance(v, float) and np.isnan(v) for v in nodata_values):
+        raise InputError(
+            f"{p}: the selected bands have different nodata values ({nodatas}); frames carry one nodata "
+            "value: set one with `gdal_edit.py -a_nodata VALUE`"
+        )
+    nodata = None if not nodata_values else float(nodata_values[0])
+    block_rows = int(ds.block_shapes[selected[0] - 1][0]) if ds.block_shapes else 1
+    t = ds.transform
+    return Raster(
+        path=p, dataset=ds, bands=selected, width_px=int(ds.width), height_px=int(ds.height), dtype=dtype,
+        transform=(t.a, t.b, t.c, t.d, t.e, t.f), crs=_crs_text(ds.crs), nodata=nodata,
+        block_rows_px=max(1, block_rows), acquired=_acquired(p, ds.tags()),
+    )

@@ -1,0 +1,253 @@
+"""A scene from a file or an array to frames on the stream: read, tile, skip nodata, publish.
+
+Every pixel of a scene is read (and every tile checked for nodata) before its first frame is
+published: the frames must carry the scene's tile count, and a file that turns out unreadable
+halfway leaves nothing on the stream. Ingest therefore holds one scene's tiles in memory,
+about (tile / (tile - overlap))^2 times the size of the bands read (1.3x with 512/64).
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any, Protocol
+
+import numpy as np
+import redis
+
+from groundwatch import keys
+from groundwatch.frames import Frame, FrameError, PixelWindow, check_scene_id
+from groundwatch.settings import Settings
+from ingest import publisher
+from ingest.errors import InputError
+from ingest.rasters import open_raster
+from ingest.tiles import grid, is_all_nodata, pad
+
+Progress = Callable[["SceneProgress"], None]
+
+
+class Source(Protocol):
+    """What a scene must offer to be tiled: a file (rasters.Raster) or an array (ArraySource)."""
+
+    @property
+    def width_px(self) -> int: ...
+    @property
+    def height_px(self) -> int: ...
+    @property
+    def dtype(self) -> np.dtype[Any]: ...
+    @property
+    def transform(self) -> tuple[float, float, float, float, float, float]: ...
+    @property
+    def crs(self) -> str: ...
+    @property
+    def nodata(self) -> float | None: ...
+    @property
+    def bands(self) -> tuple[int, ...]: ...
+    @property
+    def acquired(self) -> datetime: ...
+
+    def read_rows(self, row_off_px: int, height_px: int) -> tuple[int, np.ndarray]: ...
+
+
+@dataclass
+class ArraySource:
+    """A scene held in memory as a (C, H, W) or (H, W) array."""
+
+    array: np.ndarray
+    transform: tuple[float, float, float, float, float, float]
+    crs: str
+    nodata: float | None = None
+    acquired: datetime = field(default_factory=lambda: datetime.now(UTC))
+    bands: tuple[int, ...] = ()
+
+    def __post_init__(self) -> None:
+        if self.array.ndim == 2:
+            self.array = self.array[np.newaxis]
+        if self.array.ndim != 3:
+            raise InputError(f"a scene array must be (C, H, W) or (H, W), got shape {self.array.shape}")
+        if not self.bands:
+            self.bands = tuple(range(1, self.array.shape[0] + 1))
+
+    @property
+    def width_px(self) -> int:
+        return int(self.array.shape[2])
+
+    @property
+    def height_px(self) -> int:
+        return int(self.array.shape[1])
+
+    @property
+    def dtype(self) -> np.dtype[Any]:
+        return self.array.dtype
+
+    def read_rows(self, row_off_px: int, height_px: int) -> tuple[int, np.ndarray]:
+        return row_off_px, self.array[:, row_off_px : row_off_px + height_px, :]
+
+
+@dataclass(frozen=True)
+class SceneProgress:
+    scene: str
+    published: int  # frames of the scene on the stream so far
+    tiles: int
+    nbytes: int  # tile bytes published by this call so far
+
+
+@dataclass(frozen=True)
+class SceneResult:
+    scene: str
+    tiles: int  # frames the scene has on the stream
+    skipped: int  # all-nodata tiles not published
+    published: int  # frames this call added (0 for a duplicate)
+    nbytes: int  # tile bytes this call added
+    duplicate: bool  # the scene had been ingested before: nothing done
+    seconds: float
+
+
+_BAD = re.compile(r"[^A-Za-z0-9_.\-]")
+
+
+def scene_id_for(path: str | os.PathLike[str]) -> str:
+    """The scene id of a file: its name without extensions, other characters replaced by '_'."""
+    name = Path(path).name
+    stem = name.split(".", 1)[0] or name
+    scene = _BAD.sub("_", stem)[:128]
+    if not scene[:1].isalnum():
+        scene = "s" + scene[:127]
+    return check_scene_id(scene)
+
+
+def parse_bands(text: str) -> tuple[int, ...] | None:
+    """'4,3,2' -> (4, 3, 2); '' -> None (all bands)."""
+    if not text.strip():
+        return None
+    try:
+        bands = tuple(int(p) for p in text.split(","))
+    except ValueError as e:
+        raise InputError(f"bands {text!r} must be comma-separated band numbers such as 4,3,2") from e
+    if min(bands) < 1:
+        raise InputError(f"bands {text!r}: band numbers start at 1")
+    return bands
+
+
+def cut_tiles(src: Source, tile_px: int, overlap_px: int) -> tuple[list[tuple[PixelWindow, np.ndarray]], int]:
+    """Every tile of `src` that is not entirely nodata, padded to tile_px, and the number skipped.
+
+    Reads one band of rows (widened to whole file blocks) per row of tiles.
+    """
+    windows = grid(src.width_px, src.height_px, tile_px, overlap_px)
+    kept: list[tuple[PixelWindow, np.ndarray]] = []
+    skipped = 0
+    strip_row, strip = -1, np.empty((0, 0, 0))
+    start = 0
+    for w in windows:
+        if w.row_off != strip_row:
+            start, strip = src.read_rows(w.row_off, w.height)
+            strip_row = w.row_off
+        r0 = w.row_off - start
+        part = strip[:, r0 : r0 + w.height, w.col_off : w.col_off + w.width]
+        if part.shape[1:] != (w.height, w.width):
+            raise InputError(f"read {part.shape[1:]} pixels for window {tuple(w)}; the source is inconsistent")
+        if is_all_nodata(part, src.nodata):
+            skipped += 1
+            continue
+        kept.append((w, np.ascontiguousarray(pad(part, tile_px, src.nodata))))
+    return kept, skipped
+
+
+def ingest_scene(
+    client: redis.Redis,
+    settings: Settings,
+    src: Source,
+    scene: str,
+    *,
+    source: str | None = None,
+    force: bool = False,
+    on_progress: Progress | None = None,
+) -> SceneResult:
+    """Publish one scene to `settings.feed`, exactly once (see ingest.publisher)."""
+    t0 = time.perf_counter()
+    feed = settings.feed
+    check_scene_id(scene)
+    if force:
+        publisher.forget_scene(client, feed, scene)
+    done = publisher.scene_done(client, feed, scene)
+    if done is not None:
+        client.hincrby(keys.stats(feed), "scenes_duplicate", 1)
+        return SceneResult(scene, int(done.get("tiles", 0)), int(done.get("skipped", 0)), 0, 0, True,
+                           time.perf_counter() - t0)
+    kept, skipped = cut_tiles(src, settings.tile_size, settings.tile_overlap)
+    publisher.register_feed(client, feed)
+    if not kept:
+        publisher.mark_empty_scene(client, feed, scene, skipped, source)
+        return SceneResult(scene, 0, skipped, 0, 0, False, time.perf_counter() - t0)
+    tiles = len(kept)
+    try:
+        frames = [
+            Frame.from_array(
+                arr, scene=scene, tile=i, tiles=tiles, window=w, transform=src.transform, crs=src.crs,
+                acquired=src.acquired, published_ms=0, nodata=src.nodata, bands=src.bands, source=source,
+            )
+            for i, (w, arr) in enumerate(kept)
+        ]
+    except FrameError as e:
+        raise InputError(f"{source or scene}: cannot be made into frames: {e}") from e
+    del kept
+    added = nbytes = 0
+    batch_size = max(1, min(settings.publish_batch, settings.max_lag))
+    for i in range(0, tiles, batch_size):
+        batch = frames[i : i + batch_size]
+        publisher.wait_for_room(client, settings, feed)
+        result = publisher.publish_frames(client, feed, batch, skipped=skipped, source=source)
+        added += len(result.ids)
+        nbytes += sum(len(f.data) for f in batch[len(batch) - len(result.ids):])
+        if on_progress is not None:
+            on_progress(SceneProgress(scene, min(tiles, i + len(batch)), tiles, nbytes))
+        if result.complete:
+            break
+    publisher.trim_acknowledged(client, feed)
+    return SceneResult(scene, tiles, skipped, added, nbytes, added == 0, time.perf_counter() - t0)
+
+
+def ingest_file(
+    client: redis.Redis,
+    settings: Settings,
+    path: str | os.PathLike[str],
+    *,
+    scene: str | None = None,
+    force: bool = False,
+    on_progress: Progress | None = None,
+) -> SceneResult:
+    """Read, tile and publish one raster file; InputError (nothing published) when it is bad."""
+    p = Path(path)
+    scene = scene or scene_id_for(p)
+    bands = parse_bands(settings.ingest_bands)
+    with open_raster(p, bands=bands, expect_bands=settings.expect_bands) as raster:
+        return ingest_scene(client, settings, raster, scene, source=p.name, force=force, on_progress=on_progress)
+
+
+def publish_array(
+    client: redis.Redis,
+    settings_or_feed: Settings | str,
+    array: np.ndarray,
+    transform: Sequence[float],
+    crs: str,
+    *,
+    scene: str | None = None,
+    acquired: datetime | None = None,
+    nodata: float | None = None,
+    bands: Sequence[int] | None = None,
+    force: bool = False,
+) -> SceneResult:
+    """Tile and publish a whole scene held in memory (the array counterpart of ingest_file)."""
+    settings, feed = publisher._resolve(settings_or_feed)
+    settings = settings.replace(feed=feed)
+    arr = np.asarray(array)
+    t = tuple(float(x) for x in tuple(transform)[:6])
+    src = ArraySource(arr, t, crs, nodata, acquired or datetime.now(UTC), tuple(bands or ()))  # type: ignore[arg-type]
+    scene = scene or publisher.content_scene_id(src.array, t, crs)
+    return ingest_scene(client, settings, src, scene, force=force)
