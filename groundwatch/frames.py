@@ -67,8 +67,21 @@ DTYPES: dict[str, np.dtype[Any]] = {
     "DOUBLE": np.dtype("<f8"),
 }
 
-REQUIRED = ("v", "frame", "scene", "tile", "tiles", "dtype", "shape", "data", "window", "transform",
-            "crs", "acquired", "published")
+REQUIRED = (
+    "v",
+    "frame",
+    "scene",
+    "tile",
+    "tiles",
+    "dtype",
+    "shape",
+    "data",
+    "window",
+    "transform",
+    "crs",
+    "acquired",
+    "published",
+)
 OPTIONAL = ("nodata", "bands", "source")
 
 _SCENE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.\-]{0,127}$")
@@ -195,12 +208,20 @@ class Frame:
         arr = np.ascontiguousarray(arr, dtype=DTYPES[name])
         c, h, w = (int(n) for n in arr.shape)
         frame = cls(
-            scene=scene, tile=int(tile), tiles=int(tiles), dtype=name, shape=(c, h, w),
-            data=arr.tobytes(order="C"), window=PixelWindow(*(int(n) for n in window)),
-            transform=_six(transform), crs=str(crs), acquired=acquired.astimezone(UTC),
+            scene=scene,
+            tile=int(tile),
+            tiles=int(tiles),
+            dtype=name,
+            shape=(c, h, w),
+            data=arr.tobytes(order="C"),
+            window=PixelWindow(*(int(n) for n in window)),
+            transform=_six(transform),
+            crs=str(crs),
+            acquired=acquired.astimezone(UTC),
             published_ms=int(published_ms),
             nodata=None if nodata is None else float(nodata),
-            bands=None if bands is None else tuple(int(b) for b in bands), source=source,
+            bands=None if bands is None else tuple(int(b) for b in bands),
+            source=source,
         )
         return _validated(frame)
 
@@ -322,10 +343,20 @@ def decode(entry: Mapping[Any, Any]) -> Frame:
     bands = _ints(fields, "bands", None, "comma-separated band numbers") if "bands" in fields else None
     source = _text(fields, "source") if "source" in fields else None
     frame = Frame(
-        scene=scene, tile=tile, tiles=tiles, dtype=dtype, shape=shape,  # type: ignore[arg-type]
-        data=fields["data"], window=window, transform=transform,
-        crs=_text(fields, "crs"), acquired=acquired, published_ms=published, nodata=nodata,
-        bands=bands, source=source,
+        scene=scene,
+        tile=tile,
+        tiles=tiles,
+        dtype=dtype,
+        shape=shape,  # type: ignore[arg-type]
+        data=fields["data"],
+        window=window,
+        transform=transform,
+        crs=_text(fields, "crs"),
+        acquired=acquired,
+        published_ms=published,
+        nodata=nodata,
+        bands=bands,
+        source=source,
         extra={k: v for k, v in fields.items() if k not in REQUIRED and k not in OPTIONAL},
     )
     _validated(frame)

@@ -16,34 +16,72 @@ from groundwatch.settings import Settings
 
 def _settings_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--feed", dest="feed", default=None, help="feed to publish to (default: default)")
-    p.add_argument("--bands", dest="ingest_bands", default=None, metavar="N,N,...",
-                   help="1-based band numbers to read, in order, e.g. 4,3,2 (default: all)")
-    p.add_argument("--expect-bands", dest="expect_bands", type=int, default=None, metavar="N",
-                   help="refuse scenes that do not yield N bands (default: any)")
+    p.add_argument(
+        "--bands",
+        dest="ingest_bands",
+        default=None,
+        metavar="N,N,...",
+        help="1-based band numbers to read, in order, e.g. 4,3,2 (default: all)",
+    )
+    p.add_argument(
+        "--expect-bands",
+        dest="expect_bands",
+        type=int,
+        default=None,
+        metavar="N",
+        help="refuse scenes that do not yield N bands (default: any)",
+    )
     p.add_argument("--tile-size", dest="tile_size", type=int, default=None, help="tile side in pixels (512)")
-    p.add_argument("--tile-overlap", dest="tile_overlap", type=int, default=None,
-                   help="overlap of neighbouring tiles in pixels (64)")
-    p.add_argument("--max-lag", dest="max_lag", type=int, default=None,
-                   help="wait while a consumer group is this many frames behind (1000)")
-    p.add_argument("--backpressure-timeout-s", dest="backpressure_timeout_s", type=float, default=None,
-                   help="give up waiting for consumers after this many seconds (60)")
-    p.add_argument("--publish-batch", dest="publish_batch", type=int, default=None,
-                   help="frames per transaction (32)")
+    p.add_argument(
+        "--tile-overlap",
+        dest="tile_overlap",
+        type=int,
+        default=None,
+        help="overlap of neighbouring tiles in pixels (64)",
+    )
+    p.add_argument(
+        "--max-lag",
+        dest="max_lag",
+        type=int,
+        default=None,
+        help="wait while a consumer group is this many frames behind (1000)",
+    )
+    p.add_argument(
+        "--backpressure-timeout-s",
+        dest="backpressure_timeout_s",
+        type=float,
+        default=None,
+        help="give up waiting for consumers after this many seconds (60)",
+    )
+    p.add_argument(
+        "--publish-batch", dest="publish_batch", type=int, default=None, help="frames per transaction (32)"
+    )
 
 
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("ingest", help="tile raster files (GeoTIFF/COG) and publish them as frames on a feed")
-    p.add_argument("files", nargs="+", metavar="FILE", help="raster files; the scene id is the file name stem")
+    p.add_argument(
+        "files", nargs="+", metavar="FILE", help="raster files; the scene id is the file name stem"
+    )
     _settings_flags(p)
     p.add_argument("--force", action="store_true", help="publish again even if the scene was ingested")
     p.add_argument("--scene", default=None, help="scene id to use (only with one FILE)")
     p.set_defaults(handler=cmd_ingest)
 
-    p = sub.add_parser("watch", help="ingest complete files dropped into DIR; move them to DIR/done or DIR/failed")
-    p.add_argument("directory", metavar="DIR", help="the drop folder (write name.tif.part, rename when complete)")
+    p = sub.add_parser(
+        "watch", help="ingest complete files dropped into DIR; move them to DIR/done or DIR/failed"
+    )
+    p.add_argument(
+        "directory", metavar="DIR", help="the drop folder (write name.tif.part, rename when complete)"
+    )
     _settings_flags(p)
-    p.add_argument("--poll-s", dest="watch_poll_s", type=float, default=None,
-                   help="seconds between polls; a file must be unchanged over two polls (2)")
+    p.add_argument(
+        "--poll-s",
+        dest="watch_poll_s",
+        type=float,
+        default=None,
+        help="seconds between polls; a file must be unchanged over two polls (2)",
+    )
     p.add_argument("--burst", action="store_true", help="process the complete files there now, then exit")
     p.set_defaults(handler=cmd_watch)
 
@@ -71,8 +109,9 @@ class ProgressLine:
         self._last = now
         mb = progress.nbytes / 1e6
         rate = mb / max(now - self.t0, 1e-9)
-        self.stream.write(f"\r\x1b[K{self.name}: {progress.published}/{progress.tiles} tiles, "
-                          f"{mb:.1f} MB, {rate:.1f} MB/s")
+        self.stream.write(
+            f"\r\x1b[K{self.name}: {progress.published}/{progress.tiles} tiles, {mb:.1f} MB, {rate:.1f} MB/s"
+        )
         self.stream.flush()
 
     def finish(self, text: str) -> None:
@@ -88,8 +127,10 @@ def describe(name: str, result: Any) -> str:
     rate = mb / max(result.seconds, 1e-9)
     tps = result.published / max(result.seconds, 1e-9)
     skipped = f", {result.skipped} all-nodata skipped" if result.skipped else ""
-    return (f"{name}: scene {result.scene}: {result.published} tiles{skipped}, {mb:.1f} MB in "
-            f"{result.seconds:.2f} s ({tps:.0f} tiles/s, {rate:.1f} MB/s)")
+    return (
+        f"{name}: scene {result.scene}: {result.published} tiles{skipped}, {mb:.1f} MB in "
+        f"{result.seconds:.2f} s ({tps:.0f} tiles/s, {rate:.1f} MB/s)"
+    )
 
 
 def cmd_ingest(settings: Settings, args: argparse.Namespace) -> int:
@@ -106,15 +147,18 @@ def cmd_ingest(settings: Settings, args: argparse.Namespace) -> int:
     for path in args.files:
         line.start(path)
         try:
-            result = ingest_file(client, settings, path, scene=args.scene, force=args.force,
-                                 on_progress=line.update)
+            result = ingest_file(
+                client, settings, path, scene=args.scene, force=args.force, on_progress=line.update
+            )
         except InputError as e:
             line.finish(f"groundwatch ingest: {e}")
             failed += 1
             continue
         line.finish(describe(path, result))
-    print(f"{len(args.files) - failed} of {len(args.files)} file(s) on {keys.frames(settings.feed)}",
-          file=sys.stderr)
+    print(
+        f"{len(args.files) - failed} of {len(args.files)} file(s) on {keys.frames(settings.feed)}",
+        file=sys.stderr,
+    )
     return 1 if failed else 0
 
 
@@ -133,6 +177,7 @@ def cmd_watch(settings: Settings, args: argparse.Namespace) -> int:
 
     if not args.burst:
         print(f"watching {args.directory} for feed {settings.feed} (Ctrl-C stops)", file=sys.stderr)
-    outcomes = watch(client, settings, args.directory, burst=args.burst, on_progress=line.update,
-                     on_outcome=report)
+    outcomes = watch(
+        client, settings, args.directory, burst=args.burst, on_progress=line.update, on_outcome=report
+    )
     return 1 if any(o.status == "failed" for o in outcomes) else 0

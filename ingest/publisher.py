@@ -114,7 +114,8 @@ def wait_for_room(
 
 def _describe(behind: list[Backlog]) -> str:
     return "; ".join(
-        f"no consumer group yet, {b.lag} frames queued" if b.group is None
+        f"no consumer group yet, {b.lag} frames queued"
+        if b.group is None
         else f"group {b.group!r}: lag {b.lag}, pending {b.pending}"
         for b in behind
     )
@@ -210,14 +211,21 @@ def publish_frames(
         if f.scene != scene or f.tiles != tiles or f.tile != batch[0].tile + k:
             raise ValueError("a batch holds consecutive tiles of one scene")
     stream = keys.frames(feed)
-    marker, progress, stats = keys.scene_ingested(feed, scene), keys.scene_progress(feed, scene), keys.stats(feed)
+    marker, progress, stats = (
+        keys.scene_ingested(feed, scene),
+        keys.scene_progress(feed, scene),
+        keys.stats(feed),
+    )
     while True:
         with client.pipeline(transaction=True) as pipe:
             try:
                 pipe.watch(marker, progress)
+                # Progress first, then the marker: the last batch sets the marker and deletes the
+                # progress in one transaction, so in this order a finished scene is never mistaken
+                # for one with nothing published.
+                state = {_s(k): int(v) for k, v in pipe.hgetall(progress).items()}
                 if pipe.exists(marker):
                     return BatchResult([], complete=True, duplicate=True)
-                state = {_s(k): int(v) for k, v in pipe.hgetall(progress).items()}
                 if state and state.get("tiles") != tiles:
                     raise IngestError(
                         f"scene {scene!r} of feed {feed!r} was partly published as {state.get('tiles')} tiles "
@@ -331,9 +339,18 @@ def publish_tile(
     if window is None:
         window = PixelWindow(0, 0, int(arr.shape[-1]), int(arr.shape[-2]))
     frame = Frame.from_array(
-        arr, scene=scene, tile=tile, tiles=tiles, window=window, transform=transform, crs=crs,
-        acquired=acquired or datetime.now(UTC), published_ms=now_ms(), nodata=nodata,
-        bands=None if bands is None else tuple(bands), source=source,
+        arr,
+        scene=scene,
+        tile=tile,
+        tiles=tiles,
+        window=window,
+        transform=transform,
+        crs=crs,
+        acquired=acquired or datetime.now(UTC),
+        published_ms=now_ms(),
+        nodata=nodata,
+        bands=None if bands is None else tuple(bands),
+        source=source,
     )
     if scene_done(client, feed, scene) is not None:
         return None

@@ -183,7 +183,15 @@ def _describe(p: Path, ds: Any, bands: Sequence[int] | None, expect_bands: int) 
     block_rows = int(ds.block_shapes[selected[0] - 1][0]) if ds.block_shapes else 1
     t = ds.transform
     return Raster(
-        path=p, dataset=ds, bands=selected, width_px=int(ds.width), height_px=int(ds.height), dtype=dtype,
-        transform=(t.a, t.b, t.c, t.d, t.e, t.f), crs=_crs_text(ds.crs), nodata=nodata,
-        block_rows_px=max(1, block_rows), acquired=_acquired(p, ds.tags()),
+        path=p,
+        dataset=ds,
+        bands=selected,
+        width_px=int(ds.width),
+        height_px=int(ds.height),
+        dtype=dtype,
+        transform=(t.a, t.b, t.c, t.d, t.e, t.f),
+        crs=_crs_text(ds.crs),
+        nodata=nodata,
+        block_rows_px=max(1, block_rows),
+        acquired=_acquired(p, ds.tags()),
     )

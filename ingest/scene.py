@@ -151,7 +151,9 @@ def cut_tiles(src: Source, tile_px: int, overlap_px: int) -> tuple[list[tuple[Pi
         r0 = w.row_off - start
         part = strip[:, r0 : r0 + w.height, w.col_off : w.col_off + w.width]
         if part.shape[1:] != (w.height, w.width):
-            raise InputError(f"read {part.shape[1:]} pixels for window {tuple(w)}; the source is inconsistent")
+            raise InputError(
+                f"read {part.shape[1:]} pixels for window {tuple(w)}; the source is inconsistent"
+            )
         if is_all_nodata(part, src.nodata):
             skipped += 1
             continue
@@ -178,8 +180,15 @@ def ingest_scene(
     done = publisher.scene_done(client, feed, scene)
     if done is not None:
         client.hincrby(keys.stats(feed), "scenes_duplicate", 1)
-        return SceneResult(scene, int(done.get("tiles", 0)), int(done.get("skipped", 0)), 0, 0, True,
-                           time.perf_counter() - t0)
+        return SceneResult(
+            scene,
+            int(done.get("tiles", 0)),
+            int(done.get("skipped", 0)),
+            0,
+            0,
+            True,
+            time.perf_counter() - t0,
+        )
     kept, skipped = cut_tiles(src, settings.tile_size, settings.tile_overlap)
     publisher.register_feed(client, feed)
     if not kept:
@@ -189,8 +198,18 @@ def ingest_scene(
     try:
         frames = [
             Frame.from_array(
-                arr, scene=scene, tile=i, tiles=tiles, window=w, transform=src.transform, crs=src.crs,
-                acquired=src.acquired, published_ms=0, nodata=src.nodata, bands=src.bands, source=source,
+                arr,
+                scene=scene,
+                tile=i,
+                tiles=tiles,
+                window=w,
+                transform=src.transform,
+                crs=src.crs,
+                acquired=src.acquired,
+                published_ms=0,
+                nodata=src.nodata,
+                bands=src.bands,
+                source=source,
             )
             for i, (w, arr) in enumerate(kept)
         ]
@@ -204,7 +223,7 @@ def ingest_scene(
         publisher.wait_for_room(client, settings, feed)
         result = publisher.publish_frames(client, feed, batch, skipped=skipped, source=source)
         added += len(result.ids)
-        nbytes += sum(len(f.data) for f in batch[len(batch) - len(result.ids):])
+        nbytes += sum(len(f.data) for f in batch[len(batch) - len(result.ids) :])
         if on_progress is not None:
             on_progress(SceneProgress(scene, min(tiles, i + len(batch)), tiles, nbytes))
         if result.complete:
@@ -227,7 +246,9 @@ def ingest_file(
     scene = scene or scene_id_for(p)
     bands = parse_bands(settings.ingest_bands)
     with open_raster(p, bands=bands, expect_bands=settings.expect_bands) as raster:
-        return ingest_scene(client, settings, raster, scene, source=p.name, force=force, on_progress=on_progress)
+        return ingest_scene(
+            client, settings, raster, scene, source=p.name, force=force, on_progress=on_progress
+        )
 
 
 def publish_array(

@@ -31,8 +31,14 @@ def write_tif(
     """Write a (C, H, W) array as a GeoTIFF: tiled (block x block) or striped (rows per strip)."""
     c, h, w = array.shape
     profile: dict[str, Any] = {
-        "driver": "GTiff", "width": w, "height": h, "count": c, "dtype": array.dtype.name,
-        "crs": crs, "transform": transform, "nodata": nodata,
+        "driver": "GTiff",
+        "width": w,
+        "height": h,
+        "count": c,
+        "dtype": array.dtype.name,
+        "crs": crs,
+        "transform": transform,
+        "nodata": nodata,
     }
     if tiled:
         profile.update(tiled=True, blockxsize=block, blockysize=block)

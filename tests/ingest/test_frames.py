@@ -23,18 +23,32 @@ DOC = Path(__file__).resolve().parents[2] / "docs" / "protocol.md"
 def make(array: np.ndarray, **kw: Any) -> Frame:
     _c, h, w = array.shape
     args: dict[str, Any] = dict(
-        scene="S2A_T31UDQ.x-1", tile=1, tiles=3, window=(256, 128, w, h),
-        transform=(10.0, 0.0, 500000.0, 0.0, -10.0, 4000000.0), crs="EPSG:32631", acquired=ACQ,
+        scene="S2A_T31UDQ.x-1",
+        tile=1,
+        tiles=3,
+        window=(256, 128, w, h),
+        transform=(10.0, 0.0, 500000.0, 0.0, -10.0, 4000000.0),
+        crs="EPSG:32631",
+        acquired=ACQ,
         published_ms=1795643574703,
     )
     args.update(kw)
     return Frame.from_array(array, **args)
 
 
-@pytest.mark.parametrize("dtype,name", [
-    ("uint8", "UINT8"), ("int8", "INT8"), ("uint16", "UINT16"), ("int16", "INT16"), ("int32", "INT32"),
-    ("int64", "INT64"), ("float32", "FLOAT"), ("float64", "DOUBLE"),
-])
+@pytest.mark.parametrize(
+    "dtype,name",
+    [
+        ("uint8", "UINT8"),
+        ("int8", "INT8"),
+        ("uint16", "UINT16"),
+        ("int16", "INT16"),
+        ("int32", "INT32"),
+        ("int64", "INT64"),
+        ("float32", "FLOAT"),
+        ("float64", "DOUBLE"),
+    ],
+)
 def test_round_trip_every_dtype(dtype: str, name: str) -> None:
     a = (np.arange(2 * 5 * 7) - 3).astype(dtype).reshape(2, 5, 7)
     f = make(a, nodata=0, bands=(4, 2))
@@ -55,8 +69,13 @@ def test_data_is_little_endian_c_order() -> None:
 
 
 def test_fields_are_text_and_exact() -> None:
-    f = make(np.zeros((1, 4, 4), "float32"), nodata=float("nan"), source="a.tif",
-             transform=(0.1, 0.0, 2.35, 0.0, -0.1, 48.85), crs="EPSG:4326")
+    f = make(
+        np.zeros((1, 4, 4), "float32"),
+        nodata=float("nan"),
+        source="a.tif",
+        transform=(0.1, 0.0, 2.35, 0.0, -0.1, 48.85),
+        crs="EPSG:4326",
+    )
     fields = frames.encode(f)
     assert fields["acquired"] == "2026-11-25T10:31:07Z"
     assert fields["window"] == "256,128,4,4"
@@ -96,32 +115,35 @@ def _broken(**changes: Any) -> dict[str, Any]:
     return fields
 
 
-@pytest.mark.parametrize("changes,field,pattern", [
-    ({"data": None}, "data", r"missing field\(s\) data"),
-    ({"v": "2"}, "v", r"unsupported frame version '2'"),
-    ({"data": b"\x00" * 63}, "data", r"63 bytes but shape 2,4,4 of UINT16 needs 64"),
-    ({"shape": "2,4"}, "shape", r"C,H,W"),
-    ({"shape": "2,4,-4"}, "shape", r"C,H,W"),
-    ({"dtype": "float32"}, "dtype", r"use one of UINT8"),
-    ({"tile": "3"}, "tile", r"not in 0..2"),
-    ({"tiles": "0"}, "tile", r"not in"),
-    ({"tile": "x"}, "tile", r"non-negative integer"),
-    ({"frame": "other/1"}, "frame", r"scene and tile make it"),
-    ({"scene": "a/b", "frame": "a/b/1"}, "scene", r"scene id 'a/b' is not valid"),
-    ({"window": "0,0,5,4"}, "window", r"width <= 4"),
-    ({"window": "0,0,4"}, "window", r"four integers"),
-    ({"transform": "10,0,5,0,-10"}, "transform", r"six finite numbers"),
-    ({"transform": "0,0,5,0,0,7"}, "transform", r"invertible"),
-    ({"transform": "10,0,nan,0,-10,4"}, "transform", r"six finite numbers"),
-    ({"crs": " "}, "crs", r"crs is empty"),
-    ({"acquired": "2026-11-25 10:31"}, "acquired", r"UTC offset"),
-    ({"acquired": "yesterday"}, "acquired", r"ISO 8601"),
-    ({"published": "1.5"}, "published", r"milliseconds"),
-    ({"nodata": "70000"}, "nodata", r"not a value of UINT16"),
-    ({"nodata": "zero"}, "nodata", r"must be a number"),
-    ({"bands": "1"}, "bands", r"must list 2 band numbers"),
-    ({"dtype": b"\xff"}, "dtype", r"ASCII"),
-])
+@pytest.mark.parametrize(
+    "changes,field,pattern",
+    [
+        ({"data": None}, "data", r"missing field\(s\) data"),
+        ({"v": "2"}, "v", r"unsupported frame version '2'"),
+        ({"data": b"\x00" * 63}, "data", r"63 bytes but shape 2,4,4 of UINT16 needs 64"),
+        ({"shape": "2,4"}, "shape", r"C,H,W"),
+        ({"shape": "2,4,-4"}, "shape", r"C,H,W"),
+        ({"dtype": "float32"}, "dtype", r"use one of UINT8"),
+        ({"tile": "3"}, "tile", r"not in 0..2"),
+        ({"tiles": "0"}, "tile", r"not in"),
+        ({"tile": "x"}, "tile", r"non-negative integer"),
+        ({"frame": "other/1"}, "frame", r"scene and tile make it"),
+        ({"scene": "a/b", "frame": "a/b/1"}, "scene", r"scene id 'a/b' is not valid"),
+        ({"window": "0,0,5,4"}, "window", r"width <= 4"),
+        ({"window": "0,0,4"}, "window", r"four integers"),
+        ({"transform": "10,0,5,0,-10"}, "transform", r"six finite numbers"),
+        ({"transform": "0,0,5,0,0,7"}, "transform", r"invertible"),
+        ({"transform": "10,0,nan,0,-10,4"}, "transform", r"six finite numbers"),
+        ({"crs": " "}, "crs", r"crs is empty"),
+        ({"acquired": "2026-11-25 10:31"}, "acquired", r"UTC offset"),
+        ({"acquired": "yesterday"}, "acquired", r"ISO 8601"),
+        ({"published": "1.5"}, "published", r"milliseconds"),
+        ({"nodata": "70000"}, "nodata", r"not a value of UINT16"),
+        ({"nodata": "zero"}, "nodata", r"must be a number"),
+        ({"bands": "1"}, "bands", r"must list 2 band numbers"),
+        ({"dtype": b"\xff"}, "dtype", r"ASCII"),
+    ],
+)
 def test_decode_rejects_with_clear_reason(changes: dict[str, Any], field: str, pattern: str) -> None:
     with pytest.raises(FrameError, match=pattern) as info:
         frames.decode(_broken(**changes))

@@ -13,6 +13,7 @@ import redis
 
 from groundwatch import frames, keys
 from groundwatch.frames import Frame
+from groundwatch.server import RedisServer
 from groundwatch.settings import Settings
 from ingest import publisher
 from ingest.errors import BackpressureError, IngestError, InputError
@@ -33,11 +34,18 @@ def stats(r: redis.Redis, feed: str = "test") -> dict[str, int]:
 
 @pytest.mark.parametrize("tiled", [True, False], ids=["tiled", "striped"])
 @pytest.mark.parametrize("dtype", ["uint8", "uint16", "float32"])
-def test_round_trip_through_redis(r: redis.Redis, settings: Settings, tmp_path: Path, tiled: bool,
-                                  dtype: str) -> None:
+def test_round_trip_through_redis(
+    r: redis.Redis, settings: Settings, tmp_path: Path, tiled: bool, dtype: str
+) -> None:
     a = scene_array(2, 301, 263, dtype)  # odd sizes: 3 x 3 tiles of 128 with overlap >= 16
-    path = write_tif(tmp_path / "S2B_odd.scene.tif", a, tiled=tiled, block=32 if tiled else 7,
-                     nodata=0, tags={"TIFFTAG_DATETIME": "2026:11:25 10:31:07"})
+    path = write_tif(
+        tmp_path / "S2B_odd.scene.tif",
+        a,
+        tiled=tiled,
+        block=32 if tiled else 7,
+        nodata=0,
+        tags={"TIFFTAG_DATETIME": "2026:11:25 10:31:07"},
+    )
     result = ingest_file(r, settings, path)
     got = stream_frames(r)
     assert result.tiles == result.published == len(got) == 9 and result.skipped == 0
@@ -49,8 +57,9 @@ def test_round_trip_through_redis(r: redis.Redis, settings: Settings, tmp_path: 
     for f in got:
         w = f.window
         assert f.shape == (2, 128, 128) and f.dtype == frames.engine_dtype(dtype)
-        np.testing.assert_array_equal(f.valid(), a[:, w.row_off : w.row_off + w.height,
-                                                   w.col_off : w.col_off + w.width])
+        np.testing.assert_array_equal(
+            f.valid(), a[:, w.row_off : w.row_off + w.height, w.col_off : w.col_off + w.width]
+        )
         assert f.transform == T6 and f.crs == UTM31 and f.nodata == 0.0 and f.bands == (1, 2)
         assert frames.format_time(f.acquired) == "2026-11-25T10:31:07Z"
         assert f.source == "S2B_odd.scene.tif" and f.published_ms > 0
@@ -74,8 +83,9 @@ def test_small_scene_is_padded_with_nodata(r: redis.Redis, settings: Settings, t
     assert (t[:, 50:, :] == 7).all() and (t[:, :, 90:] == 7).all()
 
 
-def test_small_scene_without_nodata_is_padded_with_zero(r: redis.Redis, settings: Settings,
-                                                        tmp_path: Path) -> None:
+def test_small_scene_without_nodata_is_padded_with_zero(
+    r: redis.Redis, settings: Settings, tmp_path: Path
+) -> None:
     ingest_file(r, settings, write_tif(tmp_path / "small.tif", scene_array(1, 130, 40, "float32")))
     got = stream_frames(r)
     assert [tuple(f.window) for f in got] == [(0, 0, 40, 128), (0, 2, 40, 128)]
@@ -96,8 +106,9 @@ def test_nodata_tiles_are_skipped_and_counted(r: redis.Redis, settings: Settings
     assert stats(r)["tiles_skipped"] == 1
 
 
-def test_all_nodata_scene_publishes_nothing_but_is_marked(r: redis.Redis, settings: Settings,
-                                                         tmp_path: Path) -> None:
+def test_all_nodata_scene_publishes_nothing_but_is_marked(
+    r: redis.Redis, settings: Settings, tmp_path: Path
+) -> None:
     path = write_tif(tmp_path / "empty.tif", np.zeros((1, 200, 200), "uint8"), nodata=0)
     result = ingest_file(r, settings, path)
     assert result.tiles == 0 and result.skipped == 4 and not r.exists(keys.frames("test"))
@@ -117,8 +128,9 @@ def test_same_scene_twice_is_enqueued_once(r: redis.Redis, settings: Settings, t
     assert forced.published == 4 and r.xlen(keys.frames("test")) == 8
 
 
-def test_a_crash_mid_scene_resumes_without_duplicates(r: redis.Redis, settings: Settings,
-                                                      tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_a_crash_mid_scene_resumes_without_duplicates(
+    r: redis.Redis, settings: Settings, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     a = scene_array(1, 300, 300)
     path = write_tif(tmp_path / "crash.tif", a)
     settings = settings.replace(publish_batch=2)
@@ -150,8 +162,20 @@ def test_a_crash_mid_scene_resumes_without_duplicates(r: redis.Redis, settings: 
 def test_changed_tiling_after_a_crash_is_refused(r: redis.Redis, settings: Settings) -> None:
     src = ArraySource(scene_array(1, 300, 300), T6, UTM31)
     kept, _ = cut_tiles(src, 128, 16)
-    batch = [Frame.from_array(arr, scene="s", tile=i, tiles=9, window=w, transform=T6, crs=UTM31,
-                              acquired=src.acquired, published_ms=0) for i, (w, arr) in enumerate(kept[:2])]
+    batch = [
+        Frame.from_array(
+            arr,
+            scene="s",
+            tile=i,
+            tiles=9,
+            window=w,
+            transform=T6,
+            crs=UTM31,
+            acquired=src.acquired,
+            published_ms=0,
+        )
+        for i, (w, arr) in enumerate(kept[:2])
+    ]
     publish_frames(r, "test", batch)
     with pytest.raises(IngestError, match=r"tiling .* changed"):
         publish_array(r, settings.replace(tile_size=256), src.array, T6, UTM31, scene="s")
@@ -159,9 +183,17 @@ def test_changed_tiling_after_a_crash_is_refused(r: redis.Redis, settings: Setti
 
 def test_publish_frames_rejects_gaps_and_ignores_repeats(r: redis.Redis) -> None:
     def frame(i: int) -> Frame:
-        return Frame.from_array(np.full((1, 2, 2), i, "uint8"), scene="g", tile=i, tiles=3,
-                                window=(0, 0, 2, 2), transform=T6, crs=UTM31,
-                                acquired=datetime.now(UTC), published_ms=0)
+        return Frame.from_array(
+            np.full((1, 2, 2), i, "uint8"),
+            scene="g",
+            tile=i,
+            tiles=3,
+            window=(0, 0, 2, 2),
+            transform=T6,
+            crs=UTM31,
+            acquired=datetime.now(UTC),
+            published_ms=0,
+        )
 
     with pytest.raises(IngestError, match="tile 1 cannot be published before tile 0"):
         publish_frames(r, "test", [frame(1)])
@@ -181,8 +213,20 @@ def test_publish_tile_api(r: redis.Redis) -> None:
     np.testing.assert_array_equal(f.array(), a)
     assert f.tiles == 1 and tuple(f.window) == (0, 0, 64, 64) and f.transform == T6
     assert f.scene.startswith("a-")
-    ids = [publish_tile(r, Settings(feed="arrays"), a[i], T6, UTM31, scene="multi", tile=i, tiles=3,
-                        window=(i * 64, 0, 64, 64)) for i in range(3)]
+    ids = [
+        publish_tile(
+            r,
+            Settings(feed="arrays"),
+            a[i],
+            T6,
+            UTM31,
+            scene="multi",
+            tile=i,
+            tiles=3,
+            window=(i * 64, 0, 64, 64),
+        )
+        for i in range(3)
+    ]
     assert all(ids) and r.exists(keys.scene_ingested("arrays", "multi"))
     assert [f.window.col_off for f in stream_frames(r, "arrays")[1:]] == [0, 64, 128]
 
@@ -194,7 +238,9 @@ def test_publish_array_tiles_a_scene(r: redis.Redis, settings: Settings) -> None
     assert result.tiles == len(got) == 6
     for f in got:
         w = f.window
-        np.testing.assert_array_equal(f.valid(), a[:, w.row_off : w.row_off + 128, w.col_off : w.col_off + 128])
+        np.testing.assert_array_equal(
+            f.valid(), a[:, w.row_off : w.row_off + 128, w.col_off : w.col_off + 128]
+        )
 
 
 def test_scene_ids_from_file_names() -> None:
@@ -220,8 +266,9 @@ def test_no_group_counts_the_stream_length(r: redis.Redis, settings: Settings) -
     assert r.xlen(keys.frames("test")) == 5  # nothing trimmed to make room
 
 
-def test_a_lagging_group_blocks_with_a_clear_message(r: redis.Redis, settings: Settings,
-                                                     tmp_path: Path) -> None:
+def test_a_lagging_group_blocks_with_a_clear_message(
+    r: redis.Redis, settings: Settings, tmp_path: Path
+) -> None:
     fill(r, 10)
     r.xgroup_create(keys.frames("test"), "detectors", id="0")
     r.xreadgroup("detectors", "c1", {keys.frames("test"): ">"}, count=3)  # 3 pending, lag 7
@@ -244,8 +291,9 @@ def test_pending_alone_blocks(r: redis.Redis, settings: Settings) -> None:
         wait_for_room(r, settings.replace(max_lag=5, backpressure_timeout_s=0.0))
 
 
-def test_a_group_that_acks_lets_the_producer_proceed(r: redis.Redis, settings: Settings,
-                                                      tmp_path: Path) -> None:
+def test_a_group_that_acks_lets_the_producer_proceed(
+    r: redis.Redis, settings: Settings, tmp_path: Path
+) -> None:
     stream = keys.frames("test")
     fill(r, 8)
     r.xgroup_create(stream, "detectors", id="0")
@@ -315,3 +363,32 @@ def test_bad_input_leaves_the_stream_untouched(r: redis.Redis, settings: Setting
     with pytest.raises(InputError, match=r"cut\.tif"):
         ingest_file(r, settings, path)
     assert not r.exists(keys.frames("test")) and not r.exists(keys.scene_ingested("test", "cut"))
+
+
+def test_concurrent_producers_of_one_scene_publish_each_tile_once(
+    redis_server: RedisServer, settings: Settings, tmp_path: Path
+) -> None:
+    """Three producers race on the same scene, one frame per transaction: WATCH keeps it exactly-once."""
+    import threading
+
+    path = write_tif(tmp_path / "race.tif", scene_array(1, 400, 400))
+    client = redis.Redis(port=redis_server.port)
+    client.flushall()
+    one_by_one = settings.replace(publish_batch=1)
+    errors: list[BaseException] = []
+
+    def produce() -> None:
+        try:
+            ingest_file(redis.Redis(port=redis_server.port), one_by_one, path)
+        except BaseException as e:  # pragma: no cover - reported below
+            errors.append(e)
+
+    threads = [threading.Thread(target=produce) for _ in range(3)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert errors == []
+    got = [f.frame_id for f in stream_frames(client)]
+    assert got == [f"race/{i}" for i in range(16)]
+    assert stats(client)["scenes_in"] == 1 and stats(client)["frames_in"] == 16

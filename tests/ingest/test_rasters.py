@@ -49,9 +49,13 @@ def test_band_selection_in_order(tmp_path: Path) -> None:
 
 
 def test_geographic_crs_and_acquisition_tag(tmp_path: Path) -> None:
-    path = write_tif(tmp_path / "s.tif", scene_array(1, 20, 20), crs="EPSG:4326",
-                     transform=from_origin(2.3, 48.9, 0.001, 0.001),
-                     tags={"TIFFTAG_DATETIME": "2026:11:25 10:31:07"})
+    path = write_tif(
+        tmp_path / "s.tif",
+        scene_array(1, 20, 20),
+        crs="EPSG:4326",
+        transform=from_origin(2.3, 48.9, 0.001, 0.001),
+        tags={"TIFFTAG_DATETIME": "2026:11:25 10:31:07"},
+    )
     with open_raster(path) as r:
         assert r.crs == "EPSG:4326"
         assert r.acquired == datetime(2026, 11, 25, 10, 31, 7, tzinfo=UTC)
@@ -87,7 +91,9 @@ def test_not_georeferenced(tmp_path: Path) -> None:
 
 def test_band_out_of_range(tmp_path: Path) -> None:
     path = write_tif(tmp_path / "one.tif", scene_array(1, 20, 20))
-    with pytest.raises(InputError, match=r"one\.tif: has 1 band\(s\) but band\(s\) 3 were asked for.*--bands"):
+    with pytest.raises(
+        InputError, match=r"one\.tif: has 1 band\(s\) but band\(s\) 3 were asked for.*--bands"
+    ):
         with open_raster(path, bands=(1, 3)):
             pass
 

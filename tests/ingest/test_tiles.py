@@ -10,24 +10,29 @@ import pytest
 from ingest.tiles import MapBounds, PixelWindow, grid, is_all_nodata, offsets_px, pad, window_bounds
 
 
-@pytest.mark.parametrize("length,tile,overlap,expected", [
-    (1024, 512, 64, [0, 448, 512]),  # last tile shifted back to end at the edge
-    (960, 512, 64, [0, 448]),  # exact fit: no extra tile
-    (1000, 512, 64, [0, 448, 488]),
-    (513, 512, 64, [0, 1]),
-    (512, 512, 64, [0]),
-    (300, 512, 64, [0]),  # smaller than a tile: one padded tile
-    (1, 512, 0, [0]),
-    (1024, 512, 0, [0, 512]),
-    (10, 4, 3, [0, 1, 2, 3, 4, 5, 6]),
-])
+@pytest.mark.parametrize(
+    "length,tile,overlap,expected",
+    [
+        (1024, 512, 64, [0, 448, 512]),  # last tile shifted back to end at the edge
+        (960, 512, 64, [0, 448]),  # exact fit: no extra tile
+        (1000, 512, 64, [0, 448, 488]),
+        (513, 512, 64, [0, 1]),
+        (512, 512, 64, [0]),
+        (300, 512, 64, [0]),  # smaller than a tile: one padded tile
+        (1, 512, 0, [0]),
+        (1024, 512, 0, [0, 512]),
+        (10, 4, 3, [0, 1, 2, 3, 4, 5, 6]),
+    ],
+)
 def test_offsets(length: int, tile: int, overlap: int, expected: list[int]) -> None:
     assert offsets_px(length, tile, overlap) == expected
 
 
 @pytest.mark.parametrize("length", [1, 7, 129, 300, 511, 512, 513, 959, 960, 961, 2048, 2049, 10980])
 @pytest.mark.parametrize("tile,overlap", [(512, 64), (128, 16), (256, 0), (100, 99)])
-def test_offsets_cover_the_axis_inside_it_with_at_least_the_overlap(length: int, tile: int, overlap: int) -> None:
+def test_offsets_cover_the_axis_inside_it_with_at_least_the_overlap(
+    length: int, tile: int, overlap: int
+) -> None:
     offs = offsets_px(length, tile, overlap)
     size = min(tile, length)
     assert offs[0] == 0 and offs[-1] + size == length  # first at the start, last ends at the edge

@@ -1,0 +1,218 @@
+"""Ingest throughput: a generated 2048 x 2048 uint16 GeoTIFF to frames on a local redis-server.
+
+Rows (tiles/s and MB/s of tile data published; figures are printed, never asserted):
+  file, tiled, raw          `ingest_file` of an uncompressed tiled GeoTIFF (read + tile + publish)
+  file, tiled, deflate      the same scene DEFLATE-compressed (decoding costs)
+  file, striped, raw        the same scene in strips
+  publish_tile API          `publish_tile` of 512 x 512 arrays already in memory, one call each
+Each row ingests the scene `repeats` times (with --force semantics: the marker is dropped) into
+a stream that nobody reads (max_lag raised so backpressure never waits) and reports the best
+repeat. The goal (issue 5): ingest at least 5x the model's tiles/s on the same machine.
+
+    python bench/ingest.py [--size 2048] [--bands 1] [--repeats 3] [--json out.json]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import redis
+
+if __package__ in (None, ""):
+    sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from groundwatch import keys
+from groundwatch.server import RedisServer
+from groundwatch.settings import Settings
+
+FEED = "bench"
+
+
+def _scene(size: int, bands: int, dtype: str) -> np.ndarray:
+    rng = np.random.default_rng(0)
+    return rng.integers(1, 4000, size=(bands, size, size)).astype(dtype)
+
+
+def _write(path: Path, a: np.ndarray, **profile: Any) -> Path:
+    import rasterio
+    from rasterio.transform import from_origin
+
+    c, h, w = a.shape
+    with rasterio.open(
+        path,
+        "w",
+        driver="GTiff",
+        width=w,
+        height=h,
+        count=c,
+        dtype=a.dtype.name,
+        crs="EPSG:32631",
+        transform=from_origin(500000, 4000000, 10, 10),
+        nodata=0,
+        **profile,
+    ) as ds:
+        ds.write(a)
+    return path
+
+
+def _row(name: str, tiles: int, nbytes: int, seconds: float, note: str = "") -> dict[str, Any]:
+    return {
+        "name": name,
+        "throughput": tiles / seconds if seconds > 0 else 0.0,
+        "p50_ms": None,
+        "p99_ms": None,
+        "ratio": None,
+        "requests": None,
+        "tiles": tiles,
+        "errors": 0,
+        "note": note,
+        "seconds": seconds,
+        "mb_per_s": nbytes / 1e6 / seconds if seconds > 0 else 0.0,
+    }
+
+
+def run(
+    *,
+    size: int = 2048,
+    bands: int = 1,
+    dtype: str = "uint16",
+    tile_size: int = 512,
+    tile_overlap: int = 64,
+    repeats: int = 3,
+    redis_url: str | None = None,
+) -> dict[str, Any]:
+    """Measure every row; returns {"rows": [...], "table": markdown, context...}."""
+    from ingest.publisher import forget_scene, publish_tile
+    from ingest.scene import ingest_file
+
+    settings = Settings(
+        feed=FEED, tile_size=tile_size, tile_overlap=tile_overlap, max_lag=10**9, publish_batch=32
+    )
+    a = _scene(size, bands, dtype)
+    rows: list[dict[str, Any]] = []
+    with tempfile.TemporaryDirectory(prefix="gw-bench-ingest-") as tmp:
+        tmpdir = Path(tmp)
+        server = None
+        if redis_url is None:
+            server = RedisServer(data_dir=tmpdir / "redis", engine_module=None).start()
+            redis_url = server.url
+        try:
+            client = redis.Redis.from_url(redis_url, socket_timeout=120)
+            variants = [
+                (
+                    "file, tiled, raw",
+                    _write(tmpdir / "tiled.tif", a, tiled=True, blockxsize=512, blockysize=512),
+                ),
+                (
+                    "file, tiled, deflate",
+                    _write(
+                        tmpdir / "deflate.tif",
+                        a,
+                        tiled=True,
+                        blockxsize=512,
+                        blockysize=512,
+                        compress="deflate",
+                    ),
+                ),
+                ("file, striped, raw", _write(tmpdir / "striped.tif", a, tiled=False)),
+            ]
+            for name, path in variants:
+                best = None
+                for _ in range(repeats):
+                    client.delete(keys.frames(FEED))
+                    forget_scene(client, FEED, path.stem)
+                    t0 = time.perf_counter()
+                    result = ingest_file(client, settings, path)
+                    dt = time.perf_counter() - t0
+                    if best is None or dt < best[0]:
+                        best = (dt, result)
+                assert best is not None
+                dt, result = best
+                rows.append(
+                    _row(
+                        name,
+                        result.published,
+                        result.nbytes,
+                        dt,
+                        f"{path.stat().st_size / 1e6:.1f} MB file, {result.published} tiles",
+                    )
+                )
+            # publish_tile: arrays already in memory, one frame (one-tile scene) per call
+            tiles = [
+                np.ascontiguousarray(a[:, r : r + tile_size, c : c + tile_size])
+                for r in range(0, size - tile_size + 1, tile_size)
+                for c in range(0, size - tile_size + 1, tile_size)
+            ]
+            best_dt = float("inf")
+            for rep in range(repeats):
+                client.delete(keys.frames(FEED))
+                t0 = time.perf_counter()
+                for i, t in enumerate(tiles):
+                    publish_tile(
+                        client,
+                        settings,
+                        t,
+                        (10, 0, 500000, 0, -10, 4000000),
+                        "EPSG:32631",
+                        scene=f"api-{rep}-{i}",
+                    )
+                best_dt = min(best_dt, time.perf_counter() - t0)
+            rows.append(
+                _row(
+                    "publish_tile API",
+                    len(tiles),
+                    sum(t.nbytes for t in tiles),
+                    best_dt,
+                    "one call per 512x512 tile, incl. backpressure check",
+                )
+            )
+            client.delete(keys.frames(FEED))
+        finally:
+            if server is not None:
+                server.stop()
+    return {
+        "scene": [bands, size, size],
+        "dtype": dtype,
+        "tile_size": tile_size,
+        "tile_overlap": tile_overlap,
+        "repeats": repeats,
+        "rows": rows,
+        "table": table(rows),
+    }
+
+
+def table(rows: list[dict[str, Any]]) -> str:
+    lines = ["| ingest | tiles/s | MB/s | tiles | s | note |", "| --- | ---: | ---: | ---: | ---: | --- |"]
+    for r in rows:
+        lines.append(
+            f"| {r['name']} | {r['throughput']:.0f} | {r['mb_per_s']:.0f} | {r['tiles']} | "
+            f"{r['seconds']:.3f} | {r['note']} |"
+        )
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
+    p.add_argument("--size", type=int, default=2048)
+    p.add_argument("--bands", type=int, default=1)
+    p.add_argument("--repeats", type=int, default=3)
+    p.add_argument("--redis-url", default=None, help="use this Redis instead of starting one")
+    p.add_argument("--json", type=Path, default=None, help="also write the results here")
+    args = p.parse_args(argv)
+    out = run(size=args.size, bands=args.bands, repeats=args.repeats, redis_url=args.redis_url)
+    print(f"ingest: {out['scene']} {out['dtype']} scene, tiles {out['tile_size']}/{out['tile_overlap']}")
+    print(out["table"])
+    if args.json:
+        args.json.write_text(json.dumps(out, indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
