@@ -1,0 +1,448 @@
+"""Shared benchmark helpers: the stand-in model, tiles, a closed-loop client driver, timing
+summaries, a markdown table writer, and process-group handling for servers the bench starts.
+
+Every row of every benchmark is a dict with the same keys (see `ROW_KEYS`), so the `make bench`
+driver can merge rows from bench/alternatives.py, bench/engine.py and bench/pipeline.py into
+one table and one JSON file.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import platform
+import signal
+import socket
+import subprocess
+import tempfile
+import threading
+import time
+import urllib.request
+import warnings
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from groundwatch.settings import REPO_ROOT
+
+DETECTOR_PATH = REPO_ROOT / "models" / "artifacts" / "detector.pt"
+TILE = 512
+ROW_KEYS = ("name", "throughput", "p50_ms", "p99_ms", "ratio", "requests", "tiles", "errors", "note")
+
+# Wire format of a tile over HTTP: raw little-endian bytes, with these headers.
+DTYPE_HEADER = "X-Dtype"
+SHAPE_HEADER = "X-Shape"
+
+
+# --------------------------------------------------------------------------- the stand-in model
+
+
+class StandIn(torch.nn.Module):
+    """A small conv net with the detector's contract: uint16 [B, C, H, W] -> float32 [B, K, 6].
+
+    log1p normalisation, three stride-2 convs to stride 8, a per-class heat head, a box-size head
+    and top-K decoding; rows are x1, y1, x2, y2, score, class_id sorted by score. Its weights are
+    random (seeded): it costs roughly what a compact detector costs, and that is all it is for.
+    """
+
+    def __init__(self, bands: int = 1, classes: int = 2, k: int = 100, width: int = 32) -> None:
+        super().__init__()
+        self.k = k
+        self.classes = classes
+        self.trunk = torch.nn.Sequential(
+            torch.nn.Conv2d(bands, width // 2, 3, stride=2, padding=1),
+            torch.nn.ReLU(),
+            torch.nn.Conv2d(width // 2, width, 3, stride=2, padding=1),
+            torch.nn.ReLU(),
+            torch.nn.Conv2d(width, width, 3, stride=2, padding=1),
+            torch.nn.ReLU(),
+        )
+        self.heat = torch.nn.Conv2d(width, classes, 1)
+        self.size = torch.nn.Conv2d(width, 2, 1)
+
+    def forward(self, x: Tensor) -> Tensor:
+        b = x.shape[0]
+        f = self.trunk((torch.log1p(x.to(torch.float32).clamp(min=0.0)) - 5.0) / 1.5)
+        heat = torch.sigmoid(self.heat(f))  # [B, N, h, w]
+        size = torch.exp(self.size(f).clamp(-4.0, 4.0)) * 8.0  # [B, 2, h, w]
+        h, w = heat.shape[2], heat.shape[3]
+        scores, idx = heat.reshape(b, -1).topk(self.k, dim=1)
+        cls = torch.div(idx, h * w, rounding_mode="floor")
+        cell = idx % (h * w)
+        cy = (torch.div(cell, w, rounding_mode="floor").to(torch.float32) + 0.5) * 8.0
+        cx = ((cell % w).to(torch.float32) + 0.5) * 8.0
+        sizes = size.reshape(b, 2, -1)
+        bw = torch.gather(sizes[:, 0], 1, cell)
+        bh = torch.gather(sizes[:, 1], 1, cell)
+        return torch.stack(
+            [cx - bw / 2, cy - bh / 2, cx + bw / 2, cy + bh / 2, scores, cls.to(torch.float32)], dim=2
+        )
+
+
+def save_standin(path: str | Path, bands: int = 1, k: int = 100, width: int = 32, seed: int = 0) -> Path:
+    """Script the stand-in model with seeded weights and save it with torch.jit.save."""
+    torch.manual_seed(seed)
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", DeprecationWarning)  # TorchScript is what the engine loads
+        module = torch.jit.script(StandIn(bands=bands, k=k, width=width).eval())
+        torch.jit.save(module, str(path))
+    return path
+
+
+@contextlib.contextmanager
+def model_file(model_path: str | Path | None, bands: int = 1) -> Iterator[tuple[Path, str]]:
+    """Yield (path, description): `model_path`, else the bundled detector, else a temp stand-in."""
+    if model_path is not None:
+        yield Path(model_path), str(model_path)
+        return
+    if DETECTOR_PATH.exists():
+        yield DETECTOR_PATH, str(DETECTOR_PATH.relative_to(REPO_ROOT))
+        return
+    with tempfile.TemporaryDirectory(prefix="gw-bench-model-") as tmp:
+        yield save_standin(Path(tmp) / "standin.pt", bands=bands), "stand-in conv net (bench/common.py)"
+
+
+def load_model(path: str | Path, threads: int | None = None) -> torch.jit.ScriptModule:
+    if threads is not None:
+        torch.set_num_threads(threads)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", DeprecationWarning)
+        module = torch.jit.load(str(path), map_location="cpu")
+    module.eval()
+    return module
+
+
+def infer(module: Any, batch: np.ndarray) -> np.ndarray:
+    """Run one batch [B, C, H, W] through the model; returns float32 [B, K, 6]."""
+    with torch.inference_mode():
+        out = module(torch.from_numpy(np.ascontiguousarray(batch)))
+    return np.ascontiguousarray(out.numpy(), dtype=np.float32)
+
+
+def make_tiles(n: int = 16, bands: int = 1, size: int = TILE, seed: int = 0) -> np.ndarray:
+    """Synthetic uint16 tiles [n, bands, size, size]: dim noisy ground with a few bright targets."""
+    rng = np.random.default_rng(seed)
+    tiles = rng.gamma(4.0, 60.0, size=(n, bands, size, size)).astype(np.float32)
+    for i in range(n):
+        for _ in range(rng.integers(2, 8)):
+            y, x = rng.integers(8, size - 24, size=2)
+            h, w = rng.integers(4, 16, size=2)
+            tiles[i, :, y : y + h, x : x + w] += rng.uniform(2000, 20000)
+    return np.clip(tiles, 0, 65535).astype(np.uint16)
+
+
+# --------------------------------------------------------------------------- detections on the wire
+
+
+def live_rows(out: np.ndarray) -> np.ndarray:
+    """The rows of one tile's [K, 6] output with a positive score (unused rows are all zero)."""
+    return out[out[:, 4] > 0]
+
+
+def detections_json(out: np.ndarray) -> list[list[float]]:
+    """One tile's [K, 6] output as the JSON list a REST service returns (live rows only)."""
+    return [[float(v) for v in row] for row in live_rows(out)]
+
+
+def detections_array(rows: Sequence[Sequence[float]]) -> np.ndarray:
+    return np.asarray(rows, dtype=np.float32).reshape(-1, 6)
+
+
+def tile_headers(tile: np.ndarray) -> dict[str, str]:
+    return {
+        "Content-Type": "application/octet-stream",
+        DTYPE_HEADER: tile.dtype.str,
+        SHAPE_HEADER: ",".join(str(d) for d in tile.shape),
+    }
+
+
+def tile_from_bytes(body: bytes, dtype: str, shape: str) -> np.ndarray:
+    dims = tuple(int(d) for d in shape.split(",") if d)
+    return np.frombuffer(body, dtype=np.dtype(dtype)).reshape(dims)
+
+
+# --------------------------------------------------------------------------- timing
+
+
+def percentile(values: Sequence[float], q: float) -> float:
+    """The q-th percentile (0..100, linear interpolation); NaN for no values."""
+    if not values:
+        return float("nan")
+    return float(np.percentile(np.asarray(values, dtype=np.float64), q))
+
+
+def row(
+    name: str,
+    *,
+    tiles: int = 0,
+    wall_s: float = 0.0,
+    latencies_s: Sequence[float] = (),
+    requests: int | None = None,
+    errors: int = 0,
+    note: str = "",
+) -> dict[str, Any]:
+    """A result row: throughput in tiles/s, latency percentiles in ms (per request)."""
+    return {
+        "name": name,
+        "throughput": tiles / wall_s if wall_s > 0 and tiles else 0.0,
+        "p50_ms": percentile(latencies_s, 50) * 1000.0,
+        "p99_ms": percentile(latencies_s, 99) * 1000.0,
+        "ratio": None,
+        "requests": len(latencies_s) if requests is None else requests,
+        "tiles": tiles,
+        "errors": errors,
+        "note": note,
+    }
+
+
+def skipped(name: str, reason: str) -> dict[str, Any]:
+    r = row(name, note=f"skipped: {reason}")
+    r["throughput"] = None
+    return r
+
+
+def add_ratios(rows: Sequence[dict[str, Any]], reference: float | None) -> None:
+    """Set each row's `ratio` to its throughput over `reference` (raw torch at batch 8)."""
+    for r in rows:
+        tput = r.get("throughput")
+        r["ratio"] = tput / reference if reference and tput else None
+
+
+@dataclass
+class LoopResult:
+    latencies_s: list[float] = field(default_factory=list)
+    tiles: int = 0
+    errors: int = 0
+    first_error: str = ""
+    wall_s: float = 0.0
+
+
+def closed_loop(
+    make_client: Callable[[], Callable[[np.ndarray], Any]],
+    tiles: np.ndarray,
+    *,
+    clients: int,
+    seconds: float,
+    max_requests: int | None = None,
+    check: Callable[[int, Any], None] | None = None,
+    max_errors: int = 20,
+) -> LoopResult:
+    """`clients` threads, each sending one tile at a time and waiting for its answer, until
+    `seconds` have passed or `max_requests` have been sent in all. `make_client()` runs once
+    in each thread and returns the call for one tile [C, H, W]. `check(tile_index, answer)`
+    may raise to count an error. Latencies are per request, throughput counts answered tiles.
+    """
+    result = LoopResult()
+    lock = threading.Lock()
+    start_gate = threading.Barrier(clients + 1)
+    sent = [0]
+    stop = threading.Event()
+
+    def worker(c: int) -> None:
+        try:
+            call = make_client()
+        except Exception as exc:
+            with lock:
+                result.errors += 1
+                result.first_error = result.first_error or f"client setup: {exc!r}"
+            start_gate.wait()
+            return
+        start_gate.wait()
+        j = 0
+        while not stop.is_set():
+            with lock:
+                if max_requests is not None and sent[0] >= max_requests:
+                    return
+                sent[0] += 1
+            i = (c + j * clients) % len(tiles)
+            j += 1
+            t0 = time.perf_counter()
+            try:
+                answer = call(tiles[i])
+                if check is not None:
+                    check(i, answer)
+            except Exception as exc:
+                with lock:
+                    result.errors += 1
+                    result.first_error = result.first_error or repr(exc)
+                    if result.errors >= max_errors:
+                        stop.set()
+                continue
+            dt = time.perf_counter() - t0
+            with lock:
+                result.latencies_s.append(dt)
+                result.tiles += 1
+
+    threads = [threading.Thread(target=worker, args=(c,), daemon=True) for c in range(clients)]
+    for t in threads:
+        t.start()
+    start_gate.wait()
+    t0 = time.perf_counter()
+    deadline = t0 + seconds
+    while any(t.is_alive() for t in threads) and time.perf_counter() < deadline:
+        time.sleep(0.01)
+    stop.set()
+    for t in threads:
+        t.join(timeout=60.0)
+    result.wall_s = time.perf_counter() - t0
+    return result
+
+
+# --------------------------------------------------------------------------- processes
+
+
+def free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def thread_env(threads: int, base: dict[str, str] | None = None) -> dict[str, str]:
+    """An environment that holds a server's torch to `threads` intra-op threads."""
+    env = dict(os.environ if base is None else base)
+    for var in ("OMP_NUM_THREADS", "MKL_NUM_THREADS"):
+        env[var] = str(threads)
+    env["GW_BENCH_THREADS"] = str(threads)
+    env["PYTHONPATH"] = os.pathsep.join(p for p in (str(REPO_ROOT), env.get("PYTHONPATH", "")) if p)
+    return env
+
+
+def spawn(
+    args: Sequence[str],
+    *,
+    env: dict[str, str] | None = None,
+    cwd: str | Path | None = None,
+    log: Path | None = None,
+) -> subprocess.Popen[bytes]:
+    """Start a process in its own session (its own process group), output to `log` or nowhere."""
+    out: Any = open(log, "ab") if log is not None else subprocess.DEVNULL
+    try:
+        return subprocess.Popen(
+            list(args), env=env, cwd=cwd, stdout=out, stderr=subprocess.STDOUT, start_new_session=True
+        )
+    finally:
+        if log is not None:
+            out.close()
+
+
+def kill_group(proc: subprocess.Popen[bytes] | None, timeout_s: float = 10.0) -> None:
+    """SIGTERM the process group `proc` leads, wait, then SIGKILL it. Safe to call twice."""
+    if proc is None:
+        return
+    for sig in (signal.SIGTERM, signal.SIGKILL):
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.killpg(proc.pid, sig)
+        try:
+            proc.wait(timeout_s)
+        except subprocess.TimeoutExpired:
+            continue
+        # The leader is gone; children that ignored SIGTERM may still hold the group.
+        if sig == signal.SIGTERM:
+            time.sleep(0.2)
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.killpg(proc.pid, signal.SIGKILL)
+        return
+
+
+def wait_http(
+    url: str, timeout_s: float, proc: subprocess.Popen[bytes] | None = None, log: Path | None = None
+) -> None:
+    """Poll `url` until it answers 200; raise RuntimeError (with the log tail) on timeout or exit."""
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if proc is not None and proc.poll() is not None:
+            raise RuntimeError(f"server exited with status {proc.returncode}{log_tail(log)}")
+        try:
+            with urllib.request.urlopen(url, timeout=1.0) as resp:
+                if resp.status == 200:
+                    return
+        except OSError:
+            pass
+        time.sleep(0.1)
+    raise RuntimeError(f"{url} did not answer in {timeout_s:.0f}s{log_tail(log)}")
+
+
+def log_tail(log: Path | None, lines: int = 15) -> str:
+    if log is None or not log.exists():
+        return ""
+    tail = log.read_text(errors="replace").splitlines()[-lines:]
+    return "\n--- log tail ---\n" + "\n".join(tail)
+
+
+# --------------------------------------------------------------------------- reporting
+
+
+def machine() -> dict[str, Any]:
+    return {
+        "cpu": _cpu_name(),
+        "cores": os.cpu_count(),
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "platform": platform.platform(),
+    }
+
+
+def _cpu_name() -> str:
+    with contextlib.suppress(OSError):
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    return platform.processor() or "unknown"
+
+
+def _fmt(value: Any, digits: int = 1) -> str:
+    if value is None or (isinstance(value, float) and np.isnan(value)):
+        return "-"
+    if isinstance(value, float):
+        return f"{value:.{digits}f}"
+    return str(value)
+
+
+def markdown_table(rows: Sequence[dict[str, Any]]) -> str:
+    """Rows as a markdown table: what, tiles/s, p50, p99, ratio to raw torch batch 8, note."""
+    lines = [
+        "| what | tiles/s | p50 ms | p99 ms | x raw torch b8 | requests | errors | note |",
+        "| --- | ---: | ---: | ---: | ---: | ---: | ---: | --- |",
+    ]
+    for r in rows:
+        ratio = r.get("ratio")
+        lines.append(
+            "| {} | {} | {} | {} | {} | {} | {} | {} |".format(
+                r["name"],
+                _fmt(r.get("throughput")),
+                _fmt(r.get("p50_ms")),
+                _fmt(r.get("p99_ms")),
+                f"{ratio:.2f}" if ratio is not None else "-",
+                _fmt(r.get("requests")),
+                _fmt(r.get("errors")),
+                str(r.get("note", "")).replace("|", "/").replace("\n", " "),
+            )
+        )
+    return "\n".join(lines) + "\n"
+
+
+def write_json(path: str | Path, data: Any) -> None:
+    """Write `data` as JSON; NaN becomes null, numpy scalars and paths become plain values."""
+
+    def clean(o: Any) -> Any:
+        if isinstance(o, dict):
+            return {str(k): clean(v) for k, v in o.items()}
+        if isinstance(o, list | tuple):
+            return [clean(v) for v in o]
+        if isinstance(o, np.generic):
+            o = o.item()
+        if isinstance(o, float) and not np.isfinite(o):
+            return None
+        if isinstance(o, Path):
+            return str(o)
+        return o
+
+    Path(path).write_text(json.dumps(clean(data), indent=2) + "\n")
