@@ -183,3 +183,83 @@ def _pairs(reply: Sequence[Any]) -> dict[str, Any]:
             value = value.decode(errors="replace")
         out[key] = value
     return out
+
+
+# --- many DAGs at once (consumers) -----------------------------------------------------------
+
+class DagError(EngineError):
+    """One DAG failed. `op` is the failing op's index (0 TENSORSET, 1 MODELEXECUTE, 2 TENSORGET),
+    or -1 when the engine refused the whole command (e.g. ``model key is empty``)."""
+
+    def __init__(self, message: str, op: int) -> None:
+        super().__init__(message)
+        self.op = op
+
+    @property
+    def model_missing(self) -> bool:
+        return "model key is empty" in str(self).lower()
+
+    @property
+    def timed_out(self) -> bool:
+        return "timedout" in str(self).lower() or "timed out" in str(self).lower()
+
+
+def dag_result(reply: Any) -> np.ndarray:
+    """Like :func:`dag_output`, but failures are :class:`DagError` naming the failing op."""
+    if isinstance(reply, bytes) and reply == b"TIMEDOUT":
+        raise DagError("TIMEDOUT: the engine timed out the request while it waited in the queue", -1)
+    if isinstance(reply, Exception):
+        raise DagError(str(reply), -1) from reply
+    if not isinstance(reply, list) or len(reply) != 3:
+        raise DagError(f"unexpected DAG reply {reply!r:.200}", -1)
+    for index, op in enumerate(reply):
+        if isinstance(op, Exception):
+            raise DagError(str(op), index) from op
+    try:
+        meta = _pairs(reply[2])
+        return to_array(str(meta["dtype"]), [int(d) for d in meta["shape"]], meta["blob"])
+    except (KeyError, ValueError, TypeError) as e:
+        raise DagError(f"unexpected TENSORGET reply in the DAG: {e}", 2) from e
+
+
+def execute_concurrently(client: redis.Redis, commands: Sequence[Sequence[Any]]) -> list[Any]:
+    """Send every command on its own connection, then read the replies (in order).
+
+    AI.DAGEXECUTE blocks its client until the engine is done, and Redis does not read the next
+    command of a blocked client, so DAGs pipelined on ONE connection run one after the other.
+    One connection per DAG puts them all in the engine's queue at once, where auto-batching
+    (BATCHSIZE) merges them. Error replies come back as exception instances, not raised;
+    connection failures are raised (after dropping the connections involved).
+    """
+    pool = client.connection_pool
+    conns: list[Any] = []
+    replies: list[Any] = []
+    ok = False
+    try:
+        for cmd in commands:
+            conn = pool.get_connection(str(cmd[0]))
+            conns.append(conn)
+            conn.send_command(*cmd)
+        for conn in conns:
+            try:
+                replies.append(conn.read_response())
+            except redis.ResponseError as e:
+                replies.append(e)
+        ok = True
+        return replies
+    finally:
+        for conn in conns:
+            if not ok:
+                conn.disconnect()
+            pool.release(conn)
+
+
+def model_blob(client: redis.Redis, key: str) -> bytes:
+    """AI.MODELGET key BLOB as one bytes object (the engine may answer in chunks)."""
+    try:
+        reply = client.execute_command("AI.MODELGET", key, "BLOB")
+    except redis.ResponseError as e:
+        raise DagError(f"AI.MODELGET {key} failed: {e}", -1) from e
+    if isinstance(reply, list):
+        return b"".join(reply)
+    return bytes(reply)

@@ -90,6 +90,16 @@ def frame_done(feed: str, frame_id: str, model_version: str) -> str:
     return _feed(feed, "done", frame_id, model_version)
 
 
+def dead_marker(feed: str, entry_id: str) -> str:
+    """Idempotency marker: this frames-stream entry was sent to the dead letters."""
+    return _feed(feed, "deadmark", entry_id)
+
+
+def throughput(feed: str) -> str:
+    """Capped list of recent completions "<epoch ms> <frames>", one per published batch (for status)."""
+    return _feed(feed, "throughput")
+
+
 # --- models --------------------------------------------------------------------------------
 
 

@@ -1,0 +1,56 @@
+"""`groundwatch consume`: run one consumer of a feed (imports stay light for `--help`)."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import signal
+import sys
+from types import FrameType
+
+from groundwatch.settings import Settings
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "consume",
+        help="read a feed's frames, detect inside Redis, publish georeferenced detections",
+        description="Consume a feed: XREADGROUP frames, one AI.DAGEXECUTE per frame, publish per-tile "
+        "detections and merged scene results, XACK. SIGTERM drains (finishes the batch in flight).",
+    )
+    p.add_argument("--feed", dest="feed", default=None, help="feed name (default: GROUNDWATCH_FEED or 'default')")
+    p.add_argument("--group", dest="group", default=None, help="consumer group (default 'detectors')")
+    p.add_argument("--name", dest="consumer", default=None, help="consumer name (default: host-pid)")
+    p.add_argument("--burst", action="store_true", help="process what is there now, then exit")
+    p.add_argument("--read-count", dest="read_count", type=int, default=None, help="frames per batch (16)")
+    p.add_argument("--block-ms", dest="block_ms", type=int, default=None, help="XREADGROUP BLOCK in ms (1000)")
+    p.add_argument("--claim-idle-ms", dest="claim_idle_ms", type=int, default=None,
+                   help="reclaim entries idle this long on other consumers (30000)")
+    p.add_argument("--max-deliveries", dest="max_deliveries", type=int, default=None,
+                   help="deliveries before a failing frame goes to the dead letters (3)")
+    p.add_argument("--score-threshold", dest="score_threshold", type=float, default=None,
+                   help="drop detections scoring below this (0.3)")
+    p.set_defaults(handler=cmd_consume)
+
+
+def cmd_consume(settings: Settings, args: argparse.Namespace) -> int:
+    from consumers.worker import Consumer
+    from groundwatch import connection
+
+    client = connection.connect(settings)
+    consumer = Consumer(client, settings, burst=args.burst)
+
+    def drain(signum: int, _frame: FrameType | None) -> None:
+        logging.getLogger("groundwatch.consumers").info("signal %d: draining", signum)
+        consumer.stop()
+
+    signal.signal(signal.SIGTERM, drain)
+    signal.signal(signal.SIGINT, drain)
+    stats = consumer.run()
+    print(
+        f"consumer {consumer.name} on feed {consumer.feed}: {stats.frames_done} frames, "
+        f"{stats.detections} detections, {stats.scenes_done} scenes, {stats.dead} dead letters, "
+        f"{stats.duplicates} duplicates skipped",
+        file=sys.stderr,
+    )
+    return 0

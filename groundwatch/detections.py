@@ -1,0 +1,320 @@
+"""The detection wire format, version 1: per-tile detections and merged scene results.
+
+Pure translation between Python objects and what consumers publish; no Redis, no GDAL. The
+format is documented, with redis-cli examples, in ``docs/protocol.md`` ("Detections and scene
+results").
+
+Both kinds of result are GeoJSON FeatureCollections (RFC 7946: coordinates are
+``[longitude, latitude]`` in EPSG:4326) with a foreign member ``"groundwatch"`` that carries the
+header. Each feature is one detected object: its geometry is the box as a polygon of its four
+corners in lon/lat (a box in scene pixels is a parallelogram on the map, and a quadrilateral in
+lon/lat), with properties:
+
+    class       class name (from the model's metadata; "class<id>" when it declares none)
+    class_id    class id as the model returned it
+    score       0..1
+    model       model version that produced it, "name:version"
+    scene, tile, frame   where it was seen (for a merged scene feature: the tile that gave the
+                kept box; ``tiles`` lists every tile that saw the object)
+    box_px      [x1, y1, x2, y2] in TILE pixels (pixel edges, x2/y2 exclusive)
+    scene_box_px  the same box in SCENE pixels
+    box_map     [xmin, ymin, xmax, ymax] in the scene's CRS (``crs`` of the header)
+    center      [lon, lat] of the box centre
+    cut         true when the box touches an inner tile edge (the object may continue in the
+                neighbouring tile; merging prefers boxes that are not cut)
+
+A per-tile result goes to the stream ``gw:{feed}:detections`` as the fields of
+:func:`encode_tile` (``v``, ``frame``, ``scene``, ``tile``, ``tiles``, ``model``, ``count``,
+``published``, ``done`` and ``geojson``), and the ``geojson`` text alone is PUBLISHed on the
+channel of the same name. A scene result goes to ``gw:{feed}:scenes`` (:func:`encode_scene`),
+its channel, and the key ``gw:{feed}:scene:<scene>``.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field, replace
+from typing import Any
+
+from groundwatch.errors import GroundwatchError
+
+VERSION = 1
+
+Box = tuple[float, float, float, float]
+
+
+class DetectionFormatError(GroundwatchError):
+    """A detection or scene message does not decode."""
+
+
+@dataclass(frozen=True)
+class Detection:
+    """One detected object, georeferenced."""
+
+    class_id: int
+    label: str
+    score: float
+    box_px: Box  # tile pixels
+    scene_box_px: Box  # scene pixels
+    box_map: Box  # xmin, ymin, xmax, ymax in the scene CRS
+    ring: tuple[tuple[float, float], ...]  # lon/lat of the corners (x1,y1) (x2,y1) (x2,y2) (x1,y2)
+    center: tuple[float, float]  # lon, lat
+    cut: bool = False
+    model: str = ""
+    scene: str = ""
+    tile: int = 0
+    frame: str = ""
+    tiles: tuple[int, ...] = ()  # scene results: every tile that saw the object
+
+    def with_origin(self, *, model: str, scene: str, tile: int, frame: str) -> Detection:
+        return replace(self, model=model, scene=scene, tile=tile, frame=frame)
+
+
+@dataclass(frozen=True)
+class TileResult:
+    """What one frame yielded: zero or more detections."""
+
+    feed: str
+    frame: str
+    scene: str
+    tile: int
+    tiles: int
+    model: str
+    crs: str
+    window: tuple[int, int, int, int]
+    acquired: str
+    published_ms: int
+    done_ms: int
+    detections: tuple[Detection, ...] = field(default_factory=tuple)
+
+
+@dataclass(frozen=True)
+class SceneResult:
+    """A complete scene: every tile's detections, duplicates across overlaps merged."""
+
+    feed: str
+    scene: str
+    tiles: int
+    models: tuple[str, ...]
+    crs: str
+    acquired: str
+    done_ms: int
+    detections_in: int  # per-tile detections before merging
+    detections: tuple[Detection, ...] = field(default_factory=tuple)
+
+
+def _r(x: float, digits: int) -> float:
+    return round(float(x), digits)
+
+
+def _box(b: Sequence[float], digits: int) -> list[float]:
+    return [_r(v, digits) for v in b]
+
+
+def feature(d: Detection) -> dict[str, Any]:
+    ring = [[_r(lon, 7), _r(lat, 7)] for lon, lat in d.ring]
+    ring.append(list(ring[0]))
+    lons = [p[0] for p in ring]
+    lats = [p[1] for p in ring]
+    props: dict[str, Any] = {
+        "class": d.label,
+        "class_id": d.class_id,
+        "score": _r(d.score, 4),
+        "model": d.model,
+        "scene": d.scene,
+        "tile": d.tile,
+        "frame": d.frame,
+        "box_px": _box(d.box_px, 2),
+        "scene_box_px": _box(d.scene_box_px, 2),
+        "box_map": _box(d.box_map, 3),
+        "center": [_r(d.center[0], 7), _r(d.center[1], 7)],
+        "cut": d.cut,
+    }
+    if d.tiles:
+        props["tiles"] = list(d.tiles)
+    return {
+        "type": "Feature",
+        "bbox": [min(lons), min(lats), max(lons), max(lats)],
+        "geometry": {"type": "Polygon", "coordinates": [ring]},
+        "properties": props,
+    }
+
+
+def from_feature(f: Mapping[str, Any]) -> Detection:
+    try:
+        p = f["properties"]
+        ring = tuple((float(x), float(y)) for x, y in f["geometry"]["coordinates"][0][:4])
+        return Detection(
+            class_id=int(p["class_id"]),
+            label=str(p["class"]),
+            score=float(p["score"]),
+            box_px=_tuple4(p["box_px"]),
+            scene_box_px=_tuple4(p["scene_box_px"]),
+            box_map=_tuple4(p["box_map"]),
+            ring=ring,
+            center=(float(p["center"][0]), float(p["center"][1])),
+            cut=bool(p.get("cut", False)),
+            model=str(p["model"]),
+            scene=str(p["scene"]),
+            tile=int(p["tile"]),
+            frame=str(p["frame"]),
+            tiles=tuple(int(t) for t in p.get("tiles", ())),
+        )
+    except (KeyError, TypeError, ValueError, IndexError) as e:
+        raise DetectionFormatError(f"not a groundwatch detection feature ({e!r}): {str(f)[:200]}") from e
+
+
+def _tuple4(v: Sequence[Any]) -> Box:
+    if len(v) != 4:
+        raise ValueError(f"a box has 4 numbers, got {v!r}")
+    return (float(v[0]), float(v[1]), float(v[2]), float(v[3]))
+
+
+def _dumps(obj: Any) -> str:
+    return json.dumps(obj, separators=(",", ":"), allow_nan=False)
+
+
+# --- per-tile results ------------------------------------------------------------------------
+
+
+def tile_geojson(t: TileResult) -> dict[str, Any]:
+    return {
+        "type": "FeatureCollection",
+        "groundwatch": {
+            "v": VERSION,
+            "kind": "tile",
+            "feed": t.feed,
+            "frame": t.frame,
+            "scene": t.scene,
+            "tile": t.tile,
+            "tiles": t.tiles,
+            "model": t.model,
+            "crs": t.crs,
+            "window": list(t.window),
+            "acquired": t.acquired,
+            "published_ms": t.published_ms,
+            "done_ms": t.done_ms,
+            "count": len(t.detections),
+        },
+        "features": [feature(d) for d in t.detections],
+    }
+
+
+def tile_json(t: TileResult) -> str:
+    """The JSON text published on the detections channel (and stored per tile of a scene)."""
+    return _dumps(tile_geojson(t))
+
+
+def encode_tile(t: TileResult) -> dict[str, str]:
+    """The XADD field map of a per-tile result on ``gw:{feed}:detections``."""
+    return {
+        "v": str(VERSION),
+        "frame": t.frame,
+        "scene": t.scene,
+        "tile": str(t.tile),
+        "tiles": str(t.tiles),
+        "model": t.model,
+        "count": str(len(t.detections)),
+        "published": str(t.published_ms),
+        "done": str(t.done_ms),
+        "geojson": tile_json(t),
+    }
+
+
+def _text(v: Any) -> str:
+    return v.decode() if isinstance(v, bytes) else str(v)
+
+
+def _load(text: str | bytes, kind: str) -> dict[str, Any]:
+    try:
+        doc = json.loads(text)
+        header = doc["groundwatch"]
+    except (ValueError, KeyError, TypeError) as e:
+        raise DetectionFormatError(f"not a groundwatch {kind} result: {e!r}") from e
+    if header.get("v") != VERSION:
+        raise DetectionFormatError(f"unsupported detection format version {header.get('v')!r}; this reads {VERSION}")
+    if header.get("kind") != kind:
+        raise DetectionFormatError(f"expected a {kind} result, got kind {header.get('kind')!r}")
+    return dict(doc)
+
+
+def decode_tile(source: str | bytes | Mapping[Any, Any]) -> TileResult:
+    """A per-tile result from its JSON text or its stream entry's field map."""
+    if isinstance(source, Mapping):
+        fields = {_text(k): v for k, v in source.items()}
+        if "geojson" not in fields:
+            raise DetectionFormatError(f"not a detections entry: fields {sorted(fields)}")
+        source = fields["geojson"]
+    doc = _load(source, "tile")  # type: ignore[arg-type]
+    h = doc["groundwatch"]
+    try:
+        return TileResult(
+            feed=str(h["feed"]), frame=str(h["frame"]), scene=str(h["scene"]), tile=int(h["tile"]),
+            tiles=int(h["tiles"]), model=str(h["model"]), crs=str(h["crs"]),
+            window=tuple(int(x) for x in h["window"]),  # type: ignore[arg-type]
+            acquired=str(h["acquired"]), published_ms=int(h["published_ms"]), done_ms=int(h["done_ms"]),
+            detections=tuple(from_feature(f) for f in doc["features"]),
+        )
+    except (KeyError, TypeError, ValueError) as e:
+        raise DetectionFormatError(f"tile result header is incomplete: {e!r}") from e
+
+
+# --- scene results ---------------------------------------------------------------------------
+
+
+def scene_geojson(s: SceneResult) -> dict[str, Any]:
+    return {
+        "type": "FeatureCollection",
+        "groundwatch": {
+            "v": VERSION,
+            "kind": "scene",
+            "feed": s.feed,
+            "scene": s.scene,
+            "tiles": s.tiles,
+            "models": list(s.models),
+            "crs": s.crs,
+            "acquired": s.acquired,
+            "done_ms": s.done_ms,
+            "detections_in": s.detections_in,
+            "count": len(s.detections),
+        },
+        "features": [feature(d) for d in s.detections],
+    }
+
+
+def scene_json(s: SceneResult) -> str:
+    return _dumps(scene_geojson(s))
+
+
+def encode_scene(s: SceneResult) -> dict[str, str]:
+    """The XADD field map of a scene result on ``gw:{feed}:scenes``."""
+    return {
+        "v": str(VERSION),
+        "scene": s.scene,
+        "tiles": str(s.tiles),
+        "models": ",".join(s.models),
+        "count": str(len(s.detections)),
+        "done": str(s.done_ms),
+        "geojson": scene_json(s),
+    }
+
+
+def decode_scene(source: str | bytes | Mapping[Any, Any]) -> SceneResult:
+    """A scene result from its JSON text (the stored key, the channel) or its stream entry."""
+    if isinstance(source, Mapping):
+        fields = {_text(k): v for k, v in source.items()}
+        if "geojson" not in fields:
+            raise DetectionFormatError(f"not a scenes entry: fields {sorted(fields)}")
+        source = fields["geojson"]
+    doc = _load(source, "scene")  # type: ignore[arg-type]
+    h = doc["groundwatch"]
+    try:
+        return SceneResult(
+            feed=str(h["feed"]), scene=str(h["scene"]), tiles=int(h["tiles"]),
+            models=tuple(str(m) for m in h["models"]), crs=str(h["crs"]), acquired=str(h["acquired"]),
+            done_ms=int(h["done_ms"]), detections_in=int(h["detections_in"]),
+            detections=tuple(from_feature(f) for f in doc["features"]),
+        )
+    except (KeyError, TypeError, ValueError) as e:
+        raise DetectionFormatError(f"scene result header is incomplete: {e!r}") from e
