@@ -11,7 +11,7 @@ from __future__ import annotations
 import os
 import re
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -134,17 +134,13 @@ def parse_bands(text: str) -> tuple[int, ...] | None:
     return bands
 
 
-def cut_tiles(src: Source, tile_px: int, overlap_px: int) -> tuple[list[tuple[PixelWindow, np.ndarray]], int]:
-    """Every tile of `src` that is not entirely nodata, padded to tile_px, and the number skipped.
+def iter_tiles(src: Source, tile_px: int, overlap_px: int) -> Iterator[tuple[PixelWindow, np.ndarray | None]]:
+    """Every tile window of `src` with its pixels padded to tile_px, or None when all nodata.
 
     Reads one band of rows (widened to whole file blocks) per row of tiles.
     """
-    windows = grid(src.width_px, src.height_px, tile_px, overlap_px)
-    kept: list[tuple[PixelWindow, np.ndarray]] = []
-    skipped = 0
-    strip_row, strip = -1, np.empty((0, 0, 0))
-    start = 0
-    for w in windows:
+    strip_row, strip, start = -1, np.empty((0, 0, 0)), 0
+    for w in grid(src.width_px, src.height_px, tile_px, overlap_px):
         if w.row_off != strip_row:
             start, strip = src.read_rows(w.row_off, w.height)
             strip_row = w.row_off
@@ -155,10 +151,27 @@ def cut_tiles(src: Source, tile_px: int, overlap_px: int) -> tuple[list[tuple[Pi
                 f"read {part.shape[1:]} pixels for window {tuple(w)}; the source is inconsistent"
             )
         if is_all_nodata(part, src.nodata):
+            yield w, None
+        else:
+            yield w, np.ascontiguousarray(pad(part, tile_px, src.nodata))
+
+
+def cut_tiles(src: Source, tile_px: int, overlap_px: int) -> tuple[list[tuple[PixelWindow, np.ndarray]], int]:
+    """Every tile of `src` that is not entirely nodata (padded to tile_px), and the number skipped."""
+    kept: list[tuple[PixelWindow, np.ndarray]] = []
+    skipped = 0
+    for w, arr in iter_tiles(src, tile_px, overlap_px):
+        if arr is None:
             skipped += 1
-            continue
-        kept.append((w, np.ascontiguousarray(pad(part, tile_px, src.nodata))))
+        else:
+            kept.append((w, arr))
     return kept, skipped
+
+
+def scene_bytes(src: Source, tile_px: int, overlap_px: int) -> int:
+    """Bytes of all tiles of a scene (an upper bound: before skipping nodata tiles)."""
+    n = len(grid(src.width_px, src.height_px, tile_px, overlap_px))
+    return n * len(src.bands) * tile_px * tile_px * src.dtype.itemsize
 
 
 def ingest_scene(
@@ -171,7 +184,13 @@ def ingest_scene(
     force: bool = False,
     on_progress: Progress | None = None,
 ) -> SceneResult:
-    """Publish one scene to `settings.feed`, exactly once (see ingest.publisher)."""
+    """Publish one scene to `settings.feed`, exactly once (see ingest.publisher).
+
+    Every pixel is read before the first frame goes out (the frames carry the tile count, and a
+    bad file must leave nothing on the stream). Scenes whose tiles fit in
+    `settings.ingest_memory_mb` are kept in memory between that pass and publishing; larger
+    ones are read twice (once to count and check, once to publish), holding one row of tiles.
+    """
     t0 = time.perf_counter()
     feed = settings.feed
     check_scene_id(scene)
@@ -180,24 +199,26 @@ def ingest_scene(
     done = publisher.scene_done(client, feed, scene)
     if done is not None:
         client.hincrby(keys.stats(feed), "scenes_duplicate", 1)
-        return SceneResult(
-            scene,
-            int(done.get("tiles", 0)),
-            int(done.get("skipped", 0)),
-            0,
-            0,
-            True,
-            time.perf_counter() - t0,
-        )
-    kept, skipped = cut_tiles(src, settings.tile_size, settings.tile_overlap)
+        tiles, skipped = int(done.get("tiles", 0)), int(done.get("skipped", 0))
+        return SceneResult(scene, tiles, skipped, 0, 0, True, time.perf_counter() - t0)
+    size, overlap = settings.tile_size, settings.tile_overlap
+    kept: Iterable[tuple[PixelWindow, np.ndarray]]
+    if scene_bytes(src, size, overlap) <= settings.ingest_memory_mb * 1_000_000:
+        kept, skipped = cut_tiles(src, size, overlap)
+        tiles = len(kept)
+    else:  # two passes: count (and check every pixel is readable), then read again to publish
+        tiles = skipped = 0
+        for _w, arr in iter_tiles(src, size, overlap):
+            tiles, skipped = (tiles + 1, skipped) if arr is not None else (tiles, skipped + 1)
+        kept = ((w, a) for w, a in iter_tiles(src, size, overlap) if a is not None)
     publisher.register_feed(client, feed)
-    if not kept:
+    if tiles == 0:
         publisher.mark_empty_scene(client, feed, scene, skipped, source)
         return SceneResult(scene, 0, skipped, 0, 0, False, time.perf_counter() - t0)
-    tiles = len(kept)
-    try:
-        frames = [
-            Frame.from_array(
+
+    def frame(i: int, w: PixelWindow, arr: np.ndarray) -> Frame:
+        try:
+            return Frame.from_array(
                 arr,
                 scene=scene,
                 tile=i,
@@ -211,23 +232,31 @@ def ingest_scene(
                 bands=src.bands,
                 source=source,
             )
-            for i, (w, arr) in enumerate(kept)
-        ]
-    except FrameError as e:
-        raise InputError(f"{source or scene}: cannot be made into frames: {e}") from e
-    del kept
-    added = nbytes = 0
+        except FrameError as e:
+            raise InputError(f"{source or scene}: cannot be made into frames: {e}") from e
+
+    added = nbytes = sent = 0
     batch_size = max(1, min(settings.publish_batch, settings.max_lag))
-    for i in range(0, tiles, batch_size):
-        batch = frames[i : i + batch_size]
+    batch: list[Frame] = []
+    for i, (w, arr) in enumerate(kept):
+        batch.append(frame(i, w, arr))
+        if len(batch) < batch_size and i + 1 < tiles:
+            continue
         publisher.wait_for_room(client, settings, feed)
         result = publisher.publish_frames(client, feed, batch, skipped=skipped, source=source)
         added += len(result.ids)
         nbytes += sum(len(f.data) for f in batch[len(batch) - len(result.ids) :])
+        sent += len(batch)
+        batch = []
         if on_progress is not None:
-            on_progress(SceneProgress(scene, min(tiles, i + len(batch)), tiles, nbytes))
+            on_progress(SceneProgress(scene, sent, tiles, nbytes))
         if result.complete:
             break
+    if sent != tiles and not publisher.scene_done(client, feed, scene):
+        raise InputError(
+            f"{source or scene}: {sent} tiles on the second read, {tiles} on the first; "
+            "the file changed while it was ingested"
+        )
     publisher.trim_acknowledged(client, feed)
     return SceneResult(scene, tiles, skipped, added, nbytes, added == 0, time.perf_counter() - t0)
 

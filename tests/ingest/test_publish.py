@@ -15,7 +15,7 @@ from groundwatch import frames, keys
 from groundwatch.frames import Frame
 from groundwatch.server import RedisServer
 from groundwatch.settings import Settings
-from ingest import publisher
+from ingest import publisher, scene
 from ingest.errors import BackpressureError, IngestError, InputError
 from ingest.publisher import backlog, publish_frames, publish_tile, trim_acknowledged, wait_for_room
 from ingest.scene import ArraySource, cut_tiles, ingest_file, publish_array, scene_id_for
@@ -32,11 +32,13 @@ def stats(r: redis.Redis, feed: str = "test") -> dict[str, int]:
     return {k.decode(): int(v) for k, v in r.hgetall(keys.stats(feed)).items()}
 
 
+@pytest.mark.parametrize("memory_mb", [1024, 0], ids=["in-memory", "two-pass"])
 @pytest.mark.parametrize("tiled", [True, False], ids=["tiled", "striped"])
 @pytest.mark.parametrize("dtype", ["uint8", "uint16", "float32"])
 def test_round_trip_through_redis(
-    r: redis.Redis, settings: Settings, tmp_path: Path, tiled: bool, dtype: str
+    r: redis.Redis, settings: Settings, tmp_path: Path, tiled: bool, dtype: str, memory_mb: int
 ) -> None:
+    settings = settings.replace(ingest_memory_mb=memory_mb)
     a = scene_array(2, 301, 263, dtype)  # odd sizes: 3 x 3 tiles of 128 with overlap >= 16
     path = write_tif(
         tmp_path / "S2B_odd.scene.tif",
@@ -92,7 +94,11 @@ def test_small_scene_without_nodata_is_padded_with_zero(
     assert all((f.array()[:, :, 40:] == 0).all() and f.nodata is None for f in got)
 
 
-def test_nodata_tiles_are_skipped_and_counted(r: redis.Redis, settings: Settings, tmp_path: Path) -> None:
+@pytest.mark.parametrize("memory_mb", [1024, 0], ids=["in-memory", "two-pass"])
+def test_nodata_tiles_are_skipped_and_counted(
+    r: redis.Redis, settings: Settings, tmp_path: Path, memory_mb: int
+) -> None:
+    settings = settings.replace(ingest_memory_mb=memory_mb)
     a = scene_array(1, 256, 256, "float32")
     a[:, :128, 128:] = np.nan  # the top-right tile is all nodata
     a[:, 128:, :128] = np.nan
@@ -128,12 +134,13 @@ def test_same_scene_twice_is_enqueued_once(r: redis.Redis, settings: Settings, t
     assert forced.published == 4 and r.xlen(keys.frames("test")) == 8
 
 
+@pytest.mark.parametrize("memory_mb", [1024, 0], ids=["in-memory", "two-pass"])
 def test_a_crash_mid_scene_resumes_without_duplicates(
-    r: redis.Redis, settings: Settings, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    r: redis.Redis, settings: Settings, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, memory_mb: int
 ) -> None:
     a = scene_array(1, 300, 300)
     path = write_tif(tmp_path / "crash.tif", a)
-    settings = settings.replace(publish_batch=2)
+    settings = settings.replace(publish_batch=2, ingest_memory_mb=memory_mb)
 
     calls = {"n": 0}
     real = publisher.publish_frames
@@ -392,3 +399,22 @@ def test_concurrent_producers_of_one_scene_publish_each_tile_once(
     got = [f.frame_id for f in stream_frames(client)]
     assert got == [f"race/{i}" for i in range(16)]
     assert stats(client)["scenes_in"] == 1 and stats(client)["frames_in"] == 16
+
+
+def test_a_file_changed_between_the_two_reads_is_refused(
+    r: redis.Redis, settings: Settings, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    a = scene_array(1, 256, 256)
+    src = ArraySource(a, T6, UTM31, nodata=0)
+    reads = {"n": 0}
+    real = src.read_rows
+
+    def second_read_sees_nodata(row_off: int, height: int) -> tuple[int, np.ndarray]:
+        reads["n"] += 1
+        start, rows = real(row_off, height)
+        return start, (rows * 0 if reads["n"] > 3 else rows)  # 3 tile rows per read pass
+
+    monkeypatch.setattr(src, "read_rows", second_read_sees_nodata)
+    with pytest.raises(InputError, match="changed while it was ingested"):
+        scene.ingest_scene(r, settings.replace(ingest_memory_mb=0, publish_batch=100), src, "moving")
+    assert not r.exists(keys.scene_ingested("test", "moving"))
