@@ -54,6 +54,13 @@ def _settings_flags(p: argparse.ArgumentParser) -> None:
         help="give up waiting for consumers after this many seconds (60)",
     )
     p.add_argument(
+        "--memory-mb",
+        dest="ingest_memory_mb",
+        type=int,
+        default=None,
+        help="hold a scene's tiles in memory up to this size, else read it twice (1024)",
+    )
+    p.add_argument(
         "--publish-batch", dest="publish_batch", type=int, default=None, help="frames per transaction (32)"
     )
 
