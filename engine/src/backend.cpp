@@ -1,0 +1,117 @@
+/*
+ * backend.cpp: dlopen()s the TORCH backend and offers it the host API.
+ */
+#include "backend.h"
+
+#include <dlfcn.h>
+
+#include <cstring>
+
+#include "exec.h"
+#include "objects.h"
+#include "rm_api.h"
+
+namespace gw {
+
+/* ==== Host API ================================================================================ */
+
+namespace {
+
+void *host_alloc(size_t bytes) { return RedisModule_Alloc(bytes ? bytes : 1); }
+void host_free(void *p) {
+  if (p) RedisModule_Free(p);
+}
+void host_log(const char *level, const char *message) {
+  RedisModule_Log(nullptr, level, "%s", message);
+}
+
+void reply_free_rec(GwReply *r) {
+  if (!r) return;
+  if (r->str) RedisModule_Free(r->str);
+  if (r->elements) {
+    for (size_t i = 0; i < r->nelements; i++) reply_free_rec(&r->elements[i]);
+    RedisModule_Free(r->elements);
+  }
+  r->str = nullptr;
+  r->elements = nullptr;
+  r->nelements = 0;
+}
+
+const GwHostApi kHost = {host_alloc,          host_free,     host_log, script_redis_execute,
+                         reply_free_rec, script_model_execute};
+
+const GwBackendApi *g_torch = nullptr;
+void *g_torch_dl = nullptr;
+
+}  // namespace
+
+const GwHostApi *host_api() { return &kHost; }
+
+std::string take_backend_error(char *msg) {
+  std::string s = msg ? msg : "";
+  host_free(msg);
+  return s;
+}
+
+void free_backend_tensor(GwTensor *t) {
+  host_free(t->shape);
+  host_free(t->data);
+  t->shape = nullptr;
+  t->data = nullptr;
+}
+
+/* ==== Loading ================================================================================= */
+
+const GwBackendApi *torch_backend() { return g_torch; }
+
+std::string load_torch_backend(const std::string &given) {
+  if (g_torch) return {};
+  std::string path = given;
+  if (!path.empty() && path[0] != '/') path = config.backends_path + "/" + path;
+  void *dl = dlopen(path.c_str(), RTLD_NOW | RTLD_LOCAL);
+  if (!dl) {
+    RedisModule_Log(nullptr, "warning", "could not load backend %s: %s", path.c_str(), dlerror());
+    return "ERR error loading backend";
+  }
+  auto init = reinterpret_cast<GwBackendInitFn>(dlsym(dl, GW_BACKEND_INIT_SYMBOL));
+  const GwBackendApi *api = init ? init(&kHost) : nullptr;
+  if (!api || api->abi_version != GW_BACKEND_ABI_VERSION) {
+    RedisModule_Log(nullptr, "warning", "backend %s did not start (missing %s or ABI mismatch)",
+                    path.c_str(), GW_BACKEND_INIT_SYMBOL);
+    dlclose(dl);
+    return "ERR error loading backend";
+  }
+  api->configure(static_cast<int>(config.intra_op_parallelism),
+                 static_cast<int>(config.inter_op_parallelism));
+  g_torch_dl = dl;
+  g_torch = api;
+  RedisModule_Log(nullptr, "notice", "loaded TORCH backend %s from %s", api->version(), path.c_str());
+  return {};
+}
+
+const GwBackendApi *require_torch(std::string *err) {
+  if (g_torch) return g_torch;
+  std::string e = load_torch_backend(config.backends_path + "/redisai_torch/redisai_torch.so");
+  if (!e.empty()) {
+    *err = "ERR could not load the TORCH backend";
+    return nullptr;
+  }
+  return g_torch;
+}
+
+/* ==== Model and script lifetime ================================================================ */
+
+void Model::release() {
+  if (refs.fetch_sub(1, std::memory_order_acq_rel) != 1) return;
+  if (handle && g_torch) g_torch->model_free(handle);
+  if (blob) mem_free(blob);
+  delete this;
+}
+
+void Script::release() {
+  if (refs.fetch_sub(1, std::memory_order_acq_rel) != 1) return;
+  if (handle && g_torch) g_torch->script_free(handle);
+  delete this;
+}
+
+}  // namespace gw

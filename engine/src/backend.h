@@ -1,0 +1,32 @@
+/*
+ * backend.h: finding, loading and talking to the TORCH backend shared object.
+ */
+#ifndef GROUNDWATCH_BACKEND_H
+#define GROUNDWATCH_BACKEND_H
+
+#include <string>
+
+#include "backend_api.h"
+
+namespace gw {
+
+/* The loaded TORCH backend, or nullptr. Set once on the main thread, then only read. */
+const GwBackendApi *torch_backend();
+/* Loads the backend from path (relative paths are taken inside BACKENDSPATH); "" on success,
+ * also when one is already loaded. */
+std::string load_torch_backend(const std::string &path);
+/* The backend, loading <BACKENDSPATH>/redisai_torch/redisai_torch.so on first use. On failure
+ * sets *err to the reply. */
+const GwBackendApi *require_torch(std::string *err);
+
+/* A backend error message as a std::string; frees the backend's buffer. */
+std::string take_backend_error(char *msg);
+/* Frees what a backend handed back inside an output tensor. */
+void free_backend_tensor(GwTensor *t);
+
+/* The host side of the ABI (alloc/free/log plus the script callbacks from exec.cpp). */
+const GwHostApi *host_api();
+
+}  // namespace gw
+
+#endif

@@ -1,0 +1,1319 @@
+/*
+ * commands.cpp: the AI.* commands. Every command validates all of its arguments before it
+ * changes anything; `...OrReply` helpers send the error themselves and return false so the
+ * caller only has to return.
+ */
+#include <strings.h>
+
+#include <cstring>
+#include <set>
+#include <string>
+#include <vector>
+
+#include "backend.h"
+#include "exec.h"
+#include "glue.h"
+#include "objects.h"
+#include "rm_api.h"
+#include "tensor.h"
+
+namespace gw {
+
+/* ==== Argument helpers ======================================================================== */
+
+namespace {
+
+const char kTxError[] = "ERR Cannot run RedisAI command within a transaction or a LUA script";
+
+struct Args {
+  RedisModuleString **argv;
+  int argc;
+  std::string str(int i) const {
+    size_t len;
+    const char *p = RedisModule_StringPtrLen(argv[i], &len);
+    return std::string(p, len);
+  }
+  bool is(int i, const char *kw) const {
+    if (i >= argc) return false;
+    size_t len;
+    const char *p = RedisModule_StringPtrLen(argv[i], &len);
+    return strlen(kw) == len && strncasecmp(p, kw, len) == 0;
+  }
+  /* An integer argument, false when it is not one. */
+  bool ll(int i, long long *v) const {
+    return i < argc && RedisModule_StringToLongLong(argv[i], v) == REDISMODULE_OK;
+  }
+  Args sub(int from, int to) const { return Args{argv + from, to - from}; }
+};
+
+int reply_err(RedisModuleCtx *ctx, const std::string &err) {
+  return RedisModule_ReplyWithError(ctx, err.c_str());
+}
+
+std::string wrong_arity(const char *cmd) {
+  return std::string("ERR wrong number of arguments for '") + cmd + "' command";
+}
+
+/* ==== Keyspace access =========================================================================
+ * A lookup either finds the value of the wanted type, finds nothing, or finds a key of another
+ * type. */
+enum class Lookup { Found, Empty, WrongType };
+
+template <typename T>
+Lookup lookup(RedisModuleCtx *ctx, RedisModuleString *name, RedisModuleType *type, T **out) {
+  RedisModuleKey *key = RedisModule_OpenKey(ctx, name, REDISMODULE_READ);
+  Lookup res = Lookup::Empty;
+  if (key) {
+    int kt = RedisModule_KeyType(key);
+    if (kt == REDISMODULE_KEYTYPE_EMPTY) {
+      res = Lookup::Empty;
+    } else if (kt == REDISMODULE_KEYTYPE_MODULE && RedisModule_ModuleTypeGetType(key) == type) {
+      *out = static_cast<T *>(RedisModule_ModuleTypeGetValue(key));
+      res = Lookup::Found;
+    } else {
+      res = Lookup::WrongType;
+    }
+    RedisModule_CloseKey(key);
+  }
+  return res;
+}
+
+const char kWrongType[] = "WRONGTYPE Operation against a key holding the wrong kind of value";
+
+/* A key may be written with a tensor when it is empty or already holds one. */
+bool tensor_writable(RedisModuleCtx *ctx, RedisModuleString *name) {
+  Tensor *t = nullptr;
+  return lookup(ctx, name, TensorType, &t) != Lookup::WrongType;
+}
+
+std::string get_tensor(RedisModuleCtx *ctx, RedisModuleString *name, Tensor **out) {
+  switch (lookup(ctx, name, TensorType, out)) {
+    case Lookup::Found: return {};
+    case Lookup::Empty: return "ERR tensor key is empty or in a different shard";
+    default: return kWrongType;
+  }
+}
+
+std::string get_model(RedisModuleCtx *ctx, RedisModuleString *name, Model **out) {
+  switch (lookup(ctx, name, ModelType, out)) {
+    case Lookup::Found: return {};
+    case Lookup::Empty: return "ERR model key is empty";
+    default: return kWrongType;
+  }
+}
+
+std::string get_script(RedisModuleCtx *ctx, RedisModuleString *name, Script **out) {
+  switch (lookup(ctx, name, ScriptType, out)) {
+    case Lookup::Found: return {};
+    case Lookup::Empty: return "ERR script key is empty";
+    default: return kWrongType;
+  }
+}
+
+void set_value(RedisModuleCtx *ctx, RedisModuleString *name, RedisModuleType *type, void *value) {
+  RedisModuleKey *key = RedisModule_OpenKey(ctx, name, REDISMODULE_READ | REDISMODULE_WRITE);
+  RedisModule_ModuleTypeSetValue(key, type, value);
+  RedisModule_CloseKey(key);
+}
+
+/* Execute commands block their client, which MULTI, Lua and RM_Call cannot allow. */
+bool can_block_or_reply(RedisModuleCtx *ctx) {
+  int flags = RedisModule_GetContextFlags(ctx);
+  if (flags & (REDISMODULE_CTX_FLAGS_MULTI | REDISMODULE_CTX_FLAGS_LUA |
+               REDISMODULE_CTX_FLAGS_DENY_BLOCKING)) {
+    RedisModule_ReplyWithError(ctx, kTxError);
+    return false;
+  }
+  return true;
+}
+
+}  // namespace
+
+/* ==== Models and scripts through the backend ================================================== */
+
+bool parse_device(const char *s, size_t len, std::string *out) {
+  std::string d(s, len);
+  for (char &c : d) c = static_cast<char>(toupper(static_cast<unsigned char>(c)));
+  if (d == "CPU" || d == "GPU") {
+    *out = d;
+    return true;
+  }
+  if (d.size() > 4 && (d.compare(0, 4, "CPU:") == 0 || d.compare(0, 4, "GPU:") == 0) &&
+      d.size() <= 12) {
+    for (size_t i = 4; i < d.size(); i++)
+      if (!isdigit(static_cast<unsigned char>(d[i]))) return false;
+    *out = d;
+    return true;
+  }
+  return false;
+}
+
+std::string create_model(const std::string &device, const std::string &tag, long long batchsize,
+                         long long minbatchsize, long long minbatchtimeout, char *blob,
+                         size_t bloblen, Model **out) {
+  std::string err;
+  const GwBackendApi *be = require_torch(&err);
+  if (!be) {
+    mem_free(blob);
+    return err;
+  }
+  void *handle = nullptr;
+  char *e = be->model_load(blob, bloblen, device.c_str(), &handle);
+  if (e) {
+    mem_free(blob);
+    return "ERR " + take_backend_error(e);
+  }
+  Model *m = new Model();
+  m->device = device;
+  m->tag = tag;
+  m->batchsize = batchsize;
+  m->minbatchsize = minbatchsize;
+  m->minbatchtimeout = minbatchtimeout;
+  m->blob = blob;
+  m->bloblen = bloblen;
+  m->handle = handle;
+  size_t nin = be->model_ninputs(handle);
+  for (size_t i = 0; i < nin; i++) {
+    const char *n = be->model_input_name(handle, i);
+    m->inputs.push_back(n ? n : "");
+  }
+  m->noutputs = be->model_noutputs(handle);
+  *out = m;
+  return {};
+}
+
+std::string create_script(const std::string &device, const std::string &tag,
+                          const std::string &source, const std::vector<std::string> &entry_points,
+                          Script **out) {
+  std::string err;
+  const GwBackendApi *be = require_torch(&err);
+  if (!be) return err;
+  void *handle = nullptr;
+  char *e = be->script_compile(source.data(), source.size(), device.c_str(), &handle);
+  if (e) return "ERR " + take_backend_error(e);
+  for (const std::string &fn : entry_points) {
+    if (!be->script_has_function(handle, fn.c_str())) {
+      be->script_free(handle);
+      return "ERR entry point '" + fn + "' is not defined in the script source";
+    }
+  }
+  Script *s = new Script();
+  s->device = device;
+  s->tag = tag;
+  s->source = source;
+  s->entry_points = entry_points;
+  s->handle = handle;
+  *out = s;
+  return {};
+}
+
+/* ==== Tensors ================================================================================= */
+
+namespace {
+
+/* argv[0] is the command, argv[1] the key. */
+std::string parse_tensorset(const Args &a, Tensor **out) {
+  if (a.argc < 4) return wrong_arity("AI.TENSORSET");
+  size_t tlen;
+  const char *tname = RedisModule_StringPtrLen(a.argv[2], &tlen);
+  int dtype = dtype_from_name(tname, tlen);
+  if (dtype < 0) return "ERR invalid data type";
+  std::vector<int64_t> shape;
+  int i = 3;
+  for (; i < a.argc && !a.is(i, "BLOB") && !a.is(i, "VALUES"); i++) {
+    long long d;
+    if (!a.ll(i, &d) || d <= 0) return "ERR invalid or negative value found in tensor shape";
+    shape.push_back(d);
+  }
+  if (shape.empty() || checked_elements(shape, dtype) < 0)
+    return "ERR invalid or negative value found in tensor shape";
+  if (i == a.argc) {
+    *out = tensor_zeros(dtype, shape);
+    return {};
+  }
+  if (a.is(i, "BLOB")) {
+    if (a.argc - i - 1 != 1)
+      return "ERR a single binary string should come after the BLOB argument in 'AI.TENSORSET' "
+             "command";
+    size_t len;
+    const char *blob = RedisModule_StringPtrLen(a.argv[i + 1], &len);
+    return tensor_from_blob(dtype, shape, blob, len, out);
+  }
+  std::vector<Arg> values;
+  for (int j = i + 1; j < a.argc; j++) {
+    Arg v;
+    v.ptr = RedisModule_StringPtrLen(a.argv[j], &v.len);
+    values.push_back(v);
+  }
+  return tensor_from_values(dtype, shape, values, out);
+}
+
+/* argv[0] is the command, argv[1] the key. */
+std::string parse_tensorget(const Args &a, bool *meta, GetFormat *fmt) {
+  if (a.argc < 2 || a.argc > 4) return wrong_arity("AI.TENSORGET");
+  *meta = false;
+  *fmt = GetFormat::None;
+  for (int i = 2; i < a.argc; i++) {
+    if (a.is(i, "META")) {
+      *meta = true;
+    } else if (a.is(i, "BLOB") || a.is(i, "VALUES")) {
+      GetFormat f = a.is(i, "BLOB") ? GetFormat::Blob : GetFormat::Values;
+      if (*fmt != GetFormat::None && *fmt != f) return "ERR both BLOB and VALUES specified";
+      *fmt = f;
+    } else {
+      return "ERR unsupported data format";
+    }
+  }
+  if (!*meta && *fmt == GetFormat::None) {
+    *meta = true;
+    *fmt = GetFormat::Blob;
+  }
+  return {};
+}
+
+void reply_values(RedisModuleCtx *ctx, const Tensor &t) {
+  if (t.dtype == GW_DTYPE_STRING) {
+    std::vector<uint64_t> offs = t.string_offsets();
+    RedisModule_ReplyWithArray(ctx, static_cast<long>(offs.size()));
+    for (uint64_t off : offs) {
+      const char *s = t.data + off;
+      RedisModule_ReplyWithStringBuffer(ctx, s, strlen(s));
+    }
+    return;
+  }
+  int64_t n = t.elements();
+  RedisModule_ReplyWithArray(ctx, static_cast<long>(n));
+  for (int64_t i = 0; i < n; i++) {
+    const char *p = t.data + i * static_cast<int64_t>(dtype_info(t.dtype).size);
+    switch (t.dtype) {
+      case GW_DTYPE_FLOAT: {
+        float f;
+        memcpy(&f, p, 4);
+        std::string s = format_float(f);
+        RedisModule_ReplyWithStringBuffer(ctx, s.data(), s.size());
+        break;
+      }
+      case GW_DTYPE_DOUBLE: {
+        double d;
+        memcpy(&d, p, 8);
+        std::string s = format_double(d);
+        RedisModule_ReplyWithStringBuffer(ctx, s.data(), s.size());
+        break;
+      }
+      case GW_DTYPE_INT8: RedisModule_ReplyWithLongLong(ctx, *reinterpret_cast<const int8_t *>(p)); break;
+      case GW_DTYPE_INT16: {
+        int16_t v;
+        memcpy(&v, p, 2);
+        RedisModule_ReplyWithLongLong(ctx, v);
+        break;
+      }
+      case GW_DTYPE_INT32: {
+        int32_t v;
+        memcpy(&v, p, 4);
+        RedisModule_ReplyWithLongLong(ctx, v);
+        break;
+      }
+      case GW_DTYPE_INT64: {
+        int64_t v;
+        memcpy(&v, p, 8);
+        RedisModule_ReplyWithLongLong(ctx, v);
+        break;
+      }
+      case GW_DTYPE_UINT16: {
+        uint16_t v;
+        memcpy(&v, p, 2);
+        RedisModule_ReplyWithLongLong(ctx, v);
+        break;
+      }
+      default: /* UINT8, BOOL */
+        RedisModule_ReplyWithLongLong(ctx, *reinterpret_cast<const uint8_t *>(p));
+    }
+  }
+}
+
+void reply_tensor(RedisModuleCtx *ctx, const Tensor &t, bool meta, GetFormat fmt) {
+  if (meta) {
+    RedisModule_ReplyWithArray(ctx, fmt == GetFormat::None ? 4 : 6);
+    RedisModule_ReplyWithSimpleString(ctx, "dtype");
+    RedisModule_ReplyWithSimpleString(ctx, dtype_info(t.dtype).name);
+    RedisModule_ReplyWithSimpleString(ctx, "shape");
+    RedisModule_ReplyWithArray(ctx, static_cast<long>(t.shape.size()));
+    for (int64_t d : t.shape) RedisModule_ReplyWithLongLong(ctx, d);
+  }
+  if (fmt == GetFormat::Blob) {
+    if (meta) RedisModule_ReplyWithSimpleString(ctx, "blob");
+    RedisModule_ReplyWithStringBuffer(ctx, t.data, t.nbytes);
+  } else if (fmt == GetFormat::Values) {
+    if (meta) RedisModule_ReplyWithSimpleString(ctx, "values");
+    reply_values(ctx, t);
+  }
+}
+
+int TensorSet_Command(RedisModuleCtx *ctx, RedisModuleString **argv, int argc) {
+  if (argc < 4) return RedisModule_WrongArity(ctx);
+  Args a{argv, argc};
+  if (!tensor_writable(ctx, argv[1])) return reply_err(ctx, kWrongType);
+  Tensor *t = nullptr;
+  std::string err = parse_tensorset(a, &t);
+  if (!err.empty()) return reply_err(ctx, err);
+  set_value(ctx, argv[1], TensorType, t);
+  RedisModule_ReplicateVerbatim(ctx);
+  return RedisModule_ReplyWithSimpleString(ctx, "OK");
+}
+
+int TensorGet_Command(RedisModuleCtx *ctx, RedisModuleString **argv, int argc) {
+  if (argc < 2 || argc > 4) return RedisModule_WrongArity(ctx);
+  bool meta;
+  GetFormat fmt;
+  std::string err = parse_tensorget(Args{argv, argc}, &meta, &fmt);
+  if (!err.empty()) return reply_err(ctx, err);
+  Tensor *t = nullptr;
+  err = get_tensor(ctx, argv[1], &t);
+  if (!err.empty()) return reply_err(ctx, err);
+  reply_tensor(ctx, *t, meta, fmt);
+  return REDISMODULE_OK;
+}
+
+}  // namespace
+
+std::vector<RedisModuleString *> tensorset_args(RedisModuleCtx *ctx, const char *key, size_t keylen,
+                                                const Tensor &t) {
+  std::vector<RedisModuleString *> v;
+  v.push_back(RedisModule_CreateString(ctx, key, keylen));
+  const char *tn = dtype_info(t.dtype).name;
+  v.push_back(RedisModule_CreateString(ctx, tn, strlen(tn)));
+  for (int64_t d : t.shape) {
+    std::string s = std::to_string(d);
+    v.push_back(RedisModule_CreateString(ctx, s.data(), s.size()));
+  }
+  v.push_back(RedisModule_CreateString(ctx, "BLOB", 4));
+  v.push_back(RedisModule_CreateString(ctx, t.data, t.nbytes));
+  return v;
+}
+
+/* ==== Models ================================================================================== */
+
+namespace {
+
+/* AI.MODELSTORE key TORCH device [TAG t] [BATCHSIZE n [MINBATCHSIZE m [MINBATCHTIMEOUT ms]]]
+ *   [INPUTS ...] [OUTPUTS ...] BLOB chunk...; deprecated = AI.MODELSET (no counts, one blob). */
+int model_store(RedisModuleCtx *ctx, RedisModuleString **argv, int argc, bool deprecated) {
+  if (argc < 4) return RedisModule_WrongArity(ctx);
+  Args a{argv, argc};
+  if (!a.is(2, "TORCH")) return reply_err(ctx, "ERR unsupported backend");
+  std::string device;
+  size_t dlen;
+  const char *dev = RedisModule_StringPtrLen(argv[3], &dlen);
+  if (!parse_device(dev, dlen, &device)) return reply_err(ctx, "ERR Invalid DEVICE");
+  int i = 4;
+  std::string tag;
+  if (a.is(i, "TAG")) {
+    if (i + 1 >= argc) return reply_err(ctx, "ERR Insufficient arguments, missing model BLOB");
+    tag = a.str(i + 1);
+    i += 2;
+  }
+  long long bs = 0, mbs = 0, mbt = 0;
+  bool have_bs = false, have_mbs = false;
+  if (a.is(i, "BATCHSIZE")) {
+    if (!a.ll(i + 1, &bs) || bs < 0) return reply_err(ctx, "ERR Invalid argument for BATCHSIZE");
+    have_bs = true;
+    i += 2;
+  }
+  if (a.is(i, "MINBATCHSIZE")) {
+    if (!have_bs) return reply_err(ctx, "ERR MINBATCHSIZE specified without BATCHSIZE");
+    if (!a.ll(i + 1, &mbs) || mbs < 0)
+      return reply_err(ctx, "ERR Invalid argument for MINBATCHSIZE");
+    have_mbs = true;
+    i += 2;
+  }
+  if (a.is(i, "MINBATCHTIMEOUT")) {
+    if (!have_mbs) return reply_err(ctx, "ERR MINBATCHTIMEOUT specified without MINBATCHSIZE");
+    if (!a.ll(i + 1, &mbt) || mbt < 0)
+      return reply_err(ctx, "ERR Invalid argument for MINBATCHTIMEOUT");
+    i += 2;
+  }
+  if (deprecated) {
+    /* RedisAI 1.2 took names without counts here and ignored them for TORCH. */
+    while (i < argc && !a.is(i, "BLOB")) i++;
+  } else {
+    if (a.is(i, "INPUTS"))
+      return reply_err(ctx, "ERR INPUTS argument should not be specified for this backend");
+    if (a.is(i, "OUTPUTS"))
+      return reply_err(ctx, "ERR OUTPUTS argument should not be specified for this backend");
+  }
+  if (i >= argc) return reply_err(ctx, "ERR Insufficient arguments, missing model BLOB");
+  if (!a.is(i, "BLOB")) return reply_err(ctx, "ERR Invalid argument, expected BLOB");
+  i++;
+  if (i >= argc) return reply_err(ctx, "ERR Insufficient arguments, missing model BLOB");
+  if (deprecated && argc - i != 1) return reply_err(ctx, "ERR Invalid argument, expected BLOB");
+  {
+    Model *existing = nullptr;
+    if (lookup(ctx, argv[1], ModelType, &existing) == Lookup::WrongType)
+      return reply_err(ctx, kWrongType);
+  }
+  size_t total = 0;
+  for (int j = i; j < argc; j++) {
+    size_t len;
+    RedisModule_StringPtrLen(argv[j], &len);
+    total += len;
+  }
+  char *blob = static_cast<char *>(mem_alloc(total ? total : 1));
+  size_t off = 0;
+  for (int j = i; j < argc; j++) {
+    size_t len;
+    const char *p = RedisModule_StringPtrLen(argv[j], &len);
+    memcpy(blob + off, p, len);
+    off += len;
+  }
+  Model *m = nullptr;
+  std::string err = create_model(device, tag, bs, mbs, mbt, blob, total, &m);
+  if (!err.empty()) return reply_err(ctx, err);
+  set_value(ctx, argv[1], ModelType, m);
+  RedisModule_ReplicateVerbatim(ctx);
+  return RedisModule_ReplyWithSimpleString(ctx, "OK");
+}
+
+int ModelStore_Command(RedisModuleCtx *ctx, RedisModuleString **argv, int argc) {
+  return model_store(ctx, argv, argc, false);
+}
+int ModelSet_Command(RedisModuleCtx *ctx, RedisModuleString **argv, int argc) {
+  return model_store(ctx, argv, argc, true);
+}
+
+void reply_model_blob(RedisModuleCtx *ctx, const Model &m) {
+  size_t chunk = static_cast<size_t>(config.model_chunk_size);
+  if (m.bloblen <= chunk) {
+    RedisModule_ReplyWithStringBuffer(ctx, m.blob, m.bloblen);
+    return;
+  }
+  size_t n = m.bloblen / chunk + 1;
+  RedisModule_ReplyWithArray(ctx, static_cast<long>(n));
+  for (size_t i = 0; i < n; i++) {
+    size_t off = i * chunk;
+    size_t len = m.bloblen - off < chunk ? m.bloblen - off : chunk;
+    RedisModule_ReplyWithStringBuffer(ctx, m.blob + off, len);
+  }
+}
+
+int ModelGet_Command(RedisModuleCtx *ctx, RedisModuleString **argv, int argc) {
+  if (argc < 2 || argc > 4) return RedisModule_WrongArity(ctx);
+  Args a{argv, argc};
+  bool meta = false, blob = false;
+  for (int i = 2; i < argc; i++) {
+    if (a.is(i, "META")) {
+      meta = true;
+    } else if (a.is(i, "BLOB")) {
+      blob = true;
+    } else {
+      return reply_err(ctx, "ERR unsupported data format");
+    }
+  }
+  if (!meta && !blob) meta = blob = true;
+  Model *m = nullptr;
+  std::string err = get_model(ctx, argv[1], &m);
+  if (!err.empty()) return reply_err(ctx, err);
+  if (!meta) {
+    reply_model_blob(ctx, *m);
+    return REDISMODULE_OK;
+  }
+  RedisModule_ReplyWithArray(ctx, blob ? 18 : 16);
+  RedisModule_ReplyWithSimpleString(ctx, "backend");
+  RedisModule_ReplyWithSimpleString(ctx, "TORCH");
+  RedisModule_ReplyWithSimpleString(ctx, "device");
+  RedisModule_ReplyWithSimpleString(ctx, m->device.c_str());
+  RedisModule_ReplyWithSimpleString(ctx, "tag");
+  RedisModule_ReplyWithStringBuffer(ctx, m->tag.data(), m->tag.size());
+  RedisModule_ReplyWithSimpleString(ctx, "batchsize");
+  RedisModule_ReplyWithLongLong(ctx, m->batchsize);
+  RedisModule_ReplyWithSimpleString(ctx, "minbatchsize");
+  RedisModule_ReplyWithLongLong(ctx, m->minbatchsize);
+  RedisModule_ReplyWithSimpleString(ctx, "inputs");
+  RedisModule_ReplyWithArray(ctx, static_cast<long>(m->inputs.size()));
+  for (const std::string &s : m->inputs) RedisModule_ReplyWithStringBuffer(ctx, s.data(), s.size());
+  RedisModule_ReplyWithSimpleString(ctx, "outputs");
+  RedisModule_ReplyWithArray(ctx, static_cast<long>(m->noutputs));
+  for (size_t i = 0; i < m->noutputs; i++) RedisModule_ReplyWithStringBuffer(ctx, "", 0);
+  RedisModule_ReplyWithSimpleString(ctx, "minbatchtimeout");
+  RedisModule_ReplyWithLongLong(ctx, m->minbatchtimeout);
+  if (blob) {
+    RedisModule_ReplyWithSimpleString(ctx, "blob");
+    reply_model_blob(ctx, *m);
+  }
+  return REDISMODULE_OK;
+}
+
+int ModelDel_Command(RedisModuleCtx *ctx, RedisModuleString **argv, int argc) {
+  if (argc != 2) return RedisModule_WrongArity(ctx);
+  Model *m = nullptr;
+  std::string err = get_model(ctx, argv[1], &m);
+  if (!err.empty()) return reply_err(ctx, err);
+  RedisModuleKey *key = RedisModule_OpenKey(ctx, argv[1], REDISMODULE_WRITE);
+  RedisModule_DeleteKey(key);
+  RedisModule_CloseKey(key);
+  RedisModule_ReplicateVerbatim(ctx);
+  return RedisModule_ReplyWithSimpleString(ctx, "OK");
+}
+
+/* ==== Scripts ================================================================================= */
+
+/* AI.SCRIPTSTORE key device [TAG t] ENTRY_POINTS n fn... SOURCE src;
+ * deprecated = AI.SCRIPTSET key device [TAG t] SOURCE src. */
+int script_store(RedisModuleCtx *ctx, RedisModuleString **argv, int argc, bool deprecated) {
+  if (argc < 3) return RedisModule_WrongArity(ctx);
+  Args a{argv, argc};
+  std::string device;
+  size_t dlen;
+  const char *dev = RedisModule_StringPtrLen(argv[2], &dlen);
+  if (!parse_device(dev, dlen, &device)) return reply_err(ctx, "ERR Invalid DEVICE");
+  int i = 3;
+  std::string tag;
+  if (a.is(i, "TAG")) {
+    if (i + 1 >= argc) return reply_err(ctx, "ERR Insufficient arguments, missing script SOURCE");
+    tag = a.str(i + 1);
+    i += 2;
+  }
+  std::vector<std::string> entry_points;
+  if (!deprecated) {
+    if (!a.is(i, "ENTRY_POINTS"))
+      return reply_err(ctx, "ERR Insufficient arguments, missing script entry points");
+    long long n;
+    if (!a.ll(i + 1, &n) || n <= 0 || n > argc - i - 2)
+      return reply_err(ctx, "ERR Invalid entry points count");
+    for (long long k = 0; k < n; k++) entry_points.push_back(a.str(i + 2 + static_cast<int>(k)));
+    i += 2 + static_cast<int>(n);
+  }
+  if (!a.is(i, "SOURCE") || i + 1 >= argc)
+    return reply_err(ctx, "ERR Insufficient arguments, missing script SOURCE");
+  if (i + 2 != argc) return reply_err(ctx, "ERR Invalid argument, a single SOURCE string is expected");
+  std::string source = a.str(i + 1);
+  {
+    Script *existing = nullptr;
+    if (lookup(ctx, argv[1], ScriptType, &existing) == Lookup::WrongType)
+      return reply_err(ctx, kWrongType);
+  }
+  Script *s = nullptr;
+  std::string err = create_script(device, tag, source, entry_points, &s);
+  if (!err.empty()) return reply_err(ctx, err);
+  set_value(ctx, argv[1], ScriptType, s);
+  RedisModule_ReplicateVerbatim(ctx);
+  return RedisModule_ReplyWithSimpleString(ctx, "OK");
+}
+
+int ScriptStore_Command(RedisModuleCtx *ctx, RedisModuleString **argv, int argc) {
+  return script_store(ctx, argv, argc, false);
+}
+int ScriptSet_Command(RedisModuleCtx *ctx, RedisModuleString **argv, int argc) {
+  return script_store(ctx, argv, argc, true);
+}
+
+int ScriptGet_Command(RedisModuleCtx *ctx, RedisModuleString **argv, int argc) {
+  if (argc < 2 || argc > 4) return RedisModule_WrongArity(ctx);
+  Args a{argv, argc};
+  bool meta = false, source = false;
+  for (int i = 2; i < argc; i++) {
+    if (a.is(i, "META")) {
+      meta = true;
+    } else if (a.is(i, "SOURCE")) {
+      source = true;
+    } else {
+      return reply_err(ctx, "ERR unsupported data format");
+    }
+  }
+  if (!meta && !source) meta = source = true;
+  Script *s = nullptr;
+  std::string err = get_script(ctx, argv[1], &s);
+  if (!err.empty()) return reply_err(ctx, err);
+  if (!meta) return RedisModule_ReplyWithStringBuffer(ctx, s->source.data(), s->source.size());
+  RedisModule_ReplyWithArray(ctx, source ? 8 : 6);
+  RedisModule_ReplyWithSimpleString(ctx, "device");
+  RedisModule_ReplyWithSimpleString(ctx, s->device.c_str());
+  RedisModule_ReplyWithSimpleString(ctx, "tag");
+  RedisModule_ReplyWithStringBuffer(ctx, s->tag.data(), s->tag.size());
+  RedisModule_ReplyWithSimpleString(ctx, "Entry Points");
+  RedisModule_ReplyWithArray(ctx, static_cast<long>(s->entry_points.size()));
+  for (const std::string &e : s->entry_points) RedisModule_ReplyWithStringBuffer(ctx, e.data(), e.size());
+  if (source) {
+    RedisModule_ReplyWithSimpleString(ctx, "source");
+    RedisModule_ReplyWithStringBuffer(ctx, s->source.data(), s->source.size());
+  }
+  return REDISMODULE_OK;
+}
+
+int ScriptDel_Command(RedisModuleCtx *ctx, RedisModuleString **argv, int argc) {
+  if (argc != 2) return RedisModule_WrongArity(ctx);
+  Script *s = nullptr;
+  std::string err = get_script(ctx, argv[1], &s);
+  if (!err.empty()) return reply_err(ctx, err);
+  RedisModuleKey *key = RedisModule_OpenKey(ctx, argv[1], REDISMODULE_WRITE);
+  RedisModule_DeleteKey(key);
+  RedisModule_CloseKey(key);
+  RedisModule_ReplicateVerbatim(ctx);
+  return RedisModule_ReplyWithSimpleString(ctx, "OK");
+}
+
+/* ==== Execute-op parsing ======================================================================
+ * Shared by the stand-alone commands and DAG ops. argv[0] is the op's command name. In a DAG
+ * the tensor names are the DAG's, so existence is checked by the caller. */
+
+bool parse_timeout(const Args &a, int i, long long *timeout) {
+  return a.ll(i, timeout) && *timeout > 0;
+}
+
+std::string parse_modelexecute(RedisModuleCtx *ctx, const Args &a, bool in_dag, Op *op,
+                               long long *timeout) {
+  if (a.argc < 8) return wrong_arity("AI.MODELEXECUTE");
+  Model *model = nullptr;
+  std::string err = get_model(ctx, a.argv[1], &model);
+  if (!err.empty()) return err;
+  if (!a.is(2, "INPUTS")) return "ERR INPUTS not specified";
+  long long nin;
+  if (!a.ll(3, &nin)) return "ERR Invalid argument for input_count";
+  if (nin <= 0) return "ERR Input count must be a positive integer";
+  int i = 4;
+  if (nin > a.argc - i) return "ERR Number of keys given as INPUTS here does not match model definition";
+  for (long long k = 0; k < nin; k++) op->inputs.push_back(a.str(i++));
+  if (!a.is(i, "OUTPUTS")) return "ERR OUTPUTS not specified";
+  long long nout;
+  if (!a.ll(i + 1, &nout)) return "ERR Invalid argument for output_count";
+  if (nout <= 0) return "ERR Output count must be a positive integer";
+  i += 2;
+  if (nout > a.argc - i)
+    return "ERR Number of keys given as OUTPUTS here does not match model definition";
+  for (long long k = 0; k < nout; k++) op->outputs.push_back(a.str(i++));
+  if (i < a.argc) {
+    if (!a.is(i, "TIMEOUT")) return "ERR Invalid argument: " + a.str(i);
+    if (in_dag) return "ERR TIMEOUT not allowed within a DAG command";
+    if (!parse_timeout(a, i + 1, timeout)) return "ERR Invalid value for TIMEOUT";
+    if (i + 2 != a.argc) return "ERR Invalid argument: " + a.str(i + 2 < a.argc ? i + 2 : i);
+  }
+  if (op->inputs.size() != model->inputs.size())
+    return "ERR Number of keys given as INPUTS here does not match model definition";
+  if (model->noutputs > 0 && op->outputs.size() != model->noutputs)
+    return "ERR Number of keys given as OUTPUTS here does not match model definition";
+  op->kind = OpKind::ModelExecute;
+  op->model = model->retain();
+  op->device = model->device;
+  return {};
+}
+
+/* AI.MODELRUN key [TIMEOUT t] INPUTS k... OUTPUTS k... */
+std::string parse_modelrun(RedisModuleCtx *ctx, const Args &a, bool in_dag, Op *op,
+                           long long *timeout) {
+  if (a.argc < 6) return wrong_arity("AI.MODELRUN");
+  Model *model = nullptr;
+  std::string err = get_model(ctx, a.argv[1], &model);
+  if (!err.empty()) return err;
+  int i = 2;
+  if (a.is(i, "TIMEOUT")) {
+    if (in_dag) return "ERR TIMEOUT not allowed within a DAG command";
+    if (!parse_timeout(a, i + 1, timeout)) return "ERR Invalid value for TIMEOUT";
+    i += 2;
+  }
+  if (!a.is(i, "INPUTS")) return "ERR INPUTS not specified";
+  for (i++; i < a.argc && !a.is(i, "OUTPUTS"); i++) op->inputs.push_back(a.str(i));
+  if (!a.is(i, "OUTPUTS")) return "ERR OUTPUTS not specified";
+  for (i++; i < a.argc; i++) op->outputs.push_back(a.str(i));
+  if (op->inputs.size() != model->inputs.size())
+    return "ERR Number of keys given as INPUTS here does not match model definition";
+  if (op->outputs.empty() || (model->noutputs > 0 && op->outputs.size() != model->noutputs))
+    return "ERR Number of keys given as OUTPUTS here does not match model definition";
+  op->kind = OpKind::ModelExecute;
+  op->model = model->retain();
+  op->device = model->device;
+  return {};
+}
+
+std::string check_function(const Script *s, const std::string &fn) {
+  if (!s->entry_points.empty()) {
+    for (const std::string &e : s->entry_points)
+      if (e == fn) return {};
+    return "ERR Function does not exist in the script: " + fn;
+  }
+  if (!torch_backend()->script_has_function(s->handle, fn.c_str()))
+    return "ERR Function does not exist in the script: " + fn;
+  return {};
+}
+
+/* AI.SCRIPTEXECUTE key fn [KEYS n k...] [INPUTS n t...] [ARGS n a...] [OUTPUTS n o...] [TIMEOUT ms] */
+std::string parse_scriptexecute(RedisModuleCtx *ctx, const Args &a, bool in_dag, Op *op,
+                                long long *timeout) {
+  if (a.argc < 5) return wrong_arity("AI.SCRIPTEXECUTE");
+  Script *script = nullptr;
+  std::string err = get_script(ctx, a.argv[1], &script);
+  if (!err.empty()) return err;
+  op->fn = a.str(2);
+  bool seen[4] = {false, false, false, false};
+  const char *kws[4] = {"KEYS", "INPUTS", "ARGS", "OUTPUTS"};
+  std::vector<std::string> *lists[4] = {&op->keys, &op->inputs, &op->args, &op->outputs};
+  int i = 3;
+  while (i < a.argc) {
+    int which = -1;
+    for (int k = 0; k < 4; k++)
+      if (a.is(i, kws[k])) which = k;
+    if (which >= 0) {
+      if (seen[which]) return std::string("ERR Already encountered ") + kws[which] + " scope";
+      seen[which] = true;
+      long long n;
+      if (!a.ll(i + 1, &n) || n < 0 || n > a.argc - i - 2)
+        return std::string("ERR Invalid argument for ") + kws[which] + " count";
+      for (long long k = 0; k < n; k++) lists[which]->push_back(a.str(i + 2 + static_cast<int>(k)));
+      i += 2 + static_cast<int>(n);
+    } else if (a.is(i, "TIMEOUT")) {
+      if (in_dag) return "ERR TIMEOUT not allowed within a DAG command";
+      if (!parse_timeout(a, i + 1, timeout)) return "ERR Invalid value for TIMEOUT";
+      i += 2;
+    } else {
+      return "ERR Invalid argument: " + a.str(i);
+    }
+  }
+  if (!seen[0] && !seen[1]) return "ERR KEYS or INPUTS must be specified";
+  err = check_function(script, op->fn);
+  if (!err.empty()) return err;
+  op->kind = OpKind::ScriptExecute;
+  op->script = script->retain();
+  op->device = script->device;
+  return {};
+}
+
+/* AI.SCRIPTRUN key fn [TIMEOUT t] INPUTS k... [$ k...] OUTPUTS k... */
+std::string parse_scriptrun(RedisModuleCtx *ctx, const Args &a, bool in_dag, Op *op,
+                            long long *timeout) {
+  if (a.argc < 4) return wrong_arity("AI.SCRIPTRUN");
+  Script *script = nullptr;
+  std::string err = get_script(ctx, a.argv[1], &script);
+  if (!err.empty()) return err;
+  op->fn = a.str(2);
+  int i = 3;
+  if (a.is(i, "TIMEOUT")) {
+    if (in_dag) return "ERR TIMEOUT not allowed within a DAG command";
+    if (!parse_timeout(a, i + 1, timeout)) return "ERR Invalid value for TIMEOUT";
+    i += 2;
+  }
+  if (!a.is(i, "INPUTS")) return "ERR INPUTS not specified";
+  for (i++; i < a.argc && !a.is(i, "OUTPUTS"); i++)
+    if (!a.is(i, "$")) op->inputs.push_back(a.str(i));
+  if (a.is(i, "OUTPUTS"))
+    for (i++; i < a.argc; i++) op->outputs.push_back(a.str(i));
+  err = check_function(script, op->fn);
+  if (!err.empty()) return err;
+  op->kind = OpKind::ScriptExecute;
+  op->script = script->retain();
+  op->device = script->device;
+  return {};
+}
+
+/* ==== Blocking and unblocking ================================================================= */
+
+void persist_outputs(RedisModuleCtx *ctx, Run *run) {
+  for (const std::string &name : run->persist) {
+    auto it = run->tensors.find(name);
+    if (it == run->tensors.end()) continue;
+    RedisModuleString *key = RedisModule_CreateString(ctx, name.data(), name.size());
+    set_value(ctx, key, TensorType, it->second->retain());
+    RedisModule_FreeString(ctx, key);
+    std::vector<RedisModuleString *> args = tensorset_args(ctx, name.data(), name.size(), *it->second);
+    RedisModule_Replicate(ctx, "AI.TENSORSET", "v", args.data(), args.size());
+    for (RedisModuleString *s : args) RedisModule_FreeString(ctx, s);
+  }
+}
+
+int Run_Reply(RedisModuleCtx *ctx, RedisModuleString **argv, int argc) {
+  (void)argv;
+  (void)argc;
+  Run *run = static_cast<Run *>(RedisModule_GetBlockedClientPrivateData(ctx));
+  if (run->timed_out) return RedisModule_ReplyWithSimpleString(ctx, "TIMEDOUT");
+  if (!run->failed) persist_outputs(ctx, run);
+  if (run->kind != RunKind::Dag) {
+    if (run->failed) return reply_err(ctx, run->ops[0].error);
+    return RedisModule_ReplyWithSimpleString(ctx, "OK");
+  }
+  RedisModule_ReplyWithArray(ctx, static_cast<long>(run->ops.size()));
+  for (const Op &op : run->ops) {
+    if (op.done) {
+      if (op.kind == OpKind::TensorGet) {
+        reply_tensor(ctx, *op.result, op.meta, op.format);
+      } else {
+        RedisModule_ReplyWithSimpleString(ctx, "OK");
+      }
+    } else if (!op.error.empty()) {
+      reply_err(ctx, op.error);
+    } else {
+      RedisModule_ReplyWithSimpleString(ctx, "NA");
+    }
+  }
+  return REDISMODULE_OK;
+}
+
+void Run_Free(RedisModuleCtx *ctx, void *privdata) {
+  (void)ctx;
+  delete static_cast<Run *>(privdata);
+}
+
+int block_and_submit(RedisModuleCtx *ctx, Run *run) {
+  run->bc = RedisModule_BlockClient(ctx, Run_Reply, nullptr, Run_Free, 0);
+  submit(run);
+  return REDISMODULE_OK;
+}
+
+/* ==== Key positions for cluster routing ======================================================= */
+
+void key_at(RedisModuleCtx *ctx, int pos, int argc) {
+  if (pos > 0 && pos < argc) RedisModule_KeyAtPos(ctx, pos);
+}
+
+/* Reports the keys of one execute op whose arguments start at `base` (its command name). */
+void op_keys(RedisModuleCtx *ctx, const Args &all, int base, int end, bool dag) {
+  Args a = all.sub(base, end);
+  int argc = all.argc;
+  key_at(ctx, base + 1, argc);
+  bool model = a.is(0, "AI.MODELEXECUTE") || a.is(0, "AI.MODELRUN");
+  bool script = a.is(0, "AI.SCRIPTEXECUTE") || a.is(0, "AI.SCRIPTRUN");
+  if (!model && !script) return;
+  bool legacy = a.is(0, "AI.MODELRUN") || a.is(0, "AI.SCRIPTRUN");
+  if (legacy) {
+    if (dag) return;
+    bool in_list = false;
+    for (int i = 2; i < a.argc; i++) {
+      if (a.is(i, "TIMEOUT")) {
+        i++;
+        continue;
+      }
+      if (a.is(i, "INPUTS") || a.is(i, "OUTPUTS")) {
+        in_list = true;
+        continue;
+      }
+      if (in_list && !a.is(i, "$")) key_at(ctx, base + i, argc);
+    }
+    return;
+  }
+  for (int i = 2; i < a.argc; i++) {
+    bool tensors = a.is(i, "INPUTS") || a.is(i, "OUTPUTS");
+    bool keys = a.is(i, "KEYS");
+    if (tensors || keys || a.is(i, "ARGS")) {
+      long long n;
+      if (!a.ll(i + 1, &n) || n < 0) return;
+      for (long long k = 0; k < n && i + 2 + k < a.argc; k++)
+        if (keys || (tensors && !dag)) key_at(ctx, base + i + 2 + static_cast<int>(k), argc);
+      i += 1 + static_cast<int>(n);
+    }
+  }
+}
+
+void dag_keys(RedisModuleCtx *ctx, const Args &a) {
+  int i = 1;
+  while (i < a.argc && !a.is(i, "|>")) {
+    if (a.is(i, "LOAD") || a.is(i, "PERSIST")) {
+      long long n;
+      if (!a.ll(i + 1, &n) || n < 0) return;
+      for (long long k = 0; k < n && i + 2 + k < a.argc; k++) key_at(ctx, i + 2 + static_cast<int>(k), a.argc);
+      i += 2 + static_cast<int>(n);
+    } else if (a.is(i, "ROUTING")) {
+      key_at(ctx, i + 1, a.argc);
+      i += 2;
+    } else {
+      i++;
+    }
+  }
+  while (i < a.argc) {
+    int start = i + 1;
+    int end = start;
+    while (end < a.argc && !a.is(end, "|>")) end++;
+    if (end > start) op_keys(ctx, a, start, end, true);
+    i = end;
+  }
+}
+
+/* ==== Execute commands ======================================================================== */
+
+/* Loads the named tensors of the keyspace into the run (a reference each, taken under the GIL
+ * so a later DEL cannot pull them from under a worker). */
+std::string load_inputs(RedisModuleCtx *ctx, Run *run, const std::vector<std::string> &names) {
+  for (const std::string &n : names) {
+    if (run->tensors.count(n)) continue;
+    RedisModuleString *k = RedisModule_CreateString(ctx, n.data(), n.size());
+    Tensor *t = nullptr;
+    std::string err = get_tensor(ctx, k, &t);
+    RedisModule_FreeString(ctx, k);
+    if (!err.empty()) return err;
+    run->tensors.emplace(n, t->retain());
+  }
+  return {};
+}
+
+std::string check_outputs(RedisModuleCtx *ctx, const std::vector<std::string> &names) {
+  for (const std::string &n : names) {
+    RedisModuleString *k = RedisModule_CreateString(ctx, n.data(), n.size());
+    bool ok = tensor_writable(ctx, k);
+    RedisModule_FreeString(ctx, k);
+    if (!ok) return kWrongType;
+  }
+  return {};
+}
+
+typedef std::string (*OpParser)(RedisModuleCtx *, const Args &, bool, Op *, long long *);
+
+int single_execute(RedisModuleCtx *ctx, RedisModuleString **argv, int argc, OpParser parser,
+                   RunKind kind) {
+  Args a{argv, argc};
+  if (RedisModule_IsKeysPositionRequest(ctx)) {
+    op_keys(ctx, a, 0, argc, false);
+    return REDISMODULE_OK;
+  }
+  if (!can_block_or_reply(ctx)) return REDISMODULE_OK;
+  Run *run = new Run();
+  run->kind = kind;
+  run->ops.emplace_back();
+  Op &op = run->ops.back();
+  long long timeout = 0;
+  std::string err = parser(ctx, a, false, &op, &timeout);
+  if (err.empty()) err = load_inputs(ctx, run, op.inputs);
+  if (err.empty()) err = check_outputs(ctx, op.outputs);
+  if (!err.empty()) {
+    delete run;
+    return reply_err(ctx, err);
+  }
+  run->timeout_ms = timeout;
+  run->persist = op.outputs;
+  return block_and_submit(ctx, run);
+}
+
+int ModelExecute_Command(RedisModuleCtx *ctx, RedisModuleString **argv, int argc) {
+  return single_execute(ctx, argv, argc, parse_modelexecute, RunKind::ModelExecute);
+}
+int ModelRun_Command(RedisModuleCtx *ctx, RedisModuleString **argv, int argc) {
+  return single_execute(ctx, argv, argc, parse_modelrun, RunKind::ModelExecute);
+}
+int ScriptExecute_Command(RedisModuleCtx *ctx, RedisModuleString **argv, int argc) {
+  return single_execute(ctx, argv, argc, parse_scriptexecute, RunKind::ScriptExecute);
+}
+int ScriptRun_Command(RedisModuleCtx *ctx, RedisModuleString **argv, int argc) {
+  return single_execute(ctx, argv, argc, parse_scriptrun, RunKind::ScriptExecute);
+}
+
+/* ==== DAGs ==================================================================================== */
+
+struct DagMode {
+  bool readonly;
+  bool legacy; /* AI.DAGRUN / AI.DAGRUN_RO */
+};
+
+std::string parse_dag(RedisModuleCtx *ctx, const Args &a, DagMode mode, Run *run) {
+  std::set<std::string> names;
+  std::set<std::string> persist;
+  bool keyword = false;
+  int i = 1;
+  while (i < a.argc && !a.is(i, "|>")) {
+    if (a.is(i, "LOAD") || a.is(i, "PERSIST")) {
+      bool load = a.is(i, "LOAD");
+      if (!load && mode.readonly) return "ERR PERSIST cannot be specified in a read-only DAG";
+      long long n;
+      if (!a.ll(i + 1, &n) || n <= 0 || n > a.argc - i - 2)
+        return std::string("ERR invalid or negative value found in number of keys to ") +
+               (load ? "LOAD" : "PERSIST");
+      for (long long k = 0; k < n; k++) {
+        std::string name = a.str(i + 2 + static_cast<int>(k));
+        if (load) {
+          names.insert(name);
+        } else {
+          if (!persist.insert(name).second) return "ERR PERSIST keys must be unique";
+          run->persist.push_back(name);
+        }
+      }
+      if (load) {
+        std::vector<std::string> keys;
+        for (long long k = 0; k < n; k++) keys.push_back(a.str(i + 2 + static_cast<int>(k)));
+        std::string err = load_inputs(ctx, run, keys);
+        if (!err.empty()) return err;
+      }
+      i += 2 + static_cast<int>(n);
+      keyword = true;
+    } else if (a.is(i, "ROUTING")) {
+      if (i + 1 >= a.argc) return "ERR Missing ROUTING value";
+      i += 2;
+      keyword = true;
+    } else if (a.is(i, "TIMEOUT")) {
+      if (!parse_timeout(a, i + 1, &run->timeout_ms)) return "ERR Invalid value for TIMEOUT";
+      i += 2;
+    } else {
+      return "ERR Invalid DAG command. Unexpected argument: " + a.str(i);
+    }
+  }
+  if (!keyword && !mode.legacy)
+    return "ERR AI.DAGEXECUTE and AI.DAGEXECUTE_RO commands must contain at least one out of "
+           "ROUTING, LOAD, PERSIST keywords";
+  if (i >= a.argc) return "ERR DAG is empty";
+  while (i < a.argc) {
+    int start = i + 1;
+    int end = start;
+    while (end < a.argc && !a.is(end, "|>")) end++;
+    i = end;
+    if (end == start) return "ERR Unsupported command within DAG";
+    Args oa = a.sub(start, end);
+    Op op;
+    long long unused_timeout = 0;
+    std::string err;
+    if (oa.is(0, "AI.TENSORSET")) {
+      Tensor *t = nullptr;
+      err = parse_tensorset(oa, &t);
+      if (err.empty()) {
+        op.kind = OpKind::TensorSet;
+        op.name = oa.str(1);
+        op.set_tensor = t;
+        names.insert(op.name);
+      }
+    } else if (oa.is(0, "AI.TENSORGET")) {
+      err = parse_tensorget(oa, &op.meta, &op.format);
+      if (err.empty()) {
+        op.kind = OpKind::TensorGet;
+        op.name = oa.str(1);
+        if (!names.count(op.name)) err = "ERR INPUT key cannot be found in DAG";
+      }
+    } else if (oa.is(0, "AI.MODELEXECUTE") || oa.is(0, "AI.MODELRUN")) {
+      bool legacy = oa.is(0, "AI.MODELRUN");
+      if (legacy && !mode.legacy)
+        return "ERR Deprecated AI.MODELRUN cannot be used in AI.DAGEXECUTE command";
+      err = legacy ? parse_modelrun(ctx, oa, true, &op, &unused_timeout)
+                   : parse_modelexecute(ctx, oa, true, &op, &unused_timeout);
+    } else if (oa.is(0, "AI.SCRIPTEXECUTE") || oa.is(0, "AI.SCRIPTRUN")) {
+      bool legacy = oa.is(0, "AI.SCRIPTRUN");
+      if (legacy && !mode.legacy)
+        return "ERR Deprecated AI.SCRIPTRUN cannot be used in AI.DAGEXECUTE command";
+      if (mode.readonly)
+        return legacy ? "ERR AI.SCRIPTRUN command cannot be specified in a read-only DAG"
+                      : "ERR AI.SCRIPTEXECUTE command cannot be specified in a read-only DAG";
+      err = legacy ? parse_scriptrun(ctx, oa, true, &op, &unused_timeout)
+                   : parse_scriptexecute(ctx, oa, true, &op, &unused_timeout);
+    } else {
+      return "ERR Unsupported command within DAG";
+    }
+    if (!err.empty()) return err;
+    if (op.kind == OpKind::ModelExecute || op.kind == OpKind::ScriptExecute) {
+      for (const std::string &n : op.inputs)
+        if (!names.count(n)) return "ERR INPUT key cannot be found in DAG";
+      for (const std::string &n : op.outputs) names.insert(n);
+    }
+    run->ops.push_back(std::move(op));
+  }
+  for (const std::string &p : run->persist)
+    if (!names.count(p)) return "ERR PERSIST key cannot be found in DAG";
+  return check_outputs(ctx, run->persist);
+}
+
+int dag_command(RedisModuleCtx *ctx, RedisModuleString **argv, int argc, DagMode mode) {
+  Args a{argv, argc};
+  if (RedisModule_IsKeysPositionRequest(ctx)) {
+    dag_keys(ctx, a);
+    return REDISMODULE_OK;
+  }
+  if (argc < 2) return RedisModule_WrongArity(ctx);
+  if (!can_block_or_reply(ctx)) return REDISMODULE_OK;
+  Run *run = new Run();
+  run->kind = RunKind::Dag;
+  std::string err = parse_dag(ctx, a, mode, run);
+  if (!err.empty()) {
+    delete run;
+    return reply_err(ctx, err);
+  }
+  return block_and_submit(ctx, run);
+}
+
+int DagExecute_Command(RedisModuleCtx *ctx, RedisModuleString **argv, int argc) {
+  return dag_command(ctx, argv, argc, DagMode{false, false});
+}
+int DagExecuteRO_Command(RedisModuleCtx *ctx, RedisModuleString **argv, int argc) {
+  return dag_command(ctx, argv, argc, DagMode{true, false});
+}
+int DagRun_Command(RedisModuleCtx *ctx, RedisModuleString **argv, int argc) {
+  return dag_command(ctx, argv, argc, DagMode{false, true});
+}
+int DagRunRO_Command(RedisModuleCtx *ctx, RedisModuleString **argv, int argc) {
+  return dag_command(ctx, argv, argc, DagMode{true, true});
+}
+
+/* ==== AI.INFO ================================================================================= */
+
+int Info_Command(RedisModuleCtx *ctx, RedisModuleString **argv, int argc) {
+  if (argc < 2 || argc > 3) return RedisModule_WrongArity(ctx);
+  Args a{argv, argc};
+  if (argc == 3 && !a.is(2, "RESETSTAT")) return reply_err(ctx, "ERR unsupported subcommand");
+  Model *m = nullptr;
+  Script *s = nullptr;
+  RunStats *stats = nullptr;
+  if (lookup(ctx, argv[1], ModelType, &m) == Lookup::Found) {
+    stats = &m->stats;
+  } else if (lookup(ctx, argv[1], ScriptType, &s) == Lookup::Found) {
+    stats = &s->stats;
+  } else {
+    return reply_err(ctx, "ERR cannot find run info for key");
+  }
+  if (argc == 3) {
+    stats->reset();
+    return RedisModule_ReplyWithSimpleString(ctx, "OK");
+  }
+  long long duration, samples, calls, errors, batches;
+  {
+    std::lock_guard<std::mutex> g(stats->mu);
+    duration = stats->duration_us;
+    samples = stats->samples;
+    calls = stats->calls;
+    errors = stats->errors;
+    batches = stats->batches;
+  }
+  /* Beyond RedisAI's 18 entries, models add their batching figures as further pairs;
+   * clients read the reply as a flat key/value list, so the extra pairs are harmless. */
+  RedisModule_ReplyWithArray(ctx, m ? 24 : 18);
+  RedisModule_ReplyWithSimpleString(ctx, "key");
+  RedisModule_ReplyWithString(ctx, argv[1]);
+  RedisModule_ReplyWithSimpleString(ctx, "type");
+  RedisModule_ReplyWithSimpleString(ctx, m ? "MODEL" : "SCRIPT");
+  RedisModule_ReplyWithSimpleString(ctx, "backend");
+  RedisModule_ReplyWithSimpleString(ctx, "TORCH");
+  RedisModule_ReplyWithSimpleString(ctx, "device");
+  RedisModule_ReplyWithSimpleString(ctx, m ? m->device.c_str() : s->device.c_str());
+  RedisModule_ReplyWithSimpleString(ctx, "tag");
+  const std::string &tag = m ? m->tag : s->tag;
+  RedisModule_ReplyWithStringBuffer(ctx, tag.data(), tag.size());
+  RedisModule_ReplyWithSimpleString(ctx, "duration");
+  RedisModule_ReplyWithLongLong(ctx, duration);
+  RedisModule_ReplyWithSimpleString(ctx, "samples");
+  RedisModule_ReplyWithLongLong(ctx, m ? samples : -1);
+  RedisModule_ReplyWithSimpleString(ctx, "calls");
+  RedisModule_ReplyWithLongLong(ctx, calls);
+  RedisModule_ReplyWithSimpleString(ctx, "errors");
+  RedisModule_ReplyWithLongLong(ctx, errors);
+  if (m) {
+    long long depth = 0;
+    for (const QueueInfo &q : queue_infos())
+      if (q.device == m->device) depth = static_cast<long long>(q.depth);
+    RedisModule_ReplyWithSimpleString(ctx, "batches");
+    RedisModule_ReplyWithLongLong(ctx, batches);
+    RedisModule_ReplyWithSimpleString(ctx, "mean_batch_size");
+    std::string mean = format_double(batches ? static_cast<double>(samples) / static_cast<double>(batches) : 0.0);
+    RedisModule_ReplyWithStringBuffer(ctx, mean.data(), mean.size());
+    RedisModule_ReplyWithSimpleString(ctx, "queue_depth");
+    RedisModule_ReplyWithLongLong(ctx, depth);
+  }
+  return REDISMODULE_OK;
+}
+
+/* ==== AI.CONFIG =============================================================================== */
+
+int Config_Command(RedisModuleCtx *ctx, RedisModuleString **argv, int argc) {
+  if (argc < 2) return RedisModule_WrongArity(ctx);
+  Args a{argv, argc};
+  if (a.is(1, "BACKENDSPATH")) {
+    if (argc < 3) return reply_err(ctx, "ERR BACKENDSPATH: missing path argument");
+    config.backends_path = a.str(2);
+    return RedisModule_ReplyWithSimpleString(ctx, "OK");
+  }
+  if (a.is(1, "LOADBACKEND")) {
+    if (argc < 4) return RedisModule_WrongArity(ctx);
+    if (!a.is(2, "TORCH")) return reply_err(ctx, "ERR unsupported backend");
+    std::string err = load_torch_backend(a.str(3));
+    if (!err.empty()) return reply_err(ctx, err);
+    return RedisModule_ReplyWithSimpleString(ctx, "OK");
+  }
+  if (a.is(1, "MODEL_CHUNK_SIZE")) {
+    long long n;
+    if (!a.ll(2, &n) || n <= 0) return reply_err(ctx, "ERR MODEL_CHUNK_SIZE: invalid chunk size");
+    config.model_chunk_size = n;
+    return RedisModule_ReplyWithSimpleString(ctx, "OK");
+  }
+  if (a.is(1, "GET")) {
+    if (argc < 3) return RedisModule_WrongArity(ctx);
+    if (a.is(2, "BACKENDSPATH"))
+      return RedisModule_ReplyWithStringBuffer(ctx, config.backends_path.data(),
+                                               config.backends_path.size());
+    if (a.is(2, "MODEL_CHUNK_SIZE")) return RedisModule_ReplyWithLongLong(ctx, config.model_chunk_size);
+    return RedisModule_ReplyWithNull(ctx);
+  }
+  return reply_err(ctx, "ERR unsupported subcommand");
+}
+
+/* ==== AI._MODELSCAN / AI._SCRIPTSCAN ========================================================== */
+
+int scan(RedisModuleCtx *ctx, RedisModuleType *type) {
+  RedisModuleCallReply *keys = RedisModule_Call(ctx, "KEYS", "c", "*");
+  if (!keys) return reply_err(ctx, "ERR could not list keys");
+  size_t n = RedisModule_CallReplyLength(keys);
+  RedisModule_ReplyWithArray(ctx, REDISMODULE_POSTPONED_LEN);
+  long found = 0;
+  for (size_t i = 0; i < n; i++) {
+    size_t len;
+    const char *p = RedisModule_CallReplyStringPtr(RedisModule_CallReplyArrayElement(keys, i), &len);
+    RedisModuleString *k = RedisModule_CreateString(ctx, p, len);
+    const std::string *tag = nullptr;
+    Model *m = nullptr;
+    Script *s = nullptr;
+    if (type == ModelType && lookup(ctx, k, ModelType, &m) == Lookup::Found) tag = &m->tag;
+    if (type == ScriptType && lookup(ctx, k, ScriptType, &s) == Lookup::Found) tag = &s->tag;
+    if (tag) {
+      RedisModule_ReplyWithArray(ctx, 2);
+      RedisModule_ReplyWithStringBuffer(ctx, p, len);
+      RedisModule_ReplyWithStringBuffer(ctx, tag->data(), tag->size());
+      found++;
+    }
+    RedisModule_FreeString(ctx, k);
+  }
+  RedisModule_ReplySetArrayLength(ctx, found);
+  RedisModule_FreeCallReply(keys);
+  return REDISMODULE_OK;
+}
+
+int ModelScan_Command(RedisModuleCtx *ctx, RedisModuleString **argv, int argc) {
+  (void)argv;
+  if (argc != 1) return RedisModule_WrongArity(ctx);
+  return scan(ctx, ModelType);
+}
+int ScriptScan_Command(RedisModuleCtx *ctx, RedisModuleString **argv, int argc) {
+  (void)argv;
+  if (argc != 1) return RedisModule_WrongArity(ctx);
+  return scan(ctx, ScriptType);
+}
+
+}  // namespace
+
+/* ==== Registration ============================================================================ */
+
+int register_commands(RedisModuleCtx *ctx) {
+  struct Cmd {
+    const char *name;
+    RedisModuleCmdFunc fn;
+    const char *flags;
+    int first, last, step;
+  };
+  const Cmd cmds[] = {
+      {"ai.tensorset", TensorSet_Command, "write deny-oom", 1, 1, 1},
+      {"ai.tensorget", TensorGet_Command, "readonly", 1, 1, 1},
+      {"ai.modelstore", ModelStore_Command, "write deny-oom", 1, 1, 1},
+      {"ai.modelset", ModelSet_Command, "write deny-oom", 1, 1, 1},
+      {"ai.modelget", ModelGet_Command, "readonly", 1, 1, 1},
+      {"ai.modeldel", ModelDel_Command, "write", 1, 1, 1},
+      {"ai.modelexecute", ModelExecute_Command, "write deny-oom getkeys-api", 1, 1, 1},
+      {"ai.modelrun", ModelRun_Command, "write deny-oom getkeys-api", 1, 1, 1},
+      {"ai.scriptstore", ScriptStore_Command, "write deny-oom", 1, 1, 1},
+      {"ai.scriptset", ScriptSet_Command, "write deny-oom", 1, 1, 1},
+      {"ai.scriptget", ScriptGet_Command, "readonly", 1, 1, 1},
+      {"ai.scriptdel", ScriptDel_Command, "write", 1, 1, 1},
+      {"ai.scriptexecute", ScriptExecute_Command, "write deny-oom getkeys-api", 1, 1, 1},
+      {"ai.scriptrun", ScriptRun_Command, "write deny-oom getkeys-api", 1, 1, 1},
+      {"ai.dagexecute", DagExecute_Command, "write deny-oom getkeys-api", 0, 0, 0},
+      {"ai.dagexecute_ro", DagExecuteRO_Command, "readonly getkeys-api", 0, 0, 0},
+      {"ai.dagrun", DagRun_Command, "write deny-oom getkeys-api", 0, 0, 0},
+      {"ai.dagrun_ro", DagRunRO_Command, "readonly getkeys-api", 0, 0, 0},
+      {"ai.info", Info_Command, "readonly", 1, 1, 1},
+      {"ai.config", Config_Command, "admin", 0, 0, 0},
+      {"ai._modelscan", ModelScan_Command, "readonly", 0, 0, 0},
+      {"ai._scriptscan", ScriptScan_Command, "readonly", 0, 0, 0},
+  };
+  for (const Cmd &c : cmds) {
+    if (RedisModule_CreateCommand(ctx, c.name, c.fn, c.flags, c.first, c.last, c.step) !=
+        REDISMODULE_OK) {
+      RedisModule_Log(ctx, "warning", "could not register %s", c.name);
+      return REDISMODULE_ERR;
+    }
+  }
+  return REDISMODULE_OK;
+}
+
+}  // namespace gw

@@ -1,0 +1,514 @@
+/*
+ * exec.cpp: device queues, worker threads, and running ops.
+ */
+#include "exec.h"
+
+#include <pthread.h>
+#include <time.h>
+
+#include <cerrno>
+#include <chrono>
+#include <condition_variable>
+#include <cstring>
+#include <deque>
+#include <map>
+#include <memory>
+#include <mutex>
+#include <thread>
+
+#include "backend.h"
+
+namespace gw {
+
+/* ==== Data structures ========================================================================= */
+
+namespace {
+
+struct Queue {
+  std::string device;
+  std::mutex mu;
+  std::condition_variable cv;
+  std::deque<Run *> items;
+  std::vector<std::thread> threads;
+  long long batches = 0;        /* under mu */
+  long long batch_samples = 0;  /* under mu: sum of dim 0 over those batches */
+};
+
+std::mutex g_queues_mu;
+std::map<std::string, std::unique_ptr<Queue>> g_queues;
+
+/* What a script's host callbacks need: the blocked client gives a thread-safe context on the
+ * client's database. */
+struct ScriptCallCtx {
+  RedisModuleBlockedClient *bc;
+};
+
+char *host_strdup(const std::string &s) {
+  char *p = static_cast<char *>(RedisModule_Alloc(s.size() + 1));
+  memcpy(p, s.data(), s.size());
+  p[s.size()] = '\0';
+  return p;
+}
+
+}  // namespace
+
+Op::Op(Op &&o) noexcept
+    : kind(o.kind), name(std::move(o.name)), set_tensor(o.set_tensor), meta(o.meta),
+      format(o.format), model(o.model), script(o.script), fn(std::move(o.fn)),
+      inputs(std::move(o.inputs)), outputs(std::move(o.outputs)), keys(std::move(o.keys)),
+      args(std::move(o.args)), device(std::move(o.device)), done(o.done),
+      error(std::move(o.error)), result(o.result) {
+  o.set_tensor = nullptr;
+  o.model = nullptr;
+  o.script = nullptr;
+  o.result = nullptr;
+}
+
+Op::~Op() {
+  if (set_tensor) set_tensor->release();
+  if (model) model->release();
+  if (script) script->release();
+  if (result) result->release();
+}
+
+Run::~Run() {
+  for (auto &kv : tensors) kv.second->release();
+}
+
+void Run::put(const std::string &name, Tensor *t) {
+  auto it = tensors.find(name);
+  if (it != tensors.end()) {
+    it->second->release();
+    it->second = t;
+  } else {
+    tensors.emplace(name, t);
+  }
+}
+
+int64_t now_ms() {
+  return std::chrono::duration_cast<std::chrono::milliseconds>(
+             std::chrono::steady_clock::now().time_since_epoch())
+      .count();
+}
+
+/* ==== Queues ================================================================================== */
+
+namespace {
+
+void worker_main(Queue *q);
+
+Queue *get_queue(const std::string &device) {
+  std::lock_guard<std::mutex> g(g_queues_mu);
+  auto it = g_queues.find(device);
+  if (it != g_queues.end()) return it->second.get();
+  auto q = std::make_unique<Queue>();
+  q->device = device;
+  Queue *raw = q.get();
+  for (long long i = 0; i < config.threads_per_queue; i++) {
+    raw->threads.emplace_back(worker_main, raw);
+    std::string tname = ("ai_" + device).substr(0, 15);
+    pthread_setname_np(raw->threads.back().native_handle(), tname.c_str());
+  }
+  g_queues.emplace(device, std::move(q));
+  return raw;
+}
+
+/* Describes the run's current op for the batch picker. */
+void fill_candidate(Run *run, int64_t now) {
+  BatchCandidate &c = run->cand;
+  c = BatchCandidate();
+  c.queued_ms = now;
+  c.expires_ms = run->timeout_ms > 0 ? run->start_ms + run->timeout_ms : 0;
+  if (run->cur >= run->ops.size()) return;
+  const Op &op = run->ops[run->cur];
+  if (op.kind != OpKind::ModelExecute || op.model->batchsize <= 0) return;
+  std::vector<const Tensor *> ins;
+  for (const std::string &n : op.inputs) ins.push_back(run->tensors.at(n));
+  if (ins.empty()) return;
+  c.signature = batch_signature(ins);
+  if (c.signature.empty()) return;
+  c.model = op.model;
+  c.batchsize = op.model->batchsize;
+  c.minbatchsize = op.model->minbatchsize;
+  c.minbatchtimeout = op.model->minbatchtimeout;
+  c.size = ins[0]->shape[0];
+}
+
+void push(Queue *q, Run *run) {
+  fill_candidate(run, now_ms());
+  {
+    std::lock_guard<std::mutex> g(q->mu);
+    q->items.push_back(run);
+  }
+  q->cv.notify_all();
+}
+
+void finish(Run *run) { RedisModule_UnblockClient(run->bc, run); }
+
+void fail(Run *run, const std::string &err) {
+  run->ops[run->cur].error = err;
+  run->failed = true;
+}
+
+/* ==== Running ops ============================================================================= */
+
+Tensor *adopt_output(GwTensor *o) {
+  std::vector<int64_t> shape(o->shape, o->shape + o->ndim);
+  RedisModule_Free(o->shape);
+  o->shape = nullptr;
+  char *data = static_cast<char *>(o->data);
+  o->data = nullptr;
+  if (!data) {
+    data = static_cast<char *>(mem_alloc(1));
+  }
+  return tensor_adopt(o->dtype, std::move(shape), data, o->nbytes);
+}
+
+void run_model_batch(Queue *q, std::vector<Run *> &batch) {
+  const Op &first = batch[0]->ops[batch[0]->cur];
+  Model *model = first.model;
+  const GwBackendApi *be = torch_backend();
+  size_t ninputs = first.inputs.size();
+  size_t noutputs = first.outputs.size();
+
+  std::vector<GwTensor> views(ninputs);
+  std::vector<Tensor *> merged;
+  std::vector<int64_t> sizes;
+  for (Run *r : batch) {
+    const Op &op = r->ops[r->cur];
+    const Tensor *t0 = r->tensors.at(op.inputs[0]);
+    sizes.push_back(t0->shape.empty() ? 0 : t0->shape[0]);
+  }
+  if (batch.size() == 1) {
+    for (size_t i = 0; i < ninputs; i++) views[i] = batch[0]->tensors.at(first.inputs[i])->view();
+  } else {
+    for (size_t i = 0; i < ninputs; i++) {
+      std::vector<const Tensor *> parts;
+      for (Run *r : batch) parts.push_back(r->tensors.at(r->ops[r->cur].inputs[i]));
+      merged.push_back(concat_dim0(parts));
+      views[i] = merged.back()->view();
+    }
+  }
+
+  std::vector<GwTensor> outs(noutputs);
+  memset(outs.data(), 0, sizeof(GwTensor) * noutputs);
+  auto t0 = std::chrono::steady_clock::now();
+  char *err = be->model_run(model->handle, views.data(), ninputs, outs.data(), noutputs);
+  long long us = std::chrono::duration_cast<std::chrono::microseconds>(
+                     std::chrono::steady_clock::now() - t0)
+                     .count();
+  for (Tensor *t : merged) t->release();
+
+  std::string error;
+  if (err) error = "ERR " + take_backend_error(err);
+  int64_t total = 0;
+  for (int64_t s : sizes) total += s;
+  if (error.empty() && batch.size() > 1) {
+    for (size_t k = 0; k < noutputs; k++)
+      if (outs[k].ndim < 1 || outs[k].shape[0] != total)
+        error = "ERR Model did not generate the expected batch size";
+  }
+
+  if (!error.empty()) {
+    for (size_t k = 0; k < noutputs; k++) free_backend_tensor(&outs[k]);
+    for (Run *r : batch) fail(r, error);
+  } else if (batch.size() == 1) {
+    Run *r = batch[0];
+    for (size_t k = 0; k < noutputs; k++) r->put(first.outputs[k], adopt_output(&outs[k]));
+  } else {
+    int64_t off = 0;
+    for (size_t b = 0; b < batch.size(); b++) {
+      Run *r = batch[b];
+      const Op &op = r->ops[r->cur];
+      for (size_t k = 0; k < noutputs; k++) r->put(op.outputs[k], slice_dim0(outs[k], off, sizes[b]));
+      off += sizes[b];
+    }
+    for (size_t k = 0; k < noutputs; k++) free_backend_tensor(&outs[k]);
+  }
+
+  {
+    std::lock_guard<std::mutex> g(model->stats.mu);
+    model->stats.duration_us += us;
+    model->stats.calls += 1;
+    if (!error.empty()) {
+      model->stats.errors += 1;
+    } else {
+      model->stats.samples += total;
+      model->stats.batches += 1;
+      model->stats.batch_requests += static_cast<long long>(batch.size());
+    }
+  }
+  if (error.empty()) {
+    std::lock_guard<std::mutex> g(q->mu);
+    q->batches += 1;
+    q->batch_samples += total;
+  }
+  for (Run *r : batch) {
+    if (!r->failed) {
+      r->ops[r->cur].done = true;
+      r->cur++;
+    }
+  }
+}
+
+void run_script(Run *run) {
+  Op &op = run->ops[run->cur];
+  Script *script = op.script;
+  const GwBackendApi *be = torch_backend();
+  std::vector<GwTensor> views;
+  for (const std::string &n : op.inputs) views.push_back(run->tensors.at(n)->view());
+  std::vector<const char *> keys, args;
+  for (const std::string &k : op.keys) keys.push_back(k.c_str());
+  for (const std::string &a : op.args) args.push_back(a.c_str());
+  ScriptCallCtx cc{run->bc};
+  GwTensor *outs = nullptr;
+  size_t nouts = 0;
+  auto t0 = std::chrono::steady_clock::now();
+  char *err = be->script_run(script->handle, op.fn.c_str(), views.data(), views.size(), keys.data(),
+                             keys.size(), args.data(), args.size(), &cc, &outs, &nouts);
+  long long us = std::chrono::duration_cast<std::chrono::microseconds>(
+                     std::chrono::steady_clock::now() - t0)
+                     .count();
+  std::string error;
+  if (err) error = "ERR " + take_backend_error(err);
+  if (error.empty() && !op.outputs.empty() && nouts != op.outputs.size())
+    error = "ERR Number of tensors returned by the script does not match the number of OUTPUTS";
+  for (size_t k = 0; k < nouts; k++) {
+    if (error.empty() && k < op.outputs.size()) {
+      run->put(op.outputs[k], adopt_output(&outs[k]));
+    } else {
+      free_backend_tensor(&outs[k]);
+    }
+  }
+  if (outs) RedisModule_Free(outs);
+  {
+    std::lock_guard<std::mutex> g(script->stats.mu);
+    script->stats.duration_us += us;
+    script->stats.calls += 1;
+    if (!error.empty()) script->stats.errors += 1;
+  }
+  if (!error.empty()) {
+    fail(run, error);
+  } else {
+    op.done = true;
+    run->cur++;
+  }
+}
+
+/* Runs the TENSORSET/TENSORGET ops that follow, then hands the run to the queue of its next
+ * model/script op, or back to its client when it is done. */
+void advance(Run *run) {
+  while (!run->failed && run->cur < run->ops.size()) {
+    Op &op = run->ops[run->cur];
+    if (op.kind == OpKind::TensorSet) {
+      run->put(op.name, op.set_tensor->retain());
+    } else if (op.kind == OpKind::TensorGet) {
+      op.result = run->tensors.at(op.name)->retain();
+    } else {
+      push(get_queue(op.device), run);
+      return;
+    }
+    op.done = true;
+    run->cur++;
+  }
+  finish(run);
+}
+
+void execute(Queue *q, std::vector<Run *> &batch) {
+  int64_t now = now_ms();
+  std::vector<Run *> live;
+  for (Run *r : batch) {
+    if (r->timeout_ms > 0 && now - r->start_ms >= r->timeout_ms) {
+      r->timed_out = true;
+      finish(r);
+    } else {
+      live.push_back(r);
+    }
+  }
+  if (live.empty()) return;
+  Run *r0 = live[0];
+  if (r0->cur < r0->ops.size()) {
+    const Op &op = r0->ops[r0->cur];
+    if (op.kind == OpKind::ModelExecute) {
+      run_model_batch(q, live);
+    } else if (op.kind == OpKind::ScriptExecute) {
+      run_script(r0);
+    }
+  }
+  for (Run *r : live) advance(r);
+}
+
+void worker_main(Queue *q) {
+  std::unique_lock<std::mutex> lk(q->mu);
+  std::vector<const BatchCandidate *> cands;
+  for (;;) {
+    if (q->items.empty()) {
+      q->cv.wait(lk);
+      continue;
+    }
+    cands.clear();
+    for (Run *r : q->items) cands.push_back(&r->cand);
+    BatchPick pick = pick_batch(cands, now_ms());
+    if (pick.members.empty()) {
+      if (pick.wake_ms < 0) {
+        q->cv.wait(lk);
+      } else {
+        auto when = std::chrono::steady_clock::time_point(std::chrono::milliseconds(pick.wake_ms));
+        q->cv.wait_until(lk, when);
+      }
+      continue;
+    }
+    std::vector<Run *> batch;
+    for (size_t idx : pick.members) batch.push_back(q->items[idx]);
+    for (auto it = pick.members.rbegin(); it != pick.members.rend(); ++it)
+      q->items.erase(q->items.begin() + static_cast<long>(*it));
+    lk.unlock();
+    execute(q, batch);
+    lk.lock();
+  }
+}
+
+}  // namespace
+
+void submit(Run *run) {
+  run->start_ms = now_ms();
+  std::string device = "CPU";
+  for (size_t i = run->cur; i < run->ops.size(); i++) {
+    if (!run->ops[i].device.empty()) {
+      device = run->ops[i].device;
+      break;
+    }
+  }
+  push(get_queue(device), run);
+}
+
+/* ==== Observability =========================================================================== */
+
+std::vector<QueueInfo> queue_infos() {
+  std::vector<QueueInfo> out;
+  std::lock_guard<std::mutex> g(g_queues_mu);
+  for (auto &kv : g_queues) {
+    Queue *q = kv.second.get();
+    QueueInfo info;
+    info.device = q->device;
+    {
+      std::lock_guard<std::mutex> gq(q->mu);
+      info.depth = q->items.size();
+      info.batches = q->batches;
+      info.batch_samples = q->batch_samples;
+    }
+    for (std::thread &t : q->threads) {
+      clockid_t cid;
+      struct timespec ts = {0, 0};
+      if (pthread_getcpuclockid(t.native_handle(), &cid) == 0) clock_gettime(cid, &ts);
+      info.cpu_seconds.push_back(static_cast<double>(ts.tv_sec) + ts.tv_nsec / 1e9);
+    }
+    out.push_back(std::move(info));
+  }
+  return out;
+}
+
+/* ==== Script callbacks ======================================================================== */
+
+namespace {
+
+void convert_reply(RedisModuleCallReply *rep, GwReply *out) {
+  memset(out, 0, sizeof *out);
+  switch (RedisModule_CallReplyType(rep)) {
+    case REDISMODULE_REPLY_STRING:
+    case REDISMODULE_REPLY_ERROR: {
+      size_t len = 0;
+      const char *s = RedisModule_CallReplyStringPtr(rep, &len);
+      out->type = RedisModule_CallReplyType(rep) == REDISMODULE_REPLY_ERROR ? GW_REPLY_ERROR
+                                                                            : GW_REPLY_STRING;
+      out->str = host_strdup(std::string(s ? s : "", len));
+      out->len = len;
+      break;
+    }
+    case REDISMODULE_REPLY_INTEGER:
+      out->type = GW_REPLY_INTEGER;
+      out->integer = RedisModule_CallReplyInteger(rep);
+      break;
+    case REDISMODULE_REPLY_ARRAY: {
+      out->type = GW_REPLY_ARRAY;
+      size_t n = RedisModule_CallReplyLength(rep);
+      out->nelements = n;
+      out->elements = static_cast<GwReply *>(RedisModule_Calloc(n ? n : 1, sizeof(GwReply)));
+      for (size_t i = 0; i < n; i++)
+        convert_reply(RedisModule_CallReplyArrayElement(rep, i), &out->elements[i]);
+      break;
+    }
+    default:
+      out->type = GW_REPLY_NIL;
+  }
+}
+
+}  // namespace
+
+extern "C" char *script_redis_execute(void *call_ctx, int argc, const char *const *argv,
+                                      const size_t *argvlen, GwReply *reply) {
+  auto *cc = static_cast<ScriptCallCtx *>(call_ctx);
+  if (argc < 1) return host_strdup("redis.execute needs a command name");
+  RedisModuleCtx *ctx = RedisModule_GetThreadSafeContext(cc->bc);
+  RedisModule_ThreadSafeContextLock(ctx);
+  std::vector<RedisModuleString *> args;
+  for (int i = 1; i < argc; i++) args.push_back(RedisModule_CreateString(ctx, argv[i], argvlen[i]));
+  std::string cmd(argv[0], argvlen[0]);
+  errno = 0;
+  RedisModuleCallReply *rep =
+      RedisModule_Call(ctx, cmd.c_str(), "!v", args.data(), static_cast<size_t>(args.size()));
+  char *err = nullptr;
+  if (!rep) {
+    std::string why = errno == EBADF || errno == ENOENT ? "unknown command"
+                      : errno == EINVAL             ? "wrong number of arguments"
+                      : errno == ENOSPC             ? "OOM command not allowed"
+                                                    : "command failed";
+    err = host_strdup("redis.execute " + cmd + ": " + why);
+  } else {
+    convert_reply(rep, reply);
+    RedisModule_FreeCallReply(rep);
+  }
+  for (RedisModuleString *s : args) RedisModule_FreeString(ctx, s);
+  RedisModule_ThreadSafeContextUnlock(ctx);
+  RedisModule_FreeThreadSafeContext(ctx);
+  return err;
+}
+
+extern "C" char *script_model_execute(void *call_ctx, const char *key, size_t keylen,
+                                      const GwTensor *inputs, size_t ninputs, size_t noutputs,
+                                      GwTensor *outputs) {
+  auto *cc = static_cast<ScriptCallCtx *>(call_ctx);
+  Model *model = nullptr;
+  RedisModuleCtx *ctx = RedisModule_GetThreadSafeContext(cc->bc);
+  RedisModule_ThreadSafeContextLock(ctx);
+  RedisModuleString *k = RedisModule_CreateString(ctx, key, keylen);
+  RedisModuleKey *kp = RedisModule_OpenKey(ctx, k, REDISMODULE_READ);
+  if (kp && RedisModule_KeyType(kp) == REDISMODULE_KEYTYPE_MODULE &&
+      RedisModule_ModuleTypeGetType(kp) == ModelType) {
+    model = static_cast<Model *>(RedisModule_ModuleTypeGetValue(kp))->retain();
+  }
+  if (kp) RedisModule_CloseKey(kp);
+  RedisModule_FreeString(ctx, k);
+  RedisModule_ThreadSafeContextUnlock(ctx);
+  RedisModule_FreeThreadSafeContext(ctx);
+  if (!model) return host_strdup("model key is empty");
+  auto t0 = std::chrono::steady_clock::now();
+  char *err = torch_backend()->model_run(model->handle, inputs, ninputs, outputs, noutputs);
+  long long us = std::chrono::duration_cast<std::chrono::microseconds>(
+                     std::chrono::steady_clock::now() - t0)
+                     .count();
+  {
+    std::lock_guard<std::mutex> g(model->stats.mu);
+    model->stats.duration_us += us;
+    model->stats.calls += 1;
+    if (err) {
+      model->stats.errors += 1;
+    } else if (noutputs > 0 && outputs[0].ndim > 0) {
+      model->stats.samples += outputs[0].shape[0];
+    }
+  }
+  model->release();
+  return err;
+}
+
+}  // namespace gw

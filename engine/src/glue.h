@@ -1,0 +1,36 @@
+/*
+ * glue.h: what the Redis-facing files share: building models and scripts through the backend,
+ * replying with tensors, and registering the commands.
+ */
+#ifndef GROUNDWATCH_GLUE_H
+#define GROUNDWATCH_GLUE_H
+
+#include <string>
+#include <vector>
+
+#include "objects.h"
+#include "rm_api.h"
+
+namespace gw {
+
+/* Takes ownership of blob (mem_alloc'd) whatever the outcome. "" on success. */
+std::string create_model(const std::string &device, const std::string &tag, long long batchsize,
+                         long long minbatchsize, long long minbatchtimeout, char *blob,
+                         size_t bloblen, Model **out);
+std::string create_script(const std::string &device, const std::string &tag,
+                          const std::string &source, const std::vector<std::string> &entry_points,
+                          Script **out);
+
+/* Upper-cases a valid device ("CPU", "GPU", "CPU:n", "GPU:n"); false otherwise. */
+bool parse_device(const char *s, size_t len, std::string *out);
+
+/* Builds the `AI.TENSORSET key TYPE dims... BLOB data` argument vector (strings to be freed by
+ * the caller with RedisModule_FreeString(ctx, ...)). */
+std::vector<RedisModuleString *> tensorset_args(RedisModuleCtx *ctx, const char *key, size_t keylen,
+                                                const Tensor &t);
+
+int register_commands(RedisModuleCtx *ctx);
+
+}  // namespace gw
+
+#endif

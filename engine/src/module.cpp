@@ -1,0 +1,415 @@
+/*
+ * module.cpp: the module's entry point, its three data types (RDB, AOF rewrite, MEMORY USAGE,
+ * free), load-time arguments and the INFO MODULES sections.
+ */
+#include <dlfcn.h>
+#include <strings.h>
+
+#include <cstring>
+#include <string>
+#include <vector>
+
+#include "backend.h"
+#include "exec.h"
+#include "glue.h"
+#include "objects.h"
+#include "rm_api.h"
+#include "serialization.h"
+#include "tensor.h"
+
+#ifndef GW_GIT_SHA
+#define GW_GIT_SHA "unknown"
+#endif
+
+namespace gw {
+
+/* ==== Globals ================================================================================= */
+
+Config config;
+RedisModuleType *TensorType = nullptr;
+RedisModuleType *ModelType = nullptr;
+RedisModuleType *ScriptType = nullptr;
+
+/* The RedisAI version whose protocol we speak, as Redis reports module versions. */
+constexpr int kModuleVersion = 10207;
+
+namespace {
+
+/* ==== RDB adaptors ============================================================================ */
+
+struct IOWriter : RdbWriter {
+  RedisModuleIO *io;
+  explicit IOWriter(RedisModuleIO *i) : io(i) {}
+  void u64(uint64_t v) override { RedisModule_SaveUnsigned(io, v); }
+  void i64(int64_t v) override { RedisModule_SaveSigned(io, v); }
+  void bytes(const char *p, size_t n) override { RedisModule_SaveStringBuffer(io, p, n); }
+};
+
+struct IOReader : RdbReader {
+  RedisModuleIO *io;
+  explicit IOReader(RedisModuleIO *i) : io(i) {}
+  uint64_t u64() override { return RedisModule_LoadUnsigned(io); }
+  int64_t i64() override { return RedisModule_LoadSigned(io); }
+  char *bytes(size_t *n) override { return RedisModule_LoadStringBuffer(io, n); }
+};
+
+bool supported_encver(RedisModuleIO *io, int encver, const char *type) {
+  if (encver == kEncodingVersion) return true;
+  RedisModule_LogIOError(io, "warning", "%s: encoding version %d is not supported (only %d)", type,
+                         encver, kEncodingVersion);
+  return false;
+}
+
+/* Emits one command whose arguments are all strings. */
+void emit(RedisModuleIO *aof, const char *cmd, std::vector<RedisModuleString *> &args) {
+  RedisModule_EmitAOF(aof, cmd, "v", args.data(), args.size());
+  for (RedisModuleString *s : args) RedisModule_FreeString(nullptr, s);
+  args.clear();
+}
+
+RedisModuleString *mkstr(const std::string &s) {
+  return RedisModule_CreateString(nullptr, s.data(), s.size());
+}
+RedisModuleString *mkstr(const char *p, size_t n) { return RedisModule_CreateString(nullptr, p, n); }
+
+/* ==== AI_TENSOR =============================================================================== */
+
+void *tensor_rdb_load(RedisModuleIO *io, int encver) {
+  if (!supported_encver(io, encver, "AI_TENSOR")) return nullptr;
+  IOReader r(io);
+  std::string err;
+  Tensor *t = load_tensor(r, &err);
+  if (!t) RedisModule_LogIOError(io, "warning", "AI_TENSOR: %s", err.c_str());
+  return t;
+}
+
+void tensor_rdb_save(RedisModuleIO *io, void *value) {
+  IOWriter w(io);
+  save_tensor(w, *static_cast<Tensor *>(value));
+}
+
+void tensor_aof_rewrite(RedisModuleIO *aof, RedisModuleString *key, void *value) {
+  size_t klen;
+  const char *k = RedisModule_StringPtrLen(key, &klen);
+  std::vector<RedisModuleString *> args = tensorset_args(nullptr, k, klen, *static_cast<Tensor *>(value));
+  emit(aof, "AI.TENSORSET", args);
+}
+
+size_t tensor_mem_usage(const void *value) {
+  const Tensor *t = static_cast<const Tensor *>(value);
+  return sizeof(Tensor) + t->nbytes + t->shape.capacity() * sizeof(int64_t);
+}
+
+void tensor_free(void *value) { static_cast<Tensor *>(value)->release(); }
+
+/* ==== AI__MODEL =============================================================================== */
+
+void *model_rdb_load(RedisModuleIO *io, int encver) {
+  if (!supported_encver(io, encver, "AI__MODEL")) return nullptr;
+  IOReader r(io);
+  ModelRecord rec;
+  std::string err;
+  if (!load_model(r, &rec, &err)) {
+    RedisModule_LogIOError(io, "warning", "AI__MODEL: %s", err.c_str());
+    return nullptr;
+  }
+  if (rec.backend != kBackendTorch) {
+    RedisModule_LogIOError(io, "warning", "AI__MODEL: backend %llu is not supported",
+                           static_cast<unsigned long long>(rec.backend));
+    return nullptr;
+  }
+  std::string device;
+  if (!parse_device(rec.device.data(), rec.device.size(), &device)) device = "CPU";
+  Model *m = nullptr;
+  char *blob = rec.blob;
+  rec.blob = nullptr;
+  err = create_model(device, rec.tag, rec.batchsize, rec.minbatchsize, rec.minbatchtimeout, blob,
+                     rec.bloblen, &m);
+  if (!err.empty()) {
+    RedisModule_LogIOError(io, "warning", "AI__MODEL: %s", err.c_str());
+    return nullptr;
+  }
+  return m;
+}
+
+ModelRecord model_record(const Model &m) {
+  ModelRecord rec;
+  rec.device = m.device;
+  rec.tag = m.tag;
+  rec.batchsize = m.batchsize;
+  rec.minbatchsize = m.minbatchsize;
+  rec.minbatchtimeout = m.minbatchtimeout;
+  rec.inputs = m.inputs;
+  rec.outputs.assign(m.noutputs, std::string());
+  return rec;
+}
+
+void model_rdb_save(RedisModuleIO *io, void *value) {
+  const Model *m = static_cast<const Model *>(value);
+  ModelRecord rec = model_record(*m);
+  rec.blob = m->blob; /* borrowed: released below before the record's destructor runs */
+  rec.bloblen = m->bloblen;
+  IOWriter w(io);
+  save_model(w, rec, static_cast<size_t>(config.model_chunk_size));
+  rec.blob = nullptr;
+}
+
+void model_aof_rewrite(RedisModuleIO *aof, RedisModuleString *key, void *value) {
+  const Model *m = static_cast<const Model *>(value);
+  std::vector<RedisModuleString *> args;
+  size_t klen;
+  const char *k = RedisModule_StringPtrLen(key, &klen);
+  args.push_back(mkstr(k, klen));
+  args.push_back(mkstr("TORCH"));
+  args.push_back(mkstr(m->device));
+  args.push_back(mkstr("TAG"));
+  args.push_back(mkstr(m->tag));
+  args.push_back(mkstr("BATCHSIZE"));
+  args.push_back(mkstr(std::to_string(m->batchsize)));
+  args.push_back(mkstr("MINBATCHSIZE"));
+  args.push_back(mkstr(std::to_string(m->minbatchsize)));
+  args.push_back(mkstr("MINBATCHTIMEOUT"));
+  args.push_back(mkstr(std::to_string(m->minbatchtimeout)));
+  args.push_back(mkstr("BLOB"));
+  size_t chunk = static_cast<size_t>(config.model_chunk_size);
+  for (size_t off = 0; off < m->bloblen || off == 0; off += chunk) {
+    size_t len = m->bloblen - off < chunk ? m->bloblen - off : chunk;
+    args.push_back(mkstr(m->blob + off, len));
+    if (m->bloblen == 0) break;
+  }
+  emit(aof, "AI.MODELSTORE", args);
+}
+
+size_t model_mem_usage(const void *value) {
+  const Model *m = static_cast<const Model *>(value);
+  size_t backend = m->handle && torch_backend() ? torch_backend()->model_memory(m->handle) : 0;
+  return sizeof(Model) + m->bloblen + backend + m->device.size() + m->tag.size();
+}
+
+void model_free(void *value) { static_cast<Model *>(value)->release(); }
+
+/* ==== AI_SCRIPT =============================================================================== */
+
+void *script_rdb_load(RedisModuleIO *io, int encver) {
+  if (!supported_encver(io, encver, "AI_SCRIPT")) return nullptr;
+  IOReader r(io);
+  ScriptRecord rec;
+  std::string err;
+  if (!load_script(r, &rec, &err)) {
+    RedisModule_LogIOError(io, "warning", "AI_SCRIPT: %s", err.c_str());
+    return nullptr;
+  }
+  std::string device;
+  if (!parse_device(rec.device.data(), rec.device.size(), &device)) device = "CPU";
+  Script *s = nullptr;
+  err = create_script(device, rec.tag, rec.source, rec.entry_points, &s);
+  if (!err.empty()) {
+    RedisModule_LogIOError(io, "warning", "AI_SCRIPT: %s", err.c_str());
+    return nullptr;
+  }
+  return s;
+}
+
+void script_rdb_save(RedisModuleIO *io, void *value) {
+  const Script *s = static_cast<const Script *>(value);
+  ScriptRecord rec{s->device, s->tag, s->source, s->entry_points};
+  IOWriter w(io);
+  save_script(w, rec);
+}
+
+void script_aof_rewrite(RedisModuleIO *aof, RedisModuleString *key, void *value) {
+  const Script *s = static_cast<const Script *>(value);
+  std::vector<RedisModuleString *> args;
+  size_t klen;
+  const char *k = RedisModule_StringPtrLen(key, &klen);
+  args.push_back(mkstr(k, klen));
+  args.push_back(mkstr(s->device));
+  args.push_back(mkstr("TAG"));
+  args.push_back(mkstr(s->tag));
+  if (s->entry_points.empty()) {
+    /* Stored through the deprecated AI.SCRIPTSET, which has no entry points. */
+    args.push_back(mkstr("SOURCE"));
+    args.push_back(mkstr(s->source));
+    emit(aof, "AI.SCRIPTSET", args);
+    return;
+  }
+  args.push_back(mkstr("ENTRY_POINTS"));
+  args.push_back(mkstr(std::to_string(s->entry_points.size())));
+  for (const std::string &e : s->entry_points) args.push_back(mkstr(e));
+  args.push_back(mkstr("SOURCE"));
+  args.push_back(mkstr(s->source));
+  emit(aof, "AI.SCRIPTSTORE", args);
+}
+
+size_t script_mem_usage(const void *value) {
+  const Script *s = static_cast<const Script *>(value);
+  size_t n = sizeof(Script) + s->source.capacity() + s->device.size() + s->tag.size();
+  for (const std::string &e : s->entry_points) n += e.size();
+  return n;
+}
+
+void script_free(void *value) { static_cast<Script *>(value)->release(); }
+
+/* ==== INFO MODULES ============================================================================ */
+
+std::string field_name(std::string s) {
+  for (char &c : s)
+    if (c == ':') c = '_';
+  return s;
+}
+
+void info_func(RedisModuleInfoCtx *ctx, int for_crash_report) {
+  (void)for_crash_report;
+  RedisModule_InfoAddSection(ctx, "versions");
+  RedisModule_InfoAddFieldCString(ctx, "version", "1.2.7");
+  RedisModule_InfoAddFieldCString(ctx, "low_level_API_version", "1.0.0");
+  RedisModule_InfoAddFieldLongLong(ctx, "rdb_version", kEncodingVersion);
+
+  RedisModule_InfoAddSection(ctx, "git");
+  RedisModule_InfoAddFieldCString(ctx, "git_sha", GW_GIT_SHA);
+
+  RedisModule_InfoAddSection(ctx, "load_time_configs");
+  RedisModule_InfoAddFieldLongLong(ctx, "threads_per_queue", config.threads_per_queue);
+  RedisModule_InfoAddFieldLongLong(ctx, "inter_op_parallelism", config.inter_op_parallelism);
+  RedisModule_InfoAddFieldLongLong(ctx, "intra_op_parallelism", config.intra_op_parallelism);
+  RedisModule_InfoAddFieldLongLong(ctx, "model_execution_timeout", config.model_execution_timeout);
+  RedisModule_InfoAddFieldLongLong(ctx, "backend_memory_limit", config.backend_memory_limit);
+
+  RedisModule_InfoAddSection(ctx, "backends_info");
+  if (torch_backend()) RedisModule_InfoAddFieldCString(ctx, "Torch_version", torch_backend()->version());
+
+  std::vector<QueueInfo> queues = queue_infos();
+  RedisModule_InfoAddSection(ctx, "cpu");
+  for (const QueueInfo &q : queues) {
+    for (size_t i = 0; i < q.cpu_seconds.size(); i++) {
+      std::string f = field_name("queue_" + q.device + "_bthread_n" + std::to_string(i + 1) +
+                                 "_used_cpu_total");
+      RedisModule_InfoAddFieldDouble(ctx, f.c_str(), q.cpu_seconds[i]);
+    }
+  }
+
+  RedisModule_InfoAddSection(ctx, "queues");
+  for (const QueueInfo &q : queues) {
+    std::string d = field_name(q.device);
+    RedisModule_InfoAddFieldLongLong(ctx, (d + "_queue_depth").c_str(), static_cast<long long>(q.depth));
+    RedisModule_InfoAddFieldLongLong(ctx, (d + "_batches").c_str(), q.batches);
+    double mean = q.batches ? static_cast<double>(q.batch_samples) / static_cast<double>(q.batches) : 0.0;
+    RedisModule_InfoAddFieldDouble(ctx, (d + "_mean_batch_size").c_str(), mean);
+  }
+}
+
+/* ==== Load-time arguments ===================================================================== */
+
+std::string default_backends_path() {
+  Dl_info info;
+  if (dladdr(reinterpret_cast<void *>(&default_backends_path), &info) && info.dli_fname) {
+    std::string path = info.dli_fname;
+    size_t slash = path.rfind('/');
+    return (slash == std::string::npos ? std::string(".") : path.substr(0, slash)) + "/backends";
+  }
+  return "backends";
+}
+
+bool parse_load_args(RedisModuleCtx *ctx, RedisModuleString **argv, int argc, std::string *torch) {
+  if (argc % 2 != 0) {
+    RedisModule_Log(ctx, "warning", "load-time arguments come in NAME VALUE pairs");
+    return false;
+  }
+  for (int i = 0; i < argc; i += 2) {
+    size_t nlen, vlen;
+    const char *name = RedisModule_StringPtrLen(argv[i], &nlen);
+    const char *value = RedisModule_StringPtrLen(argv[i + 1], &vlen);
+    std::string n(name, nlen), v(value, vlen);
+    long long num = 0;
+    bool is_num = RedisModule_StringToLongLong(argv[i + 1], &num) == REDISMODULE_OK;
+    auto num_arg = [&](long long *dst, long long min) {
+      if (!is_num || num < min) {
+        RedisModule_Log(ctx, "warning", "invalid value for %s: %s", n.c_str(), v.c_str());
+        return false;
+      }
+      *dst = num;
+      return true;
+    };
+    bool ok = true;
+    if (strcasecmp(n.c_str(), "BACKENDSPATH") == 0) {
+      config.backends_path = v;
+    } else if (strcasecmp(n.c_str(), "TORCH") == 0) {
+      *torch = v;
+    } else if (strcasecmp(n.c_str(), "THREADS_PER_QUEUE") == 0) {
+      ok = num_arg(&config.threads_per_queue, 1);
+    } else if (strcasecmp(n.c_str(), "INTRA_OP_PARALLELISM") == 0) {
+      ok = num_arg(&config.intra_op_parallelism, 0);
+    } else if (strcasecmp(n.c_str(), "INTER_OP_PARALLELISM") == 0) {
+      ok = num_arg(&config.inter_op_parallelism, 0);
+    } else if (strcasecmp(n.c_str(), "MODEL_CHUNK_SIZE") == 0) {
+      ok = num_arg(&config.model_chunk_size, 1);
+    } else if (strcasecmp(n.c_str(), "MODEL_EXECUTION_TIMEOUT") == 0) {
+      ok = num_arg(&config.model_execution_timeout, 0);
+    } else if (strcasecmp(n.c_str(), "BACKEND_MEMORY_LIMIT") == 0) {
+      ok = num_arg(&config.backend_memory_limit, 0);
+    } else {
+      RedisModule_Log(ctx, "warning", "unknown load-time argument %s", n.c_str());
+      ok = false;
+    }
+    if (!ok) return false;
+  }
+  return true;
+}
+
+}  // namespace
+}  // namespace gw
+
+/* ==== Entry point ============================================================================= */
+
+extern "C" __attribute__((visibility("default"))) int RedisModule_OnLoad(RedisModuleCtx *ctx,
+                                                                         RedisModuleString **argv,
+                                                                         int argc) {
+  using namespace gw;
+  if (rm_api_init(ctx) != REDISMODULE_OK) return REDISMODULE_ERR;
+  if (RedisModule_IsModuleNameBusy("ai")) return REDISMODULE_ERR;
+  RedisModule_SetModuleAttribs(ctx, "ai", kModuleVersion, REDISMODULE_APIVER_1);
+  mem_alloc = RedisModule_Alloc;
+  mem_free = RedisModule_Free;
+
+  config.backends_path = default_backends_path();
+  std::string torch;
+  if (!parse_load_args(ctx, argv, argc, &torch)) return REDISMODULE_ERR;
+
+  RedisModuleTypeMethods tm;
+  memset(&tm, 0, sizeof tm);
+  tm.version = REDISMODULE_TYPE_METHOD_VERSION_1;
+  tm.rdb_load = tensor_rdb_load;
+  tm.rdb_save = tensor_rdb_save;
+  tm.aof_rewrite = tensor_aof_rewrite;
+  tm.mem_usage = tensor_mem_usage;
+  tm.free = tensor_free;
+  TensorType = RedisModule_CreateDataType(ctx, "AI_TENSOR", kEncodingVersion, &tm);
+  tm.rdb_load = model_rdb_load;
+  tm.rdb_save = model_rdb_save;
+  tm.aof_rewrite = model_aof_rewrite;
+  tm.mem_usage = model_mem_usage;
+  tm.free = model_free;
+  ModelType = RedisModule_CreateDataType(ctx, "AI__MODEL", kEncodingVersion, &tm);
+  tm.rdb_load = script_rdb_load;
+  tm.rdb_save = script_rdb_save;
+  tm.aof_rewrite = script_aof_rewrite;
+  tm.mem_usage = script_mem_usage;
+  tm.free = script_free;
+  ScriptType = RedisModule_CreateDataType(ctx, "AI_SCRIPT", kEncodingVersion, &tm);
+  if (!TensorType || !ModelType || !ScriptType) {
+    RedisModule_Log(ctx, "warning", "could not register the AI data types");
+    return REDISMODULE_ERR;
+  }
+
+  if (register_commands(ctx) != REDISMODULE_OK) return REDISMODULE_ERR;
+  RedisModule_RegisterInfoFunc(ctx, info_func);
+
+  if (!torch.empty()) {
+    std::string err = load_torch_backend(torch);
+    if (!err.empty()) {
+      RedisModule_Log(ctx, "warning", "could not load the TORCH backend from %s", torch.c_str());
+      return REDISMODULE_ERR;
+    }
+  }
+  return REDISMODULE_OK;
+}

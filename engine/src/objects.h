@@ -1,0 +1,93 @@
+/*
+ * objects.h: the values the three data types hold (tensors live in tensor.h), the engine's
+ * configuration and the handles Redis gave us at load time.
+ */
+#ifndef GROUNDWATCH_OBJECTS_H
+#define GROUNDWATCH_OBJECTS_H
+
+#include <atomic>
+#include <mutex>
+#include <string>
+#include <vector>
+
+#include "rm_api.h"
+#include "tensor.h"
+
+namespace gw {
+
+/* ==== Configuration =========================================================================== */
+struct Config {
+  std::string backends_path;
+  long long threads_per_queue = 1;
+  long long intra_op_parallelism = 0;
+  long long inter_op_parallelism = 0;
+  long long model_chunk_size = 511LL * 1024 * 1024;
+  long long model_execution_timeout = 5000;
+  long long backend_memory_limit = 0;
+};
+extern Config config;
+
+extern RedisModuleType *TensorType;
+extern RedisModuleType *ModelType;
+extern RedisModuleType *ScriptType;
+
+/* ==== Run statistics ==========================================================================
+ * Updated by workers, read by AI.INFO on the main thread. */
+struct RunStats {
+  mutable std::mutex mu;
+  long long duration_us = 0;
+  long long samples = 0;
+  long long calls = 0;
+  long long errors = 0;
+  long long batches = 0;       /* model runs that merged requests or ran them alone */
+  long long batch_requests = 0; /* requests those runs served */
+
+  void reset() {
+    std::lock_guard<std::mutex> g(mu);
+    duration_us = samples = calls = errors = batches = batch_requests = 0;
+  }
+};
+
+/* ==== Model and script ========================================================================
+ * Shared by reference count like tensors: a running request keeps its model alive even when
+ * MODELDEL or a new MODELSTORE replaces the key meanwhile. */
+struct Model {
+  std::atomic<int> refs{1};
+  std::string device;
+  std::string tag;
+  long long batchsize = 0;
+  long long minbatchsize = 0;
+  long long minbatchtimeout = 0;
+  std::vector<std::string> inputs;
+  size_t noutputs = 0;
+  char *blob = nullptr; /* mem_alloc'd, so it counts against maxmemory */
+  size_t bloblen = 0;
+  void *handle = nullptr; /* backend model */
+  RunStats stats;
+
+  Model *retain() {
+    refs.fetch_add(1, std::memory_order_relaxed);
+    return this;
+  }
+  void release();
+};
+
+struct Script {
+  std::atomic<int> refs{1};
+  std::string device;
+  std::string tag;
+  std::string source;
+  std::vector<std::string> entry_points;
+  void *handle = nullptr; /* backend script */
+  RunStats stats;
+
+  Script *retain() {
+    refs.fetch_add(1, std::memory_order_relaxed);
+    return this;
+  }
+  void release();
+};
+
+}  // namespace gw
+
+#endif

@@ -1,0 +1,261 @@
+/*
+ * tensor.cpp: dtype table, tensor lifetime, and the TENSORSET/TENSORGET value rules.
+ */
+#include "tensor.h"
+
+#include <cerrno>
+#include <charconv>
+#include <cmath>
+#include <cstdlib>
+#include <cstring>
+#include <limits>
+#include <strings.h>
+
+namespace gw {
+
+void *(*mem_alloc)(size_t) = malloc;
+void (*mem_free)(void *) = free;
+
+/* ==== Data types ============================================================================== */
+
+namespace {
+/* DLPack codes: 0 int, 1 uint, 2 float, 6 bool. DLPack has no string type; 8 marks ours. */
+const DTypeInfo kDTypes[kNumDTypes] = {
+    {"FLOAT", 4, 2, 32}, {"DOUBLE", 8, 2, 64}, {"INT8", 1, 0, 8},   {"INT16", 2, 0, 16},
+    {"INT32", 4, 0, 32}, {"INT64", 8, 0, 64},  {"UINT8", 1, 1, 8},  {"UINT16", 2, 1, 16},
+    {"BOOL", 1, 6, 8},   {"STRING", 0, 8, 8},
+};
+}  // namespace
+
+const DTypeInfo &dtype_info(int dtype) { return kDTypes[dtype]; }
+
+int dtype_from_name(const char *name, size_t len) {
+  for (int i = 0; i < kNumDTypes; i++) {
+    if (strlen(kDTypes[i].name) == len && strncasecmp(kDTypes[i].name, name, len) == 0) return i;
+  }
+  return -1;
+}
+
+int dtype_from_dlpack(uint64_t code, uint64_t bits) {
+  for (int i = 0; i < kNumDTypes; i++) {
+    if (kDTypes[i].dl_code == code && kDTypes[i].dl_bits == bits) return i;
+  }
+  return -1;
+}
+
+/* ==== Tensor ================================================================================== */
+
+Tensor::~Tensor() {
+  if (data) mem_free(data);
+}
+
+int64_t Tensor::elements() const {
+  int64_t n = 1;
+  for (int64_t d : shape) n *= d;
+  return n;
+}
+
+GwTensor Tensor::view() const {
+  GwTensor t;
+  t.dtype = dtype;
+  t.ndim = static_cast<int32_t>(shape.size());
+  t.shape = const_cast<int64_t *>(shape.data());
+  t.data = data;
+  t.nbytes = nbytes;
+  return t;
+}
+
+std::vector<uint64_t> Tensor::string_offsets() const {
+  std::vector<uint64_t> offs;
+  size_t start = 0;
+  for (size_t i = 0; i < nbytes; i++) {
+    if (data[i] == '\0') {
+      offs.push_back(start);
+      start = i + 1;
+    }
+  }
+  return offs;
+}
+
+int64_t checked_elements(const std::vector<int64_t> &shape, int dtype) {
+  size_t elem = dtype_info(dtype).size ? dtype_info(dtype).size : 1;
+  uint64_t n = 1;
+  for (int64_t d : shape) {
+    if (d <= 0) return -1;
+    if (static_cast<uint64_t>(d) > kMaxTensorBytes) return -1;
+    n *= static_cast<uint64_t>(d);
+    if (n * elem > kMaxTensorBytes) return -1;
+  }
+  return static_cast<int64_t>(n);
+}
+
+Tensor *tensor_adopt(int dtype, std::vector<int64_t> shape, char *data, size_t nbytes) {
+  Tensor *t = new Tensor();
+  t->dtype = dtype;
+  t->shape = std::move(shape);
+  t->data = data;
+  t->nbytes = nbytes;
+  return t;
+}
+
+Tensor *tensor_zeros(int dtype, const std::vector<int64_t> &shape) {
+  int64_t n = 1;
+  for (int64_t d : shape) n *= d;
+  size_t elem = dtype_info(dtype).size ? dtype_info(dtype).size : 1; /* STRING: "" per element */
+  size_t nbytes = static_cast<size_t>(n) * elem;
+  char *data = static_cast<char *>(mem_alloc(nbytes ? nbytes : 1));
+  memset(data, 0, nbytes ? nbytes : 1);
+  return tensor_adopt(dtype, shape, data, nbytes);
+}
+
+/* ==== Building from protocol arguments ======================================================== */
+
+std::string tensor_from_blob(int dtype, const std::vector<int64_t> &shape, const char *blob,
+                             size_t len, Tensor **out) {
+  int64_t n = 1;
+  for (int64_t d : shape) n *= d;
+  if (dtype == GW_DTYPE_STRING) {
+    size_t nuls = 0;
+    for (size_t i = 0; i < len; i++) nuls += blob[i] == '\0';
+    if (nuls != static_cast<size_t>(n) || len == 0 || blob[len - 1] != '\0')
+      return "ERR Number of string elements in data blob does not match tensor length";
+  } else {
+    if (len != static_cast<size_t>(n) * dtype_info(dtype).size)
+      return "ERR data length does not match tensor shape and type";
+    if (dtype == GW_DTYPE_BOOL) {
+      for (size_t i = 0; i < len; i++)
+        if (static_cast<unsigned char>(blob[i]) > 1) return "ERR BOOL tensor elements must be 0 or 1";
+    }
+  }
+  char *data = static_cast<char *>(mem_alloc(len ? len : 1));
+  memcpy(data, blob, len);
+  *out = tensor_adopt(dtype, shape, data, len);
+  return {};
+}
+
+namespace {
+
+/* Whole-argument numeric parsing: no leading/trailing junk, no NaN (as Redis' own parsers). */
+bool parse_double(const Arg &a, double *v) {
+  if (a.len == 0 || a.len > 400) return false;
+  char buf[401];
+  memcpy(buf, a.ptr, a.len);
+  buf[a.len] = '\0';
+  if (isspace(static_cast<unsigned char>(buf[0]))) return false;
+  char *end = nullptr;
+  errno = 0;
+  double d = strtod(buf, &end);
+  if (end != buf + a.len || std::isnan(d) || (errno == ERANGE && std::isinf(d))) return false;
+  *v = d;
+  return true;
+}
+
+bool parse_ll(const Arg &a, long long *v) {
+  auto res = std::from_chars(a.ptr, a.ptr + a.len, *v);
+  return res.ec == std::errc() && res.ptr == a.ptr + a.len && a.len > 0;
+}
+
+template <typename T>
+bool store_int(const Arg &a, char *dst) {
+  long long v;
+  if (!parse_ll(a, &v)) return false;
+  if (v < static_cast<long long>(std::numeric_limits<T>::min()) ||
+      v > static_cast<long long>(std::numeric_limits<T>::max()))
+    return false;
+  T t = static_cast<T>(v);
+  memcpy(dst, &t, sizeof(T));
+  return true;
+}
+
+}  // namespace
+
+std::string tensor_from_values(int dtype, const std::vector<int64_t> &shape,
+                               const std::vector<Arg> &values, Tensor **out) {
+  int64_t n = 1;
+  for (int64_t d : shape) n *= d;
+  if (static_cast<int64_t>(values.size()) != n)
+    return "ERR wrong number of values was given in 'AI.TENSORSET' command";
+
+  if (dtype == GW_DTYPE_STRING) {
+    size_t total = 0;
+    for (const Arg &a : values) {
+      if (memchr(a.ptr, '\0', a.len)) return "ERR C-string value contains null character";
+      total += a.len + 1;
+    }
+    char *data = static_cast<char *>(mem_alloc(total ? total : 1));
+    size_t off = 0;
+    for (const Arg &a : values) {
+      memcpy(data + off, a.ptr, a.len);
+      off += a.len;
+      data[off++] = '\0';
+    }
+    *out = tensor_adopt(dtype, shape, data, total);
+    return {};
+  }
+
+  size_t elem = dtype_info(dtype).size;
+  size_t nbytes = static_cast<size_t>(n) * elem;
+  char *data = static_cast<char *>(mem_alloc(nbytes ? nbytes : 1));
+  std::string err;
+  for (size_t i = 0; i < values.size() && err.empty(); i++) {
+    const Arg &a = values[i];
+    char *dst = data + i * elem;
+    bool ok = true;
+    switch (dtype) {
+      case GW_DTYPE_FLOAT: {
+        double d;
+        ok = parse_double(a, &d) && (std::isinf(d) || std::fabs(d) <= std::numeric_limits<float>::max());
+        float f = static_cast<float>(d);
+        if (ok) memcpy(dst, &f, 4);
+        break;
+      }
+      case GW_DTYPE_DOUBLE: {
+        double d;
+        ok = parse_double(a, &d);
+        if (ok) memcpy(dst, &d, 8);
+        break;
+      }
+      case GW_DTYPE_INT8: ok = store_int<int8_t>(a, dst); break;
+      case GW_DTYPE_INT16: ok = store_int<int16_t>(a, dst); break;
+      case GW_DTYPE_INT32: ok = store_int<int32_t>(a, dst); break;
+      case GW_DTYPE_INT64: ok = store_int<int64_t>(a, dst); break;
+      case GW_DTYPE_UINT8: ok = store_int<uint8_t>(a, dst); break;
+      case GW_DTYPE_UINT16: ok = store_int<uint16_t>(a, dst); break;
+      case GW_DTYPE_BOOL: {
+        long long v;
+        if (!parse_ll(a, &v)) {
+          ok = false;
+        } else if (v != 0 && v != 1) {
+          err = "ERR BOOL tensor elements must be 0 or 1";
+        } else {
+          *dst = static_cast<char>(v);
+        }
+        break;
+      }
+      default: ok = false;
+    }
+    if (!ok) err = "ERR invalid value";
+  }
+  if (!err.empty()) {
+    mem_free(data);
+    return err;
+  }
+  *out = tensor_adopt(dtype, shape, data, nbytes);
+  return {};
+}
+
+/* ==== Printing ================================================================================ */
+
+std::string format_float(float v) {
+  char buf[64];
+  auto res = std::to_chars(buf, buf + sizeof buf, v);
+  return std::string(buf, res.ptr);
+}
+
+std::string format_double(double v) {
+  char buf[64];
+  auto res = std::to_chars(buf, buf + sizeof buf, v);
+  return std::string(buf, res.ptr);
+}
+
+}  // namespace gw
