@@ -1,0 +1,318 @@
+"""The engine against raw torch: the same TorchScript model on the same input, same threads.
+
+Rows (each bounded to a few seconds):
+  raw torch, batch 1 / batch 8      the model called in this process (torch.inference_mode)
+  engine DAG, 1 client              AI.DAGEXECUTE |> TENSORSET |> MODELEXECUTE |> TENSORGET
+  engine DAG, N clients, BATCHSIZE  N concurrent clients on a model stored with BATCHSIZE N
+  tiny model DAG / SET+GET          per-request overhead: a model that adds 1, vs SET+GET of the
+                                    same payload (pipelined in one round trip), at two sizes
+Figures are printed, never asserted. `run(...) -> dict` is what `make bench` calls.
+
+    python bench/engine.py [--seconds 3] [--clients 8] [--threads 2] [--json out.json]
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import tempfile
+import threading
+import time
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import redis
+import torch
+
+if __package__ in (None, ""):
+    sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from bench import common  # noqa: E402
+from groundwatch.server import RedisServer  # noqa: E402
+from groundwatch.settings import REPO_ROOT  # noqa: E402
+
+ENGINE_SO = REPO_ROOT / "engine" / "build" / "engine.so"
+INPUT_SHAPE = (3, 512, 512)
+
+
+class AddOne(torch.nn.Module):
+    """The tiny model: all the cost is in moving the tensor in and out."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x + 1
+
+
+def _save_tiny(path: Path) -> Path:
+    torch.jit.save(torch.jit.script(AddOne()), str(path))
+    return path
+
+
+def _inputs(n: int, seed: int = 0) -> np.ndarray:
+    """n float32 inputs [n, 3, 512, 512] (the stand-in's log1p front end wants non-negative)."""
+    return common.make_tiles(n, bands=INPUT_SHAPE[0], size=INPUT_SHAPE[1], seed=seed).astype(np.float32)
+
+
+def _timed_loop(call: Callable[[int], None], seconds: float, max_calls: int | None) -> tuple[list[float], float]:
+    """Call call(i) until `seconds` pass (at least twice); returns latencies and wall time."""
+    latencies: list[float] = []
+    t_start = time.perf_counter()
+    i = 0
+    while True:
+        t0 = time.perf_counter()
+        call(i)
+        latencies.append(time.perf_counter() - t0)
+        i += 1
+        if i >= 2 and time.perf_counter() - t_start >= seconds:
+            break
+        if max_calls is not None and i >= max_calls:
+            break
+    return latencies, time.perf_counter() - t_start
+
+
+def _row(name: str, samples_per_request: int, latencies: Sequence[float], wall_s: float, *,
+         errors: int = 0, note: str = "") -> dict[str, Any]:
+    r = common.row(name, tiles=samples_per_request * len(latencies), wall_s=wall_s,
+                   latencies_s=latencies, errors=errors, note=note)
+    r["samples_per_s"] = r["throughput"]
+    r["requests_per_s"] = len(latencies) / wall_s if wall_s > 0 else 0.0
+    return r
+
+
+# --------------------------------------------------------------------------- rows
+
+
+def raw_torch(path: Path, inputs: np.ndarray, *, batch: int, seconds: float,
+              max_calls: int | None) -> tuple[dict[str, Any], np.ndarray]:
+    module = torch.jit.load(str(path), map_location="cpu").eval()
+    n = len(inputs)
+    batches = [torch.from_numpy(np.ascontiguousarray(inputs[[(i * batch + k) % n for k in range(batch)]]))
+               for i in range(max(1, n // batch))]
+    with torch.inference_mode():
+        for _ in range(3):  # the profiling executor optimises over the first calls
+            module(batches[0])
+        first = module(torch.from_numpy(inputs[:1])).numpy().copy()
+
+        def call(i: int) -> None:
+            module(batches[i % len(batches)])
+
+        lat, wall = _timed_loop(call, seconds, max_calls)
+    return _row(f"raw torch, batch {batch}", batch, lat, wall, note="in process"), first
+
+
+def _dag_args(model_key: str, tag: str, blob: bytes) -> list[Any]:
+    return [
+        "AI.DAGEXECUTE", "ROUTING", tag,
+        "|>", "AI.TENSORSET", f"in{tag}", "FLOAT", 1, *INPUT_SHAPE, "BLOB", blob,
+        "|>", "AI.MODELEXECUTE", model_key, "INPUTS", 1, f"in{tag}", "OUTPUTS", 1, f"out{tag}",
+        "|>", "AI.TENSORGET", f"out{tag}", "BLOB",
+    ]
+
+
+def _dag_caller(port: int, model_key: str, tag: str) -> Callable[[np.ndarray], bytes]:
+    client = redis.Redis(port=port, socket_timeout=120)
+
+    def call(x: np.ndarray) -> bytes:
+        reply = client.execute_command(*_dag_args(model_key, tag, np.ascontiguousarray(x).tobytes()))
+        if not isinstance(reply, list) or len(reply) != 3 or not isinstance(reply[2], bytes):
+            raise RuntimeError(f"unexpected DAG reply: {str(reply)[:200]}")
+        return reply[2]
+
+    return call
+
+
+def engine_single(port: int, inputs: np.ndarray, expected: np.ndarray, *, seconds: float,
+                  max_calls: int | None) -> dict[str, Any]:
+    call = _dag_caller(port, "detector", "{a}")
+    out = np.frombuffer(call(inputs[0]), dtype=np.float32).reshape(expected.shape)
+    same = bool(np.allclose(out, expected, rtol=1e-4, atol=1e-3))
+    for _ in range(2):
+        call(inputs[0])
+    lat, wall = _timed_loop(lambda i: call(inputs[i % len(inputs)]), seconds, max_calls)
+    note = "1 DAG per request; output " + ("matches raw torch" if same else "DIFFERS from raw torch")
+    return _row("engine DAG, 1 client", 1, lat, wall, errors=0 if same else 1, note=note)
+
+
+def engine_batched(port: int, inputs: np.ndarray, *, clients: int, seconds: float,
+                   max_calls: int | None) -> dict[str, Any]:
+    counter = iter(range(1_000_000))
+    lock = threading.Lock()
+
+    def make_client() -> Callable[[np.ndarray], bytes]:
+        with lock:
+            c = next(counter)
+        return _dag_caller(port, "detector_b", f"{{b{c}}}")
+
+    res = common.closed_loop(make_client, inputs, clients=clients, seconds=seconds, max_requests=max_calls)
+    info = _ai_info(port, "detector_b")
+    mean_batch = (info.get("samples", 0) / info["calls"]) if info.get("calls") else None
+    note = f"{clients} clients, 1 DAG per request, BATCHSIZE {clients}"
+    if mean_batch is not None:
+        note += f"; mean batch {mean_batch:.2f} (AI.INFO samples/calls)"
+    if res.first_error:
+        note += f"; first error: {res.first_error[:120]}"
+    r = _row(f"engine DAG, {clients} clients, BATCHSIZE {clients}", 1, res.latencies_s, res.wall_s,
+             errors=res.errors, note=note)
+    r["mean_batch"] = mean_batch
+    return r
+
+
+def _ai_info(port: int, key: str) -> dict[str, Any]:
+    try:
+        reply = redis.Redis(port=port).execute_command("AI.INFO", key)
+    except redis.ResponseError:
+        return {}
+    items = list(reply)
+    return {(k.decode() if isinstance(k, bytes) else str(k)): v for k, v in zip(items[::2], items[1::2])}
+
+
+def tiny_overhead(port: int, payload: np.ndarray, *, seconds: float, max_calls: int | None,
+                  label: str) -> tuple[dict[str, Any], dict[str, Any]]:
+    client = redis.Redis(port=port, socket_timeout=120)
+    blob = np.ascontiguousarray(payload).tobytes()
+    shape = [1, *payload.shape]
+    dag = ["AI.DAGEXECUTE", "ROUTING", "{t}",
+           "|>", "AI.TENSORSET", "x{t}", "FLOAT", *shape, "BLOB", blob,
+           "|>", "AI.MODELEXECUTE", "tiny", "INPUTS", 1, "x{t}", "OUTPUTS", 1, "y{t}",
+           "|>", "AI.TENSORGET", "y{t}", "BLOB"]
+
+    def model_call(_: int) -> None:
+        reply = client.execute_command(*dag)
+        if len(reply[2]) != len(blob):
+            raise RuntimeError("tiny model output has the wrong size")
+
+    def set_get(_: int) -> None:
+        pipe = client.pipeline(transaction=False)
+        pipe.set("plain{t}", blob)
+        pipe.get("plain{t}")
+        _, got = pipe.execute()
+        if len(got) != len(blob):
+            raise RuntimeError("GET returned the wrong size")
+
+    for _ in range(3):
+        model_call(0)
+        set_get(0)
+    lat_m, wall_m = _timed_loop(model_call, seconds, max_calls)
+    lat_s, wall_s = _timed_loop(set_get, seconds, max_calls)
+    nbytes = len(blob)
+    m = _row(f"tiny model DAG, {label}", 1, lat_m, wall_m, note=f"{nbytes} B in and out, 1 round trip")
+    s = _row(f"SET+GET, {label}", 1, lat_s, wall_s, note=f"{nbytes} B in and out, pipelined, 1 round trip")
+    return m, s
+
+
+# --------------------------------------------------------------------------- all of it
+
+
+def run(
+    *,
+    seconds: float = 3.0,
+    clients: int = 8,
+    threads: int = 2,
+    engine_module: Path | str = ENGINE_SO,
+    max_calls: int | None = None,
+    n_inputs: int = 16,
+) -> dict[str, Any]:
+    """Measure every row; returns {"rows", "table", "overhead_table", context...}.
+
+    `threads` is both torch.set_num_threads here and the engine's INTRA_OP_PARALLELISM.
+    `max_calls` bounds each row's request count too (for quick smoke runs).
+    """
+    engine_module = Path(engine_module)
+    torch.set_num_threads(threads)
+    inputs = _inputs(n_inputs)
+    rows: list[dict[str, Any]] = []
+    with tempfile.TemporaryDirectory(prefix="gw-bench-engine-") as tmp:
+        tmpdir = Path(tmp)
+        model_path = common.save_standin(tmpdir / "standin.pt", bands=INPUT_SHAPE[0])
+        tiny_path = _save_tiny(tmpdir / "tiny.pt")
+        r1, expected = raw_torch(model_path, inputs, batch=1, seconds=seconds, max_calls=max_calls)
+        rows.append(r1)
+        r8, _ = raw_torch(model_path, inputs, batch=8, seconds=seconds, max_calls=max_calls)
+        rows.append(r8)
+
+        server = RedisServer(
+            data_dir=tmpdir / "redis",
+            engine_module=engine_module,
+            module_args=("THREADS_PER_QUEUE", "1", "INTRA_OP_PARALLELISM", str(threads)),
+        )
+        (tmpdir / "redis").mkdir()
+        overhead: list[dict[str, Any]] = []
+        server.start()
+        try:
+            client = redis.Redis(port=server.port, socket_timeout=120)
+            blob = model_path.read_bytes()
+            client.execute_command("AI.MODELSTORE", "detector", "TORCH", "CPU", "BLOB", blob)
+            client.execute_command("AI.MODELSTORE", "detector_b", "TORCH", "CPU", "BATCHSIZE", clients,
+                                   "BLOB", blob)
+            client.execute_command("AI.MODELSTORE", "tiny", "TORCH", "CPU", "BLOB", tiny_path.read_bytes())
+            rows.append(engine_single(server.port, inputs, expected[0], seconds=seconds, max_calls=max_calls))
+            # warm the batched model at a few batch sizes before measuring
+            engine_batched(server.port, inputs, clients=clients, seconds=min(1.0, seconds),
+                           max_calls=max_calls)
+            client.execute_command("AI.INFO", "detector_b", "RESETSTAT")
+            rows.append(engine_batched(server.port, inputs, clients=clients, seconds=seconds,
+                                       max_calls=max_calls))
+            for label, payload in (("3x512x512 float32", inputs[0]), ("16 float32", inputs[0].ravel()[:16].copy())):
+                m, s = tiny_overhead(server.port, payload, seconds=seconds / 2, max_calls=max_calls, label=label)
+                m["ratio_vs_set_get"] = (m["p50_ms"] / s["p50_ms"]) if s["p50_ms"] else None
+                overhead += [m, s]
+        finally:
+            server.stop()
+    reference = next((r["throughput"] for r in rows if r["name"] == "raw torch, batch 8"), None)
+    common.add_ratios(rows, reference)
+    common.add_ratios(overhead, None)
+    return {
+        "input": list(INPUT_SHAPE),
+        "dtype": "float32",
+        "model": "stand-in conv net (bench/common.py), 3 bands",
+        "clients": clients,
+        "seconds": seconds,
+        "threads": threads,
+        "machine": common.machine(),
+        "rows": rows + overhead,
+        "table": table(rows, overhead),
+    }
+
+
+def table(rows: Sequence[dict[str, Any]], overhead: Sequence[dict[str, Any]]) -> str:
+    def f(v: Any, d: int = 1) -> str:
+        return "-" if v is None or (isinstance(v, float) and np.isnan(v)) else f"{v:.{d}f}"
+
+    lines = [
+        "| what | req/s | samples/s | p50 ms | p99 ms | x raw torch b8 | x SET+GET p50 | errors | note |",
+        "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | --- |",
+    ]
+    for r in [*rows, *overhead]:
+        lines.append(
+            f"| {r['name']} | {f(r.get('requests_per_s'))} | {f(r.get('samples_per_s'))} | {f(r['p50_ms'], 2)} | "
+            f"{f(r['p99_ms'], 2)} | {f(r.get('ratio'), 2)} | {f(r.get('ratio_vs_set_get'), 2)} | "
+            f"{r.get('errors', 0)} | {r.get('note', '')} |"
+        )
+    return "\n".join(lines) + "\n"
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="bench/engine.py", description=(__doc__ or "").split("\n")[0])
+    p.add_argument("--seconds", type=float, default=3.0, help="measuring time per row")
+    p.add_argument("--clients", type=int, default=8)
+    p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--engine", type=Path, default=ENGINE_SO)
+    p.add_argument("--max-calls", type=int, default=None)
+    p.add_argument("--json", type=Path, help="write the result here as JSON")
+    args = p.parse_args(argv)
+    result = run(seconds=args.seconds, clients=args.clients, threads=args.threads,
+                 engine_module=args.engine, max_calls=args.max_calls)
+    m = result["machine"]
+    print(f"model: {result['model']}; input 1x{'x'.join(map(str, result['input']))} float32; "
+          f"{args.threads} torch threads; {m['cpu']} x {m['cores']}; torch {m['torch']}")
+    print(result["table"])
+    if args.json:
+        common.write_json(args.json, result)
+    return 0
+
+
+if __name__ == "__main__":
+    os.environ.setdefault("PYTHONUNBUFFERED", "1")
+    raise SystemExit(main())
