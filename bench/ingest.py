@@ -5,11 +5,12 @@ Rows (tiles/s and MB/s of tile data published; figures are printed, never assert
   file, tiled, deflate      the same scene DEFLATE-compressed (decoding costs)
   file, striped, raw        the same scene in strips
   publish_tile API          `publish_tile` of 512 x 512 arrays already in memory, one call each
+  model (--model)           the model's own tiles/s in raw torch on this machine, for the ratio
 Each row ingests the scene `repeats` times (with --force semantics: the marker is dropped) into
 a stream that nobody reads (max_lag raised so backpressure never waits) and reports the best
 repeat. The goal (issue 5): ingest at least 5x the model's tiles/s on the same machine.
 
-    python bench/ingest.py [--size 2048] [--bands 1] [--repeats 3] [--json out.json]
+    python bench/ingest.py [--size 2048] [--bands 1] [--repeats 3] [--model] [--json out.json]
 """
 
 from __future__ import annotations
@@ -188,6 +189,24 @@ def run(
     }
 
 
+def model_row(
+    *, bands: int = 1, tile_size: int = 512, batch: int = 8, seconds: float = 3.0
+) -> dict[str, Any]:
+    """The model's tiles/s on this machine (raw torch, the bundled detector or the stand-in), for the ratio."""
+    from bench import common
+
+    tiles = common.make_tiles(batch, bands=bands, size=tile_size)
+    with common.model_file(None, bands=bands) as (path, what):
+        module = common.load_model(path)
+        common.infer(module, tiles)  # warm-up
+        n, t0 = 0, time.perf_counter()
+        while time.perf_counter() - t0 < seconds:
+            common.infer(module, tiles)
+            n += batch
+        dt = time.perf_counter() - t0
+    return _row(f"model, raw torch batch {batch}", n, int(tiles.nbytes) * n // batch, dt, what)
+
+
 def table(rows: list[dict[str, Any]]) -> str:
     lines = ["| ingest | tiles/s | MB/s | tiles | s | note |", "| --- | ---: | ---: | ---: | ---: | --- |"]
     for r in rows:
@@ -204,11 +223,22 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--bands", type=int, default=1)
     p.add_argument("--repeats", type=int, default=3)
     p.add_argument("--redis-url", default=None, help="use this Redis instead of starting one")
+    p.add_argument(
+        "--model", action="store_true", help="also measure the model's tiles/s (torch) for the ratio"
+    )
     p.add_argument("--json", type=Path, default=None, help="also write the results here")
     args = p.parse_args(argv)
     out = run(size=args.size, bands=args.bands, repeats=args.repeats, redis_url=args.redis_url)
+    if args.model:
+        model = model_row(bands=args.bands)
+        out["model"] = model
+        slowest = min(r["throughput"] for r in out["rows"])
+        out["ratio_vs_model"] = slowest / model["throughput"] if model["throughput"] else None
+        out["table"] = table([*out["rows"], model])
     print(f"ingest: {out['scene']} {out['dtype']} scene, tiles {out['tile_size']}/{out['tile_overlap']}")
     print(out["table"])
+    if out.get("ratio_vs_model") is not None:
+        print(f"slowest ingest row / model: {out['ratio_vs_model']:.1f}x (goal: at least 5x)")
     if args.json:
         args.json.write_text(json.dumps(out, indent=2))
     return 0
