@@ -8,13 +8,18 @@ hundred, are built directly.
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 import redis
-from redisai import command_builder as builder
+
+with warnings.catch_warnings():
+    # redisai 1.3 imports pkg_resources, which warns on import; nothing for our users to act on.
+    warnings.simplefilter("ignore", UserWarning)
+    from redisai import command_builder as builder
 
 from groundwatch.errors import GroundwatchError
 
@@ -186,6 +191,7 @@ def _pairs(reply: Sequence[Any]) -> dict[str, Any]:
 
 
 # --- many DAGs at once (consumers) -----------------------------------------------------------
+
 
 class DagError(EngineError):
     """One DAG failed. `op` is the failing op's index (0 TENSORSET, 1 MODELEXECUTE, 2 TENSORGET),

@@ -1,0 +1,34 @@
+"""`groundwatch demo` and `groundwatch bench`."""
+
+from __future__ import annotations
+
+import argparse
+
+from groundwatch.settings import Settings
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "demo", help="end-to-end demo: scenes in, georeferenced detections out, with a summary"
+    )
+    p.add_argument("--scenes", type=int, default=3, help="number of synthetic scenes (default 3)")
+    p.add_argument("--size", type=int, default=2048, help="scene side in pixels (default 2048)")
+    p.add_argument("--seed", type=int, default=9000, help="first scene seed (held out from training)")
+    p.set_defaults(handler=cmd_demo)
+
+    p = sub.add_parser("bench", help="benchmarks: raw torch, engine, pipeline and the usual alternatives")
+    p.add_argument("--quick", action="store_true", help="shorter runs (figures are noisier)")
+    p.add_argument("--out", default="bench/results", help="folder for results.md and results.json")
+    p.set_defaults(handler=cmd_bench)
+
+
+def cmd_demo(settings: Settings, args: argparse.Namespace) -> int:
+    from demo.run import main
+
+    return main(settings, scenes=args.scenes, size_px=args.size, seed=args.seed)
+
+
+def cmd_bench(settings: Settings, args: argparse.Namespace) -> int:
+    from demo.bench import main
+
+    return main(settings, quick=args.quick, out=args.out)

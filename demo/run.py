@@ -1,0 +1,261 @@
+"""`groundwatch demo`: scenes from a ground station to georeferenced detections, in one run.
+
+It starts its own redis-server with the engine (data under <data_dir>/demo), loads the bundled
+detector, drops synthetic scenes into a drop folder, ingests them with the watch folder, runs
+two consumers, and prints a summary with precision and recall against the scenes' ground truth.
+Everything it started is stopped before it returns.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import threading
+import time
+from dataclasses import dataclass, field
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import redis
+
+from consumers.worker import Consumer
+from demo.quicklook import quicklook
+from groundwatch import keys
+from groundwatch.detections import decode_scene
+from groundwatch.errors import GroundwatchError
+from groundwatch.server import RedisServer
+from groundwatch.settings import Settings
+from groundwatch.status import percentiles
+from ingest.watch import watch
+from loaders.loader import LoadOptions, load
+from models.scenes import Scene, SceneConfig, generate_scene, write_scene
+
+FEED = "demo"
+MODEL = "ship"
+MATCH_IOU = 0.5
+
+
+def detector_path() -> Path:
+    path = Path(str(resources.files("models") / "artifacts" / "detector.pt"))
+    if not path.exists():
+        raise GroundwatchError(f"the bundled detector {path} is missing; train it with `groundwatch train`")
+    return path
+
+
+@dataclass
+class ClassScore:
+    truth: int = 0
+    detected: int = 0
+    matched: int = 0
+
+    @property
+    def precision(self) -> float:
+        return self.matched / self.detected if self.detected else 1.0
+
+    @property
+    def recall(self) -> float:
+        return self.matched / self.truth if self.truth else 1.0
+
+
+@dataclass
+class DemoSummary:
+    scenes: int
+    tiles: int
+    seconds: float
+    latency_ms: dict[str, float]
+    per_class: dict[str, ClassScore] = field(default_factory=dict)
+    outputs: list[Path] = field(default_factory=list)
+    dead_letters: int = 0
+
+    @property
+    def frames_per_s(self) -> float:
+        return self.tiles / self.seconds if self.seconds else 0.0
+
+    def render(self) -> str:
+        lines = [
+            f"scenes {self.scenes}, tiles {self.tiles}, dead letters {self.dead_letters}",
+            f"throughput {self.frames_per_s:.1f} frames/s over {self.seconds:.1f} s (ingest to last scene result)",
+            "latency (published -> detections published) "
+            + ", ".join(f"{k} {v:.0f} ms" for k, v in self.latency_ms.items()),
+            f"{'class':<10}{'truth':>7}{'found':>7}{'matched':>9}{'precision':>11}{'recall':>8}",
+        ]
+        for name, c in sorted(self.per_class.items()):
+            lines.append(
+                f"{name:<10}{c.truth:>7}{c.detected:>7}{c.matched:>9}{c.precision:>11.3f}{c.recall:>8.3f}"
+            )
+        return "\n".join(lines)
+
+
+def iou(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """IoU of every box in a [N, 4] against every box in b [M, 4] (x1, y1, x2, y2)."""
+    x1 = np.maximum(a[:, None, 0], b[None, :, 0])
+    y1 = np.maximum(a[:, None, 1], b[None, :, 1])
+    x2 = np.minimum(a[:, None, 2], b[None, :, 2])
+    y2 = np.minimum(a[:, None, 3], b[None, :, 3])
+    inter = np.clip(x2 - x1, 0, None) * np.clip(y2 - y1, 0, None)
+    area_a = (a[:, 2] - a[:, 0]) * (a[:, 3] - a[:, 1])
+    area_b = (b[:, 2] - b[:, 0]) * (b[:, 3] - b[:, 1])
+    return inter / np.maximum(area_a[:, None] + area_b[None, :] - inter, 1e-9)
+
+
+def score_scene(
+    truth: list[tuple[str, tuple[float, ...]]], found: list[tuple[str, float, tuple[float, ...]]]
+) -> dict[str, ClassScore]:
+    """Greedy one-to-one matching by score at IoU >= 0.5, class by class (scene pixels)."""
+    out: dict[str, ClassScore] = {}
+    for name in {c for c, _ in truth} | {c for c, _, _ in found}:
+        t = np.array([b for c, b in truth if c == name], np.float64).reshape(-1, 4)
+        f = sorted(((s, b) for c, s, b in found if c == name), key=lambda x: -x[0])
+        score = ClassScore(truth=len(t), detected=len(f))
+        taken = np.zeros(len(t), bool)
+        if len(t) and f:
+            overlaps = iou(np.array([b for _, b in f], np.float64), t)
+            for row in overlaps:
+                row = np.where(taken, -1.0, row)
+                best = int(np.argmax(row))
+                if row[best] >= MATCH_IOU:
+                    taken[best] = True
+                    score.matched += 1
+        out[name] = score
+    return out
+
+
+def _generate(station: Path, drop: Path, count: int, size_px: int, seed: int) -> dict[str, Scene]:
+    """Write scenes as a ground station would: elsewhere first, then a rename into the drop folder."""
+    scenes = {}
+    for i in range(count):
+        scene = generate_scene(seed + i, SceneConfig(width_px=size_px, height_px=size_px))
+        name = f"S1-demo-{seed + i:06d}"
+        tif, truth = write_scene(scene, station, name)
+        tif.rename(drop / tif.name)
+        scenes[name] = scene
+        truth.rename(station / f"{name}.truth.geojson")
+    return scenes
+
+
+def _wait_for_scenes(client: redis.Redis, expected: int, timeout_s: float) -> None:
+    deadline = time.monotonic() + timeout_s
+    while client.xlen(keys.scenes(FEED)) < expected:
+        if time.monotonic() > deadline:
+            raise GroundwatchError(
+                f"only {client.xlen(keys.scenes(FEED))} of {expected} scene results after {timeout_s:.0f} s; "
+                f"see `groundwatch status` and the dead letters on {keys.dead_letters(FEED)}"
+            )
+        time.sleep(0.1)
+
+
+def run_demo(
+    settings: Settings,
+    *,
+    scenes: int = 3,
+    size_px: int = 2048,
+    seed: int = 9000,
+    consumers: int = 2,
+    timeout_s: float = 600.0,
+) -> DemoSummary:
+    out = settings.data_dir.resolve() / "demo"
+    shutil.rmtree(out, ignore_errors=True)
+    station, drop, results = out / "station", out / "drop", out / "results"
+    for d in (station, drop, results):
+        d.mkdir(parents=True)
+    server = RedisServer(
+        data_dir=out / "redis",
+        engine_module=settings.engine_module,
+        module_args=(
+            "THREADS_PER_QUEUE",
+            str(settings.threads_per_queue),
+            "INTRA_OP_PARALLELISM",
+            str(settings.intra_op_threads),
+        ),
+        extra_config=(("appendonly", "yes"),),
+    ).start()
+    threads: list[threading.Thread] = []
+    workers: list[Consumer] = []
+    try:
+        s = settings.replace(redis_url=server.url, feed=FEED)
+        client = redis.Redis(port=server.port, socket_timeout=60)
+        record = load(client, detector_path(), LoadOptions(name=MODEL, feeds=(FEED,), batch=8))
+        print(f"loaded {record.label}: classes {', '.join(record.classes)}, tile {record.tile_size} px")
+        truth = _generate(station, drop, scenes, size_px, seed)
+        print(f"{scenes} scenes of {size_px}x{size_px} px in the drop folder {drop}")
+        for i in range(consumers):
+            worker = Consumer(
+                redis.Redis(port=server.port, socket_timeout=60), s.replace(consumer=f"demo-{i}")
+            )
+            workers.append(worker)
+            threads.append(threading.Thread(target=worker.run, name=f"consumer-{i}", daemon=True))
+            worker.ensure_group()
+        for t in threads:
+            t.start()
+        started = time.monotonic()
+        outcomes = watch(client, s.replace(watch_poll_s=0.2), drop, burst=True)
+        ingested = [o for o in outcomes if o.status == "done"]
+        print(f"ingested {len(ingested)} scenes; {len(workers)} consumers at work")
+        _wait_for_scenes(client, len(ingested), timeout_s)
+        elapsed = time.monotonic() - started
+        return _summarise(client, truth, results, elapsed)
+    finally:
+        for w in workers:
+            w.stop()
+        for t in threads:
+            t.join(timeout=30)
+        server.stop()
+
+
+def _summarise(client: redis.Redis, truth: dict[str, Scene], results: Path, elapsed: float) -> DemoSummary:
+    from models.scenes import CLASSES
+
+    stats = {k.decode(): float(v) for k, v in client.hgetall(keys.stats(FEED)).items()}
+    latencies = [float(v) for v in client.lrange(keys.latency(FEED), 0, -1)]
+    summary = DemoSummary(
+        scenes=len(truth),
+        tiles=int(stats.get("frames_done", 0)),
+        seconds=elapsed,
+        latency_ms=percentiles(latencies),
+        dead_letters=int(client.xlen(keys.dead_letters(FEED))),
+        per_class={c: _empty() for c in CLASSES},
+    )
+    for name, scene in truth.items():
+        raw = client.get(keys.scene_result(FEED, name))
+        if raw is None:
+            continue
+        result = decode_scene(raw)
+        found = [(d.label, d.score, d.scene_box_px) for d in result.detections]
+        gt = [(o.class_name, tuple(float(v) for v in o.box_px)) for o in scene.objects]
+        for cls, score in score_scene(gt, found).items():
+            total = summary.per_class.setdefault(cls, _empty())
+            total.truth += score.truth
+            total.detected += score.detected
+            total.matched += score.matched
+        geojson = results / f"{name}.geojson"
+        geojson.write_text(json.dumps(json.loads(raw), indent=1))
+        png = quicklook(
+            scene.image,
+            [d.scene_box_px for d in result.detections],
+            [o.box_px for o in scene.objects],
+            results / f"{name}.png",
+        )
+        summary.outputs += [geojson, png]
+    return summary
+
+
+def _empty() -> ClassScore:
+    return ClassScore()
+
+
+def main(settings: Settings, **options: Any) -> int:
+    summary = run_demo(settings, **options)
+    print(summary.render())
+    print(f"results: {', '.join(str(p) for p in summary.outputs[:2])} ... ({len(summary.outputs)} files)")
+    print(
+        "\nThe demo stopped everything it started. To keep a stack running and watch it:\n"
+        "  .venv/bin/groundwatch up                      # redis-server + engine, prints the port\n"
+        "  .venv/bin/groundwatch load models/artifacts/detector.pt --name ship --feeds demo --batch 8\n"
+        "  .venv/bin/groundwatch consume --feed demo &   # a consumer (start two for more throughput)\n"
+        "  .venv/bin/groundwatch watch DROP_DIR --feed demo\n"
+        "  redis-cli -p PORT SUBSCRIBE 'gw:{demo}:scenes'   # scene results as they complete\n"
+        "  .venv/bin/groundwatch status; .venv/bin/groundwatch down"
+    )
+    return 0
