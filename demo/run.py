@@ -12,6 +12,7 @@ import json
 import shutil
 import threading
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
@@ -101,7 +102,7 @@ def iou(a: np.ndarray, b: np.ndarray) -> np.ndarray:
 
 
 def score_scene(
-    truth: list[tuple[str, tuple[float, ...]]], found: list[tuple[str, float, tuple[float, ...]]]
+    truth: Sequence[tuple[str, tuple[float, ...]]], found: Sequence[tuple[str, float, tuple[float, ...]]]
 ) -> dict[str, ClassScore]:
     """Greedy one-to-one matching by score at IoU >= 0.5, class by class (scene pixels)."""
     out: dict[str, ClassScore] = {}
