@@ -219,7 +219,7 @@ def run(
     `threads` is both torch.set_num_threads here and the engine's INTRA_OP_PARALLELISM.
     `max_calls` bounds each row's request count too (for quick smoke runs).
     """
-    engine_module = Path(engine_module)
+    engine_module = Path(engine_module).resolve()
     torch.set_num_threads(threads)
     inputs = _inputs(n_inputs)
     rows: list[dict[str, Any]] = []

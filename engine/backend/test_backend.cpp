@@ -10,6 +10,7 @@
 // and a tiny fake Redis (a string map), and prints one line per failed check. Exit status 0 when
 // every check passed.
 #include <dlfcn.h>
+#include <unistd.h>
 
 #include <atomic>
 #include <cmath>
@@ -126,7 +127,7 @@ void host_reply_free(GwReply *reply) {
 char *host_model_execute(void *call_ctx, const char *key, size_t keylen, const GwTensor *inputs,
                          size_t ninputs, size_t noutputs, GwTensor *outputs) {
   if (call_ctx != kCallCtx) return dup_error("wrong call_ctx");
-  if (std::string(key, keylen) != "add") return dup_error("model key is empty");
+  if (std::string(key, keylen) != "add" || !add_model) return dup_error("model key is empty");
   return api->model_run(add_model, inputs, ninputs, outputs, noutputs);
 }
 
@@ -417,6 +418,68 @@ def old_variadic(a, rest: List[Tensor]):
   check(!script && contains(err, "GPU"), "script on GPU: " + err);
 }
 
+long resident_kb() {
+  std::ifstream statm("/proc/self/statm");
+  long size = 0, resident = 0;
+  statm >> size >> resident;
+  return resident * (sysconf(_SC_PAGESIZE) / 1024);
+}
+
+// Runs a model and a script calling Redis and a model many times: the resident set must not grow
+// (outputs, replies and interpreter state are all released).
+void test_no_growth() {
+  if (!add_model) return;
+  const std::string source = R"(
+def f(tensors: List[Tensor], keys: List[str], args: List[str]):
+    redis.execute("SET", keys[0], args[0])
+    v = redis_string_int_to_tensor(redis.execute("GET", keys[0]))
+    return redisAI.model_execute("add", tensors, 1)[0] + v, redis_int_list_to_tensor(redis.execute("LIST3"))
+)";
+  void *script = nullptr;
+  std::string err = take_error(api->script_compile(source.data(), source.size(), "CPU", &script));
+  check(err.empty(), "leak script compiles " + err);
+  if (!script) return;
+  std::vector<int64_t> shape = {64, 64};
+  std::vector<float> a(64 * 64, 1.0f), b(64 * 64, 2.0f);
+  GwTensor in[2] = {float_tensor(shape, a), float_tensor(shape, b)};
+  const char *keys[] = {"leak"};
+  const char *args[] = {"5"};
+  int errors = 0;
+  auto round = [&](int n) {
+    for (int i = 0; i < n; i++) {
+      GwTensor out;
+      char *e = api->model_run(add_model, in, 2, &out, 1);
+      if (e) {
+        std::free(e);
+        errors++;
+      } else {
+        free_tensor(&out);
+      }
+      GwTensor *outs = nullptr;
+      size_t nout = 0;
+      e = api->script_run(script, "f", in, 2, keys, 1, args, 1, kCallCtx, &outs, &nout);
+      if (e) {
+        std::free(e);
+        errors++;
+        continue;
+      }
+      for (size_t k = 0; k < nout; k++) free_tensor(&outs[k]);
+      std::free(outs);
+      // a failing run must not leak either
+      e = api->model_run(add_model, in, 1, &out, 1);
+      std::free(e);
+    }
+  };
+  round(300);
+  long before = resident_kb();
+  round(3000);
+  long after = resident_kb();
+  check(errors == 0, "leak rounds ran without errors");
+  check(after - before < 4096, "no resident growth over 3000 rounds: " + std::to_string(before) +
+                                    " kB -> " + std::to_string(after) + " kB");
+  api->script_free(script);
+}
+
 }  // namespace
 
 int main(int argc, char **argv) {
@@ -442,6 +505,7 @@ int main(int argc, char **argv) {
   api->configure(2, 1);
   test_models(argv[2]);
   test_scripts();
+  test_no_growth();
   if (add_model) api->model_free(add_model);
   std::printf("%d failure(s)\n", failures);
   return failures ? 1 : 0;

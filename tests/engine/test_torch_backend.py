@@ -34,18 +34,20 @@ class Unsigned(torch.nn.Module):
 pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning")
 
 
-def _built(*relatives: str) -> Path:
-    for build in BUILD_DIRS:
-        for relative in relatives:
-            candidate = build / relative
-            if candidate.exists():
-                return candidate
-    pytest.fail(f"{relatives[0]} is not built under {BUILD_DIRS[0]}; run `make engine`")
+BACKEND_SO = Path("backends/redisai_torch/redisai_torch.so")
 
 
 @pytest.fixture(scope="module")
-def backend_so() -> Path:
-    return _built("backends/redisai_torch/redisai_torch.so")
+def backend_so(engine_module: Path | None) -> Path:
+    """The backend beside the module under test (`--engine`, e.g. the ASan build), else the
+    newest of engine/build (`make engine`) and engine/build-backend (a stand-alone
+    `cmake -S engine/backend -B engine/build-backend`)."""
+    if engine_module is not None and (engine_module.parent / BACKEND_SO).exists():
+        return engine_module.parent / BACKEND_SO
+    found = [build / BACKEND_SO for build in BUILD_DIRS if (build / BACKEND_SO).exists()]
+    if not found:
+        pytest.fail(f"{BACKEND_SO} is not built under {BUILD_DIRS[0]}; run `make engine`")
+    return max(found, key=lambda p: p.stat().st_mtime)
 
 
 @pytest.fixture(scope="module")
@@ -60,7 +62,10 @@ def model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 def test_backend_standalone(backend_so: Path, model_dir: Path) -> None:
-    program = _built("backend/gw_test_backend", "gw_test_backend")
+    build = backend_so.parents[2]
+    program = next((p for p in (build / "backend/gw_test_backend", build / "gw_test_backend") if p.exists()), None)
+    if program is None:
+        pytest.fail(f"gw_test_backend is not built under {build}; run `make engine`")
     proc = subprocess.run(
         [str(program), str(backend_so), str(model_dir)],
         capture_output=True,
@@ -70,6 +75,7 @@ def test_backend_standalone(backend_so: Path, model_dir: Path) -> None:
     failed = [line for line in proc.stdout.splitlines() if line.startswith("FAIL")]
     assert proc.returncode == 0 and not failed, proc.stdout + proc.stderr
     assert "0 failure(s)" in proc.stdout
+    assert "ok: no resident growth" in proc.stdout
     assert f"version {torch.__version__.split('+')[0]}" in proc.stdout
 
 
