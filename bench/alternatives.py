@@ -56,8 +56,14 @@ REPO_ROOT = Path(__file__).resolve().parent.parent
 
 def expected_outputs(model_path: str | Path, tiles: np.ndarray, threads: int) -> list[np.ndarray]:
     """In-process torch's live detections for each tile, one tile at a time (the reference)."""
-    module = common.load_model(model_path, threads)
-    return [common.live_rows(common.infer(module, tiles[i : i + 1])[0]) for i in range(len(tiles))]
+    import torch
+
+    before = torch.get_num_threads()
+    try:
+        module = common.load_model(model_path, threads)
+        return [common.live_rows(common.infer(module, tiles[i : i + 1])[0]) for i in range(len(tiles))]
+    finally:
+        torch.set_num_threads(before)
 
 
 def same_detections(got: np.ndarray, want: np.ndarray, atol: float = 1e-3) -> bool:

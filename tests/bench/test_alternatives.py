@@ -107,6 +107,7 @@ def test_torchserve_answers_like_torch(tiny: Path, tiles: np.ndarray, expected: 
 
 
 def test_run_gives_rows_ratios_and_a_table(tiny: Path, tiles: np.ndarray, tmp_path: Path) -> None:
+    before = torch.get_num_threads()
     only = ["torch", "queue"] if shutil.which("redis-server") else ["torch"]
     result = alternatives.run(str(tiny), tiles, clients=2, seconds=0.5, threads=1, only=only, max_requests=4)
     names = [r["name"] for r in result["rows"]]
@@ -118,6 +119,7 @@ def test_run_gives_rows_ratios_and_a_table(tiny: Path, tiles: np.ndarray, tmp_pa
     assert len(table) == 2 + len(names) and table[0].startswith("| what |")
     common.write_json(tmp_path / "out.json", result)
     assert json.loads((tmp_path / "out.json").read_text())["tiles"] == [4, 1, 64, 64]
+    assert torch.get_num_threads() == before
     with pytest.raises(ValueError):
         alternatives.run(str(tiny), tiles, only=["nope"])
 
