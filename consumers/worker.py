@@ -41,11 +41,11 @@ from groundwatch.detections import (
 )
 from groundwatch.frames import Frame, FrameError
 from groundwatch.settings import Settings
+from groundwatch.status import THROUGHPUT_SAMPLES
 
 log = logging.getLogger("groundwatch.consumers")
 
 LATENCY_SAMPLES = 1000  # recent latencies kept in keys.latency
-THROUGHPUT_SAMPLES = 1000  # recent "<ms> <frames>" completions kept in keys.throughput
 RESULTS_MAXLEN = 100_000  # approximate cap of the detections and scenes streams
 METADATA_FILE = "groundwatch.json"
 
@@ -348,7 +348,10 @@ class Consumer:
         """Run every frame through the engine at once; (results, [(entry, reason, poison)])."""
         model = self._wait_for_model()
         models: list[ActiveModel] = [model] * len(todo)
-        outputs: list[np.ndarray | ai.DagError] = self._run_dags(model, [e.frame for e in todo])  # type: ignore[misc]
+        isolated = any(e.deliveries > 1 for e in todo)
+        outputs: list[np.ndarray | ai.DagError] = self._run_dags(
+            model, [e.frame for e in todo], isolated  # type: ignore[misc]
+        )
         missing = [i for i, o in enumerate(outputs) if isinstance(o, ai.DagError) and o.model_missing]
         if missing:
             # The version was removed under us (a switch in progress): read the pointer again, once.
@@ -356,7 +359,7 @@ class Consumer:
             if again is not None:
                 log.info("feed %s: model %s is gone; retrying %d frames with %s",
                          self.feed, model.version, len(missing), again.version)
-                rerun = self._run_dags(again, [todo[i].frame for i in missing])  # type: ignore[misc]
+                rerun = self._run_dags(again, [todo[i].frame for i in missing], isolated)  # type: ignore[misc]
                 for i, out in zip(missing, rerun, strict=True):
                     outputs[i] = out
                     models[i] = again
@@ -389,10 +392,19 @@ class Consumer:
         results.sort(key=lambda pair: _id_key(pair[0].id))
         return results, failed
 
-    def _run_dags(self, model: ActiveModel, batch: Sequence[Frame]) -> list[np.ndarray | ai.DagError]:
+    def _run_dags(
+        self, model: ActiveModel, batch: Sequence[Frame], isolated: bool = False
+    ) -> list[np.ndarray | ai.DagError]:
+        """All DAGs at once (the engine batches them), or one after the other when `isolated`:
+        frames that failed before are retried alone, so a poison frame that broke a whole engine
+        batch does not take its batch-mates to the dead letters with it."""
         commands = [ai.dag_command(model.key, self.route, f.array()[np.newaxis]) for f in batch]
+        if isolated:
+            replies = [ai.execute_concurrently(self.r, [c])[0] for c in commands]
+        else:
+            replies = ai.execute_concurrently(self.r, commands)
         out: list[np.ndarray | ai.DagError] = []
-        for reply in ai.execute_concurrently(self.r, commands):
+        for reply in replies:
             try:
                 out.append(ai.dag_result(reply))
             except ai.DagError as e:
@@ -441,7 +453,7 @@ class Consumer:
                                               strict=True):
                         text = tile_json(r)
                         pipe.set(marker, e.id, ex=ttl)
-                        pipe.xadd(keys.detections(feed), encode_tile(r), maxlen=RESULTS_MAXLEN,
+                        pipe.xadd(keys.detections(feed), encode_tile(r, text), maxlen=RESULTS_MAXLEN,
                                   approximate=True)
                         pipe.publish(keys.detections(feed), text)
                         pipe.hset(keys.scene_tiles(feed, r.scene), str(r.tile), text)
@@ -451,7 +463,7 @@ class Consumer:
                     for s in completions:
                         text = scene_json(s)
                         pipe.set(keys.scene_result(feed, s.scene), text, ex=ttl)
-                        pipe.xadd(keys.scenes(feed), encode_scene(s), maxlen=RESULTS_MAXLEN,
+                        pipe.xadd(keys.scenes(feed), encode_scene(s, text), maxlen=RESULTS_MAXLEN,
                                   approximate=True)
                         pipe.publish(keys.scenes(feed), text)
                         pipe.delete(keys.scene_tiles(feed, s.scene))

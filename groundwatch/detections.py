@@ -206,8 +206,8 @@ def tile_json(t: TileResult) -> str:
     return _dumps(tile_geojson(t))
 
 
-def encode_tile(t: TileResult) -> dict[str, str]:
-    """The XADD field map of a per-tile result on ``gw:{feed}:detections``."""
+def encode_tile(t: TileResult, text: str | None = None) -> dict[str, str]:
+    """The XADD field map of a per-tile result on ``gw:{feed}:detections`` (`text`: its tile_json)."""
     return {
         "v": str(VERSION),
         "frame": t.frame,
@@ -218,7 +218,7 @@ def encode_tile(t: TileResult) -> dict[str, str]:
         "count": str(len(t.detections)),
         "published": str(t.published_ms),
         "done": str(t.done_ms),
-        "geojson": tile_json(t),
+        "geojson": tile_json(t) if text is None else text,
     }
 
 
@@ -287,8 +287,8 @@ def scene_json(s: SceneResult) -> str:
     return _dumps(scene_geojson(s))
 
 
-def encode_scene(s: SceneResult) -> dict[str, str]:
-    """The XADD field map of a scene result on ``gw:{feed}:scenes``."""
+def encode_scene(s: SceneResult, text: str | None = None) -> dict[str, str]:
+    """The XADD field map of a scene result on ``gw:{feed}:scenes`` (`text`: its scene_json)."""
     return {
         "v": str(VERSION),
         "scene": s.scene,
@@ -296,7 +296,7 @@ def encode_scene(s: SceneResult) -> dict[str, str]:
         "models": ",".join(s.models),
         "count": str(len(s.detections)),
         "done": str(s.done_ms),
-        "geojson": scene_json(s),
+        "geojson": scene_json(s) if text is None else text,
     }
 
 

@@ -33,6 +33,7 @@ class FeedStatus:
     latency_ms: dict[str, float] = field(default_factory=dict)
     model: str | None = None
     model_stats: dict[str, Any] = field(default_factory=dict)
+    throughput_fps: float | None = None  # frames/s completed over the last minute
 
 
 def percentiles(values: list[float], points: tuple[int, ...] = (50, 90, 99)) -> dict[str, float]:
@@ -45,6 +46,28 @@ def percentiles(values: list[float], points: tuple[int, ...] = (50, 90, 99)) -> 
         rank = max(0, min(len(ordered) - 1, round(p / 100 * len(ordered) + 0.5) - 1))
         out[f"p{p}"] = ordered[rank]
     return out
+
+
+THROUGHPUT_SAMPLES = 1000  # consumers keep this many recent completions in keys.throughput
+
+
+def throughput(samples: list[str], now_ms: int, window_ms: int = 60_000) -> float | None:
+    """Frames/s from "<epoch ms> <frames>" completions: the frames of the last `window_ms`,
+    divided by the span they cover (the window, or less when the list holds less); None when idle."""
+    recent = []
+    for s in samples:
+        try:
+            at, n = s.split()
+            recent.append((int(at), int(n)))
+        except ValueError:
+            continue
+    recent = [(at, n) for at, n in recent if now_ms - at <= window_ms]
+    if not recent:
+        return None
+    oldest = min(at for at, _ in recent)
+    # A full list may have dropped completions of the window: then count only the span it covers.
+    span_ms = max(now_ms - oldest, 1) if len(samples) >= THROUGHPUT_SAMPLES else window_ms
+    return sum(n for _, n in recent) * 1000.0 / span_ms
 
 
 def _text(value: Any) -> str:
@@ -75,6 +98,10 @@ def collect(client: redis.Redis, feed: str | None = None) -> list[FeedStatus]:
             )
         st.counters = {_text(k): float(v) for k, v in client.hgetall(keys.stats(name)).items()}
         st.latency_ms = percentiles([float(v) for v in client.lrange(keys.latency(name), 0, -1)])
+        seconds, micros = client.time()
+        st.throughput_fps = throughput(
+            [_text(v) for v in client.lrange(keys.throughput(name), 0, -1)], int(seconds) * 1000 + int(micros) // 1000
+        )
         active = client.get(keys.active_model(name))
         if active:
             st.model = _text(active)
@@ -106,6 +133,8 @@ def render(feeds: list[FeedStatus]) -> str:
         if st.counters:
             shown = ", ".join(f"{k} {v:g}" for k, v in sorted(st.counters.items()))
             lines.append(f"  counters         {shown}")
+        if st.throughput_fps is not None:
+            lines.append(f"  throughput       {st.throughput_fps:.1f} frames/s (last minute)")
         if st.latency_ms:
             shown = ", ".join(f"{k} {v:.0f} ms" for k, v in st.latency_ms.items())
             lines.append(f"  latency          {shown}")

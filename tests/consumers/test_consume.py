@@ -138,7 +138,9 @@ def test_a_frame_that_fails_in_the_model_is_retried_then_dead_lettered(engine: r
 
     stats = burst(engine, max_deliveries=3)
 
-    assert stats.frames_done == 1 and stats.dead == 1 and stats.retries == 2
+    # the engine may batch both tiles, so the poison tile can fail its batch-mate once; retried
+    # alone, the good tile goes through and only the poison one is dead-lettered
+    assert stats.frames_done == 1 and stats.dead == 1 and stats.retries >= 2
     (letter,) = engine.xrange(keys.dead_letters(FEED))
     assert letter[1][b"frame"] == b"p/1"
     assert letter[1][b"dead_reason"].startswith(b"failed 3 times")
