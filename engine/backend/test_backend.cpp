@@ -390,7 +390,8 @@ def old_variadic(a, rest: List[Tensor]):
   check(err.empty() && n == 1 && first_value() == 1, "nil reply is None " + err);
   release();
   err = run("error", 1);
-  check(contains(err, "wrong number of arguments for 'SET'"), "error reply raises: " + err);
+  check(err.rfind("ERR wrong number of arguments for 'SET'", 0) == 0 && contains(err, "line"),
+        "error reply raises, reason first, traceback after: " + err);
   release();
   err = run("model", 2);
   check(err.empty() && n == 1 && first_value() == 60, "redisAI.model_execute " + err);
@@ -471,6 +472,14 @@ def f(tensors: List[Tensor], keys: List[str], args: List[str]):
     }
   };
   round(300);
+#if defined(__SANITIZE_ADDRESS__)
+  // ASan's quarantine keeps freed memory resident: growth says nothing here.
+  round(300);
+  check(errors == 0, "leak rounds ran without errors");
+  std::printf("skip: resident growth (AddressSanitizer build)\n");
+  api->script_free(script);
+  return;
+#endif
   long before = resident_kb();
   round(3000);
   long after = resident_kb();

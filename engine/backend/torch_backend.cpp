@@ -56,13 +56,52 @@ char *make_error(const std::string &message) {
   return err;
 }
 
+namespace {
+
+// The TorchScript interpreter reports a failed operation as a header, the script's traceback and,
+// last, "SomeError: reason". Put the reason first (RuntimeError's name dropped: it is what a
+// raising operator such as redis.execute throws) and keep the traceback after it.
+std::string reason_first(const std::string &text) {
+  static const char kHeader[] = "The following operation failed in the TorchScript interpreter.";
+  if (text.rfind(kHeader, 0) != 0) return text;
+  size_t pos = text.size();
+  while (pos > 0) {
+    size_t start = text.rfind('\n', pos - 1);
+    start = start == std::string::npos ? 0 : start + 1;
+    size_t colon = text.find(": ", start);
+    size_t eol = text.find('\n', start);
+    if (colon != std::string::npos && colon < eol) {
+      std::string name = text.substr(start, colon - start);
+      bool is_error = name.size() > 5 && name.find(' ') == std::string::npos &&
+                      (name.compare(name.size() - 5, 5, "Error") == 0 ||
+                       name.compare(name.size() - 9 < name.size() ? name.size() - 9 : 0, 9,
+                                    "Exception") == 0);
+      if (is_error) {
+        std::string reason = name == "RuntimeError" ? text.substr(colon + 2) : text.substr(start);
+        std::string traceback = text.substr(sizeof(kHeader) - 1, start - (sizeof(kHeader) - 1));
+        auto trim = [](std::string v) {
+          size_t b = v.find_first_not_of(" \n\r\t");
+          size_t e = v.find_last_not_of(" \n\r\t");
+          return b == std::string::npos ? std::string() : v.substr(b, e - b + 1);
+        };
+        return trim(reason) + " (" + trim(traceback) + ")";
+      }
+    }
+    if (start == 0) break;
+    pos = start - 1;
+  }
+  return text;
+}
+
+}  // namespace
+
 std::string current_exception_message() {
   try {
     throw;
   } catch (const c10::Error &e) {
-    return e.what_without_backtrace();
+    return reason_first(e.what_without_backtrace());
   } catch (const std::exception &e) {
-    return e.what();
+    return reason_first(e.what());
   } catch (...) {
     return "unknown exception in the TORCH backend";
   }
