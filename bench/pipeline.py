@@ -144,6 +144,8 @@ def pipeline(client: redis.Redis, tiles: np.ndarray, consumers: int, backlog: in
                 keys.latency(FEED), keys.throughput(FEED)):
         client.delete(key)
     client.xgroup_create(keys.frames(FEED), "detectors", id="$", mkstream=True)
+    model_key = keys.model(FEED, "bench", 1)
+    client.execute_command("AI.INFO", model_key, "RESETSTAT")
     procs = _start_consumers(port, consumers, read_count, f"c{consumers}")
     try:
         deadline = time.monotonic() + 60
@@ -176,6 +178,7 @@ def pipeline(client: redis.Redis, tiles: np.ndarray, consumers: int, backlog: in
             client.xadd(keys.frames(FEED), fields)
         _wait_done(client, backlog + n, timeout_s=60)
         latencies = sorted(float(v) for v in client.lrange(keys.latency(FEED), 0, -1))
+        info = ai.Engine(client).model_info(model_key)
         stats = {k.decode(): int(v) for k, v in client.hgetall(keys.stats(FEED)).items()}
     finally:
         _stop(procs)
@@ -186,7 +189,7 @@ def pipeline(client: redis.Redis, tiles: np.ndarray, consumers: int, backlog: in
         "latency_rate_fps": rate, "latency_frames": len(latencies),
         "p50_ms": common.percentile(latencies, 50), "p90_ms": common.percentile(latencies, 90),
         "p99_ms": common.percentile(latencies, 99), "ratio": fps / engine_fps if engine_fps else None,
-        "counters": stats, "errors": errors,
+        "counters": stats, "errors": errors, "mean_batch": info.samples / info.calls if info.calls else None,
     }
 
 
@@ -237,7 +240,7 @@ def report(out: dict[str, Any]) -> str:
         lines.append(
             f"  {r['name']:<44} {r['fps']:8.1f} frames/s  ratio {r['ratio']:.2f}  latency at "
             f"{r['latency_rate_fps']:.0f} frames/s: p50 {r['p50_ms']:.0f} ms, p90 {r['p90_ms']:.0f} ms, "
-            f"p99 {r['p99_ms']:.0f} ms ({r['latency_frames']} frames)"
+            f"p99 {r['p99_ms']:.0f} ms ({r['latency_frames']} frames), mean engine batch {r['mean_batch'] or 0:.1f}"
         )
         for err in r["errors"]:
             lines.append(f"    consumer error: {err}")

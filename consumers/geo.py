@@ -102,9 +102,10 @@ def georeference(
         rows, boxes = rows[alive], boxes[alive]
         col_off, row_off = frame.window.col_off, frame.window.row_off
         scene = boxes + np.array([col_off, row_off, col_off, row_off], dtype=np.float64)
-        # corners (x1,y1) (x2,y1) (x2,y2) (x1,y2) and the centre: 5 points per box
-        px = np.stack([scene[:, 0], scene[:, 2], scene[:, 2], scene[:, 0], (scene[:, 0] + scene[:, 2]) / 2], 1)
-        py = np.stack([scene[:, 1], scene[:, 1], scene[:, 3], scene[:, 3], (scene[:, 1] + scene[:, 3]) / 2], 1)
+        # corners (x1,y1) (x1,y2) (x2,y2) (x2,y1) (counter-clockwise on a north-up map) and the
+        # centre: 5 points per box
+        px = np.stack([scene[:, 0], scene[:, 0], scene[:, 2], scene[:, 2], (scene[:, 0] + scene[:, 2]) / 2], 1)
+        py = np.stack([scene[:, 1], scene[:, 3], scene[:, 3], scene[:, 1], (scene[:, 1] + scene[:, 3]) / 2], 1)
         a, b, c, d, e, f = frame.transform
         mx = a * px + b * py + c
         my = d * px + e * py + f

@@ -8,7 +8,8 @@ Both kinds of result are GeoJSON FeatureCollections (RFC 7946: coordinates are
 ``[longitude, latitude]`` in EPSG:4326) with a foreign member ``"groundwatch"`` that carries the
 header. Each feature is one detected object: its geometry is the box as a polygon of its four
 corners in lon/lat (a box in scene pixels is a parallelogram on the map, and a quadrilateral in
-lon/lat), with properties:
+lon/lat; the ring is counter-clockwise, as RFC 7946 wants, starting at the box's corner x1, y1), with
+properties:
 
     class       class name (from the model's metadata; "class<id>" when it declares none)
     class_id    class id as the model returned it
@@ -58,7 +59,7 @@ class Detection:
     box_px: Box  # tile pixels
     scene_box_px: Box  # scene pixels
     box_map: Box  # xmin, ymin, xmax, ymax in the scene CRS
-    ring: tuple[tuple[float, float], ...]  # lon/lat of the corners (x1,y1) (x2,y1) (x2,y2) (x1,y2)
+    ring: tuple[tuple[float, float], ...]  # lon/lat of the corners (x1,y1) (x1,y2) (x2,y2) (x2,y1)
     center: tuple[float, float]  # lon, lat
     cut: bool = False
     model: str = ""
@@ -112,8 +113,17 @@ def _box(b: Sequence[float], digits: int) -> list[float]:
     return [_r(v, digits) for v in b]
 
 
+def _signed_area(ring: Sequence[Sequence[float]]) -> float:
+    return sum(
+        ring[i][0] * ring[(i + 1) % len(ring)][1] - ring[(i + 1) % len(ring)][0] * ring[i][1]
+        for i in range(len(ring))
+    ) / 2.0
+
+
 def feature(d: Detection) -> dict[str, Any]:
     ring = [[_r(lon, 7), _r(lat, 7)] for lon, lat in d.ring]
+    if _signed_area(ring) < 0:  # RFC 7946: exterior rings are counter-clockwise
+        ring = [ring[0], *ring[:0:-1]]
     ring.append(list(ring[0]))
     lons = [p[0] for p in ring]
     lats = [p[1] for p in ring]

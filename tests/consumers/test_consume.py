@@ -242,3 +242,20 @@ def test_deleted_entries_are_acknowledged(engine: redis.Redis) -> None:
     assert stats.frames_done == 1
     assert engine.xpending(keys.frames(FEED), "detectors")["pending"] == 0
 
+
+
+def test_status_shows_what_consumers_count(engine: redis.Redis) -> None:
+    from groundwatch import status
+
+    install_model(engine, FEED)
+    publish(engine, FEED, scene_frames("st", scene_array(112, 112, {(5, 5): 60000})))
+    engine.xadd(keys.frames(FEED), {"not": "a frame"})
+    burst(engine)
+    (st,) = status.collect(engine, FEED)
+    assert st.counters["frames_done"] == 4 and st.counters["dead"] == 1 and st.counters["scenes_done"] == 1
+    assert st.dead_letters == 1 and st.groups[0].pending == 0 and st.groups[0].lag == 0
+    assert st.throughput_fps is not None and st.throughput_fps > 0
+    assert set(st.latency_ms) == {"p50", "p90", "p99"}
+    assert st.model == "m:1" and st.model_stats["samples"] >= 4
+    text = status.render([st])
+    assert "frames/s" in text and "frames_done 4" in text

@@ -148,3 +148,15 @@ def test_tile_and_scene_results_round_trip() -> None:
         wire.decode_scene(wire.tile_json(t))
     with pytest.raises(wire.DetectionFormatError, match="version"):
         wire.decode_tile(wire.tile_json(t).replace('"v":1', '"v":2'))
+
+
+@pytest.mark.parametrize("e", [-10.0, 10.0])  # north-up and south-up scenes
+def test_feature_rings_are_closed_and_counter_clockwise(e: float) -> None:
+    t = (10.0, 0.0, 500000.0, 0.0, e, 6000000.0)
+    f = frame(window=(0, 0, 64, 64), transform=t)
+    (dets,) = georeference([(f, decode_output(out([10, 10, 20, 30, 0.9, 0]), 0.3))], [], "m:1")
+    ring = wire.feature(dets[0])["geometry"]["coordinates"][0]
+    assert len(ring) == 5 and ring[0] == ring[-1]
+    area = sum(ring[i][0] * ring[i + 1][1] - ring[i + 1][0] * ring[i][1] for i in range(4)) / 2
+    assert area > 0
+    assert ring[0] == pytest.approx(list(dets[0].ring[0]), abs=1e-7)

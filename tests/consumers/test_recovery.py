@@ -112,3 +112,34 @@ def test_redis_killed_and_restarted_mid_run_loses_no_acknowledged_result(server_
         thread.join(30)
     assert not thread.is_alive()
     exactly_one_result_per_frame(client, scenes)
+
+
+def test_sigterm_drains_the_batch_in_flight_and_exits(engine: redis.Redis) -> None:
+    install_model(engine, FEED)
+    scenes = [f"t{i}" for i in range(20)]
+    for i, s in enumerate(scenes):
+        publish(engine, FEED, scene_frames(s, scene_array(160, 160, SPOTS, seed=i)))
+    port = engine.connection_pool.connection_kwargs["port"]
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "consumers", "--redis-url", f"redis://127.0.0.1:{port}/0", "consume",
+         "--feed", FEED, "--name", "polite", "--read-count", "4"],
+        stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+    )
+    try:
+        wait_for("some results", lambda: int(engine.hget(keys.stats(FEED), "frames_done") or 0) >= 4)
+        # catch it holding a batch, then ask it to stop
+        wait_for("a batch in flight", lambda: any(
+            c["name"] == b"polite" and c["pending"] > 0
+            for c in engine.xinfo_consumers(keys.frames(FEED), "detectors")), 30)
+        proc.send_signal(signal.SIGTERM)
+        out, _ = proc.communicate(timeout=30)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait(10)
+    assert proc.returncode == 0, out.decode(errors="replace")
+    held = [c for c in engine.xinfo_consumers(keys.frames(FEED), "detectors") if c["name"] == b"polite"]
+    assert held[0]["pending"] == 0  # what it had read was finished and acknowledged
+    done = int(engine.hget(keys.stats(FEED), "frames_done"))
+    assert done >= 4 and done == engine.xlen(keys.detections(FEED))
+    assert b"signal 15: draining" in out
