@@ -115,6 +115,7 @@ def raw_torch(
             common.infer(module, b)
         latencies: list[float] = []
         count = 0
+        cpu0 = common.cpu_seconds()
         t0 = time.perf_counter()
         deadline = t0 + seconds
         while time.perf_counter() < deadline and (max_requests is None or count < max_requests):
@@ -124,6 +125,7 @@ def raw_torch(
             latencies.append(time.perf_counter() - t1)
             count += 1
         wall = time.perf_counter() - t0
+        cpu = common.cpu_seconds() - cpu0
     finally:
         torch.set_num_threads(before)
     return common.row(
@@ -131,6 +133,7 @@ def raw_torch(
         tiles=count * batch,
         wall_s=wall,
         latencies_s=latencies,
+        cpu_s=cpu,
         note=f"in process, {threads} threads; latency per batch of {batch}",
     )
 
@@ -171,8 +174,10 @@ def _measure(
     expected: Sequence[np.ndarray] | None,
     max_requests: int | None,
     note: str,
+    server_pids: Sequence[int] = (),
 ) -> dict[str, Any]:
-    """Warm up (answers checked against `expected`), then the timed closed loop."""
+    """Warm up (answers checked against `expected`), then the timed closed loop. CPU is counted
+    for this process (the clients) and `server_pids` with all their descendants."""
     warm = common.closed_loop(
         make_client,
         tiles,
@@ -186,11 +191,19 @@ def _measure(
         r = common.row(name, errors=warm.errors, note=f"failed in warm-up: {warm.first_error}")
         r["throughput"] = None
         return r
+    cpu0 = common.cpu_seconds(server_pids)
     res = common.closed_loop(make_client, tiles, clients=clients, seconds=seconds, max_requests=max_requests)
+    cpu = common.cpu_seconds(server_pids) - cpu0
     if res.first_error:
         note = f"{note}; first error: {res.first_error}"
     return common.row(
-        name, tiles=res.tiles, wall_s=res.wall_s, latencies_s=res.latencies_s, errors=res.errors, note=note
+        name,
+        tiles=res.tiles,
+        wall_s=res.wall_s,
+        latencies_s=res.latencies_s,
+        errors=res.errors,
+        note=note,
+        cpu_s=cpu,
     )
 
 
@@ -273,7 +286,8 @@ def rest_endpoint(
                 seconds=seconds,
                 expected=expected,
                 max_requests=max_requests,
-                note=f"uvicorn, 1 worker, {threads} torch threads; {clients} clients",
+                note=f"uvicorn, 1 worker, {threads} torch threads, model calls overlap; {clients} clients",
+                server_pids=[proc.pid],
             )
         except RuntimeError as exc:
             return common.skipped(name, f"server failed: {exc}")
@@ -398,6 +412,7 @@ def redis_queue(
                 expected=expected,
                 max_requests=max_requests,
                 note=f"redis-server + 1 worker, batch <= {max_batch}, {threads} torch threads; {clients} clients",
+                server_pids=[proc.pid] + ([server.process.pid] if server.process else []),
             )
         finally:
             common.kill_group(proc)
@@ -586,6 +601,7 @@ def torchserve(
                 max_requests=max_requests,
                 note=f"1 worker, batch <= {max_batch}, delay {max_batch_delay_ms} ms, {threads} torch threads; "
                 f"{clients} clients",
+                server_pids=[proc.pid],
             )
         except (RuntimeError, OSError) as exc:
             return common.skipped(name, f"server failed: {exc}")

@@ -33,7 +33,18 @@ from groundwatch.settings import REPO_ROOT
 
 DETECTOR_PATH = REPO_ROOT / "models" / "artifacts" / "detector.pt"
 TILE = 512
-ROW_KEYS = ("name", "throughput", "p50_ms", "p99_ms", "ratio", "requests", "tiles", "errors", "note")
+ROW_KEYS = (
+    "name",
+    "throughput",
+    "p50_ms",
+    "p99_ms",
+    "ratio",
+    "requests",
+    "tiles",
+    "errors",
+    "note",
+    "cpu_ms_per_tile",
+)
 
 # Wire format of a tile over HTTP: raw little-endian bytes, with these headers.
 DTYPE_HEADER = "X-Dtype"
@@ -188,8 +199,10 @@ def row(
     requests: int | None = None,
     errors: int = 0,
     note: str = "",
+    cpu_s: float | None = None,
 ) -> dict[str, Any]:
-    """A result row: throughput in tiles/s, latency percentiles in ms (per request)."""
+    """A result row: throughput in tiles/s, latency percentiles in ms (per request), and, when
+    `cpu_s` (CPU seconds all the row's processes used in the window) is given, CPU ms per tile."""
     return {
         "name": name,
         "throughput": tiles / wall_s if wall_s > 0 and tiles else 0.0,
@@ -200,6 +213,7 @@ def row(
         "tiles": tiles,
         "errors": errors,
         "note": note,
+        "cpu_ms_per_tile": cpu_s * 1000.0 / tiles if cpu_s is not None and tiles else None,
     }
 
 
@@ -294,6 +308,50 @@ def closed_loop(
         t.join(timeout=60.0)
     result.wall_s = time.perf_counter() - t0
     return result
+
+
+# --------------------------------------------------------------------------- CPU accounting
+
+_CLK_TCK = os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100
+
+
+def _proc_stats() -> dict[int, tuple[int, float]]:
+    """pid -> (ppid, user+system CPU seconds) for every live process, from /proc."""
+    stats: dict[int, tuple[int, float]] = {}
+    for entry in Path("/proc").iterdir() if Path("/proc").is_dir() else ():
+        if not entry.name.isdigit():
+            continue
+        try:
+            fields = (entry / "stat").read_text().rsplit(")", 1)[1].split()
+        except (OSError, IndexError):
+            continue
+        # after "pid (comm)": state ppid ... utime(12th) stime(13th)
+        stats[int(entry.name)] = (int(fields[1]), (int(fields[11]) + int(fields[12])) / _CLK_TCK)
+    return stats
+
+
+def cpu_seconds(roots: Sequence[int] = (), *, this_process: bool = True) -> float:
+    """CPU seconds (user + system) used so far by `roots` and all their live descendants, plus
+    this process (all its threads, e.g. the bench's clients) unless `this_process` is False.
+    The difference of two readings is what a row cost in CPU, whatever else the machine runs."""
+    total = 0.0
+    if this_process:
+        total += time.process_time()  # all threads, nanosecond clock
+    if roots:
+        stats = _proc_stats()
+        children: dict[int, list[int]] = {}
+        for pid, (ppid, _) in stats.items():
+            children.setdefault(ppid, []).append(pid)
+        seen: set[int] = set()
+        todo = [pid for pid in roots if pid in stats]
+        while todo:
+            pid = todo.pop()
+            if pid in seen or pid == os.getpid():
+                continue
+            seen.add(pid)
+            total += stats[pid][1]
+            todo.extend(children.get(pid, ()))
+    return total
 
 
 # --------------------------------------------------------------------------- processes
@@ -407,20 +465,22 @@ def _fmt(value: Any, digits: int = 1) -> str:
 
 
 def markdown_table(rows: Sequence[dict[str, Any]]) -> str:
-    """Rows as a markdown table: what, tiles/s, p50, p99, ratio to raw torch batch 8, note."""
+    """Rows as a markdown table: what, tiles/s, p50, p99, ratio to raw torch batch 8, CPU ms a tile,
+    requests, errors, note. Missing values print as "-"."""
     lines = [
-        "| what | tiles/s | p50 ms | p99 ms | x raw torch b8 | requests | errors | note |",
-        "| --- | ---: | ---: | ---: | ---: | ---: | ---: | --- |",
+        "| what | tiles/s | p50 ms | p99 ms | x raw torch b8 | CPU ms/tile | requests | errors | note |",
+        "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | --- |",
     ]
     for r in rows:
         ratio = r.get("ratio")
         lines.append(
-            "| {} | {} | {} | {} | {} | {} | {} | {} |".format(
+            "| {} | {} | {} | {} | {} | {} | {} | {} | {} |".format(
                 r["name"],
                 _fmt(r.get("throughput")),
                 _fmt(r.get("p50_ms")),
                 _fmt(r.get("p99_ms")),
                 f"{ratio:.2f}" if ratio is not None else "-",
+                _fmt(r.get("cpu_ms_per_tile")),
                 _fmt(r.get("requests")),
                 _fmt(r.get("errors")),
                 str(r.get("note", "")).replace("|", "/").replace("\n", " "),

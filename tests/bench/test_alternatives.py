@@ -41,6 +41,7 @@ def assert_served(row: dict[str, object]) -> None:
     assert row["errors"] == 0, row["note"]
     assert isinstance(row["requests"], int) and 0 < row["requests"] <= 6
     assert isinstance(row["throughput"], float) and row["throughput"] > 0
+    assert isinstance(row["cpu_ms_per_tile"], float) and row["cpu_ms_per_tile"] > 0
 
 
 def test_standin_keeps_the_detector_contract(tiny: Path, tiles: np.ndarray) -> None:
@@ -74,6 +75,7 @@ def test_raw_torch_rows(tiny: Path, tiles: np.ndarray) -> None:
         row = alternatives.raw_torch(tiny, tiles, batch=batch, seconds=1.0, threads=1, max_requests=3)
         assert row["requests"] == 3 and row["tiles"] == 3 * batch
         assert row["throughput"] > 0 and row["p99_ms"] >= row["p50_ms"] > 0
+        assert row["cpu_ms_per_tile"] > 0
     assert torch.get_num_threads() == before
 
 
@@ -128,7 +130,7 @@ def test_skipped_rows_say_why_and_print() -> None:
     row = common.skipped("TorchServe, batch <= 8", "java is not on PATH")
     common.add_ratios([row], 10.0)
     assert row["ratio"] is None and row["note"] == "skipped: java is not on PATH"
-    assert "| TorchServe, batch <= 8 | - | - | - | - |" in common.markdown_table([row])
+    assert "| TorchServe, batch <= 8 | - | - | - | - | - |" in common.markdown_table([row])
 
 
 def test_kill_group_ends_the_whole_group(tmp_path: Path) -> None:
@@ -190,3 +192,16 @@ def test_script_prints_a_table(tiny: Path) -> None:
         check=True,
     )
     assert "| raw torch, batch 8 |" in out.stdout
+
+
+def test_cpu_seconds_counts_a_busy_child(tmp_path: Path) -> None:
+    proc = common.spawn(
+        [sys.executable, "-c", "import time\nt = time.time()\nwhile time.time() - t < 1.5: pass"]
+    )
+    try:
+        before = common.cpu_seconds([proc.pid], this_process=False)
+        time.sleep(1.0)
+        used = common.cpu_seconds([proc.pid], this_process=False) - before
+        assert used > 0.05
+    finally:
+        common.kill_group(proc)
