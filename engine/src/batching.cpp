@@ -42,7 +42,9 @@ BatchPick pick_batch(const std::vector<const BatchCandidate *> &queue, int64_t n
       members.push_back(j);
       total += c.size;
     }
-    if (first.minbatchsize > 0 && total < first.minbatchsize) {
+    /* A MINBATCHSIZE above BATCHSIZE could never be met; BATCHSIZE is then the target. */
+    long long need = first.minbatchsize < first.batchsize ? first.minbatchsize : first.batchsize;
+    if (need > 0 && total < need) {
       int64_t deadline = first.minbatchtimeout > 0 ? first.queued_ms + first.minbatchtimeout : 0;
       if (deadline == 0 || now_ms < deadline) {
         /* Not ready yet: wait for more requests, the MINBATCHTIMEOUT, or its own TIMEOUT. */

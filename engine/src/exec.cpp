@@ -34,8 +34,11 @@ struct Queue {
   long long batch_samples = 0;  /* under mu: sum of dim 0 over those batches */
 };
 
-std::mutex g_queues_mu;
-std::map<std::string, std::unique_ptr<Queue>> g_queues;
+/* Never destroyed: the workers live as long as the process, and destroying joinable threads
+ * from exit()'s static destructors would abort Redis on shutdown. */
+std::mutex &g_queues_mu = *new std::mutex();
+std::map<std::string, std::unique_ptr<Queue>> &g_queues =
+    *new std::map<std::string, std::unique_ptr<Queue>>();
 
 /* What a script's host callbacks need: the blocked client gives a thread-safe context on the
  * client's database. */

@@ -184,6 +184,7 @@ def test_fuzz_commands_keep_server_up(engine: redis.Redis) -> None:
     c.set("str", "x")
     generators = [tensorset, modelstore, execute, dag, misc]
     counts = {"ok": 0, "error": 0, "skipped": 0}
+    backends_path = c.execute_command("AI.CONFIG", "GET", "BACKENDSPATH")
     try:
         for n in range(COMMANDS):
             cmd = rng.choice(generators)(rng)
@@ -209,6 +210,7 @@ def test_fuzz_commands_keep_server_up(engine: redis.Redis) -> None:
                 store_script(c, "s1")
     finally:
         c.execute_command("AI.CONFIG", "MODEL_CHUNK_SIZE", 511 * 1024 * 1024)
+        c.execute_command("AI.CONFIG", "BACKENDSPATH", backends_path)
     assert c.ping()
     print("fuzz outcome", counts)
     assert counts["ok"] > 100 and counts["error"] > 100, counts

@@ -243,3 +243,25 @@ def test_redisai_client_model_round_trip(engine: redis.Redis) -> None:
     assert con.inforeset("m") == "OK"
     assert con.infoget("m")["calls"] == 0
     assert con.modeldel("m") == "OK"
+
+
+def test_no_memory_growth_over_many_executions(engine: redis.Redis) -> None:
+    store(engine, "m", ADD, "BATCHSIZE", 4)
+    x = np.ones((2, 256), dtype=np.float32)
+    engine.execute_command("AI.TENSORSET", "x", "FLOAT", 2, 256, "BLOB", x.tobytes())
+
+    def burst(n: int) -> None:
+        for i in range(n):
+            engine.execute_command("AI.MODELEXECUTE", "m", "INPUTS", 2, "x", "x", "OUTPUTS", 1, f"y{i % 4}")
+            engine.execute_command(
+                "AI.DAGEXECUTE", "LOAD", 1, "x", "|>",
+                "AI.MODELEXECUTE", "m", "INPUTS", 2, "x", "x", "OUTPUTS", 1, "z", "|>", "AI.TENSORGET", "z", "BLOB",
+            )
+
+    burst(100)
+    before = engine.info("memory")["used_memory"]
+    burst(500)
+    after = engine.info("memory")["used_memory"]
+    # 1000 requests of 2 KiB tensors each: a leak of even one tensor per request would show as
+    # megabytes; allow allocator noise only.
+    assert after - before < 512 * 1024, (before, after)

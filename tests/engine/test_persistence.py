@@ -203,13 +203,16 @@ def test_replica_receives_execute_outputs_as_tensorset(server_factory) -> None: 
         "AI.DAGEXECUTE", "LOAD", 1, "in", "PERSIST", 1, "dout", "|>",
         "AI.MODELEXECUTE", "dbl", "INPUTS", 1, "in", "OUTPUTS", 1, "dout",
     )
+    # A script's own redis.execute writes replicate too.
+    m.execute_command("AI.SCRIPTEXECUTE", "scr", "set_key", "KEYS", 1, "k", "ARGS", 1, "v", "OUTPUTS", 1, "o")
     assert m.execute_command("WAIT", 1, 10000) == 1
-    wait_for(lambda: s.exists("out", "sout", "dout") == 3)
+    wait_for(lambda: s.exists("out", "sout", "dout", "k") == 4)
+    assert s.get("k") == b"v"
     for key in ("out", "sout", "dout"):
         assert s.execute_command("AI.TENSORGET", key, "VALUES") == [b"2", b"4"]
     assert s.execute_command("AI.MODELGET", "dbl", "BLOB") == DOUBLE
     stats = s.info("commandstats")
-    assert "cmdstat_ai.tensorset" in stats and stats["cmdstat_ai.tensorset"]["calls"] >= 4
+    assert "cmdstat_ai.tensorset" in stats and stats["cmdstat_ai.tensorset"]["calls"] >= 5
     assert "cmdstat_ai.modelexecute" not in stats and "cmdstat_ai.dagexecute" not in stats
     assert "cmdstat_ai.scriptexecute" not in stats
     # Deletes replicate verbatim.
@@ -220,3 +223,13 @@ def test_replica_receives_execute_outputs_as_tensorset(server_factory) -> None: 
     s.close()
     replica.stop()
     master.stop()
+
+
+def test_shutdown_after_execution_is_clean(server_factory) -> None:  # type: ignore[no-untyped-def]
+    server = server_factory(module_args=("THREADS_PER_QUEUE", "2"))
+    r = redis.Redis(port=server.port)
+    populate(r)
+    check_models_still_run(r)
+    r.close()
+    assert server.stop() == 0
+    assert "crashed" not in server.log_tail(400)
