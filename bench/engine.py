@@ -21,7 +21,7 @@ import threading
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 import redis
@@ -30,9 +30,9 @@ import torch
 if __package__ in (None, ""):
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from bench import common  # noqa: E402
-from groundwatch.server import RedisServer  # noqa: E402
-from groundwatch.settings import REPO_ROOT  # noqa: E402
+from bench import common
+from groundwatch.server import RedisServer
+from groundwatch.settings import REPO_ROOT
 
 ENGINE_SO = REPO_ROOT / "engine" / "build" / "engine.so"
 INPUT_SHAPE = (3, 512, 512)
@@ -55,7 +55,9 @@ def _inputs(n: int, seed: int = 0) -> np.ndarray:
     return common.make_tiles(n, bands=INPUT_SHAPE[0], size=INPUT_SHAPE[1], seed=seed).astype(np.float32)
 
 
-def _timed_loop(call: Callable[[int], None], seconds: float, max_calls: int | None) -> tuple[list[float], float]:
+def _timed_loop(
+    call: Callable[[int], object], seconds: float, max_calls: int | None
+) -> tuple[list[float], float]:
     """Call call(i) until `seconds` pass (at least twice); returns latencies and wall time."""
     latencies: list[float] = []
     t_start = time.perf_counter()
@@ -72,10 +74,23 @@ def _timed_loop(call: Callable[[int], None], seconds: float, max_calls: int | No
     return latencies, time.perf_counter() - t_start
 
 
-def _row(name: str, samples_per_request: int, latencies: Sequence[float], wall_s: float, *,
-         errors: int = 0, note: str = "") -> dict[str, Any]:
-    r = common.row(name, tiles=samples_per_request * len(latencies), wall_s=wall_s,
-                   latencies_s=latencies, errors=errors, note=note)
+def _row(
+    name: str,
+    samples_per_request: int,
+    latencies: Sequence[float],
+    wall_s: float,
+    *,
+    errors: int = 0,
+    note: str = "",
+) -> dict[str, Any]:
+    r = common.row(
+        name,
+        tiles=samples_per_request * len(latencies),
+        wall_s=wall_s,
+        latencies_s=latencies,
+        errors=errors,
+        note=note,
+    )
     r["samples_per_s"] = r["throughput"]
     r["requests_per_s"] = len(latencies) / wall_s if wall_s > 0 else 0.0
     return r
@@ -84,12 +99,15 @@ def _row(name: str, samples_per_request: int, latencies: Sequence[float], wall_s
 # --------------------------------------------------------------------------- rows
 
 
-def raw_torch(path: Path, inputs: np.ndarray, *, batch: int, seconds: float,
-              max_calls: int | None) -> tuple[dict[str, Any], np.ndarray]:
+def raw_torch(
+    path: Path, inputs: np.ndarray, *, batch: int, seconds: float, max_calls: int | None
+) -> tuple[dict[str, Any], np.ndarray]:
     module = torch.jit.load(str(path), map_location="cpu").eval()
     n = len(inputs)
-    batches = [torch.from_numpy(np.ascontiguousarray(inputs[[(i * batch + k) % n for k in range(batch)]]))
-               for i in range(max(1, n // batch))]
+    batches = [
+        torch.from_numpy(np.ascontiguousarray(inputs[[(i * batch + k) % n for k in range(batch)]]))
+        for i in range(max(1, n // batch))
+    ]
     with torch.inference_mode():
         for _ in range(3):  # the profiling executor optimises over the first calls
             module(batches[0])
@@ -104,10 +122,30 @@ def raw_torch(path: Path, inputs: np.ndarray, *, batch: int, seconds: float,
 
 def _dag_args(model_key: str, tag: str, blob: bytes) -> list[Any]:
     return [
-        "AI.DAGEXECUTE", "ROUTING", tag,
-        "|>", "AI.TENSORSET", f"in{tag}", "FLOAT", 1, *INPUT_SHAPE, "BLOB", blob,
-        "|>", "AI.MODELEXECUTE", model_key, "INPUTS", 1, f"in{tag}", "OUTPUTS", 1, f"out{tag}",
-        "|>", "AI.TENSORGET", f"out{tag}", "BLOB",
+        "AI.DAGEXECUTE",
+        "ROUTING",
+        tag,
+        "|>",
+        "AI.TENSORSET",
+        f"in{tag}",
+        "FLOAT",
+        1,
+        *INPUT_SHAPE,
+        "BLOB",
+        blob,
+        "|>",
+        "AI.MODELEXECUTE",
+        model_key,
+        "INPUTS",
+        1,
+        f"in{tag}",
+        "OUTPUTS",
+        1,
+        f"out{tag}",
+        "|>",
+        "AI.TENSORGET",
+        f"out{tag}",
+        "BLOB",
     ]
 
 
@@ -123,8 +161,9 @@ def _dag_caller(port: int, model_key: str, tag: str) -> Callable[[bytes], bytes]
     return call
 
 
-def engine_single(port: int, blobs: list[bytes], expected: np.ndarray, *, seconds: float,
-                  max_calls: int | None) -> dict[str, Any]:
+def engine_single(
+    port: int, blobs: list[bytes], expected: np.ndarray, *, seconds: float, max_calls: int | None
+) -> dict[str, Any]:
     call = _dag_caller(port, "detector", "{a}")
     out = np.frombuffer(call(blobs[0]), dtype=np.float32).reshape(expected.shape)
     same = bool(np.allclose(out, expected, rtol=1e-4, atol=1e-3))
@@ -135,8 +174,9 @@ def engine_single(port: int, blobs: list[bytes], expected: np.ndarray, *, second
     return _row("engine DAG, 1 client", 1, lat, wall, errors=0 if same else 1, note=note)
 
 
-def engine_batched(port: int, blobs: list[bytes], *, clients: int, seconds: float,
-                   max_calls: int | None) -> dict[str, Any]:
+def engine_batched(
+    port: int, blobs: list[bytes], *, clients: int, seconds: float, max_calls: int | None
+) -> dict[str, Any]:
     counter = iter(range(1_000_000))
     lock = threading.Lock()
 
@@ -146,8 +186,9 @@ def engine_batched(port: int, blobs: list[bytes], *, clients: int, seconds: floa
         return _dag_caller(port, "detector_b", f"{{b{c}}}")
 
     # closed_loop only indexes and measures `tiles`: the serialized inputs are passed as they are
-    res = common.closed_loop(make_client, blobs, clients=clients, seconds=seconds,  # type: ignore[arg-type]
-                             max_requests=max_calls)
+    res = common.closed_loop(
+        cast(Any, make_client), cast(Any, blobs), clients=clients, seconds=seconds, max_requests=max_calls
+    )
     info = _ai_info(port, "detector_b")
     mean_batch = (info.get("samples", 0) / info["calls"]) if info.get("calls") else None
     note = f"{clients} clients, 1 DAG per request, BATCHSIZE {clients}"
@@ -155,8 +196,14 @@ def engine_batched(port: int, blobs: list[bytes], *, clients: int, seconds: floa
         note += f"; mean batch {mean_batch:.2f} (AI.INFO samples/calls)"
     if res.first_error:
         note += f"; first error: {res.first_error[:120]}"
-    r = _row(f"engine DAG, {clients} clients, BATCHSIZE {clients}", 1, res.latencies_s, res.wall_s,
-             errors=res.errors, note=note)
+    r = _row(
+        f"engine DAG, {clients} clients, BATCHSIZE {clients}",
+        1,
+        res.latencies_s,
+        res.wall_s,
+        errors=res.errors,
+        note=note,
+    )
     r["mean_batch"] = mean_batch
     return r
 
@@ -167,18 +214,43 @@ def _ai_info(port: int, key: str) -> dict[str, Any]:
     except redis.ResponseError:
         return {}
     items = list(reply)
-    return {(k.decode() if isinstance(k, bytes) else str(k)): v for k, v in zip(items[::2], items[1::2])}
+    return {
+        (k.decode() if isinstance(k, bytes) else str(k)): v
+        for k, v in zip(items[::2], items[1::2], strict=False)
+    }
 
 
-def tiny_overhead(port: int, payload: np.ndarray, *, seconds: float, max_calls: int | None,
-                  label: str) -> tuple[dict[str, Any], dict[str, Any]]:
+def tiny_overhead(
+    port: int, payload: np.ndarray, *, seconds: float, max_calls: int | None, label: str
+) -> tuple[dict[str, Any], dict[str, Any]]:
     client = redis.Redis(port=port, socket_timeout=120)
     blob = np.ascontiguousarray(payload).tobytes()
     shape = [1, *payload.shape]
-    dag = ["AI.DAGEXECUTE", "ROUTING", "{t}",
-           "|>", "AI.TENSORSET", "x{t}", "FLOAT", *shape, "BLOB", blob,
-           "|>", "AI.MODELEXECUTE", "tiny", "INPUTS", 1, "x{t}", "OUTPUTS", 1, "y{t}",
-           "|>", "AI.TENSORGET", "y{t}", "BLOB"]
+    dag = [
+        "AI.DAGEXECUTE",
+        "ROUTING",
+        "{t}",
+        "|>",
+        "AI.TENSORSET",
+        "x{t}",
+        "FLOAT",
+        *shape,
+        "BLOB",
+        blob,
+        "|>",
+        "AI.MODELEXECUTE",
+        "tiny",
+        "INPUTS",
+        1,
+        "x{t}",
+        "OUTPUTS",
+        1,
+        "y{t}",
+        "|>",
+        "AI.TENSORGET",
+        "y{t}",
+        "BLOB",
+    ]
 
     def model_call(_: int) -> None:
         reply = client.execute_command(*dag)
@@ -246,19 +318,27 @@ def run(
             client = redis.Redis(port=server.port, socket_timeout=120)
             blob = model_path.read_bytes()
             client.execute_command("AI.MODELSTORE", "detector", "TORCH", "CPU", "BLOB", blob)
-            client.execute_command("AI.MODELSTORE", "detector_b", "TORCH", "CPU", "BATCHSIZE", clients,
-                                   "BLOB", blob)
+            client.execute_command(
+                "AI.MODELSTORE", "detector_b", "TORCH", "CPU", "BATCHSIZE", clients, "BLOB", blob
+            )
             client.execute_command("AI.MODELSTORE", "tiny", "TORCH", "CPU", "BLOB", tiny_path.read_bytes())
             blobs = [np.ascontiguousarray(x[None]).tobytes() for x in inputs]
             rows.append(engine_single(server.port, blobs, expected[0], seconds=seconds, max_calls=max_calls))
             # warm the batched model at a few batch sizes before measuring
-            engine_batched(server.port, blobs, clients=clients, seconds=min(1.0, seconds),
-                           max_calls=max_calls)
+            engine_batched(
+                server.port, blobs, clients=clients, seconds=min(1.0, seconds), max_calls=max_calls
+            )
             client.execute_command("AI.INFO", "detector_b", "RESETSTAT")
-            rows.append(engine_batched(server.port, blobs, clients=clients, seconds=seconds,
-                                       max_calls=max_calls))
-            for label, payload in (("3x512x512 float32", inputs[0]), ("16 float32", inputs[0].ravel()[:16].copy())):
-                m, s = tiny_overhead(server.port, payload, seconds=seconds / 2, max_calls=max_calls, label=label)
+            rows.append(
+                engine_batched(server.port, blobs, clients=clients, seconds=seconds, max_calls=max_calls)
+            )
+            for label, payload in (
+                ("3x512x512 float32", inputs[0]),
+                ("16 float32", inputs[0].ravel()[:16].copy()),
+            ):
+                m, s = tiny_overhead(
+                    server.port, payload, seconds=seconds / 2, max_calls=max_calls, label=label
+                )
                 m["ratio_vs_set_get"] = (m["p50_ms"] / s["p50_ms"]) if s["p50_ms"] else None
                 overhead += [m, s]
         finally:
@@ -305,11 +385,18 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--max-calls", type=int, default=None)
     p.add_argument("--json", type=Path, help="write the result here as JSON")
     args = p.parse_args(argv)
-    result = run(seconds=args.seconds, clients=args.clients, threads=args.threads,
-                 engine_module=args.engine, max_calls=args.max_calls)
+    result = run(
+        seconds=args.seconds,
+        clients=args.clients,
+        threads=args.threads,
+        engine_module=args.engine,
+        max_calls=args.max_calls,
+    )
     m = result["machine"]
-    print(f"model: {result['model']}; input 1x{'x'.join(map(str, result['input']))} float32; "
-          f"{args.threads} torch threads; {m['cpu']} x {m['cores']}; torch {m['torch']}")
+    print(
+        f"model: {result['model']}; input 1x{'x'.join(map(str, result['input']))} float32; "
+        f"{args.threads} torch threads; {m['cpu']} x {m['cores']}; torch {m['torch']}"
+    )
     print(result["table"])
     if args.json:
         common.write_json(args.json, result)

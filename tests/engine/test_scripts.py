@@ -98,13 +98,17 @@ def tensorset(r: redis.Redis, key: str, array: np.ndarray, dtype: str = "FLOAT")
 
 def values(r: redis.Redis, key: str) -> tuple[bytes, list[int], list[object]]:
     reply = r.execute_command("AI.TENSORGET", key, "META", "VALUES")
-    fields = dict(zip(reply[::2], reply[1::2]))
+    fields = dict(zip(reply[::2], reply[1::2], strict=False))
     return fields[b"dtype"], [int(d) for d in fields[b"shape"]], fields[b"values"]
 
 
 def store(r: redis.Redis, key: str, source: str, *entry_points: str) -> None:
-    assert r.execute_command("AI.SCRIPTSTORE", key, "CPU", "ENTRY_POINTS", len(entry_points), *entry_points,
-                             "SOURCE", source) == b"OK"
+    assert (
+        r.execute_command(
+            "AI.SCRIPTSTORE", key, "CPU", "ENTRY_POINTS", len(entry_points), *entry_points, "SOURCE", source
+        )
+        == b"OK"
+    )
 
 
 def test_tensor_entry_points(engine: redis.Redis) -> None:
@@ -114,20 +118,36 @@ def test_tensor_entry_points(engine: redis.Redis) -> None:
     tensorset(engine, "c", np.array([100, 200], dtype=np.float32))
     engine.execute_command("AI.SCRIPTEXECUTE", "s", "bar", "INPUTS", 2, "a", "b", "OUTPUTS", 1, "y")
     assert values(engine, "y") == (b"FLOAT", [2], [b"11", b"22"])
-    engine.execute_command("AI.SCRIPTEXECUTE", "s", "bar_variadic", "INPUTS", 3, "a", "b", "c", "OUTPUTS", 1, "y")
+    engine.execute_command(
+        "AI.SCRIPTEXECUTE", "s", "bar_variadic", "INPUTS", 3, "a", "b", "c", "OUTPUTS", 1, "y"
+    )
     assert values(engine, "y")[2] == [b"111", b"222"]
     engine.execute_command("AI.SCRIPTEXECUTE", "s", "split", "INPUTS", 1, "a", "OUTPUTS", 2, "d", "m")
     assert values(engine, "d")[2] == [b"2", b"4"]
     assert values(engine, "m")[2] == [b"0", b"1"]
-    engine.execute_command("AI.SCRIPTEXECUTE", "s", "scaled", "INPUTS", 1, "a", "ARGS", 1, "0.5", "OUTPUTS", 1, "h")
+    engine.execute_command(
+        "AI.SCRIPTEXECUTE", "s", "scaled", "INPUTS", 1, "a", "ARGS", 1, "0.5", "OUTPUTS", 1, "h"
+    )
     assert values(engine, "h")[2] == [b"0.5", b"1"]
 
 
 def test_redis_execute_and_reply_helpers(engine: redis.Redis) -> None:
-    store(engine, "rs{1}", REDIS_SCRIPT, "int_set_get", "float_get", "incr", "list_values", "hash_values",
-          "list_length", "own_helper", "ping")
-    engine.execute_command("AI.SCRIPTEXECUTE", "rs{1}", "int_set_get", "KEYS", 1, "x{1}", "ARGS", 1, "3",
-                           "OUTPUTS", 1, "y{1}")
+    store(
+        engine,
+        "rs{1}",
+        REDIS_SCRIPT,
+        "int_set_get",
+        "float_get",
+        "incr",
+        "list_values",
+        "hash_values",
+        "list_length",
+        "own_helper",
+        "ping",
+    )
+    engine.execute_command(
+        "AI.SCRIPTEXECUTE", "rs{1}", "int_set_get", "KEYS", 1, "x{1}", "ARGS", 1, "3", "OUTPUTS", 1, "y{1}"
+    )
     assert values(engine, "y{1}") == (b"INT64", [], [3])
     assert engine.get("x{1}") == b"3"
 
@@ -136,24 +156,43 @@ def test_redis_execute_and_reply_helpers(engine: redis.Redis) -> None:
     assert values(engine, "y{1}")[2] == [b"2.5"]
 
     engine.set("n{1}", 40)
-    engine.execute_command("AI.SCRIPTEXECUTE", "rs{1}", "incr", "KEYS", 1, "n{1}", "ARGS", 1, "2",
-                           "OUTPUTS", 1, "y{1}")
+    engine.execute_command(
+        "AI.SCRIPTEXECUTE", "rs{1}", "incr", "KEYS", 1, "n{1}", "ARGS", 1, "2", "OUTPUTS", 1, "y{1}"
+    )
     assert values(engine, "y{1}")[2] == [42]
     assert engine.get("n{1}") == b"42"
 
     engine.rpush("l{1}", 4, 5, 6)
-    engine.execute_command("AI.SCRIPTEXECUTE", "rs{1}", "list_values", "KEYS", 1, "l{1}", "OUTPUTS", 1, "y{1}")
+    engine.execute_command(
+        "AI.SCRIPTEXECUTE", "rs{1}", "list_values", "KEYS", 1, "l{1}", "OUTPUTS", 1, "y{1}"
+    )
     assert values(engine, "y{1}") == (b"INT64", [3, 1], [4, 5, 6])
-    engine.execute_command("AI.SCRIPTEXECUTE", "rs{1}", "list_length", "KEYS", 1, "l{1}", "OUTPUTS", 1, "y{1}")
+    engine.execute_command(
+        "AI.SCRIPTEXECUTE", "rs{1}", "list_length", "KEYS", 1, "l{1}", "OUTPUTS", 1, "y{1}"
+    )
     assert values(engine, "y{1}")[2] == [3]
 
     engine.hset("h{1}", mapping={"a": 7, "b": 8})
-    engine.execute_command("AI.SCRIPTEXECUTE", "rs{1}", "hash_values", "KEYS", 1, "h{1}", "OUTPUTS", 1, "y{1}")
-    assert sorted(values(engine, "y{1}")[2]) == [7, 8]
+    engine.execute_command(
+        "AI.SCRIPTEXECUTE", "rs{1}", "hash_values", "KEYS", 1, "h{1}", "OUTPUTS", 1, "y{1}"
+    )
+    assert sorted(int(v) for v in values(engine, "y{1}")[2]) == [7, 8]  # type: ignore[call-overload]
 
     tensorset(engine, "t{1}", np.array([1], dtype=np.int64), "INT64")
-    engine.execute_command("AI.SCRIPTEXECUTE", "rs{1}", "own_helper", "KEYS", 1, "n{1}", "INPUTS", 1, "t{1}",
-                           "OUTPUTS", 1, "y{1}")
+    engine.execute_command(
+        "AI.SCRIPTEXECUTE",
+        "rs{1}",
+        "own_helper",
+        "KEYS",
+        1,
+        "n{1}",
+        "INPUTS",
+        1,
+        "t{1}",
+        "OUTPUTS",
+        1,
+        "y{1}",
+    )
     assert values(engine, "y{1}")[2] == [44]
 
     engine.execute_command("AI.SCRIPTEXECUTE", "rs{1}", "ping", "KEYS", 1, "{1}", "OUTPUTS", 1, "y{1}")
@@ -162,7 +201,9 @@ def test_redis_execute_and_reply_helpers(engine: redis.Redis) -> None:
 
 def test_script_without_outputs_still_runs_its_commands(engine: redis.Redis) -> None:
     store(engine, "rs", REDIS_SCRIPT, "no_output")
-    assert engine.execute_command("AI.SCRIPTEXECUTE", "rs", "no_output", "KEYS", 1, "k", "ARGS", 1, "v") == b"OK"
+    assert (
+        engine.execute_command("AI.SCRIPTEXECUTE", "rs", "no_output", "KEYS", 1, "k", "ARGS", 1, "v") == b"OK"
+    )
     assert engine.get("k") == b"v"
 
 
@@ -170,13 +211,15 @@ def test_redis_errors_fail_the_script(engine: redis.Redis) -> None:
     store(engine, "rs", REDIS_SCRIPT, "bad_command", "wrong_type")
     tensorset(engine, "a", np.ones(1, dtype=np.float32))
     with pytest.raises(redis.ResponseError) as err:
-        engine.execute_command("AI.SCRIPTEXECUTE", "rs", "bad_command", "KEYS", 1, "k", "INPUTS", 1, "a",
-                               "OUTPUTS", 1, "y")
+        engine.execute_command(
+            "AI.SCRIPTEXECUTE", "rs", "bad_command", "KEYS", 1, "k", "INPUTS", 1, "a", "OUTPUTS", 1, "y"
+        )
     assert "SET" in str(err.value) or "arguments" in str(err.value)
     engine.set("str", "x")
     with pytest.raises(redis.ResponseError) as err:
-        engine.execute_command("AI.SCRIPTEXECUTE", "rs", "wrong_type", "KEYS", 1, "str", "INPUTS", 1, "a",
-                               "OUTPUTS", 1, "y")
+        engine.execute_command(
+            "AI.SCRIPTEXECUTE", "rs", "wrong_type", "KEYS", 1, "str", "INPUTS", 1, "a", "OUTPUTS", 1, "y"
+        )
     assert "WRONGTYPE" in str(err.value)
     assert engine.exists("y") == 0
     assert engine.ping()
@@ -189,15 +232,41 @@ def test_model_execute_from_a_script(engine: redis.Redis) -> None:
     store(engine, "ms{m}", MODEL_SCRIPT, "pre_model_post")
     tensorset(engine, "a{m}", np.array([[2, 4], [6, 8]], dtype=np.uint8), "UINT8")
     tensorset(engine, "b{m}", np.array([[1, 10], [100, 1000]], dtype=np.float32))
-    engine.execute_command("AI.SCRIPTEXECUTE", "ms{m}", "pre_model_post", "KEYS", 1, "mul{m}",
-                           "INPUTS", 2, "a{m}", "b{m}", "OUTPUTS", 1, "y{m}")
+    engine.execute_command(
+        "AI.SCRIPTEXECUTE",
+        "ms{m}",
+        "pre_model_post",
+        "KEYS",
+        1,
+        "mul{m}",
+        "INPUTS",
+        2,
+        "a{m}",
+        "b{m}",
+        "OUTPUTS",
+        1,
+        "y{m}",
+    )
     assert values(engine, "y{m}") == (b"FLOAT", [2], [b"21", b"4300"])
     info = engine.execute_command("AI.INFO", "mul{m}")
-    fields = dict(zip(info[::2], info[1::2]))
+    fields = dict(zip(info[::2], info[1::2], strict=False))
     assert fields[b"calls"] == 1
     with pytest.raises(redis.ResponseError) as err:
-        engine.execute_command("AI.SCRIPTEXECUTE", "ms{m}", "pre_model_post", "KEYS", 1, "nomodel{m}",
-                               "INPUTS", 2, "a{m}", "b{m}", "OUTPUTS", 1, "y2{m}")
+        engine.execute_command(
+            "AI.SCRIPTEXECUTE",
+            "ms{m}",
+            "pre_model_post",
+            "KEYS",
+            1,
+            "nomodel{m}",
+            "INPUTS",
+            2,
+            "a{m}",
+            "b{m}",
+            "OUTPUTS",
+            1,
+            "y2{m}",
+        )
     assert "model key is empty" in str(err.value)
 
 
@@ -208,19 +277,46 @@ def test_model_execute_counts_are_checked(engine: redis.Redis) -> None:
     store(engine, "ms{m}", MODEL_SCRIPT, "one_input", "two_outputs")
     tensorset(engine, "b{m}", np.array([1, 2], dtype=np.float32))
     with pytest.raises(redis.ResponseError) as err:
-        engine.execute_command("AI.SCRIPTEXECUTE", "ms{m}", "one_input", "KEYS", 1, "mul{m}",
-                               "INPUTS", 1, "b{m}", "OUTPUTS", 1, "y{m}")
+        engine.execute_command(
+            "AI.SCRIPTEXECUTE",
+            "ms{m}",
+            "one_input",
+            "KEYS",
+            1,
+            "mul{m}",
+            "INPUTS",
+            1,
+            "b{m}",
+            "OUTPUTS",
+            1,
+            "y{m}",
+        )
     assert "2 inputs" in str(err.value) and "1 were given" in str(err.value)
     with pytest.raises(redis.ResponseError) as err:
-        engine.execute_command("AI.SCRIPTEXECUTE", "ms{m}", "two_outputs", "KEYS", 1, "mul{m}",
-                               "INPUTS", 2, "b{m}", "b{m}", "OUTPUTS", 1, "y{m}")
+        engine.execute_command(
+            "AI.SCRIPTEXECUTE",
+            "ms{m}",
+            "two_outputs",
+            "KEYS",
+            1,
+            "mul{m}",
+            "INPUTS",
+            2,
+            "b{m}",
+            "b{m}",
+            "OUTPUTS",
+            1,
+            "y{m}",
+        )
     assert "1 output" in str(err.value) and "2 were expected" in str(err.value)
     assert engine.exists("y{m}") == 0
     assert engine.ping()
 
 
 def test_compile_error_carries_the_reason(engine: redis.Redis) -> None:
-    source = "def f(tensors: List[Tensor], keys: List[str], args: List[str]):\n    return no_such_fn(tensors[0])\n"
+    source = (
+        "def f(tensors: List[Tensor], keys: List[str], args: List[str]):\n    return no_such_fn(tensors[0])\n"
+    )
     with pytest.raises(redis.ResponseError) as err:
         engine.execute_command("AI.SCRIPTSTORE", "bad", "CPU", "ENTRY_POINTS", 1, "f", "SOURCE", source)
     assert "no_such_fn" in str(err.value)
@@ -232,7 +328,9 @@ def test_compile_error_carries_the_reason(engine: redis.Redis) -> None:
 
 def test_missing_entry_point_is_refused(engine: redis.Redis) -> None:
     with pytest.raises(redis.ResponseError) as err:
-        engine.execute_command("AI.SCRIPTSTORE", "s", "CPU", "ENTRY_POINTS", 2, "bar", "nope", "SOURCE", SCRIPT)
+        engine.execute_command(
+            "AI.SCRIPTSTORE", "s", "CPU", "ENTRY_POINTS", 2, "bar", "nope", "SOURCE", SCRIPT
+        )
     assert "nope" in str(err.value)
     assert engine.exists("s") == 0
 
@@ -263,7 +361,9 @@ def test_redisai_client_scripts(engine: redis.Redis) -> None:
     assert client.scriptstore("s{c}", "CPU", SCRIPT, entry_points=["bar", "scaled"], tag="t1") == "OK"
     client.tensorset("a{c}", np.array([1.5, 2.5], dtype=np.float32))
     client.tensorset("b{c}", np.array([1.0, 1.0], dtype=np.float32))
-    assert client.scriptexecute("s{c}", "bar", keys=["{c}"], inputs=["a{c}", "b{c}"], outputs=["y{c}"]) == "OK"
+    assert (
+        client.scriptexecute("s{c}", "bar", keys=["{c}"], inputs=["a{c}", "b{c}"], outputs=["y{c}"]) == "OK"
+    )
     np.testing.assert_array_equal(client.tensorget("y{c}"), np.array([2.5, 3.5], dtype=np.float32))
     assert client.scriptexecute("s{c}", "scaled", inputs=["a{c}"], args=["2"], outputs=["z{c}"]) == "OK"
     np.testing.assert_array_equal(client.tensorget("z{c}"), np.array([3.0, 5.0], dtype=np.float32))

@@ -63,7 +63,9 @@ def model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 def test_backend_standalone(backend_so: Path, model_dir: Path) -> None:
     build = backend_so.parents[2]
-    program = next((p for p in (build / "backend/gw_test_backend", build / "gw_test_backend") if p.exists()), None)
+    program = next(
+        (p for p in (build / "backend/gw_test_backend", build / "gw_test_backend") if p.exists()), None
+    )
     if program is None:
         pytest.fail(f"gw_test_backend is not built under {build}; run `make engine`")
     proc = subprocess.run(
@@ -89,9 +91,7 @@ def test_exports_only_init(backend_so: Path) -> None:
 
 def test_loads_without_library_path(backend_so: Path) -> None:
     env = {"PATH": "/usr/bin:/bin"}
-    out = subprocess.run(
-        ["ldd", str(backend_so)], capture_output=True, text=True, check=True, env=env
-    ).stdout
+    out = subprocess.run(["ldd", str(backend_so)], capture_output=True, text=True, check=True, env=env).stdout
     assert "not found" not in out, out
     torch_lib = Path(torch.__file__).parent / "lib"
     assert str(torch_lib.resolve()) in out or str(torch_lib) in out, out

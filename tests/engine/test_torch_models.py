@@ -64,20 +64,21 @@ def tensorset(r: redis.Redis, key: str, array: np.ndarray, dtype: str) -> None:
 
 def tensorget(r: redis.Redis, key: str, np_dtype: Any) -> np.ndarray:
     meta = r.execute_command("AI.TENSORGET", key, "META", "BLOB")
-    fields = dict(zip(meta[::2], meta[1::2]))
+    fields = dict(zip(meta[::2], meta[1::2], strict=False))
     shape = [int(d) for d in fields[b"shape"]]
     return np.frombuffer(fields[b"blob"], dtype=np_dtype).reshape(shape)
 
 
 def modelget_meta(r: redis.Redis, key: str) -> dict[bytes, Any]:
     meta = r.execute_command("AI.MODELGET", key, "META")
-    return dict(zip(meta[::2], meta[1::2]))
+    return dict(zip(meta[::2], meta[1::2], strict=False))
 
 
 def test_conv_net_matches_torch(engine: redis.Redis) -> None:
     torch.manual_seed(1)
     module = ConvNet()
     with torch.no_grad():  # non-trivial BatchNorm statistics
+        assert module.bn.running_mean is not None and module.bn.running_var is not None
         module.bn.running_mean.uniform_(-0.5, 0.5)
         module.bn.running_var.uniform_(0.5, 2.0)
     blob, scripted = saved(module)
@@ -128,7 +129,7 @@ def test_tuple_outputs(engine: redis.Redis) -> None:
     engine.execute_command("AI.MODELEXECUTE", "two", "INPUTS", 1, "x", "OUTPUTS", 2, "doubled", "best")
     assert tensorget(engine, "doubled", np.float32).tolist() == (x * 2).tolist()
     best = engine.execute_command("AI.TENSORGET", "best", "META", "VALUES")
-    fields = dict(zip(best[::2], best[1::2]))
+    fields = dict(zip(best[::2], best[1::2], strict=False))
     assert fields[b"dtype"] == b"INT64"
     assert fields[b"values"] == [1, 0]
 
@@ -169,7 +170,7 @@ def test_bool_output(engine: redis.Redis) -> None:
     tensorset(engine, "x", np.array([0.1, 0.9, 0.5, 0.6], dtype=np.float32), "FLOAT")
     engine.execute_command("AI.MODELEXECUTE", "t", "INPUTS", 1, "x", "OUTPUTS", 1, "y")
     reply = engine.execute_command("AI.TENSORGET", "y", "META", "VALUES")
-    fields = dict(zip(reply[::2], reply[1::2]))
+    fields = dict(zip(reply[::2], reply[1::2], strict=False))
     assert fields[b"dtype"] == b"BOOL"
     assert fields[b"values"] == [0, 1, 0, 1]
 
