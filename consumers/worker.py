@@ -46,6 +46,7 @@ from groundwatch.status import THROUGHPUT_SAMPLES
 log = logging.getLogger("groundwatch.consumers")
 
 LATENCY_SAMPLES = 1000  # recent latencies kept in keys.latency
+RETRY_DELAY_S = 0.25  # pause before frames that failed are tried again
 RESULTS_MAXLEN = 100_000  # approximate cap of the detections and scenes streams
 METADATA_FILE = "groundwatch.json"
 
@@ -158,6 +159,12 @@ class Consumer:
                 if self.burst:
                     break
                 backoff = 0.1
+            except redis.ResponseError as e:
+                if "NOGROUP" not in str(e) and "UNBLOCKED" not in str(e):
+                    raise
+                # the stream or its group vanished (deleted, or a restart without persistence)
+                log.warning("consumer %s: %s; creating the group again", self.name, e)
+                first = True
             except (redis.ConnectionError, redis.TimeoutError) as e:
                 # Redis went away (restart, failover): nothing unacknowledged is lost; it is
                 # still pending for us, so start over with our own pending entries.
@@ -171,7 +178,7 @@ class Consumer:
         """One unit of work; False when there was nothing to do."""
         if self._retry_own:
             self._retry_own = False
-            self._stop.wait(0.05)
+            self._stop.wait(RETRY_DELAY_S)
             self._drain_own()
             return True
         now = time.monotonic()

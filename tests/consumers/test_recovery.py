@@ -143,3 +143,23 @@ def test_sigterm_drains_the_batch_in_flight_and_exits(engine: redis.Redis) -> No
     done = int(engine.hget(keys.stats(FEED), "frames_done"))
     assert done >= 4 and done == engine.xlen(keys.detections(FEED))
     assert b"signal 15: draining" in out
+
+
+def test_a_stream_deleted_under_a_running_consumer_is_recreated(engine: redis.Redis) -> None:
+    install_model(engine, FEED)
+    publish(engine, FEED, scene_frames("before", scene_array(64, 64, {(5, 5): 60000})))
+    consumer = Consumer(
+        redis.Redis(port=engine.connection_pool.connection_kwargs["port"]),
+        Settings(feed=FEED, consumer="steady", block_ms=50),
+    )
+    thread = threading.Thread(target=consumer.run, daemon=True)
+    thread.start()
+    try:
+        wait_for("the first scene", lambda: engine.exists(keys.scene_result(FEED, "before")))
+        engine.delete(keys.frames(FEED))  # the group goes with it
+        publish(engine, FEED, scene_frames("after", scene_array(64, 64, {(5, 5): 60000})))
+        wait_for("the scene published after the delete", lambda: engine.exists(keys.scene_result(FEED, "after")))
+    finally:
+        consumer.stop()
+        thread.join(30)
+    assert not thread.is_alive()
