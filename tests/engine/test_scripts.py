@@ -369,3 +369,26 @@ def test_redisai_client_scripts(engine: redis.Redis) -> None:
     np.testing.assert_array_equal(client.tensorget("z{c}"), np.array([3.0, 5.0], dtype=np.float32))
     meta = client.scriptget("s{c}", meta_only=True)
     assert meta["device"] == "CPU" and meta["tag"] == "t1"
+
+
+OLD_SCRIPT = r"""
+def bar(a, b):
+    return a + b
+
+def bar_variadic(a, args: List[Tensor]):
+    return args[0] + args[1]
+"""
+
+
+def test_deprecated_scriptset_and_scriptrun(engine: redis.Redis) -> None:
+    """Scripts written for AI.SCRIPTSET/AI.SCRIPTRUN take their tensors as parameters."""
+    assert engine.execute_command("AI.SCRIPTSET", "old", "CPU", "SOURCE", OLD_SCRIPT) == b"OK"
+    tensorset(engine, "a", np.array([1, 2], dtype=np.float32))
+    tensorset(engine, "b", np.array([10, 20], dtype=np.float32))
+    tensorset(engine, "c", np.array([100, 200], dtype=np.float32))
+    engine.execute_command("AI.SCRIPTRUN", "old", "bar", "INPUTS", "a", "b", "OUTPUTS", "y")
+    assert values(engine, "y")[2] == [b"11", b"22"]
+    engine.execute_command(
+        "AI.SCRIPTRUN", "old", "bar_variadic", "INPUTS", "a", "$", "b", "c", "OUTPUTS", "z"
+    )
+    assert values(engine, "z")[2] == [b"110", b"220"]
