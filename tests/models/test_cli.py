@@ -1,0 +1,52 @@
+"""The models subcommands through the real groundwatch CLI."""
+
+from __future__ import annotations
+
+import json
+
+import torch
+
+from groundwatch.cli import main
+from models.archive import SHIPPED_MODEL
+
+
+def test_generate_writes_scene_and_truth(tmp_path, capsys) -> None:
+    rc = main(["--data-dir", str(tmp_path), "generate", "--count", "2", "--seed", "3", "--size", "256"])
+    assert rc == 0
+    written = sorted(p.name for p in (tmp_path / "scenes").iterdir())
+    assert written == ["scene-000003.geojson", "scene-000003.tif", "scene-000004.geojson", "scene-000004.tif"]
+    doc = json.loads((tmp_path / "scenes" / "scene-000003.geojson").read_text())
+    assert doc["groundwatch"]["width_px"] == 256
+
+
+def test_generate_refuses_bad_bands(tmp_path, capsys) -> None:
+    rc = main(["--data-dir", str(tmp_path), "generate", "--bands", "7", "--size", "64"])
+    assert rc == 1
+    assert "bands" in capsys.readouterr().err
+
+
+def test_evaluate_prints_a_table(capsys) -> None:
+    rc = main(["evaluate", str(SHIPPED_MODEL), "--scenes", "1", "--size", "512", "--json"])
+    assert rc == 0
+    result = json.loads(capsys.readouterr().out)
+    assert set(result["classes"]) == {"ship", "platform"}
+    assert result["tiles"] == 1
+
+
+def test_evaluate_refuses_a_non_model(tmp_path, capsys) -> None:
+    bad = tmp_path / "bad.pt"
+    bad.write_bytes(b"nope")
+    assert main(["evaluate", str(bad), "--scenes", "1", "--size", "256"]) == 1
+    assert "not a TorchScript archive" in capsys.readouterr().err
+
+
+def test_train_exports_a_self_describing_model(tmp_path, capsys) -> None:
+    from models.archive import load_model
+
+    out = tmp_path / "tiny.pt"
+    rc = main(["train", "--out", str(out), "--steps", "2", "--tiles", "4", "--no-evaluate"])
+    assert rc == 0
+    module, meta = load_model(out)
+    assert meta["classes"] == ["ship", "platform"] and meta["contract"] == 1
+    assert "4 tiles" in meta["trained_on"]
+    assert module(torch.zeros(1, 1, 64, 64, dtype=torch.uint16)).shape == (1, meta["max_detections"], 6)
