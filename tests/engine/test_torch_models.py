@@ -246,3 +246,30 @@ def test_redisai_client_round_trip(engine: redis.Redis) -> None:
     meta = client.modelget("m3", meta_only=True)
     assert meta["backend"] == "TORCH" and meta["tag"] == "v1"
     assert meta["inputs"] == ["a", "b", "scale"]
+
+
+def test_traced_model_matches_torch(engine: redis.Redis) -> None:
+    torch.manual_seed(2)
+    module = ConvNet().eval()
+    example = torch.rand(1, 3, 16, 16)
+    traced = torch.jit.trace(module, example)
+    buf = io.BytesIO()
+    torch.jit.save(traced, buf)
+    x = np.random.default_rng(3).random((4, 3, 16, 16), dtype=np.float32)
+    with torch.inference_mode():
+        want = traced(torch.from_numpy(x)).numpy()
+    engine.execute_command("AI.MODELSTORE", "traced", "TORCH", "CPU", "BLOB", buf.getvalue())
+    tensorset(engine, "x", x, "FLOAT")
+    engine.execute_command("AI.MODELEXECUTE", "traced", "INPUTS", 1, "x", "OUTPUTS", 1, "y")
+    np.testing.assert_allclose(tensorget(engine, "y", np.float32), want, rtol=1e-5, atol=1e-6)
+
+
+def test_state_dict_is_not_a_model(engine: redis.Redis) -> None:
+    """A torch.save() checkpoint is a zip too, but not TorchScript: libtorch says what is missing."""
+    buf = io.BytesIO()
+    torch.save(torch.nn.Linear(2, 2).state_dict(), buf)
+    with pytest.raises(redis.ResponseError) as err:
+        engine.execute_command("AI.MODELSTORE", "sd", "TORCH", "CPU", "BLOB", buf.getvalue())
+    assert "constants.pkl" in str(err.value) or "PytorchStreamReader" in str(err.value), str(err.value)
+    assert engine.exists("sd") == 0
+    assert engine.ping()
