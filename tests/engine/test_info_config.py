@@ -3,6 +3,7 @@ positions that Redis Cluster routes by."""
 
 from __future__ import annotations
 
+import time
 from pathlib import Path
 
 import pytest
@@ -156,3 +157,34 @@ def test_scan_commands_list_models_and_scripts(engine: redis.Redis) -> None:
     store_script(engine, "s1")
     assert sorted(engine.execute_command("AI._MODELSCAN")) == [[b"m1", b"x"], [b"m2", b""]]
     assert engine.execute_command("AI._SCRIPTSCAN") == [[b"s1", b""]]
+
+
+def test_cluster_routes_execute_commands_by_all_their_keys(server_factory) -> None:  # type: ignore[no-untyped-def]
+    from groundwatch.server import free_port
+
+    server = server_factory(extra_config=(("cluster-enabled", "yes"), ("cluster-port", str(free_port()))))
+    r = redis.Redis(port=server.port)
+    r.execute_command("CLUSTER", "ADDSLOTSRANGE", 0, 16383)
+    deadline = time.monotonic() + 30
+    while r.execute_command("CLUSTER", "INFO").decode().find("cluster_state:ok") < 0:
+        assert time.monotonic() < deadline, "cluster did not come up"
+        time.sleep(0.05)
+    r.execute_command("AI.MODELSTORE", "{a}m", "TORCH", "CPU", "BLOB", DOUBLE)
+    r.execute_command("AI.TENSORSET", "{a}x", "FLOAT", 1, "VALUES", 2)
+    assert r.execute_command("AI.MODELEXECUTE", "{a}m", "INPUTS", 1, "{a}x", "OUTPUTS", 1, "{a}y") == b"OK"
+    cross = [
+        ["AI.MODELEXECUTE", "{a}m", "INPUTS", 1, "{a}x", "OUTPUTS", 1, "{b}y"],
+        ["AI.DAGEXECUTE", "LOAD", 1, "{a}x", "PERSIST", 1, "{b}y", "|>",
+         "AI.MODELEXECUTE", "{a}m", "INPUTS", 1, "{a}x", "OUTPUTS", 1, "{b}y"],
+        ["AI.DAGEXECUTE", "ROUTING", "{b}", "|>", "AI.MODELEXECUTE", "{a}m", "INPUTS", 1, "t", "OUTPUTS", 1, "u"],
+    ]
+    for cmd in cross:
+        with pytest.raises(redis.ResponseError) as e:
+            r.execute_command(*cmd)
+        assert "CROSSSLOT" in str(e.value)
+    assert r.execute_command(
+        "AI.DAGEXECUTE", "LOAD", 1, "{a}x", "PERSIST", 1, "{a}z", "|>",
+        "AI.MODELEXECUTE", "{a}m", "INPUTS", 1, "{a}x", "OUTPUTS", 1, "{a}z",
+    ) == [b"OK"]
+    r.close()
+    server.stop()
