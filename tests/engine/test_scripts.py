@@ -392,3 +392,51 @@ def test_deprecated_scriptset_and_scriptrun(engine: redis.Redis) -> None:
         "AI.SCRIPTRUN", "old", "bar_variadic", "INPUTS", "a", "$", "b", "c", "OUTPUTS", "z"
     )
     assert values(engine, "z")[2] == [b"110", b"220"]
+
+
+CONCURRENT_SCRIPT = r"""
+def step(tensors: List[Tensor], keys: List[str], args: List[str]):
+    n = redis_int_to_tensor(redis.execute("INCR", keys[0]))
+    out = redisAI.model_execute(keys[1], [tensors[0], tensors[0]], 1)
+    return out[0] + n
+"""
+
+
+def test_concurrent_scripts_keep_their_own_context(server_factory) -> None:  # type: ignore[no-untyped-def]
+    """Four workers run scripts at once; each script's redis.execute and model_execute act for
+    its own request (the call context is per thread)."""
+    import threading
+
+    server = server_factory(module_args=("THREADS_PER_QUEUE", "4"))
+    r = redis.Redis(port=server.port)
+    buf = io.BytesIO()
+    torch.jit.save(torch.jit.script(Mul()), buf)
+    r.execute_command("AI.MODELSTORE", "mul{c}", "TORCH", "CPU", "BLOB", buf.getvalue())
+    store(r, "cs{c}", CONCURRENT_SCRIPT, "step")
+    rounds, clients = 25, 6
+    failures: list[str] = []
+
+    def client(c: int) -> None:
+        conn = redis.Redis(port=server.port, socket_timeout=60)
+        x = np.full(4, float(c), dtype=np.float32)
+        tensorset(conn, f"x{c}{{c}}", x)
+        for i in range(1, rounds + 1):
+            conn.execute_command(
+                "AI.SCRIPTEXECUTE", "cs{c}", "step", "KEYS", 2, f"n{c}{{c}}", "mul{c}",
+                "INPUTS", 1, f"x{c}{{c}}", "OUTPUTS", 1, f"y{c}{{c}}",
+            )  # fmt: skip
+            got = values(conn, f"y{c}{{c}}")[2]
+            if got != [str(c * c + i).encode()] * 4:
+                failures.append(f"client {c} round {i}: {got}")
+                return
+        conn.close()
+
+    threads = [threading.Thread(target=client, args=(c,)) for c in range(clients)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=120)
+    assert not failures, failures[:3]
+    for c in range(clients):
+        assert r.get(f"n{c}{{c}}") == str(rounds).encode()
+    r.close()
