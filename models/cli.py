@@ -86,7 +86,7 @@ def _evaluate(settings: Settings, args: argparse.Namespace) -> int:
     from models.archive import SHIPPED_MODEL, load_model
     from models.evaluate import HELD_OUT_SEED_BASE, EvalConfig, evaluate_model, format_table
 
-    torch.set_num_threads(max(1, settings.intra_op_threads) if settings.intra_op_threads else 2)
+    torch.set_num_threads(settings.intra_op_threads or 2)  # 0 means the default: 2 threads
     path = args.model_path or SHIPPED_MODEL
     module, meta = load_model(path)
     config = EvalConfig(scenes=args.scenes, size_px=args.size, bands=int(meta["bands"]),
