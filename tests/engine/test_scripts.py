@@ -4,11 +4,14 @@ the reply helpers RedisAI documented for script authors, compile errors, and the
 from __future__ import annotations
 
 import io
+from collections.abc import Callable
 
 import numpy as np
 import pytest
 import redis
 import torch
+
+from groundwatch.server import RedisServer
 
 pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning", "ignore::UserWarning")
 
@@ -402,7 +405,7 @@ def step(tensors: List[Tensor], keys: List[str], args: List[str]):
 """
 
 
-def test_concurrent_scripts_keep_their_own_context(server_factory) -> None:  # type: ignore[no-untyped-def]
+def test_concurrent_scripts_keep_their_own_context(server_factory: Callable[..., RedisServer]) -> None:
     """Four workers run scripts at once; each script's redis.execute and model_execute act for
     its own request (the call context is per thread)."""
     import threading
