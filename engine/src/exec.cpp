@@ -126,7 +126,11 @@ void fill_candidate(Run *run, int64_t now) {
   const Op &op = run->ops[run->cur];
   if (op.kind != OpKind::ModelExecute || op.model->batchsize <= 0) return;
   std::vector<const Tensor *> ins;
-  for (const std::string &n : op.inputs) ins.push_back(run->tensors.at(n));
+  for (const std::string &n : op.inputs) {
+    auto it = run->tensors.find(n);
+    if (it == run->tensors.end()) return; /* not batchable; execute() reports it */
+    ins.push_back(it->second);
+  }
   if (ins.empty()) return;
   c.signature = batch_signature(ins);
   if (c.signature.empty()) return;
@@ -179,8 +183,8 @@ void run_model_batch(Queue *q, std::vector<Run *> &batch) {
   std::vector<int64_t> sizes;
   for (Run *r : batch) {
     const Op &op = r->ops[r->cur];
-    const Tensor *t0 = r->tensors.at(op.inputs[0]);
-    sizes.push_back(t0->shape.empty() ? 0 : t0->shape[0]);
+    const Tensor *t0 = op.inputs.empty() ? nullptr : r->tensors.at(op.inputs[0]);
+    sizes.push_back(t0 == nullptr || t0->shape.empty() ? 0 : t0->shape[0]);
   }
   if (batch.size() == 1) {
     for (size_t i = 0; i < ninputs; i++) views[i] = batch[0]->tensors.at(first.inputs[i])->view();
@@ -306,7 +310,12 @@ void advance(Run *run) {
     if (op.kind == OpKind::TensorSet) {
       run->put(op.name, op.set_tensor->retain());
     } else if (op.kind == OpKind::TensorGet) {
-      op.result = run->tensors.at(op.name)->retain();
+      auto it = run->tensors.find(op.name);
+      if (it == run->tensors.end()) {
+        fail(run, "ERR INPUT key cannot be found in DAG");
+        break;
+      }
+      op.result = it->second->retain();
     } else {
       push(get_queue(op.device), run);
       return;
@@ -328,6 +337,21 @@ void execute(Queue *q, std::vector<Run *> &batch) {
       live.push_back(r);
     }
   }
+  /* Parsing guarantees every input name exists; checked again so a bug there fails one
+   * request instead of throwing on a worker thread. */
+  std::vector<Run *> ready;
+  for (Run *r : live) {
+    bool ok = true;
+    if (r->cur < r->ops.size())
+      for (const std::string &n : r->ops[r->cur].inputs) ok = ok && r->tensors.count(n) > 0;
+    if (ok) {
+      ready.push_back(r);
+    } else {
+      fail(r, "ERR INPUT key cannot be found in DAG");
+      finish(r);
+    }
+  }
+  live.swap(ready);
   if (live.empty()) return;
   Run *r0 = live[0];
   if (r0->cur < r0->ops.size()) {
