@@ -53,6 +53,14 @@ def _crs(text: str) -> Any:
     return CRS.from_user_input(text)
 
 
+def check_crs(text: str) -> None:
+    """ConsumerError when `text` is no CRS that GDAL/PROJ knows (the frame cannot be georeferenced)."""
+    try:
+        _crs(text)
+    except Exception as e:  # rasterio raises CRSError, PROJ may raise others
+        raise ConsumerError(f"crs {text[:80]!r} is not a coordinate reference system PROJ knows: {e}") from e
+
+
 def to_lonlat(crs: str, xs: np.ndarray, ys: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Map coordinates in `crs` to longitude, latitude (degrees)."""
     if len(xs) == 0:
@@ -62,7 +70,10 @@ def to_lonlat(crs: str, xs: np.ndarray, ys: np.ndarray) -> tuple[np.ndarray, np.
         return np.asarray(xs, dtype=np.float64), np.asarray(ys, dtype=np.float64)
     from rasterio.warp import transform
 
-    lon, lat = transform(src, _crs(WGS84), list(map(float, xs)), list(map(float, ys)))
+    try:
+        lon, lat = transform(src, _crs(WGS84), list(map(float, xs)), list(map(float, ys)))
+    except Exception as e:  # GDAL/PROJ errors (CPLE_*): points outside the projection's domain
+        raise ConsumerError(f"cannot convert {crs[:80]!r} to lon/lat: {e}") from e
     return np.asarray(lon, dtype=np.float64), np.asarray(lat, dtype=np.float64)
 
 
@@ -91,7 +102,9 @@ def _cut(frame: Frame, box: np.ndarray) -> bool:
 def georeference(
     items: Sequence[tuple[Frame, np.ndarray]], labels: Sequence[str], model: str
 ) -> list[list[Detection]]:
-    """Detections of each (frame, rows from decode_output), map coordinates done per CRS in one go."""
+    """Detections of each (frame, rows from decode_output), map coordinates done per CRS in one go.
+
+    ConsumerError when a CRS is unknown or a box cannot be converted to lon/lat."""
     prepared: list[tuple[Frame, np.ndarray, np.ndarray]] = []
     xs: dict[str, list[np.ndarray]] = {}
     ys: dict[str, list[np.ndarray]] = {}
@@ -117,7 +130,10 @@ def georeference(
         ys.setdefault(frame.crs, []).append(my.ravel())
     lonlat: dict[str, tuple[np.ndarray, np.ndarray]] = {}
     for crs in xs:
-        lonlat[crs] = to_lonlat(crs, np.concatenate(xs[crs]), np.concatenate(ys[crs]))
+        lon, lat = to_lonlat(crs, np.concatenate(xs[crs]), np.concatenate(ys[crs]))
+        if not (np.isfinite(lon).all() and np.isfinite(lat).all()):
+            raise ConsumerError(f"boxes fall outside where {crs[:80]!r} converts to lon/lat (check the transform)")
+        lonlat[crs] = (lon, lat)
     out: list[list[Detection]] = []
     for (frame, rows, geo), (crs, start) in zip(prepared, offsets, strict=True):
         lon_all, lat_all = lonlat[crs]

@@ -27,10 +27,11 @@ import numpy as np
 import redis
 
 from consumers import ConsumerError
-from consumers.geo import decode_output, georeference
+from consumers.geo import check_crs, decode_output, georeference
 from consumers.merge import merge
 from groundwatch import ai, frames, keys
 from groundwatch.detections import (
+    Detection,
     SceneResult,
     TileResult,
     decode_tile,
@@ -154,11 +155,10 @@ class Consumer:
                     self.ensure_group()
                     self._drain_own()
                     first = False
-                if self._step():
-                    continue
-                if self.burst:
-                    break
+                busy = self._step()
                 backoff = 0.1
+                if not busy and self.burst:
+                    break
             except redis.ResponseError as e:
                 if "NOGROUP" not in str(e) and "UNBLOCKED" not in str(e):
                     raise
@@ -324,7 +324,8 @@ class Consumer:
                 continue
             try:
                 e.frame = frames.decode(e.fields)
-            except FrameError as err:
+                check_crs(e.frame.crs)
+            except (FrameError, ConsumerError) as err:
                 dead.append((e, f"bad frame: {err}"))
                 continue
             todo.append(e)
@@ -336,16 +337,19 @@ class Consumer:
                 if self.stopping and not self.burst:
                     return  # entries stay pending; whoever runs next picks them up
                 raise
+            retries = 0
             for e, reason, poison in failed:
                 if poison or e.deliveries >= self.settings.max_deliveries:
                     dead.append((e, reason if poison else f"failed {e.deliveries} times; last error: {reason}"))
                 else:
-                    self.stats.retries += 1
-                    self._retry_own = True
+                    retries += 1
                     log.warning("frame %s (entry %s) failed, will retry: %s", e.frame and e.frame.frame_id, e.id,
                                 reason)
-            if len(failed) > 0:
-                self.r.hincrby(keys.stats(self.feed), "retries", sum(1 for f in failed if not f[2]))
+            if retries:
+                # left pending: read again (alone) from our own pending entries after a pause
+                self.stats.retries += retries
+                self._retry_own = True
+                self.r.hincrby(keys.stats(self.feed), "retries", retries)
         if results or dead or deleted:
             self._commit(results, dead, deleted)
 
@@ -385,11 +389,23 @@ class Consumer:
         for i, rows in ok:
             by_model.setdefault(models[i], []).append((i, rows))
         for m, items in by_model.items():
-            frames_rows = [(todo[i].frame, rows) for i, rows in items]
-            located = georeference(frames_rows, self.labels(m), m.version)  # type: ignore[arg-type]
+            labels = self.labels(m)
+            try:
+                located: list[list[Detection] | ConsumerError] = list(georeference(
+                    [(todo[i].frame, rows) for i, rows in items], labels, m.version))  # type: ignore[misc]
+            except ConsumerError:  # find the frame(s) at fault, one by one
+                located = []
+                for i, rows in items:
+                    try:
+                        located.extend(georeference([(todo[i].frame, rows)], labels, m.version))  # type: ignore[list-item]
+                    except ConsumerError as err:
+                        located.append(err)
             for (i, _rows), dets in zip(items, located, strict=True):
                 f = todo[i].frame
                 assert f is not None
+                if isinstance(dets, ConsumerError):
+                    failed.append((todo[i], f"cannot georeference: {dets}", True))
+                    continue
                 results.append((todo[i], TileResult(
                     feed=self.feed, frame=f.frame_id, scene=f.scene, tile=f.tile, tiles=f.tiles,
                     model=m.version, crs=f.crs, window=tuple(f.window),  # type: ignore[arg-type]

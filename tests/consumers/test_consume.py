@@ -114,20 +114,24 @@ def test_poison_frames_go_to_the_dead_letters_and_the_stream_keeps_flowing(engin
     engine.xadd(stream, {"hello": "world"})
     engine.xadd(stream, truncated)
     engine.xadd(stream, {**bad, "dtype": "UINT32"})
+    engine.xadd(stream, {**bad, "crs": "EPSG:999999"})
+    engine.xadd(stream, {**bad, "transform": "10,0,1000000000000,0,-10,1000000000000"})  # off the projection
     publish(engine, FEED, good)
 
     stats = burst(engine)
 
-    assert stats.frames_done == 1 and stats.dead == 3
+    assert stats.frames_done == 1 and stats.dead == 5
     dead = engine.xrange(keys.dead_letters(FEED))
     reasons = [fields[b"dead_reason"].decode() for _id, fields in dead]
     assert "missing field" in reasons[0]
     assert "truncated" in reasons[1]
     assert "dtype" in reasons[2]
+    assert "EPSG:999999" in reasons[3] and "coordinate reference system" in reasons[3]
+    assert reasons[4].startswith("cannot georeference")
     assert dead[0][1][b"hello"] == b"world"  # the original fields travel along
     assert dead[1][1][b"data"] == truncated["data"]
     assert engine.xpending(stream, "detectors")["pending"] == 0
-    assert engine.hget(keys.stats(FEED), "dead") == b"3"
+    assert engine.hget(keys.stats(FEED), "dead") == b"5"
     assert len(detections(engine, FEED)) == 1
 
 

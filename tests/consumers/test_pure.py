@@ -9,7 +9,7 @@ import pytest
 from rasterio.warp import transform as warp
 
 from consumers import ConsumerError
-from consumers.geo import decode_output, georeference, to_lonlat
+from consumers.geo import check_crs, decode_output, georeference, to_lonlat
 from consumers.merge import merge, same_object
 from groundwatch import detections as wire
 from groundwatch.frames import Frame
@@ -160,3 +160,12 @@ def test_feature_rings_are_closed_and_counter_clockwise(e: float) -> None:
     area = sum(ring[i][0] * ring[i + 1][1] - ring[i + 1][0] * ring[i][1] for i in range(4)) / 2
     assert area > 0
     assert ring[0] == pytest.approx(list(dets[0].ring[0]), abs=1e-7)
+
+
+def test_boxes_that_cannot_reach_lon_lat_are_an_error_not_garbage() -> None:
+    f = frame(transform=(10.0, 0.0, 1e12, 0.0, -10.0, 1e12))  # far outside UTM's domain
+    with pytest.raises(ConsumerError, match="lon/lat"):
+        georeference([(f, decode_output(out([1, 1, 5, 5, 0.9, 0]), 0.3))], [], "m:1")
+    with pytest.raises(ConsumerError, match="coordinate reference system"):
+        check_crs("EPSG:999999")
+    check_crs(UTM31N)
