@@ -30,10 +30,15 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="deliveries before a failing frame goes to the dead letters (3)")
     p.add_argument("--score-threshold", dest="score_threshold", type=float, default=None,
                    help="drop detections scoring below this (0.3)")
+    p.add_argument("--metrics-port", dest="metrics_port", type=int, default=None,
+                   help="serve Prometheus metrics of the feed on this port (/metrics)")
     p.set_defaults(handler=cmd_consume)
 
 
 def cmd_consume(settings: Settings, args: argparse.Namespace) -> int:
+    import redis
+
+    from consumers import ConsumerError
     from consumers.worker import Consumer
     from groundwatch import connection
 
@@ -44,9 +49,18 @@ def cmd_consume(settings: Settings, args: argparse.Namespace) -> int:
         logging.getLogger("groundwatch.consumers").info("signal %d: draining", signum)
         consumer.stop()
 
+    if args.metrics_port is not None:
+        from consumers import metrics
+
+        server = metrics.serve(connection.connect(settings), args.metrics_port, feed=consumer.feed)
+        logging.getLogger("groundwatch.consumers").info(
+            "metrics on http://%s:%d/metrics", *server.server_address[:2])
     signal.signal(signal.SIGTERM, drain)
     signal.signal(signal.SIGINT, drain)
-    stats = consumer.run()
+    try:
+        stats = consumer.run()
+    except redis.RedisError as e:
+        raise ConsumerError(f"Redis refused a command, stopping (unacknowledged frames stay pending): {e}") from e
     print(
         f"consumer {consumer.name} on feed {consumer.feed}: {stats.frames_done} frames, "
         f"{stats.detections} detections, {stats.scenes_done} scenes, {stats.dead} dead letters, "

@@ -32,6 +32,7 @@ from consumers.merge import merge
 from groundwatch import ai, frames, keys
 from groundwatch.detections import (
     Detection,
+    DetectionFormatError,
     SceneResult,
     TileResult,
     decode_tile,
@@ -536,17 +537,20 @@ class Consumer:
         out = []
         for scene, new in sorted(by_scene.items()):
             key = keys.scene_tiles(self.feed, scene)
-            have = {int(_text(t)) for t in pipe.hkeys(key)}
+            have = {int(_text(t)) for t in pipe.hkeys(key) if _text(t).isdigit()}
             tiles = max(r.tiles for r in new)
             indices = have | {r.tile for r in new}
             if not all(i in indices for i in range(tiles)):
                 continue
             by_tile: dict[int, TileResult] = {}
             for t, text in pipe.hgetall(key).items():
-                by_tile[int(_text(t))] = decode_tile(text)
+                try:
+                    by_tile[int(_text(t))] = decode_tile(text)
+                except (DetectionFormatError, ValueError) as e:  # not ours: someone wrote the hash by hand
+                    log.error("scene %s: stored tile %r does not decode (%s); merged without it", scene, t, e)
             for r in new:
                 by_tile[r.tile] = r
-            parts = [by_tile[i] for i in range(tiles)]
+            parts = [by_tile[i] for i in range(tiles) if i in by_tile]
             dets = [d for p in parts for d in p.detections]
             out.append(SceneResult(
                 feed=self.feed, scene=scene, tiles=tiles,

@@ -263,3 +263,24 @@ def test_status_shows_what_consumers_count(engine: redis.Redis) -> None:
     assert st.model == "m:1" and st.model_stats["samples"] >= 4
     text = status.render([st])
     assert "frames/s" in text and "frames_done 4" in text
+
+
+def test_prometheus_endpoint_serves_the_feed_figures(engine: redis.Redis) -> None:
+    import urllib.request
+
+    from consumers import metrics
+
+    install_model(engine, FEED)
+    publish(engine, FEED, scene_frames("pm", scene_array(64, 64, {(5, 5): 60000})))
+    burst(engine)
+    server = metrics.serve(engine, 0, feed=FEED, host="127.0.0.1")
+    try:
+        port = server.server_address[1]
+        text = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10).read().decode()
+    finally:
+        server.shutdown()
+    lines = text.splitlines()
+    assert 'groundwatch_frames_done_total{feed="sea"} 1' in lines
+    assert 'groundwatch_group_pending{feed="sea",group="detectors"} 0' in lines
+    assert any(line.startswith('groundwatch_latency_ms{feed="sea",quantile="0.99"} ') for line in lines)
+    assert "# TYPE groundwatch_scenes_done_total counter" in lines
