@@ -4,6 +4,7 @@
 // wheel. Every entry point catches every exception: nothing thrown by libtorch may reach the
 // module (a C caller inside redis-server).
 #include <ATen/Parallel.h>
+#include <c10/core/DeviceGuard.h>
 #include <c10/core/InferenceMode.h>
 #include <torch/cuda.h>
 #include <torch/script.h>
@@ -402,6 +403,9 @@ char *model_run(void *model, const GwTensor *inputs, size_t ninputs, GwTensor *o
                                std::to_string(noutputs) + " were expected");
     }
     c10::InferenceMode guard;
+    // GPU:n: make device n current for the kernels this thread launches.
+    c10::OptionalDeviceGuard device_guard;
+    if (!m->device.is_cpu()) device_guard.reset_device(m->device);
     std::vector<at::Tensor> tensors;
     tensors.reserve(ninputs);
     for (size_t i = 0; i < ninputs; i++) {

@@ -12,6 +12,7 @@
 //
 // The operators reach Redis through the host API with the call_ctx of the script that is running
 // on this thread (a thread_local set by script_run).
+#include <c10/core/DeviceGuard.h>
 #include <c10/core/InferenceMode.h>
 #include <torch/csrc/jit/api/compilation_unit.h>
 #include <torch/csrc/jit/frontend/resolver.h>
@@ -402,6 +403,8 @@ char *script_run(void *script, const char *fn, const GwTensor *inputs, size_t ni
                                " is not defined in the script");
     ScriptContextGuard context(call_ctx);
     c10::InferenceMode guard;
+    c10::OptionalDeviceGuard device_guard;
+    if (!s->device.is_cpu()) device_guard.reset_device(s->device);
     std::vector<at::Tensor> tensors;
     tensors.reserve(ninputs);
     for (size_t i = 0; i < ninputs; i++) {
