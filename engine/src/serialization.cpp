@@ -27,7 +27,7 @@ void save_tensor(RdbWriter &w, const Tensor &t) {
   const DTypeInfo &info = dtype_info(t.dtype);
   w.u64(info.dl_code);
   w.u64(info.dl_bits);
-  w.u64(t.shape.size());
+  w.i64(static_cast<int64_t>(t.shape.size()));
   for (int64_t d : t.shape) w.i64(d);
   w.bytes(t.data, t.nbytes);
   if (t.dtype == GW_DTYPE_STRING) {
@@ -39,13 +39,13 @@ Tensor *load_tensor(RdbReader &r, std::string *err) {
   uint64_t code = r.u64();
   uint64_t bits = r.u64();
   int dtype = dtype_from_dlpack(code, bits);
-  uint64_t ndim = r.u64();
-  if (dtype < 0 || ndim > 64) {
+  int64_t ndim = r.i64();
+  if (dtype < 0 || ndim < 0 || ndim > 64) {
     *err = "unknown tensor dtype or rank in RDB";
     return nullptr;
   }
-  std::vector<int64_t> shape(ndim);
-  for (uint64_t i = 0; i < ndim; i++) shape[i] = r.i64();
+  std::vector<int64_t> shape(static_cast<size_t>(ndim));
+  for (int64_t i = 0; i < ndim; i++) shape[static_cast<size_t>(i)] = r.i64();
   size_t n = 0;
   char *data = r.bytes(&n);
   if (!data) {
@@ -69,7 +69,7 @@ Tensor *load_tensor(RdbReader &r, std::string *err) {
 void save_model(RdbWriter &w, const ModelRecord &m, size_t chunk_size) {
   w.u64(m.backend);
   w.cstr(m.device);
-  w.cstr(m.tag);
+  w.bytes(m.tag.data(), m.tag.size());
   w.u64(static_cast<uint64_t>(m.batchsize));
   w.u64(static_cast<uint64_t>(m.minbatchsize));
   w.u64(static_cast<uint64_t>(m.minbatchtimeout));
@@ -78,7 +78,8 @@ void save_model(RdbWriter &w, const ModelRecord &m, size_t chunk_size) {
   w.u64(m.outputs.size());
   for (const std::string &s : m.outputs) w.cstr(s);
   if (chunk_size == 0) chunk_size = m.bloblen ? m.bloblen : 1;
-  size_t nchunks = m.bloblen / chunk_size + (m.bloblen % chunk_size ? 1 : 0);
+  /* As RedisAI: always one more chunk than whole ones, so an exact multiple ends empty. */
+  size_t nchunks = m.bloblen / chunk_size + 1;
   w.u64(m.bloblen);
   w.u64(nchunks);
   for (size_t i = 0; i < nchunks; i++) {
@@ -134,7 +135,7 @@ bool load_model(RdbReader &r, ModelRecord *m, std::string *err) {
 
 void save_script(RdbWriter &w, const ScriptRecord &s) {
   w.cstr(s.device);
-  w.cstr(s.tag);
+  w.bytes(s.tag.data(), s.tag.size());
   w.cstr(s.source);
   w.u64(s.entry_points.size());
   for (const std::string &e : s.entry_points) w.cstr(e);

@@ -6,7 +6,10 @@
  *   model:  backend, device, tag, batchsize, minbatchsize, minbatchtimeout, inputs, outputs,
  *           total blob length, number of chunks, chunks (MODEL_CHUNK_SIZE each)
  *   script: device, tag, source, entry points
- * Strings are written NUL-terminated, as RedisAI wrote its C strings; the reader accepts both.
+ * Field by field as RedisAI 1.2 wrote them: ndim and dims signed, the device, source, names
+ * and entry points NUL-terminated (C strings), tags without a NUL (RedisModuleStrings), and
+ * STRING tensors followed by each element's start offset. The reader accepts strings with or
+ * without the NUL.
  * Written against small reader/writer interfaces so the layouts are independent of Redis.
  */
 #ifndef GROUNDWATCH_SERIALIZATION_H

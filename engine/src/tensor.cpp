@@ -19,11 +19,12 @@ void (*mem_free)(void *) = free;
 /* ==== Data types ============================================================================== */
 
 namespace {
-/* DLPack codes: 0 int, 1 uint, 2 float, 6 bool. DLPack has no string type; 8 marks ours. */
+/* DLPack codes: 0 int, 1 uint, 2 float, 6 bool (8 bits). DLPack has no string type; RedisAI's
+ * fork added one after bool, which we take to be 7. */
 const DTypeInfo kDTypes[kNumDTypes] = {
     {"FLOAT", 4, 2, 32}, {"DOUBLE", 8, 2, 64}, {"INT8", 1, 0, 8},   {"INT16", 2, 0, 16},
     {"INT32", 4, 0, 32}, {"INT64", 8, 0, 64},  {"UINT8", 1, 1, 8},  {"UINT16", 2, 1, 16},
-    {"BOOL", 1, 6, 8},   {"STRING", 0, 8, 8},
+    {"BOOL", 1, 6, 8},   {"STRING", 0, 7, 8},
 };
 }  // namespace
 

@@ -175,7 +175,7 @@ static void test_encodings() {
   save_tensor(buf, *s);
   /* code, bits, ndim, shape, data, then one offset per string */
   CHECK(buf.items.size() == 3 + 1 + 1 + 2);
-  CHECK(buf.items[0] == "8" && buf.items[5] == "0" && buf.items[6] == "3");
+  CHECK(buf.items[0] == "7" && buf.items[5] == "0" && buf.items[6] == "3");
   std::string err;
   Tensor *back = load_tensor(buf, &err);
   CHECK(back && back->nbytes == 5 && std::memcmp(back->data, "ab\0c\0", 5) == 0);
@@ -197,8 +197,15 @@ static void test_encodings() {
   CHECK(load_model(mb, &r, &err));
   CHECK(r.device == "CPU" && r.tag == "t" && r.batchsize == 4 && r.inputs.size() == 2);
   CHECK(r.bloblen == 10 && std::memcmp(r.blob, "0123456789", 10) == 0);
-  /* total length, then 3 chunks of at most 4 bytes */
+  /* total length, then 10 / 4 + 1 = 3 chunks of at most 4 bytes */
   CHECK(mb.items[mb.items.size() - 5] == "10" && mb.items[mb.items.size() - 4] == "3");
+
+  /* An exact multiple of the chunk size ends with an empty chunk. */
+  Buffer eb;
+  save_model(eb, m, 5);
+  CHECK(eb.items[eb.items.size() - 4] == "3" && eb.items.back().empty());
+  ModelRecord e2;
+  CHECK(load_model(eb, &e2, &err) && e2.bloblen == 10);
 
   Buffer sb;
   save_script(sb, ScriptRecord{"CPU", "", "def f(): pass", {"f"}});
