@@ -62,12 +62,18 @@ def _generate(settings: Settings, args: argparse.Namespace) -> int:
 def _train(settings: Settings, args: argparse.Namespace) -> int:
     import dataclasses
 
+    from models.errors import ModelsError
     from models.evaluate import EvalConfig, evaluate_model, format_table
     from models.train import TrainConfig, train_and_export
 
     overrides = {k: getattr(args, k) for k in ("steps", "tiles", "seed", "bands", "threads")
                  if getattr(args, k) is not None}
     config = dataclasses.replace(TrainConfig(), **overrides)
+    if not 1 <= config.bands <= 4 or config.steps < 1 or config.tiles < 1 or config.threads < 1:
+        raise ModelsError(
+            f"cannot train with bands={config.bands}, steps={config.steps}, tiles={config.tiles}, "
+            f"threads={config.threads}: bands must be 1..4 and the others at least 1"
+        )
     out = args.out or settings.data_dir / "models" / "detector.pt"
     summary = train_and_export(config, out)
     print(f"wrote {out} ({out.stat().st_size / 1e6:.2f} MB, {summary['parameters']} parameters, "
@@ -84,10 +90,13 @@ def _evaluate(settings: Settings, args: argparse.Namespace) -> int:
     import torch
 
     from models.archive import SHIPPED_MODEL, load_model
+    from models.errors import ModelsError
     from models.evaluate import HELD_OUT_SEED_BASE, EvalConfig, evaluate_model, format_table
 
     torch.set_num_threads(settings.intra_op_threads or 2)  # 0 means the default: 2 threads
     path = args.model_path or SHIPPED_MODEL
+    if args.scenes < 1 or args.size < 32:
+        raise ModelsError(f"need at least 1 scene of at least 32 px, got --scenes {args.scenes} --size {args.size}")
     module, meta = load_model(path)
     config = EvalConfig(scenes=args.scenes, size_px=args.size, bands=int(meta["bands"]),
                         seed_base=HELD_OUT_SEED_BASE if args.seed is None else args.seed,

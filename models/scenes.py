@@ -227,9 +227,8 @@ def platform_patch(side_px: int, brightness: float, rng: np.random.Generator) ->
     d = np.abs(np.arange(size, dtype=np.float32) - c)
     lobe_amp = brightness * rng.uniform(0.01, 0.04) * np.exp(-d / (lobe / 2.5))
     lobe_amp[np.abs(np.arange(size) - c) > lobe + side_px // 2] = 0
-    row_band = slice(c - 0, c + 1)
-    add[row_band, :] = np.maximum(add[row_band, :], lobe_amp[None, :])
-    add[:, row_band] = np.maximum(add[:, row_band], lobe_amp[:, None])
+    add[c, :] = np.maximum(add[c, :], lobe_amp)  # range sidelobe (one row)
+    add[:, c] = np.maximum(add[:, c], lobe_amp)  # azimuth sidelobe (one column)
     add[mask] = deck.ravel()
     return add, mask, half
 

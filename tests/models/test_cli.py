@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 
+import pytest
 import torch
 
 from groundwatch.cli import main
@@ -40,13 +41,22 @@ def test_evaluate_refuses_a_non_model(tmp_path, capsys) -> None:
     assert "not a TorchScript archive" in capsys.readouterr().err
 
 
-def test_train_exports_a_self_describing_model(tmp_path, capsys) -> None:
+@pytest.mark.parametrize("bands", [1, 3])
+def test_train_exports_a_self_describing_model(tmp_path, capsys, bands) -> None:
     from models.archive import load_model
 
     out = tmp_path / "tiny.pt"
-    rc = main(["train", "--out", str(out), "--steps", "2", "--tiles", "4", "--no-evaluate"])
+    rc = main(["train", "--out", str(out), "--steps", "2", "--tiles", "4", "--bands", str(bands), "--no-evaluate"])
     assert rc == 0
     module, meta = load_model(out)
     assert meta["classes"] == ["ship", "platform"] and meta["contract"] == 1
+    assert meta["bands"] == bands
     assert "4 tiles" in meta["trained_on"]
-    assert module(torch.zeros(1, 1, 64, 64, dtype=torch.uint16)).shape == (1, meta["max_detections"], 6)
+    x = torch.zeros(1, bands, 64, 64, dtype=torch.uint16)
+    assert module(x).shape == (1, meta["max_detections"], 6)
+
+
+def test_train_refuses_bad_flags(tmp_path, capsys) -> None:
+    assert main(["train", "--out", str(tmp_path / "x.pt"), "--bands", "5"]) == 1
+    assert "bands must be 1..4" in capsys.readouterr().err
+    assert not (tmp_path / "x.pt").exists()
