@@ -73,10 +73,12 @@ std::string reason_first(const std::string &text) {
     size_t eol = text.find('\n', start);
     if (colon != std::string::npos && colon < eol) {
       std::string name = text.substr(start, colon - start);
-      bool is_error = name.size() > 5 && name.find(' ') == std::string::npos &&
-                      (name.compare(name.size() - 5, 5, "Error") == 0 ||
-                       name.compare(name.size() - 9 < name.size() ? name.size() - 9 : 0, 9,
-                                    "Exception") == 0);
+      auto ends_with = [&name](const std::string &suffix) {
+        return name.size() > suffix.size() &&
+               name.compare(name.size() - suffix.size(), suffix.size(), suffix) == 0;
+      };
+      bool is_error = name.find(' ') == std::string::npos &&
+                      (ends_with("Error") || ends_with("Exception"));
       if (is_error) {
         std::string reason = name == "RuntimeError" ? text.substr(colon + 2) : text.substr(start);
         std::string traceback = text.substr(sizeof(kHeader) - 1, start - (sizeof(kHeader) - 1));
