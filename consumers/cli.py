@@ -10,6 +10,8 @@ from types import FrameType
 
 from groundwatch.settings import Settings
 
+DAG_TIMEOUT_S = 300.0  # socket timeout of the consumer's connections
+
 
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
@@ -42,7 +44,8 @@ def cmd_consume(settings: Settings, args: argparse.Namespace) -> int:
     from consumers.worker import Consumer
     from groundwatch import connection
 
-    client = connection.connect(settings)
+    # A DAG may wait in the engine's queue behind other consumers' batches: allow for it.
+    client = connection.connect(settings, timeout_s=DAG_TIMEOUT_S)
     consumer = Consumer(client, settings, burst=args.burst)
 
     def drain(signum: int, _frame: FrameType | None) -> None:
