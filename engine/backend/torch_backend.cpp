@@ -180,7 +180,7 @@ int32_t gw_dtype_of(at::ScalarType type) {
     case at::kUInt16: return GW_DTYPE_UINT16;
     case at::kBool: return GW_DTYPE_BOOL;
     default:
-      throw std::runtime_error(std::string("output tensor of type ") + c10::toString(type) +
+      throw std::runtime_error(std::string("tensors of type ") + c10::toString(type) +
                                " cannot be stored (supported: FLOAT, DOUBLE, INT8, INT16, INT32, "
                                "INT64, UINT8, UINT16, BOOL)");
   }

@@ -276,3 +276,18 @@ def test_state_dict_is_not_a_model(engine: redis.Redis) -> None:
     assert "constants.pkl" in str(err.value) or "PytorchStreamReader" in str(err.value), str(err.value)
     assert engine.exists("sd") == 0
     assert engine.ping()
+
+
+class HalfOutput(torch.nn.Module):
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x.half()
+
+
+def test_output_type_without_a_redisai_type_is_an_error(engine: redis.Redis) -> None:
+    blob, _ = saved(HalfOutput())
+    engine.execute_command("AI.MODELSTORE", "h", "TORCH", "CPU", "BLOB", blob)
+    tensorset(engine, "x", np.ones(2, dtype=np.float32), "FLOAT")
+    with pytest.raises(redis.ResponseError) as err:
+        engine.execute_command("AI.MODELEXECUTE", "h", "INPUTS", 1, "x", "OUTPUTS", 1, "y")
+    assert "Half" in str(err.value)
+    assert engine.exists("y") == 0
