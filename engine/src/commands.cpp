@@ -194,7 +194,7 @@ std::string create_script(const std::string &device, const std::string &tag,
   for (const std::string &fn : entry_points) {
     if (!be->script_has_function(handle, fn.c_str())) {
       be->script_free(handle);
-      return "ERR entry point '" + fn + "' is not defined in the script source";
+      return "ERR Function " + fn + " does not exist in the given script.";
     }
   }
   Script *s = new Script();
@@ -559,7 +559,8 @@ int ModelDel_Command(RedisModuleCtx *ctx, RedisModuleString **argv, int argc) {
 /* AI.SCRIPTSTORE key device [TAG t] ENTRY_POINTS n fn... SOURCE src;
  * deprecated = AI.SCRIPTSET key device [TAG t] SOURCE src. */
 int script_store(RedisModuleCtx *ctx, RedisModuleString **argv, int argc, bool deprecated) {
-  if (argc < 3) return RedisModule_WrongArity(ctx);
+  if (argc < (deprecated ? 5 : 6))
+    return reply_err(ctx, wrong_arity(deprecated ? "AI.SCRIPTSET" : "AI.SCRIPTSTORE"));
   Args a{argv, argc};
   std::string device;
   size_t dlen;
@@ -577,8 +578,10 @@ int script_store(RedisModuleCtx *ctx, RedisModuleString **argv, int argc, bool d
     if (!a.is(i, "ENTRY_POINTS"))
       return reply_err(ctx, "ERR Insufficient arguments, missing script entry points");
     long long n;
-    if (!a.ll(i + 1, &n) || n <= 0 || n > argc - i - 2)
-      return reply_err(ctx, "ERR Invalid entry points count");
+    if (!a.ll(i + 1, &n))
+      return reply_err(ctx, "ERR Non numeric entry points number provided to AI.SCRIPTSTORE command");
+    if (n <= 0 || n > argc - i - 2)
+      return reply_err(ctx, "ERR Insufficient arguments, missing script entry points");
     for (long long k = 0; k < n; k++) entry_points.push_back(a.str(i + 2 + static_cast<int>(k)));
     i += 2 + static_cast<int>(n);
   }
@@ -727,46 +730,68 @@ std::string check_function(const Script *s, const std::string &fn) {
   if (!s->entry_points.empty()) {
     for (const std::string &e : s->entry_points)
       if (e == fn) return {};
-    return "ERR Function does not exist in the script: " + fn;
+    return "ERR Function " + fn + " does not exist in the given script.";
   }
   if (!torch_backend()->script_has_function(s->handle, fn.c_str()))
-    return "ERR Function does not exist in the script: " + fn;
+    return "ERR Function " + fn + " does not exist in the given script.";
   return {};
 }
 
-/* AI.SCRIPTEXECUTE key fn [KEYS n k...] [INPUTS n t...] [ARGS n a...] [OUTPUTS n o...] [TIMEOUT ms] */
+/* AI.SCRIPTEXECUTE key fn [KEYS n k...] [INPUTS n t...] [ARGS n a...] [OUTPUTS n o...] [TIMEOUT ms]
+ * Error texts are RedisAI 1.2's, so clients matching on them keep working. */
 std::string parse_scriptexecute(RedisModuleCtx *ctx, const Args &a, bool in_dag, Op *op,
                                 long long *timeout) {
-  if (a.argc < 5) return wrong_arity("AI.SCRIPTEXECUTE");
+  if (a.argc < 3) return wrong_arity("AI.SCRIPTEXECUTE");
   Script *script = nullptr;
   std::string err = get_script(ctx, a.argv[1], &script);
   if (!err.empty()) return err;
   op->fn = a.str(2);
+  /* Outside a DAG the script needs tensors or keys to work on, given first. */
+  if (!in_dag && !a.is(3, "KEYS") && !a.is(3, "INPUTS"))
+    return "ERR KEYS or INPUTS scope must be provided first for AI.SCRIPTEXECUTE command";
   bool seen[4] = {false, false, false, false};
   const char *kws[4] = {"KEYS", "INPUTS", "ARGS", "OUTPUTS"};
+  const char *lower[4] = {"keys", "inputs", "args", "outputs"};
   std::vector<std::string> *lists[4] = {&op->keys, &op->inputs, &op->args, &op->outputs};
   int i = 3;
   while (i < a.argc) {
     int which = -1;
     for (int k = 0; k < 4; k++)
       if (a.is(i, kws[k])) which = k;
-    if (which >= 0) {
-      if (seen[which]) return std::string("ERR Already encountered ") + kws[which] + " scope";
-      seen[which] = true;
+    if (which == 0) {
+      /* KEYS gets its own checks (RedisAI validated them before anything else). */
+      if (seen[0]) return "ERR Already Encountered KEYS scope in AI.SCRIPTEXECUTE command";
       long long n;
-      if (!a.ll(i + 1, &n) || n < 0 || n > a.argc - i - 2)
-        return std::string("ERR Invalid argument for ") + kws[which] + " count";
+      if (i + 2 >= a.argc) return "ERR Missing arguments after KEYS keyword";
+      if (!a.ll(i + 1, &n) || n <= 0) return "ERR Invalid or negative value found in number of KEYS";
+      if (n > a.argc - i - 2)
+        return "ERR Number of pre declared KEYS to be used in the command does not match the "
+               "number of given arguments";
+    }
+    if (which >= 0) {
+      if (seen[which])
+        return std::string("ERR Already Encountered ") + kws[which] + " scope in AI.SCRIPTEXECUTE command";
+      seen[which] = true;
+      if (i + 1 >= a.argc) return "ERR Invalid arguments provided to AI.SCRIPTEXECUTE";
+      long long n;
+      if (!a.ll(i + 1, &n) || n < 0)
+        return std::string("ERR Invalid argument for ") + (which == 2 ? "keys" : lower[which]) +
+               " count in AI.SCRIPTEXECUTE";
+      if (n > a.argc - i - 2)
+        return std::string("ERR number of ") + lower[which] +
+               " to AI.SCRIPTEXECUTE command does not match the number of given arguments";
       for (long long k = 0; k < n; k++) lists[which]->push_back(a.str(i + 2 + static_cast<int>(k)));
       i += 2 + static_cast<int>(n);
     } else if (a.is(i, "TIMEOUT")) {
-      if (in_dag) return "ERR TIMEOUT not allowed within a DAG command";
+      if (i + 1 >= a.argc) return "ERR No value provided for TIMEOUT in AI.SCRIPTEXECUTE";
       if (!parse_timeout(a, i + 1, timeout)) return "ERR Invalid value for TIMEOUT";
+      if (in_dag) return "ERR TIMEOUT not allowed within a DAG command";
+      if (i + 2 != a.argc) return "ERR Encountered problem parsing AI.SCRIPTEXECUTE";
       i += 2;
     } else {
-      return "ERR Invalid argument: " + a.str(i);
+      return "ERR Invalid AI.SCRIPTEXECUTE command. Unexpected argument: " + a.str(i);
     }
   }
-  if (!seen[0] && !seen[1]) return "ERR KEYS or INPUTS must be specified";
   err = check_function(script, op->fn);
   if (!err.empty()) return err;
   op->kind = OpKind::ScriptExecute;

@@ -6,7 +6,7 @@ from __future__ import annotations
 import pytest
 import redis
 
-from engine_helpers import ADD, DOUBLE, err, store_script
+from engine_helpers import ADD, DOUBLE, SCRIPT, err, store_script
 
 
 def setf(r: redis.Redis, key: str, values: list[float]) -> None:
@@ -176,7 +176,15 @@ def test_script_calls_redis_and_model(engine: redis.Redis) -> None:
 def test_script_errors(engine: redis.Redis) -> None:
     setf(engine, "a", [1])
     cases = [
-        (["AI.SCRIPTSTORE", "s", "CPU", "SOURCE", "x"], "Insufficient arguments, missing script entry points"),
+        (["AI.SCRIPTSTORE", "s", "CPU", "SOURCE", "x"], "wrong number of arguments for 'AI.SCRIPTSTORE' command"),
+        (["AI.SCRIPTSTORE", "s", "CPU", "NO_ENTRY_POINTS", 1, "f", "SOURCE", "x"],
+         "Insufficient arguments, missing script entry points"),
+        (["AI.SCRIPTSTORE", "s", "CPU", "ENTRY_POINTS", "x", "f", "SOURCE", "x"],
+         "Non numeric entry points number provided to AI.SCRIPTSTORE command"),
+        (["AI.SCRIPTSTORE", "s", "CPU", "ENTRY_POINTS", 5, "f", "SOURCE", "x"],
+         "Insufficient arguments, missing script entry points"),
+        (["AI.SCRIPTSTORE", "s", "CPU", "ENTRY_POINTS", 2, "double", "nope", "SOURCE", SCRIPT],
+         "Function nope does not exist in the given script."),
         (["AI.SCRIPTSTORE", "s", "CPU", "ENTRY_POINTS", 1, "f"], "Insufficient arguments, missing script SOURCE"),
         (["AI.SCRIPTSTORE", "s", "XPU", "ENTRY_POINTS", 1, "f", "SOURCE", "x"], "Invalid DEVICE"),
         (["AI.SCRIPTGET", "nope"], "script key is empty"),
@@ -191,9 +199,29 @@ def test_script_errors(engine: redis.Redis) -> None:
         engine.execute_command("AI.SCRIPTSTORE", "s", "CPU", "ENTRY_POINTS", 1, "f", "SOURCE", "def f(:")
     assert len(err(e.value)) > 5
     store_script(engine, "s")
+    execute_cases = [
+        (["double", "OUTPUTS", 1, "b"], "KEYS or INPUTS scope must be provided first for AI.SCRIPTEXECUTE command"),
+        (["double"], "KEYS or INPUTS scope must be provided first for AI.SCRIPTEXECUTE command"),
+        (["double", "KEYS", 1], "Missing arguments after KEYS keyword"),
+        (["double", "KEYS", "x", "k"], "Invalid or negative value found in number of KEYS"),
+        (["double", "KEYS", 2, "k"], "Number of pre declared KEYS to be used in the command does not match the number of given arguments"),
+        (["double", "KEYS", 1, "k", "ARGS"], "Invalid arguments provided to AI.SCRIPTEXECUTE"),
+        (["double", "INPUTS", "OUTPUTS"], "Invalid argument for inputs count in AI.SCRIPTEXECUTE"),
+        (["double", "INPUTS", 3, "a"], "number of inputs to AI.SCRIPTEXECUTE command does not match the number of given arguments"),
+        (["double", "INPUTS", 1, "a", "INPUTS", 1, "a"], "Already Encountered INPUTS scope in AI.SCRIPTEXECUTE command"),
+        (["double", "INPUTS", 1, "a", "OUTPUTS", 1, "b", "TIMEOUT"], "No value provided for TIMEOUT in AI.SCRIPTEXECUTE"),
+        (["double", "INPUTS", 1, "a", "OUTPUTS", 1, "b", "TIMEOUT", "TIMEOUT"], "Invalid value for TIMEOUT"),
+        (["double", "INPUTS", 1, "a", "BOGUS"], "Invalid AI.SCRIPTEXECUTE command. Unexpected argument: BOGUS"),
+        (["nope", "INPUTS", 1, "a"], "Function nope does not exist in the given script."),
+        (["double", "INPUTS", 1, "missing"], "tensor key is empty or in a different shard"),
+    ]
+    for args, message in execute_cases:
+        with pytest.raises(redis.ResponseError) as e:
+            engine.execute_command("AI.SCRIPTEXECUTE", "s", *args)
+        assert err(e.value) == message, args
     with pytest.raises(redis.ResponseError) as e:
-        engine.execute_command("AI.SCRIPTEXECUTE", "s", "double", "OUTPUTS", 1, "b")
-    assert err(e.value) == "KEYS or INPUTS must be specified"
+        engine.execute_command("AI.SCRIPTEXECUTE", "s")
+    assert err(e.value) == "wrong number of arguments for 'AI.SCRIPTEXECUTE' command"
     with pytest.raises(redis.ResponseError) as e:
         engine.execute_command("AI.SCRIPTEXECUTE", "s", "fail", "INPUTS", 1, "a", "OUTPUTS", 1, "b")
     assert engine.exists("b") == 0
