@@ -291,3 +291,23 @@ def test_output_type_without_a_redisai_type_is_an_error(engine: redis.Redis) -> 
         engine.execute_command("AI.MODELEXECUTE", "h", "INPUTS", 1, "x", "OUTPUTS", 1, "y")
     assert "Half" in str(err.value)
     assert engine.exists("y") == 0
+
+
+class ListOutput(torch.nn.Module):
+    def forward(self, x: torch.Tensor) -> list[torch.Tensor]:
+        return [x, x * 2]
+
+
+def test_list_outputs_are_counted_when_run(engine: redis.Redis) -> None:
+    """forward() -> List[Tensor]: the count is known only at run time (model_noutputs is 0), so
+    the backend checks it then, and MODELGET lists no output names."""
+    blob, _ = saved(ListOutput())
+    engine.execute_command("AI.MODELSTORE", "l", "TORCH", "CPU", "BLOB", blob)
+    assert modelget_meta(engine, "l")[b"outputs"] == []
+    tensorset(engine, "x", np.array([1, 2], dtype=np.float32), "FLOAT")
+    engine.execute_command("AI.MODELEXECUTE", "l", "INPUTS", 1, "x", "OUTPUTS", 2, "a", "b")
+    assert tensorget(engine, "b", np.float32).tolist() == [2.0, 4.0]
+    with pytest.raises(redis.ResponseError) as err:
+        engine.execute_command("AI.MODELEXECUTE", "l", "INPUTS", 1, "x", "OUTPUTS", 3, "c", "d", "e")
+    assert "returned 2 outputs" in str(err.value) and "3 were expected" in str(err.value)
+    assert engine.exists("c") == 0
