@@ -444,3 +444,48 @@ def test_concurrent_scripts_keep_their_own_context(server_factory: Callable[...,
     for c in range(clients):
         assert r.get(f"n{c}{{c}}") == str(rounds).encode()
     r.close()
+
+
+def test_no_resident_growth_over_many_runs(engine: redis.Redis) -> None:
+    """Models and scripts (with redis.execute, model_execute and a failing run) over and over:
+    redis-server's resident set settles instead of growing with the number of runs."""
+    buf = io.BytesIO()
+    torch.jit.save(torch.jit.script(Mul()), buf)
+    engine.execute_command("AI.MODELSTORE", "mul{g}", "TORCH", "CPU", "BLOB", buf.getvalue())
+    store(engine, "cs{g}", CONCURRENT_SCRIPT, "step")
+    tensorset(engine, "x{g}", np.ones((32, 32), dtype=np.float32))
+    pipe_args = [
+        ("AI.MODELEXECUTE", "mul{g}", "INPUTS", 2, "x{g}", "x{g}", "OUTPUTS", 1, "y{g}"),
+        (
+            "AI.SCRIPTEXECUTE",
+            "cs{g}",
+            "step",
+            "KEYS",
+            2,
+            "n{g}",
+            "mul{g}",
+            "INPUTS",
+            1,
+            "x{g}",
+            "OUTPUTS",
+            1,
+            "z{g}",
+        ),
+    ]
+
+    def rounds(n: int) -> None:
+        for _ in range(n):
+            for args in pipe_args:
+                engine.execute_command(*args)
+            with pytest.raises(redis.ResponseError):
+                engine.execute_command("AI.MODELEXECUTE", "mul{g}", "INPUTS", 1, "x{g}", "OUTPUTS", 1, "w{g}")
+
+    def rss() -> int:
+        return int(engine.info("memory")["used_memory_rss"])
+
+    rounds(300)
+    before = rss()
+    rounds(1500)
+    after = rss()
+    assert after - before < 8 * 1024 * 1024, (before, after)
+    assert engine.get("n{g}") == b"1800"
