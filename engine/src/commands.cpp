@@ -672,16 +672,24 @@ std::string parse_modelexecute(RedisModuleCtx *ctx, const Args &a, bool in_dag, 
   long long nin;
   if (!a.ll(3, &nin)) return "ERR Invalid argument for input_count";
   if (nin <= 0) return "ERR Input count must be a positive integer";
+  /* As RedisAI: the count is checked against the model before against the arguments. */
+  if (static_cast<size_t>(nin) != model->inputs.size())
+    return "ERR Number of keys given as INPUTS here does not match model definition";
   int i = 4;
-  if (nin > a.argc - i) return "ERR Number of keys given as INPUTS here does not match model definition";
+  if (nin > a.argc - i)
+    return "ERR number of input keys to AI.MODELEXECUTE command does not match the number of given "
+           "arguments";
   for (long long k = 0; k < nin; k++) op->inputs.push_back(a.str(i++));
   if (!a.is(i, "OUTPUTS")) return "ERR OUTPUTS not specified";
   long long nout;
   if (!a.ll(i + 1, &nout)) return "ERR Invalid argument for output_count";
   if (nout <= 0) return "ERR Output count must be a positive integer";
+  if (model->noutputs > 0 && static_cast<size_t>(nout) != model->noutputs)
+    return "ERR Number of keys given as OUTPUTS here does not match model definition";
   i += 2;
   if (nout > a.argc - i)
-    return "ERR Number of keys given as OUTPUTS here does not match model definition";
+    return "ERR number of output keys to AI.MODELEXECUTE command does not match the number of "
+           "given arguments";
   for (long long k = 0; k < nout; k++) op->outputs.push_back(a.str(i++));
   if (i < a.argc) {
     if (!a.is(i, "TIMEOUT")) return "ERR Invalid argument: " + a.str(i);
@@ -689,10 +697,6 @@ std::string parse_modelexecute(RedisModuleCtx *ctx, const Args &a, bool in_dag, 
     if (!parse_timeout(a, i + 1, timeout)) return "ERR Invalid value for TIMEOUT";
     if (i + 2 != a.argc) return "ERR Invalid argument: " + a.str(i + 2 < a.argc ? i + 2 : i);
   }
-  if (op->inputs.size() != model->inputs.size())
-    return "ERR Number of keys given as INPUTS here does not match model definition";
-  if (model->noutputs > 0 && op->outputs.size() != model->noutputs)
-    return "ERR Number of keys given as OUTPUTS here does not match model definition";
   op->kind = OpKind::ModelExecute;
   op->model = model->retain();
   op->device = model->device;
