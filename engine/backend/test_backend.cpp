@@ -64,7 +64,12 @@ std::string read_file(const std::string &path) {
   return ss.str();
 }
 
+std::vector<std::string> logged;
+std::mutex log_mutex;
+
 void host_log(const char *level, const char *message) {
+  std::lock_guard<std::mutex> lock(log_mutex);
+  logged.push_back(std::string(level) + " " + message);
   std::fprintf(stderr, "[%s] %s\n", level, message);
 }
 
@@ -324,6 +329,10 @@ def model(tensors: List[Tensor], keys: List[str], args: List[str]):
     out = redisAI.model_execute("add", tensors, 1)
     return out[0] * 10
 
+def warn(tensors: List[Tensor], keys: List[str], args: List[str]):
+    warnings.warn("careful: " + args[0])
+    return tensors[0]
+
 def old_style(a, b):
     return a - b
 
@@ -402,6 +411,17 @@ def old_variadic(a, rest: List[Tensor]):
   err = run("old_variadic", 3);
   check(err.empty() && n == 1 && first_value() == 106, "deprecated variadic signature " + err);
   release();
+  for (int i = 0; i < 3; i++) {
+    err = run("warn", 1);
+    release();
+  }
+  {
+    std::lock_guard<std::mutex> lock(log_mutex);
+    int seen = 0;
+    for (const std::string &line : logged)
+      if (contains(line, "warning TORCH backend: careful: 12")) seen++;
+    check(err.empty() && seen == 1, "libtorch warnings go to host->log, once each " + err);
+  }
   err = run("nope", 1);
   check(contains(err, "nope"), "unknown function: " + err);
   api->script_free(script);

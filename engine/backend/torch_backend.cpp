@@ -435,6 +435,24 @@ char *model_run(void *model, const GwTensor *inputs, size_t ninputs, GwTensor *o
   }
 }
 
+// libtorch's warnings (TORCH_WARN) go to the Redis log instead of redis-server's stderr, each
+// distinct message once (a model that warns on every run must not flood the log).
+class LogWarnings : public c10::WarningHandler {
+ public:
+  void process(const c10::Warning &warning) override {
+    std::string text = "TORCH backend: " + one_line(warning.msg());
+    {
+      std::lock_guard<std::mutex> lock(mutex_);
+      if (seen_.size() >= 256 || !seen_.insert(text).second) return;
+    }
+    host->log("warning", text.c_str());
+  }
+
+ private:
+  std::mutex mutex_;
+  std::unordered_set<std::string> seen_;
+};
+
 GwBackendApi api = {
     GW_BACKEND_ABI_VERSION,
     "TORCH",
@@ -461,6 +479,8 @@ extern "C" __attribute__((visibility("default"))) const GwBackendApi *gw_backend
   if (!host || !host->alloc || !host->free || !host->log) return nullptr;
   gw::host = host;
   try {
+    static gw::LogWarnings log_warnings;
+    c10::WarningUtils::set_warning_handler(&log_warnings);
     gw::register_script_ops();
   } catch (...) {
     host->log("warning", ("TORCH backend: cannot register the script operators: " +

@@ -1,7 +1,7 @@
 // torch_scripts.cpp: TorchScript scripts and the operators they call.
 //
 // Scripts are compiled from source with a resolver that maps the names RedisAI 1.2 scripts use:
-//   torch.* / math.*           -> aten operators
+//   torch.* / math.* / warnings.warn -> aten operators
 //   redis.execute(cmd, args...) -> Any      (the reply: int, str, float, None or a list; an error
 //                                             reply raises)
 //   redis.asList(value) -> List[Any]
@@ -237,7 +237,8 @@ struct ScriptResolver : public torch::jit::Resolver {
   std::shared_ptr<torch::jit::SugaredValue> resolveValue(const std::string &name,
                                                          torch::jit::GraphFunction &,
                                                          const torch::jit::SourceRange &) override {
-    if (name == "torch" || name == "math") return std::make_shared<torch::jit::BuiltinModule>("aten");
+    if (name == "torch" || name == "math" || name == "warnings")
+      return std::make_shared<torch::jit::BuiltinModule>("aten");
     if (name == "redis") return std::make_shared<torch::jit::BuiltinModule>("redis");
     if (name == "redisAI") return std::make_shared<torch::jit::BuiltinModule>("redisAI");
     if (helpers_) {
