@@ -489,3 +489,15 @@ def test_no_resident_growth_over_many_runs(engine: redis.Redis) -> None:
     after = rss()
     assert after - before < 8 * 1024 * 1024, (before, after)
     assert engine.get("n{g}") == b"1800"
+
+
+def test_script_calling_redis_inside_a_dag(engine: redis.Redis) -> None:
+    store(engine, "rs{d}", REDIS_SCRIPT, "int_set_get")
+    reply = engine.execute_command(
+        "AI.DAGEXECUTE", "ROUTING", "{d}",
+        "|>", "AI.SCRIPTEXECUTE", "rs{d}", "int_set_get", "KEYS", 1, "k{d}", "ARGS", 1, "7", "OUTPUTS", 1, "o",
+        "|>", "AI.TENSORGET", "o", "VALUES",
+    )  # fmt: skip
+    assert reply == [b"OK", [7]]
+    assert engine.get("k{d}") == b"7"
+    assert engine.exists("o") == 0  # DAG-local
