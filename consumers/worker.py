@@ -96,6 +96,18 @@ class ActiveModel:
     key: str
 
 
+@dataclass
+class Started:
+    """A batch whose DAGs are in the engine (or, `isolated`, will run one by one)."""
+
+    todo: list[Entry] = field(default_factory=list)
+    dead: list[tuple[Entry, str]] = field(default_factory=list)
+    deleted: list[str] = field(default_factory=list)
+    model: ActiveModel | None = None
+    isolated: bool = False
+    inflight: ai.InFlight | None = None
+
+
 class Consumer:
     """One member of the feed's consumer group. `run()` until `stop()` (or drained, in burst mode)."""
 
@@ -127,6 +139,7 @@ class Consumer:
         self._retry_own = False
         self._claim_cursor = "0-0"
         self._last_claim = 0.0
+        self._ahead: Started | None = None
 
     # --- control -----------------------------------------------------------------------------
 
@@ -165,18 +178,39 @@ class Consumer:
                     raise
                 # the stream or its group vanished (deleted, or a restart without persistence)
                 log.warning("consumer %s: %s; creating the group again", self.name, e)
+                self._abandon()
                 first = True
             except (redis.ConnectionError, redis.TimeoutError) as e:
                 # Redis went away (restart, failover): nothing unacknowledged is lost; it is
                 # still pending for us, so start over with our own pending entries.
                 log.warning("consumer %s: Redis connection lost (%s); retrying in %.1fs", self.name, e, backoff)
+                self._abandon()
                 self._stop.wait(backoff)
                 backoff = min(backoff * 2, 5.0)
                 first = True
+        try:
+            self._flush()  # stopped: finish the batch in flight
+        except (redis.ConnectionError, redis.TimeoutError):
+            self._abandon()
         return self.stats
+
+    def _flush(self) -> None:
+        """Finish the batch read ahead, if any."""
+        ahead, self._ahead = self._ahead, None
+        if ahead is not None:
+            self._finish(ahead)
+
+    def _abandon(self) -> None:
+        """Forget the batch read ahead (its entries stay pending for us: we start over from those)."""
+        ahead, self._ahead = self._ahead, None
+        if ahead is not None and ahead.inflight is not None:
+            ahead.inflight.abandon()
 
     def _step(self) -> bool:
         """One unit of work; False when there was nothing to do."""
+        if self._ahead is not None and (self._retry_own or self.stopping):
+            self._flush()
+            return True
         if self._retry_own:
             self._retry_own = False
             self._stop.wait(RETRY_DELAY_S)
@@ -186,11 +220,21 @@ class Consumer:
         if now - self._last_claim >= self.settings.claim_idle_ms / 2000.0:
             claimed = self._autoclaim()
             if claimed:
+                self._flush()
                 self._process(claimed)
                 return True
-        batch = self._read(">", None if self.burst else self.settings.block_ms)
+        # Read ahead: the next batch's DAGs go to the engine before this batch is published, so
+        # the engine is not idle while the consumer georeferences, merges and commits.
+        batch = self._read(">", None if self.burst or self._ahead else self.settings.block_ms)
         if batch:
-            self._process(batch)
+            try:
+                started = self._start(batch)
+            finally:
+                self._flush()
+            self._ahead = started
+            return True
+        if self._ahead is not None:
+            self._flush()
             return True
         claimed = self._autoclaim()
         if claimed:
@@ -311,33 +355,52 @@ class Consumer:
     # --- processing --------------------------------------------------------------------------
 
     def _process(self, batch: list[Entry]) -> None:
+        """A batch from start to finish (frames that were read again, reclaimed ones...)."""
+        started = self._start(batch)
+        if started is not None:
+            self._finish(started)
+
+    def _start(self, batch: list[Entry]) -> Started | None:
+        """Sort out what cannot run, read the active model, put the batch's DAGs in the engine.
+
+        None when stopped while waiting for a model (the entries stay pending)."""
         self.stats.batches += 1
-        deleted: list[str] = []
-        dead: list[tuple[Entry, str]] = []
-        todo: list[Entry] = []
+        started = Started()
         for e in batch:
             if e.fields is None:
-                deleted.append(e.id)
+                started.deleted.append(e.id)
                 continue
             if e.deliveries > self.settings.max_deliveries:
-                dead.append((e, f"delivered {e.deliveries} times (max_deliveries {self.settings.max_deliveries}): "
-                                "it failed, or its consumer died, every time"))
+                started.dead.append((e, f"delivered {e.deliveries} times (max_deliveries "
+                                        f"{self.settings.max_deliveries}): it failed, or its consumer died, every time"))
                 continue
             try:
                 e.frame = frames.decode(e.fields)
                 check_crs(e.frame.crs)
             except (FrameError, ConsumerError) as err:
-                dead.append((e, f"bad frame: {err}"))
+                started.dead.append((e, f"bad frame: {err}"))
                 continue
-            todo.append(e)
-        results: list[tuple[Entry, TileResult]] = []
-        if todo:
+            started.todo.append(e)
+        if started.todo:
             try:
-                results, failed = self._infer(todo)
+                started.model = self._wait_for_model()
             except NoActiveModel:
                 if self.stopping and not self.burst:
-                    return  # entries stay pending; whoever runs next picks them up
+                    return None  # entries stay pending; whoever runs next picks them up
                 raise
+            # Frames that failed before run alone (in _finish), so a poison frame that broke a
+            # whole engine batch does not take its batch-mates to the dead letters with it.
+            started.isolated = any(e.deliveries > 1 for e in started.todo)
+            if not started.isolated:
+                started.inflight = ai.send_concurrently(self.r, self._dags(started.model, started.todo))
+        return started
+
+    def _finish(self, started: Started) -> None:
+        """Collect the engine's replies, georeference, then publish and XACK (one MULTI)."""
+        results: list[tuple[Entry, TileResult]] = []
+        dead = started.dead
+        if started.todo:
+            results, failed = self._infer(started)
             retries = 0
             for e, reason, poison in failed:
                 if poison or e.deliveries >= self.settings.max_deliveries:
@@ -351,19 +414,21 @@ class Consumer:
                 self.stats.retries += retries
                 self._retry_own = True
                 self.r.hincrby(keys.stats(self.feed), "retries", retries)
-        if results or dead or deleted:
-            self._commit(results, dead, deleted)
+        if results or dead or started.deleted:
+            self._commit(results, dead, started.deleted)
 
     def _infer(
-        self, todo: list[Entry]
+        self, started: Started
     ) -> tuple[list[tuple[Entry, TileResult]], list[tuple[Entry, str, bool]]]:
-        """Run every frame through the engine at once; (results, [(entry, reason, poison)])."""
-        model = self._wait_for_model()
+        """The engine's outputs of a started batch, decoded; (results, [(entry, reason, poison)])."""
+        todo, model, isolated = started.todo, started.model, started.isolated
+        assert model is not None
         models: list[ActiveModel] = [model] * len(todo)
-        isolated = any(e.deliveries > 1 for e in todo)
-        outputs: list[np.ndarray | ai.DagError] = self._run_dags(
-            model, [e.frame for e in todo], isolated  # type: ignore[misc]
-        )
+        if started.inflight is not None:
+            inflight, started.inflight = started.inflight, None
+            outputs = _outputs(inflight.replies())
+        else:
+            outputs = self._run_dags(model, todo, isolated)
         missing = [i for i, o in enumerate(outputs) if isinstance(o, ai.DagError) and o.model_missing]
         if missing:
             # The version was removed under us (a switch in progress): read the pointer again, once.
@@ -371,7 +436,7 @@ class Consumer:
             if again is not None:
                 log.info("feed %s: model %s is gone; retrying %d frames with %s",
                          self.feed, model.version, len(missing), again.version)
-                rerun = self._run_dags(again, [todo[i].frame for i in missing], isolated)  # type: ignore[misc]
+                rerun = self._run_dags(again, [todo[i] for i in missing], isolated)
                 for i, out in zip(missing, rerun, strict=True):
                     outputs[i] = out
                     models[i] = again
@@ -416,24 +481,20 @@ class Consumer:
         results.sort(key=lambda pair: _id_key(pair[0].id))
         return results, failed
 
+    def _dags(self, model: ActiveModel, entries: Sequence[Entry]) -> list[list[Any]]:
+        return [
+            ai.dag_command(model.key, self.route, e.frame.array()[np.newaxis])  # type: ignore[union-attr]
+            for e in entries
+        ]
+
     def _run_dags(
-        self, model: ActiveModel, batch: Sequence[Frame], isolated: bool = False
+        self, model: ActiveModel, entries: Sequence[Entry], isolated: bool = False
     ) -> list[np.ndarray | ai.DagError]:
-        """All DAGs at once (the engine batches them), or one after the other when `isolated`:
-        frames that failed before are retried alone, so a poison frame that broke a whole engine
-        batch does not take its batch-mates to the dead letters with it."""
-        commands = [ai.dag_command(model.key, self.route, f.array()[np.newaxis]) for f in batch]
+        """All DAGs at once (the engine batches them), or one after the other when `isolated`."""
+        commands = self._dags(model, entries)
         if isolated:
-            replies = [ai.execute_concurrently(self.r, [c])[0] for c in commands]
-        else:
-            replies = ai.execute_concurrently(self.r, commands)
-        out: list[np.ndarray | ai.DagError] = []
-        for reply in replies:
-            try:
-                out.append(ai.dag_result(reply))
-            except ai.DagError as e:
-                out.append(e)
-        return out
+            return _outputs([ai.execute_concurrently(self.r, [c])[0] for c in commands])
+        return _outputs(ai.execute_concurrently(self.r, commands))
 
     # --- publishing --------------------------------------------------------------------------
 
@@ -559,6 +620,16 @@ class Consumer:
                 detections=tuple(merge(dets)),
             ))
         return out
+
+
+def _outputs(replies: Sequence[Any]) -> list[np.ndarray | ai.DagError]:
+    out: list[np.ndarray | ai.DagError] = []
+    for reply in replies:
+        try:
+            out.append(ai.dag_result(reply))
+        except ai.DagError as e:
+            out.append(e)
+    return out
 
 
 _TENSOR_ERRORS = ("data length", "invalid data type", "tensor shape", "invalid value", "blob")

@@ -228,36 +228,71 @@ def dag_result(reply: Any) -> np.ndarray:
         raise DagError(f"unexpected TENSORGET reply in the DAG: {e}", 2) from e
 
 
-def execute_concurrently(client: redis.Redis, commands: Sequence[Sequence[Any]]) -> list[Any]:
-    """Send every command on its own connection, then read the replies (in order).
+class InFlight:
+    """Commands sent by :func:`send_concurrently`, one per connection, replies not yet read."""
+
+    def __init__(self, pool: Any, conns: list[Any]) -> None:
+        self._pool = pool
+        self._conns = conns
+
+    def __len__(self) -> int:
+        return len(self._conns)
+
+    def replies(self) -> list[Any]:
+        """The replies in order (error replies as exception instances); connection failures raise."""
+        conns, self._conns = self._conns, []
+        replies: list[Any] = []
+        ok = False
+        try:
+            for conn in conns:
+                try:
+                    replies.append(conn.read_response())
+                except redis.ResponseError as e:
+                    replies.append(e)
+            ok = True
+            return replies
+        finally:
+            for conn in conns:
+                if not ok:
+                    conn.disconnect()
+                self._pool.release(conn)
+
+    def abandon(self) -> None:
+        """Drop the connections without reading (the replies are lost; the work may still run)."""
+        conns, self._conns = self._conns, []
+        for conn in conns:
+            conn.disconnect()
+            self._pool.release(conn)
+
+
+def send_concurrently(client: redis.Redis, commands: Sequence[Sequence[Any]]) -> InFlight:
+    """Send every command on its own connection and return without waiting for the replies.
 
     AI.DAGEXECUTE blocks its client until the engine is done, and Redis does not read the next
     command of a blocked client, so DAGs pipelined on ONE connection run one after the other.
     One connection per DAG puts them all in the engine's queue at once, where auto-batching
-    (BATCHSIZE) merges them. Error replies come back as exception instances, not raised;
-    connection failures are raised (after dropping the connections involved).
+    (BATCHSIZE) merges them.
     """
     pool = client.connection_pool
     conns: list[Any] = []
-    replies: list[Any] = []
-    ok = False
     try:
         for cmd in commands:
             conn = pool.get_connection(str(cmd[0]))
             conns.append(conn)
             conn.send_command(*cmd)
-        for conn in conns:
-            try:
-                replies.append(conn.read_response())
-            except redis.ResponseError as e:
-                replies.append(e)
-        ok = True
-        return replies
-    finally:
-        for conn in conns:
-            if not ok:
-                conn.disconnect()
-            pool.release(conn)
+    except BaseException:
+        InFlight(pool, conns).abandon()
+        raise
+    return InFlight(pool, conns)
+
+
+def execute_concurrently(client: redis.Redis, commands: Sequence[Sequence[Any]]) -> list[Any]:
+    """Send every command on its own connection, then read the replies (in order).
+
+    See :func:`send_concurrently`. Error replies come back as exception instances, not raised;
+    connection failures are raised (after dropping the connections involved).
+    """
+    return send_concurrently(client, commands).replies()
 
 
 def model_blob(client: redis.Redis, key: str) -> bytes:
