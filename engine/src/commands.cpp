@@ -1027,44 +1027,58 @@ struct DagMode {
 };
 
 std::string parse_dag(RedisModuleCtx *ctx, const Args &a, DagMode mode, Run *run) {
+  /* The smallest DAG: AI.DAGEXECUTE LOAD 1 k |> AI.TENSORGET k */
+  if (!mode.legacy && a.argc < 6)
+    return std::string("ERR missing arguments for '") +
+           (mode.readonly ? "AI.DAGEXECUTE_RO" : "AI.DAGEXECUTE") + "' command";
   std::set<std::string> names;
   std::set<std::string> persist;
   bool keyword = false;
+  bool seen_load = false, seen_persist = false, seen_routing = false, seen_timeout = false;
   int i = 1;
-  while (i < a.argc && !a.is(i, "|>")) {
-    if (a.is(i, "LOAD") || a.is(i, "PERSIST")) {
-      bool load = a.is(i, "LOAD");
+  while (i < a.argc && !(a.is(i, "|>") && i < a.argc - 1)) {
+    bool load = a.is(i, "LOAD") && !seen_load;
+    if (load || (a.is(i, "PERSIST") && !seen_persist)) {
+      const char *kw = load ? "LOAD" : "PERSIST";
       if (!load && mode.readonly) return "ERR PERSIST cannot be specified in a read-only DAG";
+      if (a.argc - i < 3)
+        return std::string("ERR missing arguments after ") + kw + " keyword in DAG command";
       long long n;
-      if (!a.ll(i + 1, &n) || n <= 0 || n > a.argc - i - 2)
-        return std::string("ERR invalid or negative value found in number of keys to ") +
-               (load ? "LOAD" : "PERSIST");
-      for (long long k = 0; k < n; k++) {
-        std::string name = a.str(i + 2 + static_cast<int>(k));
-        if (load) {
-          names.insert(name);
-        } else {
-          if (!persist.insert(name).second) return "ERR PERSIST keys must be unique";
-          run->persist.push_back(name);
-        }
-      }
+      if (!a.ll(i + 1, &n) || n <= 0)
+        return std::string("ERR invalid or negative value found in number of keys to ") + kw;
+      if (n > a.argc - i - 2)
+        return load ? "ERR number of keys to LOAD in AI.DAGEXECUTE command does not match the "
+                      "number of given arguments"
+                    : "ERR number of keys to PERSIST after DAG execution does not match the "
+                      "number of given arguments";
+      std::vector<std::string> keys;
+      for (long long k = 0; k < n; k++) keys.push_back(a.str(i + 2 + static_cast<int>(k)));
       if (load) {
-        std::vector<std::string> keys;
-        for (long long k = 0; k < n; k++) keys.push_back(a.str(i + 2 + static_cast<int>(k)));
+        names.insert(keys.begin(), keys.end());
         std::string err = load_inputs(ctx, run, keys);
         if (!err.empty()) return err;
+        seen_load = true;
+      } else {
+        for (const std::string &k : keys) {
+          if (!persist.insert(k).second) return "ERR PERSIST keys must be unique";
+          run->persist.push_back(k);
+        }
+        seen_persist = true;
       }
       i += 2 + static_cast<int>(n);
       keyword = true;
-    } else if (a.is(i, "ROUTING")) {
+    } else if (a.is(i, "ROUTING") && !seen_routing) {
       if (i + 1 >= a.argc) return "ERR Missing ROUTING value";
       i += 2;
-      keyword = true;
-    } else if (a.is(i, "TIMEOUT")) {
+      keyword = seen_routing = true;
+    } else if (a.is(i, "TIMEOUT") && !seen_timeout) {
+      if (i + 1 >= a.argc) return "ERR No value provided for TIMEOUT";
       if (!parse_timeout(a, i + 1, &run->timeout_ms)) return "ERR Invalid value for TIMEOUT";
       i += 2;
+      seen_timeout = true;
     } else {
-      return "ERR Invalid DAG command. Unexpected argument: " + a.str(i);
+      /* RedisAI's text, double space included. */
+      return "ERR Invalid DAG command. Unexpected argument:  " + a.str(i);
     }
   }
   if (!keyword && !mode.legacy)
@@ -1134,7 +1148,8 @@ int dag_command(RedisModuleCtx *ctx, RedisModuleString **argv, int argc, DagMode
     dag_keys(ctx, a);
     return REDISMODULE_OK;
   }
-  if (argc < 2) return RedisModule_WrongArity(ctx);
+  if (argc < 2 && mode.legacy)
+    return reply_err(ctx, wrong_arity(mode.readonly ? "AI.DAGRUN_RO" : "AI.DAGRUN"));
   if (!can_block_or_reply(ctx)) return REDISMODULE_OK;
   Run *run = new Run();
   run->kind = RunKind::Dag;
