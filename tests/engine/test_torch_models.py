@@ -4,13 +4,17 @@ carry libtorch's reasons."""
 
 from __future__ import annotations
 
+import contextlib
 import io
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import numpy as np
 import pytest
 import redis
 import torch
+
+from groundwatch.server import RedisServer
 
 # torch.jit.script/save still work in 2.13 but warn; the engine serves exactly those archives.
 pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning", "ignore::UserWarning")
@@ -50,6 +54,27 @@ class Threshold(torch.nn.Module):
         return x > 0.5
 
 
+@pytest.fixture(scope="module")
+def exact(server_factory: Callable[..., RedisServer]) -> Iterator[redis.Redis]:
+    """A server whose torch runs one intra-op thread, like `one_thread()` here: the same libtorch
+    with the same threads gives the same bits."""
+    server = server_factory(module_args=("INTRA_OP_PARALLELISM", "1"))
+    client = redis.Redis(port=server.port, socket_timeout=60)
+    yield client
+    client.close()
+    server.stop()
+
+
+@contextlib.contextmanager
+def one_thread() -> Iterator[None]:
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
+
+
 def saved(module: torch.nn.Module) -> tuple[bytes, Any]:
     torch.manual_seed(0)
     scripted = torch.jit.script(module.eval())
@@ -74,7 +99,8 @@ def modelget_meta(r: redis.Redis, key: str) -> dict[bytes, Any]:
     return dict(zip(meta[::2], meta[1::2], strict=False))
 
 
-def test_conv_net_matches_torch(engine: redis.Redis) -> None:
+def test_conv_net_matches_torch(exact: redis.Redis) -> None:
+    engine = exact
     torch.manual_seed(1)
     module = ConvNet()
     with torch.no_grad():  # non-trivial BatchNorm statistics
@@ -83,29 +109,30 @@ def test_conv_net_matches_torch(engine: redis.Redis) -> None:
         module.bn.running_var.uniform_(0.5, 2.0)
     blob, scripted = saved(module)
     x = np.random.default_rng(0).normal(size=(2, 3, 32, 32)).astype(np.float32)
-    with torch.inference_mode():
+    with torch.inference_mode(), one_thread():
         want = scripted(torch.from_numpy(x)).numpy()
     assert engine.execute_command("AI.MODELSTORE", "conv", "TORCH", "CPU", "BLOB", blob) == b"OK"
     tensorset(engine, "x", x, "FLOAT")
     assert engine.execute_command("AI.MODELEXECUTE", "conv", "INPUTS", 1, "x", "OUTPUTS", 1, "y") == b"OK"
     got = tensorget(engine, "y", np.float32)
     assert got.shape == (2, 5)
-    np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-6)
+    np.testing.assert_array_equal(got, want)  # same libtorch, same threads: bit for bit
     meta = modelget_meta(engine, "conv")
     assert meta[b"backend"] == b"TORCH"
     assert meta[b"inputs"] == [b"image"]
     assert meta[b"outputs"] == [b""]
 
 
-def test_linear_exact(engine: redis.Redis) -> None:
+def test_linear_exact(exact: redis.Redis) -> None:
+    engine = exact
     blob, scripted = saved(torch.nn.Linear(4, 3))
     x = np.arange(8, dtype=np.float32).reshape(2, 4)
-    with torch.inference_mode():
+    with torch.inference_mode(), one_thread():
         want = scripted(torch.from_numpy(x)).numpy()
     engine.execute_command("AI.MODELSTORE", "lin", "TORCH", "CPU:0", "BLOB", blob)
     tensorset(engine, "x", x, "FLOAT")
     engine.execute_command("AI.MODELEXECUTE", "lin", "INPUTS", 1, "x", "OUTPUTS", 1, "y")
-    np.testing.assert_allclose(tensorget(engine, "y", np.float32), want, rtol=1e-6, atol=1e-6)
+    np.testing.assert_array_equal(tensorget(engine, "y", np.float32), want)
     assert modelget_meta(engine, "lin")[b"inputs"] == [b"input"]
 
 
@@ -251,7 +278,8 @@ def test_redisai_client_round_trip(engine: redis.Redis) -> None:
     assert meta["inputs"] == ["a", "b", "scale"]
 
 
-def test_traced_model_matches_torch(engine: redis.Redis) -> None:
+def test_traced_model_matches_torch(exact: redis.Redis) -> None:
+    engine = exact
     torch.manual_seed(2)
     module = ConvNet().eval()
     example = torch.rand(1, 3, 16, 16)
@@ -259,12 +287,12 @@ def test_traced_model_matches_torch(engine: redis.Redis) -> None:
     buf = io.BytesIO()
     torch.jit.save(traced, buf)
     x = np.random.default_rng(3).random((4, 3, 16, 16), dtype=np.float32)
-    with torch.inference_mode():
+    with torch.inference_mode(), one_thread():
         want = traced(torch.from_numpy(x)).numpy()
     engine.execute_command("AI.MODELSTORE", "traced", "TORCH", "CPU", "BLOB", buf.getvalue())
     tensorset(engine, "x", x, "FLOAT")
     engine.execute_command("AI.MODELEXECUTE", "traced", "INPUTS", 1, "x", "OUTPUTS", 1, "y")
-    np.testing.assert_allclose(tensorget(engine, "y", np.float32), want, rtol=1e-5, atol=1e-6)
+    np.testing.assert_array_equal(tensorget(engine, "y", np.float32), want)
 
 
 def test_state_dict_is_not_a_model(engine: redis.Redis) -> None:
