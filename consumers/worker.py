@@ -12,13 +12,10 @@ XAUTOCLAIM); a crash after EXEC leaves nothing to do.
 
 from __future__ import annotations
 
-import io
 import itertools
-import json
 import logging
 import threading
 import time
-import zipfile
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any
@@ -29,7 +26,7 @@ import redis
 from consumers import ConsumerError
 from consumers.geo import check_crs, decode_output, georeference
 from consumers.merge import merge
-from groundwatch import ai, frames, keys
+from groundwatch import ai, frames, keys, modelmeta
 from groundwatch.detections import (
     Detection,
     DetectionFormatError,
@@ -42,7 +39,8 @@ from groundwatch.detections import (
     tile_json,
 )
 from groundwatch.frames import Frame, FrameError
-from groundwatch.settings import Settings
+from groundwatch.modelmeta import ModelMetadata
+from groundwatch.settings import DEFAULT_SCORE_THRESHOLD, Settings
 from groundwatch.status import THROUGHPUT_SAMPLES
 
 log = logging.getLogger("groundwatch.consumers")
@@ -50,7 +48,6 @@ log = logging.getLogger("groundwatch.consumers")
 LATENCY_SAMPLES = 1000  # recent latencies kept in keys.latency
 RETRY_DELAY_S = 0.25  # pause before frames that failed are tried again
 RESULTS_MAXLEN = 100_000  # approximate cap of the detections and scenes streams
-METADATA_FILE = "groundwatch.json"
 
 
 def _text(v: Any) -> str:
@@ -120,7 +117,9 @@ class Consumer:
         clock_ms: Callable[[], int] | None = None,
     ) -> None:
         if client.connection_pool.connection_kwargs.get("decode_responses"):
-            raise ConsumerError("the consumer needs a Redis client with decode_responses=False (frames are bytes)")
+            raise ConsumerError(
+                "the consumer needs a Redis client with decode_responses=False (frames are bytes)"
+            )
         self.settings = settings
         self.feed = keys.check_name("feed", settings.feed)
         self.group = settings.group
@@ -135,7 +134,7 @@ class Consumer:
         self.route = keys.dag_routing(self.feed)
         self.stats = RunStats()
         self._stop = threading.Event()
-        self._labels: dict[str, tuple[str, ...]] = {}
+        self._meta: dict[str, ModelMetadata | None] = {}
         self._retry_own = False
         self._claim_cursor = "0-0"
         self._last_claim = 0.0
@@ -183,7 +182,9 @@ class Consumer:
             except (redis.ConnectionError, redis.TimeoutError) as e:
                 # Redis went away (restart, failover): nothing unacknowledged is lost; it is
                 # still pending for us, so start over with our own pending entries.
-                log.warning("consumer %s: Redis connection lost (%s); retrying in %.1fs", self.name, e, backoff)
+                log.warning(
+                    "consumer %s: Redis connection lost (%s); retrying in %.1fs", self.name, e, backoff
+                )
                 self._abandon()
                 self._stop.wait(backoff)
                 backoff = min(backoff * 2, 5.0)
@@ -274,8 +275,13 @@ class Consumer:
             return
         ids = [e.id for e in entries]
         reply = self.r.execute_command(
-            "XPENDING", self.stream, self.group, min(ids, key=_id_key), max(ids, key=_id_key),
-            len(ids) * 4 + 16, self.name,
+            "XPENDING",
+            self.stream,
+            self.group,
+            min(ids, key=_id_key),
+            max(ids, key=_id_key),
+            len(ids) * 4 + 16,
+            self.name,
         )
         counts = {_text(row[0]): int(row[3]) for row in reply or ()}
         for e in entries:
@@ -295,8 +301,14 @@ class Consumer:
         """Entries idle on other (dead) consumers for claim_idle_ms, now ours."""
         self._last_claim = time.monotonic()
         reply = self.r.execute_command(
-            "XAUTOCLAIM", self.stream, self.group, self.name, self.settings.claim_idle_ms,
-            self._claim_cursor, "COUNT", self.settings.read_count,
+            "XAUTOCLAIM",
+            self.stream,
+            self.group,
+            self.name,
+            self.settings.claim_idle_ms,
+            self._claim_cursor,
+            "COUNT",
+            self.settings.read_count,
         )
         self._claim_cursor = _text(reply[0])
         entries = self._entries(reply[1])
@@ -338,19 +350,30 @@ class Consumer:
             if self._stop.wait(self.settings.block_ms / 1000.0):
                 raise NoActiveModel("stopped while waiting for an active model")
 
-    def labels(self, model: ActiveModel) -> tuple[str, ...]:
-        """Class names from the model's metadata (`extra/groundwatch.json` in its archive)."""
-        if model.key not in self._labels:
-            labels: tuple[str, ...] = ()
+    def metadata(self, model: ActiveModel) -> ModelMetadata | None:
+        """The model's groundwatch.json (read once per model key from AI.MODELGET BLOB)."""
+        if model.key not in self._meta:
+            meta: ModelMetadata | None = None
             try:
-                blob = ai.model_blob(self.r, model.key)
-                with zipfile.ZipFile(io.BytesIO(blob)) as archive:
-                    name = next(n for n in archive.namelist() if n.endswith(f"/extra/{METADATA_FILE}"))
-                    labels = tuple(str(c) for c in json.loads(archive.read(name))["classes"])
-            except (ai.EngineError, zipfile.BadZipFile, StopIteration, KeyError, ValueError, TypeError) as e:
-                log.warning("model %s: no class names in its metadata (%s); using class<id>", model.version, e)
-            self._labels[model.key] = labels
-        return self._labels[model.key]
+                meta = modelmeta.read(ai.model_blob(self.r, model.key), f"model {model.version}")
+            except (ai.EngineError, modelmeta.MetadataError) as e:
+                log.warning("model %s: no usable metadata (%s); classes shown as class<id>", model.version, e)
+            self._meta[model.key] = meta
+        return self._meta[model.key]
+
+    def labels(self, model: ActiveModel) -> tuple[str, ...]:
+        """Class names from the model's metadata; empty when it declares none."""
+        meta = self.metadata(model)
+        return meta.classes if meta is not None else ()
+
+    def threshold(self, model: ActiveModel) -> float:
+        """The operator's --score-threshold, else the model's own hint, else the default."""
+        if self.settings.score_threshold is not None:
+            return self.settings.score_threshold
+        meta = self.metadata(model)
+        if meta is not None and meta.score_threshold_hint is not None:
+            return meta.score_threshold_hint
+        return DEFAULT_SCORE_THRESHOLD
 
     # --- processing --------------------------------------------------------------------------
 
@@ -371,8 +394,13 @@ class Consumer:
                 started.deleted.append(e.id)
                 continue
             if e.deliveries > self.settings.max_deliveries:
-                started.dead.append((e, f"delivered {e.deliveries} times (max_deliveries "
-                                        f"{self.settings.max_deliveries}): it failed, or its consumer died, every time"))
+                started.dead.append(
+                    (
+                        e,
+                        f"delivered {e.deliveries} times (max_deliveries "
+                        f"{self.settings.max_deliveries}): it failed, or its consumer died, every time",
+                    )
+                )
                 continue
             try:
                 e.frame = frames.decode(e.fields)
@@ -404,11 +432,17 @@ class Consumer:
             retries = 0
             for e, reason, poison in failed:
                 if poison or e.deliveries >= self.settings.max_deliveries:
-                    dead.append((e, reason if poison else f"failed {e.deliveries} times; last error: {reason}"))
+                    dead.append(
+                        (e, reason if poison else f"failed {e.deliveries} times; last error: {reason}")
+                    )
                 else:
                     retries += 1
-                    log.warning("frame %s (entry %s) failed, will retry: %s", e.frame and e.frame.frame_id, e.id,
-                                reason)
+                    log.warning(
+                        "frame %s (entry %s) failed, will retry: %s",
+                        e.frame and e.frame.frame_id,
+                        e.id,
+                        reason,
+                    )
             if retries:
                 # left pending: read again (alone) from our own pending entries after a pause
                 self.stats.retries += retries
@@ -434,8 +468,13 @@ class Consumer:
             # The version was removed under us (a switch in progress): read the pointer again, once.
             again = self.active_model()
             if again is not None:
-                log.info("feed %s: model %s is gone; retrying %d frames with %s",
-                         self.feed, model.version, len(missing), again.version)
+                log.info(
+                    "feed %s: model %s is gone; retrying %d frames with %s",
+                    self.feed,
+                    model.version,
+                    len(missing),
+                    again.version,
+                )
                 rerun = self._run_dags(again, [todo[i] for i in missing], isolated)
                 for i, out in zip(missing, rerun, strict=True):
                     outputs[i] = out
@@ -447,7 +486,7 @@ class Consumer:
                 failed.append((todo[i], f"engine: {out}", _is_poison(out)))
                 continue
             try:
-                ok.append((i, decode_output(out, self.settings.score_threshold)))
+                ok.append((i, decode_output(out, self.threshold(models[i]))))
             except ConsumerError as err:
                 failed.append((todo[i], f"model {models[i].version}: {err}", False))
         results: list[tuple[Entry, TileResult]] = []
@@ -457,8 +496,10 @@ class Consumer:
         for m, items in by_model.items():
             labels = self.labels(m)
             try:
-                located: list[list[Detection] | ConsumerError] = list(georeference(
-                    [(todo[i].frame, rows) for i, rows in items], labels, m.version))  # type: ignore[misc]
+                pairs = [(todo[i].frame, rows) for i, rows in items]
+                located: list[list[Detection] | ConsumerError] = list(
+                    georeference(pairs, labels, m.version)  # type: ignore[arg-type]
+                )
             except ConsumerError:  # find the frame(s) at fault, one by one
                 located = []
                 for i, rows in items:
@@ -472,12 +513,25 @@ class Consumer:
                 if isinstance(dets, ConsumerError):
                     failed.append((todo[i], f"cannot georeference: {dets}", True))
                     continue
-                results.append((todo[i], TileResult(
-                    feed=self.feed, frame=f.frame_id, scene=f.scene, tile=f.tile, tiles=f.tiles,
-                    model=m.version, crs=f.crs, window=tuple(f.window),  # type: ignore[arg-type]
-                    acquired=frames.format_time(f.acquired), published_ms=f.published_ms, done_ms=0,
-                    detections=tuple(dets),
-                )))
+                results.append(
+                    (
+                        todo[i],
+                        TileResult(
+                            feed=self.feed,
+                            frame=f.frame_id,
+                            scene=f.scene,
+                            tile=f.tile,
+                            tiles=f.tiles,
+                            model=m.version,
+                            crs=f.crs,
+                            window=tuple(f.window),  # type: ignore[arg-type]
+                            acquired=frames.format_time(f.acquired),
+                            published_ms=f.published_ms,
+                            done_ms=0,
+                            detections=tuple(dets),
+                        ),
+                    )
+                )
         results.sort(key=lambda pair: _id_key(pair[0].id))
         return results, failed
 
@@ -527,19 +581,26 @@ class Consumer:
                         else:
                             seen.add(marker)
                             fresh.append((e, r))
-                    dead_now = [(e, why) for (e, why), m in zip(dead, dead_markers, strict=True) if m not in already]
+                    dead_now = [
+                        (e, why) for (e, why), m in zip(dead, dead_markers, strict=True) if m not in already
+                    ]
                     now = self.clock_ms()
                     fresh = [(e, replace(r, done_ms=now)) for e, r in fresh]
                     completions = self._completions(pipe, fresh, now)
 
                     pipe.multi()
                     detections = 0
-                    for (e, r), marker in zip(fresh, [keys.frame_done(feed, r.frame, r.model) for _, r in fresh],
-                                              strict=True):
+                    for (e, r), marker in zip(
+                        fresh, [keys.frame_done(feed, r.frame, r.model) for _, r in fresh], strict=True
+                    ):
                         text = tile_json(r)
                         pipe.set(marker, e.id, ex=ttl)
-                        pipe.xadd(keys.detections(feed), encode_tile(r, text), maxlen=RESULTS_MAXLEN,
-                                  approximate=True)
+                        pipe.xadd(
+                            keys.detections(feed),
+                            encode_tile(r, text),
+                            maxlen=RESULTS_MAXLEN,
+                            approximate=True,
+                        )
                         pipe.publish(keys.detections(feed), text)
                         pipe.hset(keys.scene_tiles(feed, r.scene), str(r.tile), text)
                         pipe.expire(keys.scene_tiles(feed, r.scene), ttl)
@@ -548,15 +609,19 @@ class Consumer:
                     for s in completions:
                         text = scene_json(s)
                         pipe.set(keys.scene_result(feed, s.scene), text, ex=ttl)
-                        pipe.xadd(keys.scenes(feed), encode_scene(s, text), maxlen=RESULTS_MAXLEN,
-                                  approximate=True)
+                        pipe.xadd(
+                            keys.scenes(feed), encode_scene(s, text), maxlen=RESULTS_MAXLEN, approximate=True
+                        )
                         pipe.publish(keys.scenes(feed), text)
                         pipe.delete(keys.scene_tiles(feed, s.scene))
                     for e, why in dead_now:
                         assert e.fields is not None
                         letter: dict[Any, Any] = {
-                            "dead_reason": why, "dead_id": e.id, "dead_consumer": self.name,
-                            "dead_deliveries": str(e.deliveries), "dead_ms": str(now),
+                            "dead_reason": why,
+                            "dead_id": e.id,
+                            "dead_consumer": self.name,
+                            "dead_deliveries": str(e.deliveries),
+                            "dead_ms": str(now),
                         }
                         letter.update({k: v for k, v in e.fields.items() if _text(k) not in letter})
                         pipe.xadd(keys.dead_letters(feed), letter)
@@ -565,9 +630,14 @@ class Consumer:
                     if ids:
                         pipe.xack(self.stream, self.group, *ids)
                     stats = keys.stats(feed)
-                    for name, n in (("frames_done", len(fresh)), ("detections", detections),
-                                    ("dead", len(dead_now)), ("scenes_done", len(completions)),
-                                    ("duplicates", len(duplicates)), ("deleted", len(deleted))):
+                    for name, n in (
+                        ("frames_done", len(fresh)),
+                        ("detections", detections),
+                        ("dead", len(dead_now)),
+                        ("scenes_done", len(completions)),
+                        ("duplicates", len(duplicates)),
+                        ("deleted", len(deleted)),
+                    ):
                         if n:
                             pipe.hincrby(stats, name, n)
                     if fresh:
@@ -578,7 +648,9 @@ class Consumer:
                 except redis.WatchError:
                     self.stats.conflicts += 1
                     if attempt and attempt % 50 == 0:
-                        log.warning("consumer %s: %d WATCH conflicts publishing one batch", self.name, attempt)
+                        log.warning(
+                            "consumer %s: %d WATCH conflicts publishing one batch", self.name, attempt
+                        )
                     continue
             break
         self.stats.frames_done += len(fresh)
@@ -613,12 +685,19 @@ class Consumer:
                 by_tile[r.tile] = r
             parts = [by_tile[i] for i in range(tiles) if i in by_tile]
             dets = [d for p in parts for d in p.detections]
-            out.append(SceneResult(
-                feed=self.feed, scene=scene, tiles=tiles,
-                models=tuple(sorted({p.model for p in parts})), crs=parts[0].crs,
-                acquired=parts[0].acquired, done_ms=now, detections_in=len(dets),
-                detections=tuple(merge(dets)),
-            ))
+            out.append(
+                SceneResult(
+                    feed=self.feed,
+                    scene=scene,
+                    tiles=tiles,
+                    models=tuple(sorted({p.model for p in parts})),
+                    crs=parts[0].crs,
+                    acquired=parts[0].acquired,
+                    done_ms=now,
+                    detections_in=len(dets),
+                    detections=tuple(merge(dets)),
+                )
+            )
         return out
 
 

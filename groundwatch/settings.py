@@ -19,6 +19,7 @@ from typing import Any
 from groundwatch.errors import ConfigError
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
+DEFAULT_SCORE_THRESHOLD = 0.3
 
 
 def _default_consumer() -> str:
@@ -44,7 +45,8 @@ class Settings:
     group: str = "detectors"
     consumer: str = field(default_factory=_default_consumer)
     model: str = "ship"
-    score_threshold: float = 0.3
+    # None: the model's own score_threshold_hint (docs/models.md), else DEFAULT_SCORE_THRESHOLD.
+    score_threshold: float | None = None
     tile_size: int = 512
     tile_overlap: int = 64
     read_count: int = 16
@@ -71,7 +73,7 @@ class Settings:
             raise ConfigError(
                 f"tile overlap {self.tile_overlap} must be >= 0 and smaller than the tile size {self.tile_size}"
             )
-        if not 0.0 <= self.score_threshold <= 1.0:
+        if self.score_threshold is not None and not 0.0 <= self.score_threshold <= 1.0:
             raise ConfigError(f"score threshold {self.score_threshold} must be between 0 and 1")
         for name in ("threads_per_queue", "read_count", "max_deliveries", "publish_batch"):
             if getattr(self, name) < 1:
@@ -99,7 +101,7 @@ class Settings:
 
 
 def _convert(name: str, type_name: Any, raw: str) -> Any:
-    kind = str(type_name)
+    kind = str(type_name).removesuffix(" | None")
     try:
         if "Path" in kind:
             return Path(raw)

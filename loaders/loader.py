@@ -21,8 +21,9 @@ import redis
 
 from groundwatch import keys
 from groundwatch.ai import Engine, EngineError
+from groundwatch.modelmeta import ModelMetadata
 from loaders import LoaderError
-from loaders.archive import ModelFile, ModelMetadata, read_model_file
+from loaders.archive import ModelFile, read_model_file
 from loaders.registry import Registry, VersionRecord
 
 log = logging.getLogger(__name__)

@@ -22,7 +22,7 @@ LEVEL = 50000  # pixels at or above this are "objects"
 HALF = 3  # a spot's box: [x - 3, y - 3, x + 4, y + 4] (pixel edges)
 
 
-def spots_model(k: int = 8, poison_value: int = -1) -> bytes:
+def spots_model(k: int = 8, poison_value: int = -1, hint: float | None = None) -> bytes:
     """TorchScript archive: every pixel >= LEVEL of band 0 is an object (up to k per tile).
 
     Score = value / 65535; class = value % 2 (60000: ship, 60001: platform). Rows sorted by
@@ -59,20 +59,22 @@ def spots_model(k: int = 8, poison_value: int = -1) -> bytes:
     buf = io.BytesIO()
     meta = {"contract": 1, "classes": CLASSES, "bands": 1, "dtype": "uint16", "tile_size": 64,
             "max_detections": k}
+    if hint is not None:
+        meta["score_threshold_hint"] = hint
     torch.jit.save(torch.jit.script(Spots(k, float(LEVEL), float(HALF), float(poison_value))), buf,
                    _extra_files={"groundwatch.json": json.dumps(meta)})
     return buf.getvalue()
 
 
-_MODELS: dict[tuple[int, int], bytes] = {}
+_MODELS: dict[tuple[int, int, float | None], bytes] = {}
 
 
 def install_model(client: redis.Redis, feed: str, version: int = 1, *, name: str = "m", batch: int | None = 16,
-                  poison_value: int = -1, activate: bool = True) -> str:
+                  poison_value: int = -1, activate: bool = True, hint: float | None = None) -> str:
     """Store the spots model as `name:version` of `feed` (and make it active)."""
-    key = (8, poison_value)
+    key = (8, poison_value, hint)
     if key not in _MODELS:
-        _MODELS[key] = spots_model(8, poison_value)
+        _MODELS[key] = spots_model(8, poison_value, hint)
     Engine(client).model_store(keys.model(feed, name, version), _MODELS[key], tag=str(version), batch=batch)
     if activate:
         client.set(keys.active_model(feed), f"{name}:{version}")

@@ -35,9 +35,9 @@ def _zip_with(name: str) -> bytes:
         (_zip_with("readme.txt"), "not a TorchScript archive"),
         (_state_dict_file(), "not a TorchScript archive"),
         (toymodels.archive(toymodels.BrightestPixel(), None), "carries no groundwatch.json"),
-        (toymodels.archive(toymodels.BrightestPixel(), {"classes": ["a"]}), "not valid"),
+        (toymodels.archive(toymodels.BrightestPixel(), {"classes": ["a"]}), "lacks contract"),
         (toymodels.archive(toymodels.BrightestPixel(), toymodels.metadata(contract=2)), "contract 2"),
-        (toymodels.archive(toymodels.BrightestPixel(), toymodels.metadata(dtype="int64")), "dtype one of"),
+        (toymodels.archive(toymodels.BrightestPixel(), toymodels.metadata(dtype="int64")), "dtype must be one of"),
         (toymodels.archive(toymodels.BrightestPixel(), toymodels.metadata(classes=[])), "classes must be"),
     ],
 )

@@ -1,0 +1,135 @@
+"""The model metadata format: the `groundwatch.json` that makes a TorchScript file self-describing.
+
+`torch.jit.save(m, f, _extra_files={"groundwatch.json": ...})` stores it as
+`<archive>/extra/groundwatch.json` in the zip archive, so it can be read here with zipfile alone,
+without torch, from a file or from a blob fetched with AI.MODELGET. Contract 1 is documented in
+docs/models.md; models write it, loaders check it, consumers read class names and the score
+threshold from it.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import zipfile
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from groundwatch.errors import GroundwatchError
+
+METADATA_FILE = "groundwatch.json"
+CONTRACT_VERSION = 1
+DTYPES = ("uint8", "uint16", "float32")
+REQUIRED = ("contract", "classes", "bands", "dtype", "tile_size", "max_detections")
+
+
+class MetadataError(GroundwatchError):
+    """A model file is not TorchScript, or its groundwatch.json is missing or invalid."""
+
+
+@dataclass(frozen=True)
+class ModelMetadata:
+    """What a model declares about itself (contract 1). `extra` keeps the keys not listed here."""
+
+    classes: tuple[str, ...]
+    bands: int
+    dtype: str
+    tile_size: int
+    max_detections: int
+    score_threshold_hint: float | None = None
+    contract: int = CONTRACT_VERSION
+    extra: dict[str, Any] = field(default_factory=dict, compare=False)
+
+    @classmethod
+    def from_dict(cls, meta: Any) -> ModelMetadata:
+        if not isinstance(meta, dict):
+            raise MetadataError(f"{METADATA_FILE} must hold a JSON object, got {type(meta).__name__}")
+        missing = [k for k in REQUIRED if k not in meta]
+        if missing:
+            raise MetadataError(
+                f"{METADATA_FILE} lacks {', '.join(missing)}; it needs {', '.join(REQUIRED)} (docs/models.md)"
+            )
+        if meta["contract"] != CONTRACT_VERSION:
+            raise MetadataError(
+                f"model contract {meta['contract']!r} is not supported (this groundwatch knows contract "
+                f"{CONTRACT_VERSION}); export the model again with this version"
+            )
+        classes = meta["classes"]
+        if not isinstance(classes, list) or not classes or not all(isinstance(c, str) for c in classes):
+            raise MetadataError(
+                f"{METADATA_FILE}: classes must be a non-empty list of names, got {classes!r}"
+            )
+        for key in ("bands", "tile_size", "max_detections"):
+            if not isinstance(meta[key], int) or isinstance(meta[key], bool) or meta[key] < 1:
+                raise MetadataError(f"{METADATA_FILE}: {key} must be a positive integer, got {meta[key]!r}")
+        if meta["dtype"] not in DTYPES:
+            raise MetadataError(
+                f"{METADATA_FILE}: dtype must be one of {', '.join(DTYPES)}, got {meta['dtype']!r}"
+            )
+        hint = meta.get("score_threshold_hint")
+        if hint is not None and not (isinstance(hint, int | float) and 0 <= hint <= 1):
+            raise MetadataError(f"{METADATA_FILE}: score_threshold_hint must be in [0, 1], got {hint!r}")
+        known = {*REQUIRED, "score_threshold_hint"}
+        return cls(
+            classes=tuple(classes),
+            bands=meta["bands"],
+            dtype=meta["dtype"],
+            tile_size=meta["tile_size"],
+            max_detections=meta["max_detections"],
+            contract=meta["contract"],
+            score_threshold_hint=None if hint is None else float(hint),
+            extra={k: v for k, v in meta.items() if k not in known},
+        )
+
+    def as_dict(self) -> dict[str, Any]:
+        out: dict[str, Any] = dict(self.extra)
+        out.update(
+            contract=self.contract,
+            classes=list(self.classes),
+            bands=self.bands,
+            dtype=self.dtype,
+            tile_size=self.tile_size,
+            max_detections=self.max_detections,
+        )
+        if self.score_threshold_hint is not None:
+            out["score_threshold_hint"] = self.score_threshold_hint
+        return out
+
+
+def read_raw(source: str | Path | bytes, what: str | None = None) -> dict[str, Any]:
+    """The JSON object in a TorchScript file's groundwatch.json (path or bytes), unvalidated."""
+    what = what or ("the given bytes" if isinstance(source, bytes | bytearray) else f"model file {source!s}")
+    try:
+        archive = zipfile.ZipFile(
+            io.BytesIO(source) if isinstance(source, bytes | bytearray) else Path(source)
+        )
+    except FileNotFoundError as e:
+        raise MetadataError(f"{what} does not exist; check the path") from e
+    except (zipfile.BadZipFile, OSError) as e:
+        raise MetadataError(
+            f"{what} is not a TorchScript archive (not a zip file); export the model with "
+            "torch.jit.script(model) and torch.jit.save(...)"
+        ) from e
+    with archive:
+        names = archive.namelist()
+        if not any(n.endswith("/data.pkl") for n in names) or not any("/code/" in n for n in names):
+            raise MetadataError(
+                f"{what} is a zip file but not a TorchScript archive (no data.pkl / code/); a state_dict "
+                "or torch.save() file will not do: export with torch.jit.save"
+            )
+        meta_name = next((n for n in names if n.endswith(f"/extra/{METADATA_FILE}")), None)
+        if meta_name is None:
+            raise MetadataError(
+                f"{what} carries no {METADATA_FILE}: save it with "
+                f"torch.jit.save(m, f, _extra_files={{'{METADATA_FILE}': json.dumps(meta)}}) (docs/models.md)"
+            )
+        try:
+            return dict(json.loads(archive.read(meta_name).decode("utf-8")))
+        except (UnicodeDecodeError, ValueError, TypeError) as e:
+            raise MetadataError(f"{what}: {METADATA_FILE} is not valid JSON: {e}") from e
+
+
+def read(source: str | Path | bytes, what: str | None = None) -> ModelMetadata:
+    """The checked metadata of a TorchScript file (path or bytes)."""
+    return ModelMetadata.from_dict(read_raw(source, what))
