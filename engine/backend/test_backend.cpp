@@ -6,6 +6,7 @@
 //   pair.pt     forward(x) -> (x * 2, x.sum())
 //   u8.pt       forward(x: uint8, y: uint16) -> x.float() + y.float()
 //   linear.pt   a Linear(4, 3)
+//   frozen.pt   a Linear(64, 64) after torch.jit.freeze (weights become graph constants)
 // The program dlopen()s the backend the way the module does, gives it a host API with malloc/free
 // and a tiny fake Redis (a string map), and prints one line per failed check. Exit status 0 when
 // every check passed.
@@ -115,9 +116,11 @@ char *host_redis_execute(void *call_ctx, int argc, const char *const *argv, cons
     reply->type = GW_REPLY_ARRAY;
     reply->nelements = 3;
     reply->elements = static_cast<GwReply *>(std::calloc(3, sizeof(GwReply)));
-    for (int i = 0; i < 3; i++) set_string_reply(&reply->elements[i], std::to_string(i + 7), GW_REPLY_STRING);
+    for (int i = 0; i < 3; i++)
+      set_string_reply(&reply->elements[i], std::to_string(i + 7), GW_REPLY_STRING);
   } else {
-    set_string_reply(reply, "ERR wrong number of arguments for '" + cmd + "' command", GW_REPLY_ERROR);
+    set_string_reply(reply, "ERR wrong number of arguments for '" + cmd + "' command",
+                     GW_REPLY_ERROR);
   }
   return nullptr;
 }
@@ -191,7 +194,8 @@ void test_models(const std::string &dir) {
     free_tensor(&out);
   }
   err = take_error(api->model_run(add_model, in, 1, &out, 1));
-  check(contains(err, "2 inputs") && contains(err, "1 were given"), "add: wrong input count: " + err);
+  check(contains(err, "2 inputs") && contains(err, "1 were given"),
+        "add: wrong input count: " + err);
   GwTensor outs2[2];
   err = take_error(api->model_run(add_model, in, 2, outs2, 2));
   check(contains(err, "1 output") && contains(err, "2 were expected"),
@@ -273,6 +277,14 @@ void test_models(const std::string &dir) {
   if (linear) {
     check(api->model_memory(linear) == (4 * 3 + 3) * sizeof(float), "linear: memory = params");
     api->model_free(linear);
+  }
+
+  void *frozen = load(dir, "frozen.pt");
+  if (frozen) {
+    check(api->model_memory(frozen) >= 64 * 64 * sizeof(float),
+          "frozen: memory counts graph constants (" +
+              std::to_string(api->model_memory(frozen)) + ")");
+    api->model_free(frozen);
   }
 
   void *model = nullptr;
@@ -454,7 +466,8 @@ void test_no_growth() {
 def f(tensors: List[Tensor], keys: List[str], args: List[str]):
     redis.execute("SET", keys[0], args[0])
     v = redis_string_int_to_tensor(redis.execute("GET", keys[0]))
-    return redisAI.model_execute("add", tensors, 1)[0] + v, redis_int_list_to_tensor(redis.execute("LIST3"))
+    listed = redis_int_list_to_tensor(redis.execute("LIST3"))
+    return redisAI.model_execute("add", tensors, 1)[0] + v, listed
 )";
   void *script = nullptr;
   std::string err = take_error(api->script_compile(source.data(), source.size(), "CPU", &script));

@@ -6,6 +6,8 @@
 #include <ATen/Parallel.h>
 #include <c10/core/DeviceGuard.h>
 #include <c10/core/InferenceMode.h>
+#include <torch/csrc/jit/ir/constants.h>
+#include <torch/csrc/jit/ir/ir.h>
 #include <torch/cuda.h>
 #include <torch/script.h>
 #include <torch/version.h>
@@ -13,6 +15,7 @@
 #include <atomic>
 #include <cstring>
 #include <exception>
+#include <functional>
 #include <mutex>
 #include <sstream>
 #include <stdexcept>
@@ -293,6 +296,17 @@ size_t module_memory(const torch::jit::Module &module) {
   };
   for (const at::Tensor &p : module.parameters(/*recurse=*/true)) add(p);
   for (const at::Tensor &b : module.buffers(/*recurse=*/true)) add(b);
+  // A frozen model (torch.jit.freeze) holds its weights as graph constants instead.
+  std::function<void(torch::jit::Block *)> walk = [&](torch::jit::Block *block) {
+    for (torch::jit::Node *node : block->nodes()) {
+      if (node->kind() == c10::prim::Constant &&
+          node->output()->type()->kind() == c10::TypeKind::TensorType) {
+        if (auto value = torch::jit::toIValue(node->output())) add(value->toTensor());
+      }
+      for (torch::jit::Block *inner : node->blocks()) walk(inner);
+    }
+  };
+  for (const torch::jit::Method &method : module.get_methods()) walk(method.graph()->block());
   return total;
 }
 

@@ -40,7 +40,8 @@ int32_t gw_dtype_of(at::ScalarType type);
 // Collects the tensors of a Tensor, Tuple or List value; what names the offending value in errors.
 std::vector<at::Tensor> tensors_of(const c10::IValue &value, const char *what);
 
-// Scripts (torch_scripts.cpp). register_script_ops runs once, from gw_backend_init; throws on failure.
+// Scripts (torch_scripts.cpp). register_script_ops runs once, from gw_backend_init; throws on
+// failure.
 void register_script_ops();
 char *script_compile(const char *source, size_t len, const char *device, void **script);
 void script_free(void *script);

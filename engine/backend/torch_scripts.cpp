@@ -49,7 +49,8 @@ c10::IValue reply_to_ivalue(const GwReply &reply) {
     case GW_REPLY_ARRAY: {
       c10::impl::GenericList list(c10::AnyType::get());
       list.reserve(reply.nelements);
-      for (size_t i = 0; i < reply.nelements; i++) list.push_back(reply_to_ivalue(reply.elements[i]));
+      for (size_t i = 0; i < reply.nelements; i++)
+        list.push_back(reply_to_ivalue(reply.elements[i]));
       return c10::IValue(std::move(list));
     }
     default: throw std::runtime_error("unknown reply type from redis.execute");
@@ -300,7 +301,8 @@ std::vector<c10::IValue> make_arguments(const c10::FunctionSchema &schema,
     const c10::TypePtr &t = p.type();
     if (t->kind() == c10::TypeKind::TensorType) {
       if (next_tensor >= tensors.size())
-        throw std::runtime_error("function " + schema.name() + " expects more input tensors than the " +
+        throw std::runtime_error("function " + schema.name() +
+                                 " expects more input tensors than the " +
                                  std::to_string(tensors.size()) + " given");
       stack.emplace_back(tensors[next_tensor++]);
     } else if (is_list_of(t, c10::TypeKind::TensorType)) {
@@ -311,7 +313,8 @@ std::vector<c10::IValue> make_arguments(const c10::FunctionSchema &schema,
     } else if (t->kind() == c10::TypeKind::StringType || t->kind() == c10::TypeKind::IntType ||
                t->kind() == c10::TypeKind::FloatType) {
       if (next_word >= words.size())
-        throw std::runtime_error("function " + schema.name() + ": no value for argument " + p.name());
+        throw std::runtime_error("function " + schema.name() + ": no value for argument " +
+                                 p.name());
       const std::string &w = words[next_word++];
       try {
         if (t->kind() == c10::TypeKind::StringType)
@@ -335,7 +338,8 @@ std::vector<c10::IValue> make_arguments(const c10::FunctionSchema &schema,
   }
   if (next_tensor < tensors.size())
     throw std::runtime_error("function " + schema.name() + " takes " + std::to_string(next_tensor) +
-                             " input tensors but " + std::to_string(tensors.size()) + " were given");
+                             " input tensors but " + std::to_string(tensors.size()) +
+                             " were given");
   return stack;
 }
 

@@ -58,6 +58,7 @@ def model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     torch.jit.save(torch.jit.script(Pair()), str(d / "pair.pt"))
     torch.jit.save(torch.jit.script(Unsigned()), str(d / "u8.pt"))
     torch.jit.save(torch.jit.script(torch.nn.Linear(4, 3)), str(d / "linear.pt"))
+    torch.jit.save(torch.jit.freeze(torch.jit.script(torch.nn.Linear(64, 64).eval())), str(d / "frozen.pt"))
     return d
 
 
