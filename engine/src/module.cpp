@@ -102,6 +102,13 @@ size_t tensor_mem_usage(const void *value) {
 
 void tensor_free(void *value) { static_cast<Tensor *>(value)->release(); }
 
+/* COPY: tensors never change once built, so the copy shares the data. */
+void *tensor_copy(RedisModuleString *fromkey, RedisModuleString *tokey, const void *value) {
+  (void)fromkey;
+  (void)tokey;
+  return const_cast<Tensor *>(static_cast<const Tensor *>(value))->retain();
+}
+
 /* ==== AI__MODEL =============================================================================== */
 
 void *model_rdb_load(RedisModuleIO *io, int encver) {
@@ -377,13 +384,16 @@ extern "C" __attribute__((visibility("default"))) int RedisModule_OnLoad(RedisMo
 
   RedisModuleTypeMethods tm;
   memset(&tm, 0, sizeof tm);
-  tm.version = REDISMODULE_TYPE_METHOD_VERSION_1;
+  tm.version = REDISMODULE_TYPE_METHOD_VERSION_3;
   tm.rdb_load = tensor_rdb_load;
   tm.rdb_save = tensor_rdb_save;
   tm.aof_rewrite = tensor_aof_rewrite;
   tm.mem_usage = tensor_mem_usage;
   tm.free = tensor_free;
+  tm.copy = tensor_copy;
   TensorType = RedisModule_CreateDataType(ctx, "AI_TENSOR", kEncodingVersion, &tm);
+  /* Models and scripts carry run statistics per key, which a shared copy would mix up. */
+  tm.copy = nullptr;
   tm.rdb_load = model_rdb_load;
   tm.rdb_save = model_rdb_save;
   tm.aof_rewrite = model_aof_rewrite;

@@ -52,8 +52,8 @@ typedef struct RedisModuleInfoCtx RedisModuleInfoCtx;
 #define REDISMODULE_CTX_FLAGS_LOADING (1 << 13)
 #define REDISMODULE_CTX_FLAGS_DENY_BLOCKING (1 << 21)
 
-/* Version 1 of the type methods: the fields up to `free` are all Redis reads. */
-#define REDISMODULE_TYPE_METHOD_VERSION_1 1
+/* Version 3 of the type methods: Redis reads the fields up to `defrag`. */
+#define REDISMODULE_TYPE_METHOD_VERSION_3 3
 
 /* ---- Callback types ------------------------------------------------------------------------- */
 typedef int (*RedisModuleCmdFunc)(RedisModuleCtx *ctx, RedisModuleString **argv, int argc);
@@ -66,6 +66,13 @@ typedef void (*RedisModuleTypeDigestFunc)(RedisModuleDigest *digest, void *value
 typedef void (*RedisModuleTypeFreeFunc)(void *value);
 typedef void (*RedisModuleInfoFunc)(RedisModuleInfoCtx *ctx, int for_crash_report);
 typedef void (*RedisModuleFreePrivDataFunc)(RedisModuleCtx *ctx, void *privdata);
+typedef int (*RedisModuleTypeAuxLoadFunc)(RedisModuleIO *rdb, int encver, int when);
+typedef void (*RedisModuleTypeAuxSaveFunc)(RedisModuleIO *rdb, int when);
+typedef size_t (*RedisModuleTypeFreeEffortFunc)(RedisModuleString *key, const void *value);
+typedef void (*RedisModuleTypeUnlinkFunc)(RedisModuleString *key, const void *value);
+typedef void *(*RedisModuleTypeCopyFunc)(RedisModuleString *fromkey, RedisModuleString *tokey,
+                                         const void *value);
+typedef int (*RedisModuleTypeDefragFunc)(void *defrag_ctx, RedisModuleString *key, void **value);
 
 typedef struct RedisModuleTypeMethods {
   uint64_t version;
@@ -75,6 +82,13 @@ typedef struct RedisModuleTypeMethods {
   RedisModuleTypeMemUsageFunc mem_usage;
   RedisModuleTypeDigestFunc digest;
   RedisModuleTypeFreeFunc free;
+  RedisModuleTypeAuxLoadFunc aux_load;
+  RedisModuleTypeAuxSaveFunc aux_save;
+  int aux_save_triggers;
+  RedisModuleTypeFreeEffortFunc free_effort;
+  RedisModuleTypeUnlinkFunc unlink;
+  RedisModuleTypeCopyFunc copy;
+  RedisModuleTypeDefragFunc defrag;
 } RedisModuleTypeMethods;
 
 /* ---- Functions ------------------------------------------------------------------------------

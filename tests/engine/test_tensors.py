@@ -169,3 +169,15 @@ def test_redisai_client_tensor_round_trip(engine: redis.Redis) -> None:
     assert list(con.tensorget("v", as_numpy=False)["values"]) == [1, 2, 3]
     meta = con.tensorget("x", meta_only=True)
     assert meta["dtype"] == "FLOAT" and list(meta["shape"]) == [3, 4]
+
+
+def test_copy_command_copies_tensors(engine: redis.Redis) -> None:
+    engine.execute_command("AI.TENSORSET", "t", "INT32", 2, "VALUES", 4, 5)
+    assert engine.copy("t", "t2") is True
+    engine.execute_command("AI.TENSORSET", "t", "INT32", 1, "VALUES", 9)
+    assert engine.execute_command("AI.TENSORGET", "t2", "VALUES") == [4, 5]
+    assert engine.execute_command("AI.TENSORGET", "t", "VALUES") == [9]
+    engine.delete("t")
+    assert engine.execute_command("AI.TENSORGET", "t2", "META", "VALUES") == [
+        b"dtype", b"INT32", b"shape", [2], b"values", [4, 5],
+    ]
