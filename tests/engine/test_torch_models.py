@@ -339,3 +339,42 @@ def test_list_outputs_are_counted_when_run(engine: redis.Redis) -> None:
         engine.execute_command("AI.MODELEXECUTE", "l", "INPUTS", 1, "x", "OUTPUTS", 3, "c", "d", "e")
     assert "returned 2 outputs" in str(err.value) and "3 were expected" in str(err.value)
     assert engine.exists("c") == 0
+
+
+class ListInput(torch.nn.Module):
+    def forward(self, xs: list[torch.Tensor]) -> torch.Tensor:
+        return torch.stack(xs).sum(dim=0)
+
+
+def test_list_input_takes_every_input(engine: redis.Redis) -> None:
+    """forward(self, xs: List[Tensor]) receives all the inputs it is given in the list. MODELEXECUTE
+    gives as many as MODELGET lists (one); a script's redisAI.model_execute may give more."""
+    blob, _ = saved(ListInput())
+    engine.execute_command("AI.MODELSTORE", "li{l}", "TORCH", "CPU", "BLOB", blob)
+    assert modelget_meta(engine, "li{l}")[b"inputs"] == [b"xs"]
+    for k, v in (("a{l}", 1.0), ("b{l}", 10.0), ("c{l}", 100.0)):
+        tensorset(engine, k, np.full(2, v, dtype=np.float32), "FLOAT")
+    engine.execute_command("AI.MODELEXECUTE", "li{l}", "INPUTS", 1, "a{l}", "OUTPUTS", 1, "y{l}")
+    assert tensorget(engine, "y{l}", np.float32).tolist() == [1.0, 1.0]
+    source = (
+        "def f(tensors: List[Tensor], keys: List[str], args: List[str]):\n"
+        "    return redisAI.model_execute(keys[0], tensors, 1)[0]\n"
+    )
+    engine.execute_command("AI.SCRIPTSTORE", "s{l}", "CPU", "ENTRY_POINTS", 1, "f", "SOURCE", source)
+    engine.execute_command(
+        "AI.SCRIPTEXECUTE",
+        "s{l}",
+        "f",
+        "KEYS",
+        1,
+        "li{l}",
+        "INPUTS",
+        3,
+        "a{l}",
+        "b{l}",
+        "c{l}",
+        "OUTPUTS",
+        1,
+        "z{l}",
+    )
+    assert tensorget(engine, "z{l}", np.float32).tolist() == [111.0, 111.0]
