@@ -219,3 +219,22 @@ def test_threads_per_queue_serve_concurrently(server_factory, threads: str) -> N
     assert info(r, "m")[b"calls"] == 6
     r.close()
     server.stop()
+
+
+def test_client_disconnecting_while_blocked_is_harmless(engine: redis.Redis) -> None:
+    engine.execute_command(
+        "AI.MODELSTORE", "m", "TORCH", "CPU", "BATCHSIZE", 4, "MINBATCHSIZE", 2, "BLOB", DOUBLE
+    )
+    engine.execute_command("AI.TENSORSET", "in1", "FLOAT", 1, 3, "VALUES", 1, 2, 3)
+    gone = client(engine)
+    conn = gone.connection_pool.get_connection("AI.MODELEXECUTE")
+    conn.send_command("AI.MODELEXECUTE", "m", "INPUTS", 1, "in1", "OUTPUTS", 1, "lost")
+    wait_until(lambda: info(engine, "m")[b"queue_depth"] == 1)
+    conn.disconnect()
+    gone.close()
+    out, values = execute_fn(engine, 2)()  # type: ignore[misc]
+    assert [float(v) for v in out[5]] == [2 * v for v in values]
+    assert info(engine, "m")[b"samples"] == 2
+    # The departed client's output is not written: nobody was there to be told about it.
+    assert engine.exists("lost") == 0
+    assert engine.ping()
