@@ -188,3 +188,31 @@ def test_cluster_routes_execute_commands_by_all_their_keys(server_factory) -> No
     ) == [b"OK"]
     r.close()
     server.stop()
+
+
+def test_backend_loads_on_first_use_from_backendspath(server_factory, engine_module: Path) -> None:  # type: ignore[no-untyped-def]
+    server = server_factory(module_args=("BACKENDSPATH", "/nonexistent/backends"))
+    r = redis.Redis(port=server.port)
+    assert r.execute_command("AI.CONFIG", "GET", "BACKENDSPATH") == b"/nonexistent/backends"
+    # Tensors need no backend.
+    assert r.execute_command("AI.TENSORSET", "x", "FLOAT", 1, "VALUES", 2) == b"OK"
+    with pytest.raises(redis.ResponseError) as e:
+        r.execute_command("AI.MODELSTORE", "m", "TORCH", "CPU", "BLOB", DOUBLE)
+    assert err(e.value) == "could not load the TORCH backend"
+    assert "ai_Torch_version" not in r.info("modules")
+    r.execute_command("AI.CONFIG", "BACKENDSPATH", str(engine_module.parent / "backends"))
+    assert r.execute_command("AI.MODELSTORE", "m", "TORCH", "CPU", "BLOB", DOUBLE) == b"OK"
+    assert r.info("modules")["ai_Torch_version"].startswith("2.")
+    assert r.execute_command("AI.MODELEXECUTE", "m", "INPUTS", 1, "x", "OUTPUTS", 1, "y") == b"OK"
+    assert r.execute_command("AI.TENSORGET", "y", "VALUES") == [b"4"]
+    r.close()
+    server.stop()
+
+
+def test_bad_load_time_argument_refuses_to_load(server_factory) -> None:  # type: ignore[no-untyped-def]
+    from groundwatch.errors import ServerError
+
+    for args in (("THREADS_PER_QUEUE", "0"), ("NOPE", "1"), ("MODEL_CHUNK_SIZE",)):
+        with pytest.raises(ServerError) as e:
+            server_factory(module_args=args)
+        assert "initialization failed" in str(e.value) or "Module" in str(e.value)
