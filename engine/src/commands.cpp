@@ -920,7 +920,8 @@ void op_keys(RedisModuleCtx *ctx, const Args &all, int base, int end, bool dag) 
     bool keys = a.is(i, "KEYS");
     if (tensors || keys || a.is(i, "ARGS")) {
       long long n;
-      if (!a.ll(i + 1, &n) || n < 0) return;
+      /* Counts beyond the arguments end the scan (and keep the index arithmetic in range). */
+      if (!a.ll(i + 1, &n) || n < 0 || n > a.argc) return;
       for (long long k = 0; k < n && i + 2 + k < a.argc; k++)
         if (keys || (tensors && !dag)) key_at(ctx, base + i + 2 + static_cast<int>(k), argc);
       i += 1 + static_cast<int>(n);
@@ -933,7 +934,7 @@ void dag_keys(RedisModuleCtx *ctx, const Args &a) {
   while (i < a.argc && !a.is(i, "|>")) {
     if (a.is(i, "LOAD") || a.is(i, "PERSIST")) {
       long long n;
-      if (!a.ll(i + 1, &n) || n < 0) return;
+      if (!a.ll(i + 1, &n) || n < 0 || n > a.argc) return;
       for (long long k = 0; k < n && i + 2 + k < a.argc; k++) key_at(ctx, i + 2 + static_cast<int>(k), a.argc);
       i += 2 + static_cast<int>(n);
     } else if (a.is(i, "ROUTING")) {

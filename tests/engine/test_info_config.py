@@ -144,6 +144,10 @@ def test_getkeys_reports_every_key(engine: redis.Redis) -> None:
         b"s", b"k", b"i", b"o"
     ]
     assert keys("AI.MODELRUN", "m", "TIMEOUT", 5, "INPUTS", "a", "OUTPUTS", "c") == [b"m", b"a", b"c"]
+    # Absurd counts end the scan instead of running past the arguments.
+    assert keys("AI.MODELEXECUTE", "m", "INPUTS", 2**40, "a", "OUTPUTS", 1, "c") == [b"m"]
+    with pytest.raises(redis.ResponseError):  # no keys found at all: Redis says so
+        keys("AI.DAGEXECUTE", "LOAD", 2**40, "a", "|>", "AI.TENSORGET", "a")
     assert keys(
         "AI.DAGEXECUTE", "LOAD", 1, "a", "PERSIST", 1, "p", "ROUTING", "r", "|>",
         "AI.MODELEXECUTE", "m", "INPUTS", 1, "a", "OUTPUTS", 1, "p", "|>",
