@@ -3,6 +3,7 @@
  */
 #include "batching.h"
 
+#include <cstdint>
 #include <cstring>
 
 namespace gw {
@@ -45,7 +46,10 @@ BatchPick pick_batch(const std::vector<const BatchCandidate *> &queue, int64_t n
     /* A MINBATCHSIZE above BATCHSIZE could never be met; BATCHSIZE is then the target. */
     long long need = first.minbatchsize < first.batchsize ? first.minbatchsize : first.batchsize;
     if (need > 0 && total < need) {
-      int64_t deadline = first.minbatchtimeout > 0 ? first.queued_ms + first.minbatchtimeout : 0;
+      /* A timeout too large to add is as good as none. */
+      bool finite = first.minbatchtimeout > 0 &&
+                    first.minbatchtimeout < INT64_MAX - first.queued_ms;
+      int64_t deadline = finite ? first.queued_ms + first.minbatchtimeout : 0;
       if (deadline == 0 || now_ms < deadline) {
         /* Not ready yet: wait for more requests, the MINBATCHTIMEOUT, or its own TIMEOUT. */
         earliest(&pick.wake_ms, deadline);

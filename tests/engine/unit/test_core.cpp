@@ -98,6 +98,12 @@ static void test_picker() {
     CHECK(pick_batch(ptrs(q), 500).members == std::vector<size_t>{0});
   }
   {
+    /* An astronomically large MINBATCHTIMEOUT waits like no timeout (no overflow). */
+    std::vector<BatchCandidate> q{cand(&m1, 1, 4, 3, INT64_MAX - 5, 100)};
+    BatchPick p = pick_batch(ptrs(q), 200);
+    CHECK(p.members.empty() && p.wake_ms == -1);
+  }
+  {
     /* MINBATCHSIZE above BATCHSIZE: BATCHSIZE is the target, so the batch can complete. */
     std::vector<BatchCandidate> q{cand(&m1, 1, 2, 5), cand(&m1, 1, 2, 5)};
     CHECK((pick_batch(ptrs(q), 0).members == std::vector<size_t>{0, 1}));
