@@ -72,8 +72,14 @@ ENTRY_POINTS = ["double", "add_args", "set_key", "call_model", "fail"]
 
 def store_script(r: redis.Redis, key: str = "s") -> None:
     r.execute_command(
-        "AI.SCRIPTSTORE", key, "CPU", "ENTRY_POINTS", len(ENTRY_POINTS), *ENTRY_POINTS,
-        "SOURCE", SCRIPT,
+        "AI.SCRIPTSTORE",
+        key,
+        "CPU",
+        "ENTRY_POINTS",
+        len(ENTRY_POINTS),
+        *ENTRY_POINTS,
+        "SOURCE",
+        SCRIPT,
     )
 
 

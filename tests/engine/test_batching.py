@@ -7,10 +7,10 @@ from __future__ import annotations
 import threading
 import time
 from collections.abc import Callable
+from typing import Any
 
 import pytest
 import redis
-
 from engine_helpers import DOUBLE, SUM0, err
 
 
@@ -18,18 +18,18 @@ def client(r: redis.Redis) -> redis.Redis:
     return redis.Redis(port=r.connection_pool.connection_kwargs["port"], socket_timeout=60)
 
 
-def info(r: redis.Redis, key: str) -> dict[bytes, object]:
+def info(r: redis.Redis, key: str) -> dict[bytes, Any]:
     reply = r.execute_command("AI.INFO", key)
-    return dict(zip(reply[::2], reply[1::2]))
+    return dict(zip(reply[::2], reply[1::2], strict=False))
 
 
-def run_concurrently(fns: list[Callable[[], object]]) -> list[object]:
-    results: list[object] = [None] * len(fns)
+def run_concurrently(fns: list[Callable[[], Any]]) -> list[Any]:
+    results: list[Any] = [None] * len(fns)
 
     def wrap(i: int) -> None:
         try:
             results[i] = fns[i]()
-        except Exception as e:  # noqa: BLE001 - the test inspects it
+        except Exception as e:
             results[i] = e
 
     threads = [threading.Thread(target=wrap, args=(i,)) for i in range(len(fns))]
@@ -49,8 +49,13 @@ def wait_until(predicate: Callable[[], bool], timeout_s: float = 30.0) -> None:
     raise AssertionError("condition not reached in time")
 
 
-def execute_fn(r: redis.Redis, i: int, rows: int = 1, cols: int = 3, model: str = "m") -> Callable[[], object]:
-    def fn() -> object:
+Outcome = tuple[Any, list[int]]
+
+
+def execute_fn(
+    r: redis.Redis, i: int, rows: int = 1, cols: int = 3, model: str = "m"
+) -> Callable[[], Outcome]:
+    def fn() -> Outcome:
         c = client(r)
         values = [i * 100 + j for j in range(rows * cols)]
         c.execute_command("AI.TENSORSET", f"in{i}", "FLOAT", rows, cols, "VALUES", *values)
@@ -70,7 +75,7 @@ def test_minbatchsize_merges_concurrent_requests_into_one_batch(engine: redis.Re
     results = run_concurrently([execute_fn(engine, i) for i in range(4)])
     for res in results:
         assert not isinstance(res, Exception), res
-        (meta, values) = res  # type: ignore[misc]
+        (meta, values) = res
         assert meta[:4] == [b"dtype", b"FLOAT", b"shape", [1, 3]]
         assert [float(v) for v in meta[5]] == [2 * v for v in values]
     d = info(engine, "m")
@@ -85,7 +90,7 @@ def test_many_clients_batch_sizes_add_up(engine: redis.Redis) -> None:
     def many(i: int) -> Callable[[], object]:
         def fn() -> object:
             for k in range(10):
-                out, values = execute_fn(engine, i * 10 + k, rows=1 + (k % 2))()  # type: ignore[misc]
+                out, values = execute_fn(engine, i * 10 + k, rows=1 + (k % 2))()
                 assert [float(v) for v in out[5]] == [2 * v for v in values]
             return True
 
@@ -97,16 +102,26 @@ def test_many_clients_batch_sizes_add_up(engine: redis.Redis) -> None:
     assert d[b"samples"] == 8 * (5 * 1 + 5 * 2)
     assert 1 <= d[b"calls"] <= 80
     # Each batch holds at most BATCHSIZE samples.
-    assert d[b"samples"] <= 8 * d[b"calls"]  # type: ignore[operator]
+    assert d[b"samples"] <= 8 * d[b"calls"]
     assert engine.info("modules")["ai_CPU_batches"] - before == d[b"calls"]
 
 
 def test_minbatchtimeout_releases_a_lone_request(engine: redis.Redis) -> None:
     engine.execute_command(
-        "AI.MODELSTORE", "m", "TORCH", "CPU", "BATCHSIZE", 8, "MINBATCHSIZE", 4,
-        "MINBATCHTIMEOUT", 50, "BLOB", DOUBLE,
+        "AI.MODELSTORE",
+        "m",
+        "TORCH",
+        "CPU",
+        "BATCHSIZE",
+        8,
+        "MINBATCHSIZE",
+        4,
+        "MINBATCHTIMEOUT",
+        50,
+        "BLOB",
+        DOUBLE,
     )
-    out, values = execute_fn(engine, 1)()  # type: ignore[misc]
+    out, values = execute_fn(engine, 1)()
     assert [float(v) for v in out[5]] == [2 * v for v in values]
     d = info(engine, "m")
     assert d[b"calls"] == 1 and d[b"samples"] == 1
@@ -122,7 +137,7 @@ def test_waiting_request_shows_in_queue_depth_until_batch_fills(engine: redis.Re
     wait_until(lambda: info(engine, "m")[b"queue_depth"] == 1)
     assert engine.info("modules")["ai_CPU_queue_depth"] == 1
     assert info(engine, "m")[b"calls"] == 0
-    out, values = execute_fn(engine, 2)()  # type: ignore[misc]
+    _out, _values = execute_fn(engine, 2)()
     t.join(60)
     assert len(results) == 1 and not isinstance(results[0], Exception)
     d = info(engine, "m")
@@ -133,15 +148,25 @@ def test_request_at_batchsize_runs_alone(engine: redis.Redis) -> None:
     engine.execute_command(
         "AI.MODELSTORE", "m", "TORCH", "CPU", "BATCHSIZE", 2, "MINBATCHSIZE", 2, "BLOB", DOUBLE
     )
-    out, values = execute_fn(engine, 1, rows=3)()  # type: ignore[misc]
+    out, _values = execute_fn(engine, 1, rows=3)()
     assert out[3] == [3, 3]
     assert info(engine, "m")[b"samples"] == 3
 
 
 def test_incompatible_shapes_are_not_merged(engine: redis.Redis) -> None:
     engine.execute_command(
-        "AI.MODELSTORE", "m", "TORCH", "CPU", "BATCHSIZE", 8, "MINBATCHSIZE", 2,
-        "MINBATCHTIMEOUT", 100, "BLOB", DOUBLE,
+        "AI.MODELSTORE",
+        "m",
+        "TORCH",
+        "CPU",
+        "BATCHSIZE",
+        8,
+        "MINBATCHSIZE",
+        2,
+        "MINBATCHTIMEOUT",
+        100,
+        "BLOB",
+        DOUBLE,
     )
     results = run_concurrently([execute_fn(engine, 1, cols=3), execute_fn(engine, 2, cols=4)])
     for res in results:
@@ -167,14 +192,28 @@ def test_timeout_while_waiting_in_queue(engine: redis.Redis) -> None:
         "AI.MODELSTORE", "m", "TORCH", "CPU", "BATCHSIZE", 4, "MINBATCHSIZE", 2, "BLOB", DOUBLE
     )
     engine.execute_command("AI.TENSORSET", "x", "FLOAT", 1, 3)
-    reply = engine.execute_command(
-        "AI.MODELEXECUTE", "m", "INPUTS", 1, "x", "OUTPUTS", 1, "y", "TIMEOUT", 50
-    )
+    reply = engine.execute_command("AI.MODELEXECUTE", "m", "INPUTS", 1, "x", "OUTPUTS", 1, "y", "TIMEOUT", 50)
     assert reply == b"TIMEDOUT"
     assert engine.exists("y") == 0
     reply = engine.execute_command(
-        "AI.DAGEXECUTE", "LOAD", 1, "x", "PERSIST", 1, "y", "TIMEOUT", 50, "|>",
-        "AI.MODELEXECUTE", "m", "INPUTS", 1, "x", "OUTPUTS", 1, "y",
+        "AI.DAGEXECUTE",
+        "LOAD",
+        1,
+        "x",
+        "PERSIST",
+        1,
+        "y",
+        "TIMEOUT",
+        50,
+        "|>",
+        "AI.MODELEXECUTE",
+        "m",
+        "INPUTS",
+        1,
+        "x",
+        "OUTPUTS",
+        1,
+        "y",
     )
     assert reply == b"TIMEDOUT"
     assert engine.exists("y") == 0
@@ -190,10 +229,31 @@ def test_dag_model_ops_take_part_in_batching(engine: redis.Redis) -> None:
         def fn() -> object:
             c = client(engine)
             reply = c.execute_command(
-                "AI.DAGEXECUTE", "ROUTING", "x", "|>",
-                "AI.TENSORSET", "a", "FLOAT", 1, 2, "VALUES", i, i + 1, "|>",
-                "AI.MODELEXECUTE", "m", "INPUTS", 1, "a", "OUTPUTS", 1, "b", "|>",
-                "AI.TENSORGET", "b", "VALUES",
+                "AI.DAGEXECUTE",
+                "ROUTING",
+                "x",
+                "|>",
+                "AI.TENSORSET",
+                "a",
+                "FLOAT",
+                1,
+                2,
+                "VALUES",
+                i,
+                i + 1,
+                "|>",
+                "AI.MODELEXECUTE",
+                "m",
+                "INPUTS",
+                1,
+                "a",
+                "OUTPUTS",
+                1,
+                "b",
+                "|>",
+                "AI.TENSORGET",
+                "b",
+                "VALUES",
             )
             c.close()
             return reply
@@ -209,7 +269,7 @@ def test_dag_model_ops_take_part_in_batching(engine: redis.Redis) -> None:
 
 
 @pytest.mark.parametrize("threads", ["2"])
-def test_threads_per_queue_serve_concurrently(server_factory, threads: str) -> None:  # type: ignore[no-untyped-def]
+def test_threads_per_queue_serve_concurrently(server_factory, threads: str) -> None:
     server = server_factory(module_args=("THREADS_PER_QUEUE", threads))
     r = redis.Redis(port=server.port, socket_timeout=60)
     r.execute_command("AI.MODELSTORE", "m", "TORCH", "CPU", "BLOB", DOUBLE)
@@ -232,7 +292,7 @@ def test_client_disconnecting_while_blocked_is_harmless(engine: redis.Redis) -> 
     wait_until(lambda: info(engine, "m")[b"queue_depth"] == 1)
     conn.disconnect()
     gone.close()
-    out, values = execute_fn(engine, 2)()  # type: ignore[misc]
+    out, values = execute_fn(engine, 2)()
     assert [float(v) for v in out[5]] == [2 * v for v in values]
     assert info(engine, "m")[b"samples"] == 2
     # The departed client's output is not written: nobody was there to be told about it.

@@ -3,9 +3,10 @@ the per-op replies, failure semantics and every listed error; scripts run from t
 
 from __future__ import annotations
 
+from typing import Any
+
 import pytest
 import redis
-
 from engine_helpers import ADD, DOUBLE, SCRIPT, err, store_script
 
 
@@ -23,12 +24,48 @@ def models(engine: redis.Redis) -> redis.Redis:
 
 def test_dag_local_tensors_and_persist(models: redis.Redis) -> None:
     reply = models.execute_command(
-        "AI.DAGEXECUTE", "LOAD", 1, "a", "PERSIST", 1, "out", "|>",
-        "AI.TENSORSET", "b", "FLOAT", 2, "VALUES", 10, 20, "|>",
-        "AI.MODELEXECUTE", "add", "INPUTS", 2, "a", "b", "OUTPUTS", 1, "sum", "|>",
-        "AI.MODELEXECUTE", "dbl", "INPUTS", 1, "sum", "OUTPUTS", 1, "out", "|>",
-        "AI.TENSORGET", "out", "VALUES", "|>",
-        "AI.TENSORGET", "sum", "META",
+        "AI.DAGEXECUTE",
+        "LOAD",
+        1,
+        "a",
+        "PERSIST",
+        1,
+        "out",
+        "|>",
+        "AI.TENSORSET",
+        "b",
+        "FLOAT",
+        2,
+        "VALUES",
+        10,
+        20,
+        "|>",
+        "AI.MODELEXECUTE",
+        "add",
+        "INPUTS",
+        2,
+        "a",
+        "b",
+        "OUTPUTS",
+        1,
+        "sum",
+        "|>",
+        "AI.MODELEXECUTE",
+        "dbl",
+        "INPUTS",
+        1,
+        "sum",
+        "OUTPUTS",
+        1,
+        "out",
+        "|>",
+        "AI.TENSORGET",
+        "out",
+        "VALUES",
+        "|>",
+        "AI.TENSORGET",
+        "sum",
+        "META",
     )
     assert reply == [b"OK", b"OK", b"OK", [b"22", b"44"], [b"dtype", b"FLOAT", b"shape", [2]]]
     assert models.execute_command("AI.TENSORGET", "out", "VALUES") == [b"22", b"44"]
@@ -38,24 +75,85 @@ def test_dag_local_tensors_and_persist(models: redis.Redis) -> None:
 
 def test_dag_routing_only_and_ro(models: redis.Redis) -> None:
     reply = models.execute_command(
-        "AI.DAGEXECUTE_RO", "ROUTING", "{tag}", "|>",
-        "AI.TENSORSET", "x", "INT32", 1, "VALUES", 7, "|>", "AI.TENSORGET", "x", "VALUES",
+        "AI.DAGEXECUTE_RO",
+        "ROUTING",
+        "{tag}",
+        "|>",
+        "AI.TENSORSET",
+        "x",
+        "INT32",
+        1,
+        "VALUES",
+        7,
+        "|>",
+        "AI.TENSORGET",
+        "x",
+        "VALUES",
     )
     assert reply == [b"OK", [7]]
     reply = models.execute_command(
-        "AI.DAGEXECUTE", "LOAD", 1, "a", "TIMEOUT", 60000, "|>",
-        "AI.MODELEXECUTE", "dbl", "INPUTS", 1, "a", "OUTPUTS", 1, "y", "|>", "AI.TENSORGET", "y", "VALUES",
+        "AI.DAGEXECUTE",
+        "LOAD",
+        1,
+        "a",
+        "TIMEOUT",
+        60000,
+        "|>",
+        "AI.MODELEXECUTE",
+        "dbl",
+        "INPUTS",
+        1,
+        "a",
+        "OUTPUTS",
+        1,
+        "y",
+        "|>",
+        "AI.TENSORGET",
+        "y",
+        "VALUES",
     )
     assert reply == [b"OK", [b"2", b"4"]]
 
 
 def test_dag_failure_marks_later_ops_na_and_persists_nothing(models: redis.Redis) -> None:
     reply = models.execute_command(
-        "AI.DAGEXECUTE", "LOAD", 1, "a", "PERSIST", 1, "early", "|>",
-        "AI.TENSORSET", "early", "FLOAT", 1, "VALUES", 1, "|>",
-        "AI.TENSORSET", "bad", "FLOAT", 3, "VALUES", 1, 2, 3, "|>",
-        "AI.MODELEXECUTE", "add", "INPUTS", 2, "a", "bad", "OUTPUTS", 1, "c", "|>",
-        "AI.TENSORGET", "c", "VALUES",
+        "AI.DAGEXECUTE",
+        "LOAD",
+        1,
+        "a",
+        "PERSIST",
+        1,
+        "early",
+        "|>",
+        "AI.TENSORSET",
+        "early",
+        "FLOAT",
+        1,
+        "VALUES",
+        1,
+        "|>",
+        "AI.TENSORSET",
+        "bad",
+        "FLOAT",
+        3,
+        "VALUES",
+        1,
+        2,
+        3,
+        "|>",
+        "AI.MODELEXECUTE",
+        "add",
+        "INPUTS",
+        2,
+        "a",
+        "bad",
+        "OUTPUTS",
+        1,
+        "c",
+        "|>",
+        "AI.TENSORGET",
+        "c",
+        "VALUES",
     )
     assert reply[0] == b"OK" and reply[1] == b"OK"
     assert isinstance(reply[2], redis.ResponseError)
@@ -66,33 +164,76 @@ def test_dag_failure_marks_later_ops_na_and_persists_nothing(models: redis.Redis
 @pytest.mark.parametrize(
     "args,message",
     [
-        (["|>", "AI.TENSORSET", "x", "FLOAT", 1],
-         "AI.DAGEXECUTE and AI.DAGEXECUTE_RO commands must contain at least one out of ROUTING, LOAD, PERSIST keywords"),
+        (
+            ["|>", "AI.TENSORSET", "x", "FLOAT", 1],
+            "AI.DAGEXECUTE and AI.DAGEXECUTE_RO commands must contain at least one out of ROUTING, LOAD, PERSIST keywords",
+        ),
         (["LOAD", 1, "a"], "missing arguments for 'AI.DAGEXECUTE' command"),
         (["LOAD", 1, "a", "PERSIST", 1, "b"], "DAG is empty"),
         (["LOAD", 1, "a", "ROUTING", "r", "|>"], "Invalid DAG command. Unexpected argument:  |>"),
-        (["LOAD", 1, "a", "BAD_ARG", "|>", "AI.TENSORGET", "a"], "Invalid DAG command. Unexpected argument:  BAD_ARG"),
-        (["LOAD", 1, "a", "LOAD", 1, "a", "|>", "AI.TENSORGET", "a"], "Invalid DAG command. Unexpected argument:  LOAD"),
+        (
+            ["LOAD", 1, "a", "BAD_ARG", "|>", "AI.TENSORGET", "a"],
+            "Invalid DAG command. Unexpected argument:  BAD_ARG",
+        ),
+        (
+            ["LOAD", 1, "a", "LOAD", 1, "a", "|>", "AI.TENSORGET", "a"],
+            "Invalid DAG command. Unexpected argument:  LOAD",
+        ),
         (["LOAD", 1, "a", "|>", "|>", "AI.TENSORGET", "a"], "Unsupported command within DAG"),
-        (["LOAD", "x", "a", "|>", "AI.TENSORGET", "a"], "invalid or negative value found in number of keys to LOAD"),
-        (["PERSIST", 0, "a", "|>", "AI.TENSORGET", "a"], "invalid or negative value found in number of keys to PERSIST"),
+        (
+            ["LOAD", "x", "a", "|>", "AI.TENSORGET", "a"],
+            "invalid or negative value found in number of keys to LOAD",
+        ),
+        (
+            ["PERSIST", 0, "a", "|>", "AI.TENSORGET", "a"],
+            "invalid or negative value found in number of keys to PERSIST",
+        ),
         (["ROUTING", "r", "TIMEOUT", 0, "|>", "AI.TENSORSET", "a", "FLOAT", 1], "Invalid value for TIMEOUT"),
-        (["ROUTING", "r", "LOAD", 5, "a", "|>", "AI.TENSORGET", "a"],
-         "number of keys to LOAD in AI.DAGEXECUTE command does not match the number of given arguments"),
+        (
+            ["ROUTING", "r", "LOAD", 5, "a", "|>", "AI.TENSORGET", "a"],
+            "number of keys to LOAD in AI.DAGEXECUTE command does not match the number of given arguments",
+        ),
         (["LOAD", 1, "a", "PERSIST", 1, "a", "ROUTING"], "Missing ROUTING value"),
         (["PERSIST", 2, "x", "x", "|>", "AI.TENSORSET", "x", "FLOAT", 1], "PERSIST keys must be unique"),
-        (["LOAD", 1, "a", "|>", "AI.MODELEXECUTE", "dbl", "INPUTS", 1, "a", "OUTPUTS", 1, "y", "TIMEOUT", 5],
-         "TIMEOUT not allowed within a DAG command"),
+        (
+            [
+                "LOAD",
+                1,
+                "a",
+                "|>",
+                "AI.MODELEXECUTE",
+                "dbl",
+                "INPUTS",
+                1,
+                "a",
+                "OUTPUTS",
+                1,
+                "y",
+                "TIMEOUT",
+                5,
+            ],
+            "TIMEOUT not allowed within a DAG command",
+        ),
         (["LOAD", 1, "a", "|>", "SET", "x", "y"], "Unsupported command within DAG"),
         (["LOAD", 1, "a", "|>", "AI.TENSORGET", "nope"], "INPUT key cannot be found in DAG"),
-        (["LOAD", 1, "a", "|>", "AI.MODELEXECUTE", "dbl", "INPUTS", 1, "nope", "OUTPUTS", 1, "y"],
-         "INPUT key cannot be found in DAG"),
+        (
+            ["LOAD", 1, "a", "|>", "AI.MODELEXECUTE", "dbl", "INPUTS", 1, "nope", "OUTPUTS", 1, "y"],
+            "INPUT key cannot be found in DAG",
+        ),
         (["PERSIST", 1, "zzz", "|>", "AI.TENSORSET", "x", "FLOAT", 1], "PERSIST key cannot be found in DAG"),
-        (["LOAD", 1, "a", "|>", "AI.MODELRUN", "dbl", "INPUTS", "a", "OUTPUTS", "y"],
-         "Deprecated AI.MODELRUN cannot be used in AI.DAGEXECUTE command"),
-        (["LOAD", 1, "missing", "|>", "AI.TENSORGET", "missing"], "tensor key is empty or in a different shard"),
+        (
+            ["LOAD", 1, "a", "|>", "AI.MODELRUN", "dbl", "INPUTS", "a", "OUTPUTS", "y"],
+            "Deprecated AI.MODELRUN cannot be used in AI.DAGEXECUTE command",
+        ),
+        (
+            ["LOAD", 1, "missing", "|>", "AI.TENSORGET", "missing"],
+            "tensor key is empty or in a different shard",
+        ),
         (["LOAD", 1, "a", "|>", "AI.TENSORSET", "x", "FLOAT16", 1], "invalid data type"),
-        (["LOAD", 1, "a", "|>", "AI.MODELEXECUTE", "nomodel", "INPUTS", 1, "a", "OUTPUTS", 1, "y"], "model key is empty"),
+        (
+            ["LOAD", 1, "a", "|>", "AI.MODELEXECUTE", "nomodel", "INPUTS", 1, "a", "OUTPUTS", 1, "y"],
+            "model key is empty",
+        ),
     ],
 )
 def test_dag_errors(models: redis.Redis, args: list, message: str) -> None:
@@ -108,27 +249,87 @@ def test_dag_ro_errors(models: redis.Redis) -> None:
     assert err(e.value) == "PERSIST cannot be specified in a read-only DAG"
     with pytest.raises(redis.ResponseError) as e:
         models.execute_command(
-            "AI.DAGEXECUTE_RO", "LOAD", 1, "a", "|>", "AI.SCRIPTEXECUTE", "s", "double", "INPUTS", 1, "a", "OUTPUTS", 1, "y"
+            "AI.DAGEXECUTE_RO",
+            "LOAD",
+            1,
+            "a",
+            "|>",
+            "AI.SCRIPTEXECUTE",
+            "s",
+            "double",
+            "INPUTS",
+            1,
+            "a",
+            "OUTPUTS",
+            1,
+            "y",
         )
     assert err(e.value) == "AI.SCRIPTEXECUTE command cannot be specified in a read-only DAG"
 
 
 def test_deprecated_dagrun_with_modelrun(models: redis.Redis) -> None:
     reply = models.execute_command(
-        "AI.DAGRUN", "LOAD", 1, "a", "PERSIST", 1, "y", "|>",
-        "AI.MODELRUN", "dbl", "INPUTS", "a", "OUTPUTS", "y", "|>", "AI.TENSORGET", "y", "VALUES",
+        "AI.DAGRUN",
+        "LOAD",
+        1,
+        "a",
+        "PERSIST",
+        1,
+        "y",
+        "|>",
+        "AI.MODELRUN",
+        "dbl",
+        "INPUTS",
+        "a",
+        "OUTPUTS",
+        "y",
+        "|>",
+        "AI.TENSORGET",
+        "y",
+        "VALUES",
     )
     assert reply == [b"OK", [b"2", b"4"]]
-    assert models.execute_command("AI.DAGRUN_RO", "|>", "AI.TENSORSET", "z", "INT8", 1, "|>", "AI.TENSORGET", "z", "VALUES") == [b"OK", [0]]
+    assert models.execute_command(
+        "AI.DAGRUN_RO", "|>", "AI.TENSORSET", "z", "INT8", 1, "|>", "AI.TENSORGET", "z", "VALUES"
+    ) == [b"OK", [0]]
 
 
 def test_dag_with_script_ops(models: redis.Redis) -> None:
     store_script(models)
     reply = models.execute_command(
-        "AI.DAGEXECUTE", "LOAD", 1, "a", "PERSIST", 1, "r", "|>",
-        "AI.SCRIPTEXECUTE", "s", "add_args", "INPUTS", 1, "a", "ARGS", 1, "0.5", "OUTPUTS", 1, "t", "|>",
-        "AI.MODELEXECUTE", "dbl", "INPUTS", 1, "t", "OUTPUTS", 1, "r", "|>",
-        "AI.TENSORGET", "r", "VALUES",
+        "AI.DAGEXECUTE",
+        "LOAD",
+        1,
+        "a",
+        "PERSIST",
+        1,
+        "r",
+        "|>",
+        "AI.SCRIPTEXECUTE",
+        "s",
+        "add_args",
+        "INPUTS",
+        1,
+        "a",
+        "ARGS",
+        1,
+        "0.5",
+        "OUTPUTS",
+        1,
+        "t",
+        "|>",
+        "AI.MODELEXECUTE",
+        "dbl",
+        "INPUTS",
+        1,
+        "t",
+        "OUTPUTS",
+        1,
+        "r",
+        "|>",
+        "AI.TENSORGET",
+        "r",
+        "VALUES",
     )
     assert reply == [b"OK", b"OK", [b"3", b"5"]]
 
@@ -156,10 +357,13 @@ def test_script_store_get_execute(engine: redis.Redis) -> None:
     store_script(engine, "s")
     meta = engine.execute_command("AI.SCRIPTGET", "s", "META")
     assert meta == [b"device", b"CPU", b"tag", b"", b"Entry Points", [e.encode() for e in ENTRY_POINTS]]
-    assert engine.execute_command("AI.SCRIPTGET", "s") == meta + [b"source", SCRIPT.encode()]
+    assert engine.execute_command("AI.SCRIPTGET", "s") == [*meta, b"source", SCRIPT.encode()]
     assert engine.execute_command("AI.SCRIPTGET", "s", "SOURCE") == SCRIPT.encode()
     setf(engine, "a", [1, 2])
-    assert engine.execute_command("AI.SCRIPTEXECUTE", "s", "double", "INPUTS", 1, "a", "OUTPUTS", 1, "b") == b"OK"
+    assert (
+        engine.execute_command("AI.SCRIPTEXECUTE", "s", "double", "INPUTS", 1, "a", "OUTPUTS", 1, "b")
+        == b"OK"
+    )
     assert engine.execute_command("AI.TENSORGET", "b", "VALUES") == [b"2", b"4"]
     assert engine.type("s") == b"AI_SCRIPT"
     info = engine.execute_command("AI.INFO", "s")
@@ -173,29 +377,49 @@ def test_script_calls_redis_and_model(engine: redis.Redis) -> None:
     store_script(engine, "s")
     engine.execute_command("AI.MODELSTORE", "dbl", "TORCH", "CPU", "BLOB", DOUBLE)
     setf(engine, "a", [3])
-    assert engine.execute_command(
-        "AI.SCRIPTEXECUTE", "s", "set_key", "KEYS", 1, "k", "ARGS", 1, "hello", "OUTPUTS", 1, "o"
-    ) == b"OK"
+    assert (
+        engine.execute_command(
+            "AI.SCRIPTEXECUTE", "s", "set_key", "KEYS", 1, "k", "ARGS", 1, "hello", "OUTPUTS", 1, "o"
+        )
+        == b"OK"
+    )
     assert engine.get("k") == b"hello"
-    assert engine.execute_command(
-        "AI.SCRIPTEXECUTE", "s", "call_model", "KEYS", 1, "dbl", "INPUTS", 1, "a", "OUTPUTS", 1, "o"
-    ) == b"OK"
+    assert (
+        engine.execute_command(
+            "AI.SCRIPTEXECUTE", "s", "call_model", "KEYS", 1, "dbl", "INPUTS", 1, "a", "OUTPUTS", 1, "o"
+        )
+        == b"OK"
+    )
     assert engine.execute_command("AI.TENSORGET", "o", "VALUES") == [b"6"]
 
 
 def test_script_errors(engine: redis.Redis) -> None:
     setf(engine, "a", [1])
-    cases = [
-        (["AI.SCRIPTSTORE", "s", "CPU", "SOURCE", "x"], "wrong number of arguments for 'AI.SCRIPTSTORE' command"),
-        (["AI.SCRIPTSTORE", "s", "CPU", "NO_ENTRY_POINTS", 1, "f", "SOURCE", "x"],
-         "Insufficient arguments, missing script entry points"),
-        (["AI.SCRIPTSTORE", "s", "CPU", "ENTRY_POINTS", "x", "f", "SOURCE", "x"],
-         "Non numeric entry points number provided to AI.SCRIPTSTORE command"),
-        (["AI.SCRIPTSTORE", "s", "CPU", "ENTRY_POINTS", 5, "f", "SOURCE", "x"],
-         "Insufficient arguments, missing script entry points"),
-        (["AI.SCRIPTSTORE", "s", "CPU", "ENTRY_POINTS", 2, "double", "nope", "SOURCE", SCRIPT],
-         "Function nope does not exist in the given script."),
-        (["AI.SCRIPTSTORE", "s", "CPU", "ENTRY_POINTS", 1, "f"], "Insufficient arguments, missing script SOURCE"),
+    cases: list[tuple[list[Any], str]] = [
+        (
+            ["AI.SCRIPTSTORE", "s", "CPU", "SOURCE", "x"],
+            "wrong number of arguments for 'AI.SCRIPTSTORE' command",
+        ),
+        (
+            ["AI.SCRIPTSTORE", "s", "CPU", "NO_ENTRY_POINTS", 1, "f", "SOURCE", "x"],
+            "Insufficient arguments, missing script entry points",
+        ),
+        (
+            ["AI.SCRIPTSTORE", "s", "CPU", "ENTRY_POINTS", "x", "f", "SOURCE", "x"],
+            "Non numeric entry points number provided to AI.SCRIPTSTORE command",
+        ),
+        (
+            ["AI.SCRIPTSTORE", "s", "CPU", "ENTRY_POINTS", 5, "f", "SOURCE", "x"],
+            "Insufficient arguments, missing script entry points",
+        ),
+        (
+            ["AI.SCRIPTSTORE", "s", "CPU", "ENTRY_POINTS", 2, "double", "nope", "SOURCE", SCRIPT],
+            "Function nope does not exist in the given script.",
+        ),
+        (
+            ["AI.SCRIPTSTORE", "s", "CPU", "ENTRY_POINTS", 1, "f"],
+            "Insufficient arguments, missing script SOURCE",
+        ),
         (["AI.SCRIPTSTORE", "s", "XPU", "ENTRY_POINTS", 1, "f", "SOURCE", "x"], "Invalid DEVICE"),
         (["AI.SCRIPTGET", "nope"], "script key is empty"),
         (["AI.SCRIPTDEL", "nope"], "script key is empty"),
@@ -209,19 +433,37 @@ def test_script_errors(engine: redis.Redis) -> None:
         engine.execute_command("AI.SCRIPTSTORE", "s", "CPU", "ENTRY_POINTS", 1, "f", "SOURCE", "def f(:")
     assert len(err(e.value)) > 5
     store_script(engine, "s")
-    execute_cases = [
-        (["double", "OUTPUTS", 1, "b"], "KEYS or INPUTS scope must be provided first for AI.SCRIPTEXECUTE command"),
+    execute_cases: list[tuple[list[Any], str]] = [
+        (
+            ["double", "OUTPUTS", 1, "b"],
+            "KEYS or INPUTS scope must be provided first for AI.SCRIPTEXECUTE command",
+        ),
         (["double"], "KEYS or INPUTS scope must be provided first for AI.SCRIPTEXECUTE command"),
         (["double", "KEYS", 1], "Missing arguments after KEYS keyword"),
         (["double", "KEYS", "x", "k"], "Invalid or negative value found in number of KEYS"),
-        (["double", "KEYS", 2, "k"], "Number of pre declared KEYS to be used in the command does not match the number of given arguments"),
+        (
+            ["double", "KEYS", 2, "k"],
+            "Number of pre declared KEYS to be used in the command does not match the number of given arguments",
+        ),
         (["double", "KEYS", 1, "k", "ARGS"], "Invalid arguments provided to AI.SCRIPTEXECUTE"),
         (["double", "INPUTS", "OUTPUTS"], "Invalid argument for inputs count in AI.SCRIPTEXECUTE"),
-        (["double", "INPUTS", 3, "a"], "number of inputs to AI.SCRIPTEXECUTE command does not match the number of given arguments"),
-        (["double", "INPUTS", 1, "a", "INPUTS", 1, "a"], "Already Encountered INPUTS scope in AI.SCRIPTEXECUTE command"),
-        (["double", "INPUTS", 1, "a", "OUTPUTS", 1, "b", "TIMEOUT"], "No value provided for TIMEOUT in AI.SCRIPTEXECUTE"),
+        (
+            ["double", "INPUTS", 3, "a"],
+            "number of inputs to AI.SCRIPTEXECUTE command does not match the number of given arguments",
+        ),
+        (
+            ["double", "INPUTS", 1, "a", "INPUTS", 1, "a"],
+            "Already Encountered INPUTS scope in AI.SCRIPTEXECUTE command",
+        ),
+        (
+            ["double", "INPUTS", 1, "a", "OUTPUTS", 1, "b", "TIMEOUT"],
+            "No value provided for TIMEOUT in AI.SCRIPTEXECUTE",
+        ),
         (["double", "INPUTS", 1, "a", "OUTPUTS", 1, "b", "TIMEOUT", "TIMEOUT"], "Invalid value for TIMEOUT"),
-        (["double", "INPUTS", 1, "a", "BOGUS"], "Invalid AI.SCRIPTEXECUTE command. Unexpected argument: BOGUS"),
+        (
+            ["double", "INPUTS", 1, "a", "BOGUS"],
+            "Invalid AI.SCRIPTEXECUTE command. Unexpected argument: BOGUS",
+        ),
         (["nope", "INPUTS", 1, "a"], "Function nope does not exist in the given script."),
         (["double", "INPUTS", 1, "missing"], "tensor key is empty or in a different shard"),
     ]
@@ -249,7 +491,6 @@ def test_deprecated_scriptset_and_scriptrun(engine: redis.Redis) -> None:
 def test_redisai_client_script_round_trip(engine: redis.Redis) -> None:
     import numpy as np
     import redisai
-
     from engine_helpers import ENTRY_POINTS, SCRIPT
 
     con = redisai.Client(port=engine.connection_pool.connection_kwargs["port"])

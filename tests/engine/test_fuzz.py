@@ -7,24 +7,61 @@ from __future__ import annotations
 import random
 
 import redis
-
-from engine_helpers import ADD, DOUBLE, LINEAR, SCRIPT, store_script
+from engine_helpers import ADD, DOUBLE, LINEAR, store_script
 
 SEED = 20261125
 COMMANDS = 3000
 
-TYPES = ["FLOAT", "DOUBLE", "INT8", "INT16", "INT32", "INT64", "UINT8", "UINT16", "BOOL", "STRING",
-         "float", "HALF", "", "INT128"]
+TYPES = [
+    "FLOAT",
+    "DOUBLE",
+    "INT8",
+    "INT16",
+    "INT32",
+    "INT64",
+    "UINT8",
+    "UINT16",
+    "BOOL",
+    "STRING",
+    "float",
+    "HALF",
+    "",
+    "INT128",
+]
 KEYS = ["t1", "t2", "t3", "m1", "m2", "s1", "str", "nokey", "{a}x", ""]
 DIMS = [1, 2, 3, 4, 0, -1, 2**33, "x", "1.5", ""]
-WORDS = ["INPUTS", "OUTPUTS", "KEYS", "ARGS", "BLOB", "VALUES", "META", "TIMEOUT", "LOAD",
-         "PERSIST", "ROUTING", "|>", "TAG", "BATCHSIZE", "MINBATCHSIZE", "MINBATCHTIMEOUT",
-         "ENTRY_POINTS", "SOURCE", "$", "-1", "0", "1", "2", "999999999999999999999"]
+WORDS = [
+    "INPUTS",
+    "OUTPUTS",
+    "KEYS",
+    "ARGS",
+    "BLOB",
+    "VALUES",
+    "META",
+    "TIMEOUT",
+    "LOAD",
+    "PERSIST",
+    "ROUTING",
+    "|>",
+    "TAG",
+    "BATCHSIZE",
+    "MINBATCHSIZE",
+    "MINBATCHTIMEOUT",
+    "ENTRY_POINTS",
+    "SOURCE",
+    "$",
+    "-1",
+    "0",
+    "1",
+    "2",
+    "999999999999999999999",
+]
 
 
 def rand_value(rng: random.Random) -> object:
-    return rng.choice([rng.randint(-300, 300), rng.random() * 10, "nan", "inf", "abc", "", "1e400",
-                       "\x00", "0", "1"])
+    return rng.choice(
+        [rng.randint(-300, 300), rng.random() * 10, "nan", "inf", "abc", "", "1e400", "\x00", "0", "1"]
+    )
 
 
 def rand_blob(rng: random.Random) -> bytes:
@@ -62,8 +99,12 @@ def garbage_model(rng: random.Random) -> bytes:
 
 
 def modelstore(rng: random.Random) -> list[object]:
-    cmd: list[object] = [rng.choice(["AI.MODELSTORE", "AI.MODELSET"]), rng.choice(KEYS),
-                         rng.choice(["TORCH", "TF", "torch", "ONNX"]), rng.choice(["CPU", "cpu:0", "GPU:x", "CPU"])]
+    cmd: list[object] = [
+        rng.choice(["AI.MODELSTORE", "AI.MODELSET"]),
+        rng.choice(KEYS),
+        rng.choice(["TORCH", "TF", "torch", "ONNX"]),
+        rng.choice(["CPU", "cpu:0", "GPU:x", "CPU"]),
+    ]
     if rng.random() < 0.3:
         cmd += ["TAG", "tag"]
     if rng.random() < 0.3:
@@ -79,8 +120,16 @@ def execute(rng: random.Random) -> list[object]:
     if kind < 0.5:
         ins = [rng.choice(KEYS) for _ in range(rng.randint(0, 3))]
         outs = [rng.choice(KEYS) for _ in range(rng.randint(0, 2))]
-        cmd: list[object] = ["AI.MODELEXECUTE", rng.choice(KEYS), "INPUTS", len(ins) + rng.choice([0, 0, 1, -1]),
-                             *ins, "OUTPUTS", len(outs), *outs]
+        cmd: list[object] = [
+            "AI.MODELEXECUTE",
+            rng.choice(KEYS),
+            "INPUTS",
+            len(ins) + rng.choice([0, 0, 1, -1]),
+            *ins,
+            "OUTPUTS",
+            len(outs),
+            *outs,
+        ]
         if rng.random() < 0.5:
             cmd += ["TIMEOUT", rng.choice([1, 100, 1000, 0, "x"])]
         return cmd
@@ -88,7 +137,7 @@ def execute(rng: random.Random) -> list[object]:
         fn = rng.choice(["double", "add_args", "set_key", "call_model", "fail", "nofn"])
         cmd = ["AI.SCRIPTEXECUTE", rng.choice(KEYS), fn]
         for word in rng.sample(["KEYS", "INPUTS", "ARGS", "OUTPUTS"], rng.randint(0, 4)):
-            items = [rng.choice(KEYS + ["1", "0.5"]) for _ in range(rng.randint(0, 2))]
+            items = [rng.choice([*KEYS, "1", "0.5"]) for _ in range(rng.randint(0, 2))]
             cmd += [word, len(items), *items]
         return cmd
     return ["AI.MODELRUN", rng.choice(KEYS), "INPUTS", rng.choice(KEYS), "OUTPUTS", rng.choice(KEYS)]
@@ -110,29 +159,76 @@ def dag(rng: random.Random) -> list[object]:
         if op < 0.35:
             cmd += tensorset(rng, key=rng.choice(["x", "o1", "t1"]))
         elif op < 0.55:
-            cmd += ["AI.TENSORGET", rng.choice(["x", "o1", "t1", "zz"]), rng.choice(["VALUES", "BLOB", "META"])]
+            cmd += [
+                "AI.TENSORGET",
+                rng.choice(["x", "o1", "t1", "zz"]),
+                rng.choice(["VALUES", "BLOB", "META"]),
+            ]
         elif op < 0.85:
-            cmd += ["AI.MODELEXECUTE", rng.choice(["m1", "m2"]), "INPUTS", 2, "t1", rng.choice(["x", "t2"]),
-                    "OUTPUTS", 1, rng.choice(["o1", "x"])]
+            cmd += [
+                "AI.MODELEXECUTE",
+                rng.choice(["m1", "m2"]),
+                "INPUTS",
+                2,
+                "t1",
+                rng.choice(["x", "t2"]),
+                "OUTPUTS",
+                1,
+                rng.choice(["o1", "x"]),
+            ]
         else:
-            cmd += ["AI.SCRIPTEXECUTE", "s1", "double", "INPUTS", 1, rng.choice(["x", "t1"]), "OUTPUTS", 1, "o1"]
+            cmd += [
+                "AI.SCRIPTEXECUTE",
+                "s1",
+                "double",
+                "INPUTS",
+                1,
+                rng.choice(["x", "t1"]),
+                "OUTPUTS",
+                1,
+                "o1",
+            ]
     return cmd
 
 
 def misc(rng: random.Random) -> list[object]:
-    return rng.choice([
-        ["AI.TENSORGET", rng.choice(KEYS), *rng.sample(["META", "BLOB", "VALUES", "FOO"], rng.randint(0, 3))],
-        ["AI.MODELGET", rng.choice(KEYS), *rng.sample(["META", "BLOB", "X"], rng.randint(0, 2))],
-        ["AI.MODELDEL", rng.choice(KEYS)],
-        ["AI.SCRIPTGET", rng.choice(KEYS), rng.choice(["META", "SOURCE", "X"])],
-        ["AI.SCRIPTDEL", rng.choice(KEYS)],
-        ["AI.SCRIPTSTORE", rng.choice(KEYS), "CPU", "ENTRY_POINTS", rng.choice([1, 0, 2, "x"]), "f",
-         "SOURCE", rng.choice(["def f(:", "garbage", "def f(t: List[Tensor], k: List[str], a: List[str]):\n    return t[0]\n"])],
-        ["AI.INFO", rng.choice(KEYS), *(["RESETSTAT"] if rng.random() < 0.3 else [])],
-        ["AI.CONFIG", rng.choice(["GET", "MODEL_CHUNK_SIZE", "FOO", "BACKENDSPATH"]), rng.choice(["MODEL_CHUNK_SIZE", "x", "100000"])],
-        ["AI._MODELSCAN"],
-        ["AI._SCRIPTSCAN"],
-    ])
+    return rng.choice(
+        [
+            [
+                "AI.TENSORGET",
+                rng.choice(KEYS),
+                *rng.sample(["META", "BLOB", "VALUES", "FOO"], rng.randint(0, 3)),
+            ],
+            ["AI.MODELGET", rng.choice(KEYS), *rng.sample(["META", "BLOB", "X"], rng.randint(0, 2))],
+            ["AI.MODELDEL", rng.choice(KEYS)],
+            ["AI.SCRIPTGET", rng.choice(KEYS), rng.choice(["META", "SOURCE", "X"])],
+            ["AI.SCRIPTDEL", rng.choice(KEYS)],
+            [
+                "AI.SCRIPTSTORE",
+                rng.choice(KEYS),
+                "CPU",
+                "ENTRY_POINTS",
+                rng.choice([1, 0, 2, "x"]),
+                "f",
+                "SOURCE",
+                rng.choice(
+                    [
+                        "def f(:",
+                        "garbage",
+                        "def f(t: List[Tensor], k: List[str], a: List[str]):\n    return t[0]\n",
+                    ]
+                ),
+            ],
+            ["AI.INFO", rng.choice(KEYS), *(["RESETSTAT"] if rng.random() < 0.3 else [])],
+            [
+                "AI.CONFIG",
+                rng.choice(["GET", "MODEL_CHUNK_SIZE", "FOO", "BACKENDSPATH"]),
+                rng.choice(["MODEL_CHUNK_SIZE", "x", "100000"]),
+            ],
+            ["AI._MODELSCAN"],
+            ["AI._SCRIPTSCAN"],
+        ]
+    )
 
 
 def mutate(rng: random.Random, cmd: list[object]) -> list[object]:

@@ -5,10 +5,10 @@ from __future__ import annotations
 
 import time
 from pathlib import Path
+from typing import Any
 
 import pytest
 import redis
-
 from engine_helpers import ADD, DOUBLE, err, store_script
 
 
@@ -18,15 +18,25 @@ def test_ai_info_counts_and_resetstat(engine: redis.Redis) -> None:
     for _ in range(3):
         engine.execute_command("AI.MODELEXECUTE", "m", "INPUTS", 1, "x", "OUTPUTS", 1, "y")
     info = engine.execute_command("AI.INFO", "m")
-    assert info[:18:2] == [b"key", b"type", b"backend", b"device", b"tag", b"duration", b"samples", b"calls", b"errors"]
-    d = dict(zip(info[::2], info[1::2]))
+    assert info[:18:2] == [
+        b"key",
+        b"type",
+        b"backend",
+        b"device",
+        b"tag",
+        b"duration",
+        b"samples",
+        b"calls",
+        b"errors",
+    ]
+    d = dict(zip(info[::2], info[1::2], strict=False))
     assert d[b"key"] == b"m" and d[b"type"] == b"MODEL" and d[b"backend"] == b"TORCH"
     assert d[b"device"] == b"CPU" and d[b"tag"] == b"t"
     assert d[b"calls"] == 3 and d[b"samples"] == 9 and d[b"errors"] == 0 and d[b"duration"] >= 0
     # Ours, after the standard 18: batching figures.
     assert d[b"batches"] == 3 and float(d[b"mean_batch_size"]) == 3.0 and d[b"queue_depth"] == 0
     assert engine.execute_command("AI.INFO", "m", "RESETSTAT") == b"OK"
-    d = dict(zip(*[iter(engine.execute_command("AI.INFO", "m"))] * 2))
+    d = dict(zip(*[iter(engine.execute_command("AI.INFO", "m"))] * 2, strict=False))
     assert d[b"calls"] == 0 and d[b"samples"] == 0 and d[b"duration"] == 0
 
 
@@ -51,10 +61,10 @@ def test_ai_config(engine: redis.Redis) -> None:
     engine.execute_command("AI.CONFIG", "MODEL_CHUNK_SIZE", 511 * 1024 * 1024)
     assert engine.execute_command("AI.CONFIG", "GET", "NOPE") is None
     # The backend is already loaded by then (or loads now): OK either way.
-    assert engine.execute_command(
-        "AI.CONFIG", "LOADBACKEND", "TORCH", "redisai_torch/redisai_torch.so"
-    ) == b"OK"
-    cases = [
+    assert (
+        engine.execute_command("AI.CONFIG", "LOADBACKEND", "TORCH", "redisai_torch/redisai_torch.so") == b"OK"
+    )
+    cases: list[tuple[list[Any], str]] = [
         (["FOO"], "unsupported subcommand"),
         (["BACKENDSPATH"], "BACKENDSPATH: missing path argument"),
         (["MODEL_CHUNK_SIZE", "abc"], "MODEL_CHUNK_SIZE: invalid chunk size"),
@@ -67,7 +77,7 @@ def test_ai_config(engine: redis.Redis) -> None:
         assert err(e.value) == message
 
 
-def test_loadbackend_bad_path_on_fresh_server(server_factory) -> None:  # type: ignore[no-untyped-def]
+def test_loadbackend_bad_path_on_fresh_server(server_factory) -> None:
     server = server_factory()
     r = redis.Redis(port=server.port)
     with pytest.raises(redis.ResponseError) as e:
@@ -86,7 +96,14 @@ def test_info_modules_sections(engine: redis.Redis) -> None:
     raw.set_response_callback("INFO", lambda response, **kwargs: response)
     text = raw.execute_command("INFO", "MODULES").decode()
     raw.close()
-    for section in ("ai_versions", "ai_git", "ai_load_time_configs", "ai_backends_info", "ai_cpu", "ai_queues"):
+    for section in (
+        "ai_versions",
+        "ai_git",
+        "ai_load_time_configs",
+        "ai_backends_info",
+        "ai_cpu",
+        "ai_queues",
+    ):
         assert f"# {section}" in text
     info = engine.info("modules")
     assert info["ai_rdb_version"] == 4
@@ -97,13 +114,28 @@ def test_info_modules_sections(engine: redis.Redis) -> None:
     assert any(k.startswith("ai_queue_CPU_bthread") for k in info)
 
 
-def test_load_time_arguments(server_factory, engine_module: Path) -> None:  # type: ignore[no-untyped-def]
+def test_load_time_arguments(server_factory, engine_module: Path) -> None:
     backend = engine_module.parent / "backends" / "redisai_torch" / "redisai_torch.so"
-    server = server_factory(module_args=(
-        "THREADS_PER_QUEUE", "3", "INTRA_OP_PARALLELISM", "1", "INTER_OP_PARALLELISM", "1",
-        "MODEL_CHUNK_SIZE", "1024", "MODEL_EXECUTION_TIMEOUT", "1000", "BACKEND_MEMORY_LIMIT", "0",
-        "BACKENDSPATH", str(engine_module.parent / "backends"), "TORCH", str(backend),
-    ))
+    server = server_factory(
+        module_args=(
+            "THREADS_PER_QUEUE",
+            "3",
+            "INTRA_OP_PARALLELISM",
+            "1",
+            "INTER_OP_PARALLELISM",
+            "1",
+            "MODEL_CHUNK_SIZE",
+            "1024",
+            "MODEL_EXECUTION_TIMEOUT",
+            "1000",
+            "BACKEND_MEMORY_LIMIT",
+            "0",
+            "BACKENDSPATH",
+            str(engine_module.parent / "backends"),
+            "TORCH",
+            str(backend),
+        )
+    )
     r = redis.Redis(port=server.port)
     info = r.info("modules")
     assert info["ai_threads_per_queue"] == 3
@@ -120,7 +152,9 @@ def test_load_time_arguments(server_factory, engine_module: Path) -> None:  # ty
 
 
 def test_command_flags(engine: redis.Redis) -> None:
-    raw = engine.execute_command("COMMAND", "INFO", "ai.tensorset", "ai.tensorget", "ai.modelexecute", "ai.dagexecute_ro")
+    raw = engine.execute_command(
+        "COMMAND", "INFO", "ai.tensorset", "ai.tensorget", "ai.modelexecute", "ai.dagexecute_ro"
+    )
     flags = {
         name: {f.decode() if isinstance(f, bytes) else f for f in entry["flags"]}
         for name, entry in raw.items()
@@ -139,19 +173,67 @@ def test_getkeys_reports_every_key(engine: redis.Redis) -> None:
         return raw.execute_command("COMMAND", "GETKEYS", *args)
 
     assert keys("AI.TENSORSET", "t", "FLOAT", 1) == [b"t"]
-    assert keys("AI.MODELEXECUTE", "m", "INPUTS", 2, "a", "b", "OUTPUTS", 1, "c", "TIMEOUT", 5) == [b"m", b"a", b"b", b"c"]
-    assert keys("AI.SCRIPTEXECUTE", "s", "fn", "KEYS", 1, "k", "INPUTS", 1, "i", "ARGS", 2, "x", "y", "OUTPUTS", 1, "o") == [
-        b"s", b"k", b"i", b"o"
+    assert keys("AI.MODELEXECUTE", "m", "INPUTS", 2, "a", "b", "OUTPUTS", 1, "c", "TIMEOUT", 5) == [
+        b"m",
+        b"a",
+        b"b",
+        b"c",
     ]
+    assert keys(
+        "AI.SCRIPTEXECUTE",
+        "s",
+        "fn",
+        "KEYS",
+        1,
+        "k",
+        "INPUTS",
+        1,
+        "i",
+        "ARGS",
+        2,
+        "x",
+        "y",
+        "OUTPUTS",
+        1,
+        "o",
+    ) == [b"s", b"k", b"i", b"o"]
     assert keys("AI.MODELRUN", "m", "TIMEOUT", 5, "INPUTS", "a", "OUTPUTS", "c") == [b"m", b"a", b"c"]
     # Absurd counts end the scan instead of running past the arguments.
     assert keys("AI.MODELEXECUTE", "m", "INPUTS", 2**40, "a", "OUTPUTS", 1, "c") == [b"m"]
     with pytest.raises(redis.ResponseError):  # no keys found at all: Redis says so
         keys("AI.DAGEXECUTE", "LOAD", 2**40, "a", "|>", "AI.TENSORGET", "a")
     assert keys(
-        "AI.DAGEXECUTE", "LOAD", 1, "a", "PERSIST", 1, "p", "ROUTING", "r", "|>",
-        "AI.MODELEXECUTE", "m", "INPUTS", 1, "a", "OUTPUTS", 1, "p", "|>",
-        "AI.SCRIPTEXECUTE", "s", "fn", "KEYS", 1, "k", "INPUTS", 1, "p", "OUTPUTS", 1, "q",
+        "AI.DAGEXECUTE",
+        "LOAD",
+        1,
+        "a",
+        "PERSIST",
+        1,
+        "p",
+        "ROUTING",
+        "r",
+        "|>",
+        "AI.MODELEXECUTE",
+        "m",
+        "INPUTS",
+        1,
+        "a",
+        "OUTPUTS",
+        1,
+        "p",
+        "|>",
+        "AI.SCRIPTEXECUTE",
+        "s",
+        "fn",
+        "KEYS",
+        1,
+        "k",
+        "INPUTS",
+        1,
+        "p",
+        "OUTPUTS",
+        1,
+        "q",
     ) == [b"a", b"p", b"r", b"m", b"s", b"k"]
 
 
@@ -163,7 +245,7 @@ def test_scan_commands_list_models_and_scripts(engine: redis.Redis) -> None:
     assert engine.execute_command("AI._SCRIPTSCAN") == [[b"s1", b""]]
 
 
-def test_cluster_routes_execute_commands_by_all_their_keys(server_factory) -> None:  # type: ignore[no-untyped-def]
+def test_cluster_routes_execute_commands_by_all_their_keys(server_factory) -> None:
     from groundwatch.server import free_port
 
     server = server_factory(extra_config=(("cluster-enabled", "yes"), ("cluster-port", str(free_port()))))
@@ -178,23 +260,66 @@ def test_cluster_routes_execute_commands_by_all_their_keys(server_factory) -> No
     assert r.execute_command("AI.MODELEXECUTE", "{a}m", "INPUTS", 1, "{a}x", "OUTPUTS", 1, "{a}y") == b"OK"
     cross = [
         ["AI.MODELEXECUTE", "{a}m", "INPUTS", 1, "{a}x", "OUTPUTS", 1, "{b}y"],
-        ["AI.DAGEXECUTE", "LOAD", 1, "{a}x", "PERSIST", 1, "{b}y", "|>",
-         "AI.MODELEXECUTE", "{a}m", "INPUTS", 1, "{a}x", "OUTPUTS", 1, "{b}y"],
-        ["AI.DAGEXECUTE", "ROUTING", "{b}", "|>", "AI.MODELEXECUTE", "{a}m", "INPUTS", 1, "t", "OUTPUTS", 1, "u"],
+        [
+            "AI.DAGEXECUTE",
+            "LOAD",
+            1,
+            "{a}x",
+            "PERSIST",
+            1,
+            "{b}y",
+            "|>",
+            "AI.MODELEXECUTE",
+            "{a}m",
+            "INPUTS",
+            1,
+            "{a}x",
+            "OUTPUTS",
+            1,
+            "{b}y",
+        ],
+        [
+            "AI.DAGEXECUTE",
+            "ROUTING",
+            "{b}",
+            "|>",
+            "AI.MODELEXECUTE",
+            "{a}m",
+            "INPUTS",
+            1,
+            "t",
+            "OUTPUTS",
+            1,
+            "u",
+        ],
     ]
     for cmd in cross:
         with pytest.raises(redis.ResponseError) as e:
             r.execute_command(*cmd)
         assert "CROSSSLOT" in str(e.value)
     assert r.execute_command(
-        "AI.DAGEXECUTE", "LOAD", 1, "{a}x", "PERSIST", 1, "{a}z", "|>",
-        "AI.MODELEXECUTE", "{a}m", "INPUTS", 1, "{a}x", "OUTPUTS", 1, "{a}z",
+        "AI.DAGEXECUTE",
+        "LOAD",
+        1,
+        "{a}x",
+        "PERSIST",
+        1,
+        "{a}z",
+        "|>",
+        "AI.MODELEXECUTE",
+        "{a}m",
+        "INPUTS",
+        1,
+        "{a}x",
+        "OUTPUTS",
+        1,
+        "{a}z",
     ) == [b"OK"]
     r.close()
     server.stop()
 
 
-def test_backend_loads_on_first_use_from_backendspath(server_factory, engine_module: Path) -> None:  # type: ignore[no-untyped-def]
+def test_backend_loads_on_first_use_from_backendspath(server_factory, engine_module: Path) -> None:
     server = server_factory(module_args=("BACKENDSPATH", "/nonexistent/backends"))
     r = redis.Redis(port=server.port)
     assert r.execute_command("AI.CONFIG", "GET", "BACKENDSPATH") == b"/nonexistent/backends"
@@ -213,7 +338,7 @@ def test_backend_loads_on_first_use_from_backendspath(server_factory, engine_mod
     server.stop()
 
 
-def test_bad_load_time_argument_refuses_to_load(server_factory) -> None:  # type: ignore[no-untyped-def]
+def test_bad_load_time_argument_refuses_to_load(server_factory) -> None:
     from groundwatch.errors import ServerError
 
     for args in (("THREADS_PER_QUEUE", "0"), ("NOPE", "1"), ("MODEL_CHUNK_SIZE",)):

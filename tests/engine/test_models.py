@@ -7,7 +7,6 @@ import numpy as np
 import pytest
 import redis
 import torch
-
 from engine_helpers import ADD, DOUBLE, LINEAR, WRONGTYPE, Linear, err
 
 
@@ -28,20 +27,35 @@ def test_store_get_meta_and_blob(engine: redis.Redis) -> None:
     store(engine, "m", ADD, "TAG", "v1", "BATCHSIZE", 4, "MINBATCHSIZE", 2, "MINBATCHTIMEOUT", 10)
     meta = engine.execute_command("AI.MODELGET", "m", "META")
     assert meta == [
-        b"backend", b"TORCH", b"device", b"CPU", b"tag", b"v1", b"batchsize", 4,
-        b"minbatchsize", 2, b"inputs", [b"a", b"b"], b"outputs", [b""], b"minbatchtimeout", 10,
+        b"backend",
+        b"TORCH",
+        b"device",
+        b"CPU",
+        b"tag",
+        b"v1",
+        b"batchsize",
+        4,
+        b"minbatchsize",
+        2,
+        b"inputs",
+        [b"a", b"b"],
+        b"outputs",
+        [b""],
+        b"minbatchtimeout",
+        10,
     ]
-    assert engine.execute_command("AI.MODELGET", "m", "META", "BLOB") == meta + [b"blob", ADD]
-    assert engine.execute_command("AI.MODELGET", "m") == meta + [b"blob", ADD]
+    assert engine.execute_command("AI.MODELGET", "m", "META", "BLOB") == [*meta, b"blob", ADD]
+    assert engine.execute_command("AI.MODELGET", "m") == [*meta, b"blob", ADD]
     assert engine.execute_command("AI.MODELGET", "m", "BLOB") == ADD
     assert engine.type("m") == b"AI__MODEL"
 
 
 def test_device_is_upper_cased_and_chunks_concatenate(engine: redis.Redis) -> None:
     half = len(DOUBLE) // 2
-    assert engine.execute_command(
-        "AI.MODELSTORE", "m", "torch", "cpu:0", "BLOB", DOUBLE[:half], DOUBLE[half:]
-    ) == b"OK"
+    assert (
+        engine.execute_command("AI.MODELSTORE", "m", "torch", "cpu:0", "BLOB", DOUBLE[:half], DOUBLE[half:])
+        == b"OK"
+    )
     assert engine.execute_command("AI.MODELGET", "m", "META")[3] == b"CPU:0"
     assert engine.execute_command("AI.MODELGET", "m", "BLOB") == DOUBLE
 
@@ -56,7 +70,9 @@ def test_modelget_returns_chunks_above_model_chunk_size(engine: redis.Redis) -> 
         assert len(chunks) == len(DOUBLE) // chunk + 1
         assert b"".join(chunks) == DOUBLE
         # An exact multiple ends with an empty chunk.
-        engine.execute_command("AI.CONFIG", "MODEL_CHUNK_SIZE", len(DOUBLE) // 2 if len(DOUBLE) % 2 == 0 else len(DOUBLE))
+        engine.execute_command(
+            "AI.CONFIG", "MODEL_CHUNK_SIZE", len(DOUBLE) // 2 if len(DOUBLE) % 2 == 0 else len(DOUBLE)
+        )
         got = engine.execute_command("AI.MODELGET", "m", "BLOB")
         if len(DOUBLE) % 2 == 0:
             assert got[-1] == b"" and b"".join(got) == DOUBLE and len(got) == 3
@@ -75,16 +91,31 @@ def test_modelget_returns_chunks_above_model_chunk_size(engine: redis.Redis) -> 
         (["TORCH", "TPU", "BLOB", b"x"], "Invalid DEVICE"),
         (["TORCH", "CPU:x", "BLOB", b"x"], "Invalid DEVICE"),
         (["TORCH", "CPU", "BATCHSIZE", "x", "BLOB", b"x"], "Invalid argument for BATCHSIZE"),
-        (["TORCH", "CPU", "BATCHSIZE", 2, "MINBATCHSIZE", "y", "BLOB", b"x"], "Invalid argument for MINBATCHSIZE"),
-        (["TORCH", "CPU", "BATCHSIZE", 2, "MINBATCHSIZE", 1, "MINBATCHTIMEOUT", "z", "BLOB", b"x"], "Invalid argument for MINBATCHTIMEOUT"),
+        (
+            ["TORCH", "CPU", "BATCHSIZE", 2, "MINBATCHSIZE", "y", "BLOB", b"x"],
+            "Invalid argument for MINBATCHSIZE",
+        ),
+        (
+            ["TORCH", "CPU", "BATCHSIZE", 2, "MINBATCHSIZE", 1, "MINBATCHTIMEOUT", "z", "BLOB", b"x"],
+            "Invalid argument for MINBATCHTIMEOUT",
+        ),
         (["TORCH", "CPU", "MINBATCHSIZE", 2, "BLOB", b"x"], "MINBATCHSIZE specified without BATCHSIZE"),
-        (["TORCH", "CPU", "BATCHSIZE", 2, "MINBATCHTIMEOUT", 2, "BLOB", b"x"], "MINBATCHTIMEOUT specified without MINBATCHSIZE"),
+        (
+            ["TORCH", "CPU", "BATCHSIZE", 2, "MINBATCHTIMEOUT", 2, "BLOB", b"x"],
+            "MINBATCHTIMEOUT specified without MINBATCHSIZE",
+        ),
         (["TORCH", "CPU"], "Insufficient arguments, missing model BLOB"),
         (["TORCH", "CPU", "TAG", "t"], "Insufficient arguments, missing model BLOB"),
         (["TORCH", "CPU", "BLOB"], "Insufficient arguments, missing model BLOB"),
         (["TORCH", "CPU", "BLOOB", b"x"], "Invalid argument, expected BLOB"),
-        (["TORCH", "CPU", "INPUTS", 1, "a", "BLOB", b"x"], "INPUTS argument should not be specified for this backend"),
-        (["TORCH", "CPU", "OUTPUTS", 1, "a", "BLOB", b"x"], "OUTPUTS argument should not be specified for this backend"),
+        (
+            ["TORCH", "CPU", "INPUTS", 1, "a", "BLOB", b"x"],
+            "INPUTS argument should not be specified for this backend",
+        ),
+        (
+            ["TORCH", "CPU", "OUTPUTS", 1, "a", "BLOB", b"x"],
+            "OUTPUTS argument should not be specified for this backend",
+        ),
     ],
 )
 def test_modelstore_errors(engine: redis.Redis, args: list, message: str) -> None:
@@ -135,9 +166,12 @@ def test_modelexecute_two_inputs_and_timeout_ok(engine: redis.Redis) -> None:
     store(engine)
     setf(engine, "a", [1, 2])
     setf(engine, "b", [10, 20])
-    assert engine.execute_command(
-        "AI.MODELEXECUTE", "m", "INPUTS", 2, "a", "b", "OUTPUTS", 1, "c", "TIMEOUT", 60000
-    ) == b"OK"
+    assert (
+        engine.execute_command(
+            "AI.MODELEXECUTE", "m", "INPUTS", 2, "a", "b", "OUTPUTS", 1, "c", "TIMEOUT", 60000
+        )
+        == b"OK"
+    )
     assert getf(engine, "c") == [11, 22]
 
 
@@ -151,18 +185,32 @@ def test_modelexecute_two_inputs_and_timeout_ok(engine: redis.Redis) -> None:
         (["m", "INPUTS", 2, "a", "b", "OUTPUTZ", 1, "c"], "OUTPUTS not specified"),
         (["m", "INPUTS", 2, "a", "b", "OUTPUTS", 1, "c", "TIMEOUT", "x"], "Invalid value for TIMEOUT"),
         (["m", "INPUTS", 2, "a", "b", "OUTPUTS", 1, "c", "TIMEOUT", -1], "Invalid value for TIMEOUT"),
-        (["m", "INPUTS", 2, "a", "missing", "OUTPUTS", 1, "c"], "tensor key is empty or in a different shard"),
+        (
+            ["m", "INPUTS", 2, "a", "missing", "OUTPUTS", 1, "c"],
+            "tensor key is empty or in a different shard",
+        ),
         (["nomodel", "INPUTS", 2, "a", "b", "OUTPUTS", 1, "c"], "model key is empty"),
-        (["m", "INPUTS", 1, "a", "OUTPUTS", 1, "c", "x"], "Number of keys given as INPUTS here does not match model definition"),
+        (
+            ["m", "INPUTS", 1, "a", "OUTPUTS", 1, "c", "x"],
+            "Number of keys given as INPUTS here does not match model definition",
+        ),
         (["m", "INPUTS", 2, "a", "b", "OUTPUTS", 1, "c", "TIMEOUT", 5, "x"], None),
         (["m", "INPUTS", 2, "a", "OUTPUTS", 1, "c", "d"], "OUTPUTS not specified"),
-        (["m", "INPUTS", 2, "a", "b", "OUTPUTS", 1],
-         "number of output keys to AI.MODELEXECUTE command does not match the number of given arguments"),
+        (
+            ["m", "INPUTS", 2, "a", "b", "OUTPUTS", 1],
+            "number of output keys to AI.MODELEXECUTE command does not match the number of given arguments",
+        ),
         (["m", "timeout", 1000, "INPUTS", 2, "a", "b", "OUTPUTS", 1, "c"], "INPUTS not specified"),
         (["m", "INPUTS", 2, "a", "b", "OUTPUTS", "x", "c"], "Invalid argument for output_count"),
         (["m", "INPUTS", 2, "a", "b", "OUTPUTS", 0, "c"], "Output count must be a positive integer"),
-        (["m", "INPUTS", 3, "a", "b", "a", "OUTPUTS", 1, "c"], "Number of keys given as INPUTS here does not match model definition"),
-        (["m", "INPUTS", 2, "a", "b", "OUTPUTS", 2, "c", "d"], "Number of keys given as OUTPUTS here does not match model definition"),
+        (
+            ["m", "INPUTS", 3, "a", "b", "a", "OUTPUTS", 1, "c"],
+            "Number of keys given as INPUTS here does not match model definition",
+        ),
+        (
+            ["m", "INPUTS", 2, "a", "b", "OUTPUTS", 2, "c", "d"],
+            "Number of keys given as OUTPUTS here does not match model definition",
+        ),
     ],
 )
 def test_modelexecute_errors(engine: redis.Redis, args: list, message: str | None) -> None:
@@ -216,15 +264,21 @@ def test_refused_inside_multi_and_lua(engine: redis.Redis) -> None:
 
 
 def test_deprecated_modelset_and_modelrun(engine: redis.Redis) -> None:
-    assert engine.execute_command(
-        "AI.MODELSET", "m", "TORCH", "CPU", "TAG", "old", "INPUTS", "a", "b", "OUTPUTS", "c", "BLOB", ADD
-    ) == b"OK"
+    assert (
+        engine.execute_command(
+            "AI.MODELSET", "m", "TORCH", "CPU", "TAG", "old", "INPUTS", "a", "b", "OUTPUTS", "c", "BLOB", ADD
+        )
+        == b"OK"
+    )
     assert engine.execute_command("AI.MODELGET", "m", "META")[5] == b"old"
     setf(engine, "a", [1])
     setf(engine, "b", [2])
     assert engine.execute_command("AI.MODELRUN", "m", "INPUTS", "a", "b", "OUTPUTS", "c") == b"OK"
     assert getf(engine, "c") == [3]
-    assert engine.execute_command("AI.MODELRUN", "m", "TIMEOUT", 1000, "INPUTS", "a", "a", "OUTPUTS", "d") == b"OK"
+    assert (
+        engine.execute_command("AI.MODELRUN", "m", "TIMEOUT", 1000, "INPUTS", "a", "a", "OUTPUTS", "d")
+        == b"OK"
+    )
     assert getf(engine, "d") == [2]
     assert engine.execute_command("AI._MODELSCAN") == [[b"m", b"old"]]
 
@@ -261,8 +315,24 @@ def test_no_memory_growth_over_many_executions(engine: redis.Redis) -> None:
         for i in range(n):
             engine.execute_command("AI.MODELEXECUTE", "m", "INPUTS", 2, "x", "x", "OUTPUTS", 1, f"y{i % 4}")
             engine.execute_command(
-                "AI.DAGEXECUTE", "LOAD", 1, "x", "|>",
-                "AI.MODELEXECUTE", "m", "INPUTS", 2, "x", "x", "OUTPUTS", 1, "z", "|>", "AI.TENSORGET", "z", "BLOB",
+                "AI.DAGEXECUTE",
+                "LOAD",
+                1,
+                "x",
+                "|>",
+                "AI.MODELEXECUTE",
+                "m",
+                "INPUTS",
+                2,
+                "x",
+                "x",
+                "OUTPUTS",
+                1,
+                "z",
+                "|>",
+                "AI.TENSORGET",
+                "z",
+                "BLOB",
             )
 
     burst(100)

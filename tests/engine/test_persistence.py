@@ -10,7 +10,6 @@ from pathlib import Path
 import numpy as np
 import redis
 import torch
-
 from engine_helpers import DOUBLE, ENTRY_POINTS, LINEAR, SCRIPT, Linear, store_script
 
 TENSORS = {
@@ -31,8 +30,20 @@ def populate(r: redis.Redis) -> None:
     for key, (dtype, shape, values) in TENSORS.items():
         r.execute_command("AI.TENSORSET", key, dtype, *shape, "VALUES", *values)
     r.execute_command(
-        "AI.MODELSTORE", "lin", "TORCH", "CPU", "TAG", "v2", "BATCHSIZE", 8, "MINBATCHSIZE", 2,
-        "MINBATCHTIMEOUT", 5, "BLOB", LINEAR,
+        "AI.MODELSTORE",
+        "lin",
+        "TORCH",
+        "CPU",
+        "TAG",
+        "v2",
+        "BATCHSIZE",
+        8,
+        "MINBATCHSIZE",
+        2,
+        "MINBATCHTIMEOUT",
+        5,
+        "BLOB",
+        LINEAR,
     )
     store_script(r, "scr")
 
@@ -66,7 +77,7 @@ def test_debug_reload(engine: redis.Redis) -> None:
     check_models_still_run(engine)
 
 
-def test_restart_from_rdb(server_factory) -> None:  # type: ignore[no-untyped-def]
+def test_restart_from_rdb(server_factory) -> None:
     server = server_factory()
     r = redis.Redis(port=server.port)
     populate(r)
@@ -81,7 +92,7 @@ def test_restart_from_rdb(server_factory) -> None:  # type: ignore[no-untyped-de
     server.stop()
 
 
-def test_rdb_with_small_model_chunks(server_factory) -> None:  # type: ignore[no-untyped-def]
+def test_rdb_with_small_model_chunks(server_factory) -> None:
     server = server_factory(module_args=("MODEL_CHUNK_SIZE", "512"))
     r = redis.Redis(port=server.port)
     populate(r)
@@ -96,7 +107,7 @@ def aof_text(data_dir: Path) -> bytes:
     return b"".join(p.read_bytes() for p in sorted(data_dir.rglob("*.aof*")) if p.is_file())
 
 
-def test_restart_from_aof_and_execute_outputs_logged_as_tensorset(server_factory) -> None:  # type: ignore[no-untyped-def]
+def test_restart_from_aof_and_execute_outputs_logged_as_tensorset(server_factory) -> None:
     server = server_factory(extra_config=(("appendonly", "yes"), ("appendfsync", "always")))
     r = redis.Redis(port=server.port)
     populate(r)
@@ -104,8 +115,22 @@ def test_restart_from_aof_and_execute_outputs_logged_as_tensorset(server_factory
     r.execute_command("AI.MODELSTORE", "dbl", "TORCH", "CPU", "BLOB", DOUBLE)
     r.execute_command("AI.MODELEXECUTE", "dbl", "INPUTS", 1, "in", "OUTPUTS", 1, "out")
     r.execute_command(
-        "AI.DAGEXECUTE", "LOAD", 1, "in", "PERSIST", 1, "dagout", "|>",
-        "AI.MODELEXECUTE", "dbl", "INPUTS", 1, "in", "OUTPUTS", 1, "dagout",
+        "AI.DAGEXECUTE",
+        "LOAD",
+        1,
+        "in",
+        "PERSIST",
+        1,
+        "dagout",
+        "|>",
+        "AI.MODELEXECUTE",
+        "dbl",
+        "INPUTS",
+        1,
+        "in",
+        "OUTPUTS",
+        1,
+        "dagout",
     )
     before = snapshot(r)
     text = aof_text(server.data_dir)
@@ -122,7 +147,7 @@ def test_restart_from_aof_and_execute_outputs_logged_as_tensorset(server_factory
     server.stop()
 
 
-def test_aof_rewrite_without_rdb_preamble(server_factory) -> None:  # type: ignore[no-untyped-def]
+def test_aof_rewrite_without_rdb_preamble(server_factory) -> None:
     server = server_factory(
         extra_config=(("appendonly", "yes"), ("aof-use-rdb-preamble", "no")),
         module_args=("MODEL_CHUNK_SIZE", "1000"),
@@ -159,9 +184,9 @@ def test_dump_restore(engine: redis.Redis) -> None:
         assert payload
         assert engine.restore(key + "_copy", 0, payload) == b"OK"
     for key in TENSORS:
-        assert engine.execute_command("AI.TENSORGET", key + "_copy", "META", "BLOB") == engine.execute_command(
-            "AI.TENSORGET", key, "META", "BLOB"
-        )
+        assert engine.execute_command(
+            "AI.TENSORGET", key + "_copy", "META", "BLOB"
+        ) == engine.execute_command("AI.TENSORGET", key, "META", "BLOB")
     assert engine.execute_command("AI.MODELGET", "lin_copy") == engine.execute_command("AI.MODELGET", "lin")
     assert engine.execute_command("AI.SCRIPTGET", "scr_copy") == engine.execute_command("AI.SCRIPTGET", "scr")
     assert engine.execute_command("AI.SCRIPTGET", "scr_copy", "META")[5] == [e.encode() for e in ENTRY_POINTS]
@@ -178,7 +203,7 @@ def test_restore_of_garbage_is_refused(engine: redis.Redis) -> None:
     assert engine.ping()
 
 
-def wait_for(predicate, timeout_s: float = 30.0) -> None:  # type: ignore[no-untyped-def]
+def wait_for(predicate, timeout_s: float = 30.0) -> None:
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
         if predicate():
@@ -187,7 +212,7 @@ def wait_for(predicate, timeout_s: float = 30.0) -> None:  # type: ignore[no-unt
     raise AssertionError("condition not reached in time")
 
 
-def test_replica_receives_execute_outputs_as_tensorset(server_factory) -> None:  # type: ignore[no-untyped-def]
+def test_replica_receives_execute_outputs_as_tensorset(server_factory) -> None:
     master = server_factory()
     replica = server_factory()
     m = redis.Redis(port=master.port)
@@ -200,8 +225,22 @@ def test_replica_receives_execute_outputs_as_tensorset(server_factory) -> None: 
     m.execute_command("AI.MODELEXECUTE", "dbl", "INPUTS", 1, "in", "OUTPUTS", 1, "out")
     m.execute_command("AI.SCRIPTEXECUTE", "scr", "double", "INPUTS", 1, "in", "OUTPUTS", 1, "sout")
     m.execute_command(
-        "AI.DAGEXECUTE", "LOAD", 1, "in", "PERSIST", 1, "dout", "|>",
-        "AI.MODELEXECUTE", "dbl", "INPUTS", 1, "in", "OUTPUTS", 1, "dout",
+        "AI.DAGEXECUTE",
+        "LOAD",
+        1,
+        "in",
+        "PERSIST",
+        1,
+        "dout",
+        "|>",
+        "AI.MODELEXECUTE",
+        "dbl",
+        "INPUTS",
+        1,
+        "in",
+        "OUTPUTS",
+        1,
+        "dout",
     )
     # A script's own redis.execute writes replicate too.
     m.execute_command("AI.SCRIPTEXECUTE", "scr", "set_key", "KEYS", 1, "k", "ARGS", 1, "v", "OUTPUTS", 1, "o")
@@ -225,7 +264,7 @@ def test_replica_receives_execute_outputs_as_tensorset(server_factory) -> None: 
     master.stop()
 
 
-def test_shutdown_after_execution_is_clean(server_factory) -> None:  # type: ignore[no-untyped-def]
+def test_shutdown_after_execution_is_clean(server_factory) -> None:
     server = server_factory(module_args=("THREADS_PER_QUEUE", "2"))
     r = redis.Redis(port=server.port)
     populate(r)

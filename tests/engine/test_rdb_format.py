@@ -10,7 +10,6 @@ import struct
 import numpy as np
 import pytest
 import redis
-
 from engine_helpers import DOUBLE
 
 CHARSET = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_"
@@ -171,8 +170,20 @@ def test_string_tensor_dump_layout(engine: redis.Redis) -> None:
 
 def test_model_dump_layout(engine: redis.Redis) -> None:
     engine.execute_command(
-        "AI.MODELSTORE", "m", "TORCH", "CPU", "TAG", "version-seven", "BATCHSIZE", 4,
-        "MINBATCHSIZE", 2, "MINBATCHTIMEOUT", 7, "BLOB", DOUBLE,
+        "AI.MODELSTORE",
+        "m",
+        "TORCH",
+        "CPU",
+        "TAG",
+        "version-seven",
+        "BATCHSIZE",
+        4,
+        "MINBATCHSIZE",
+        2,
+        "MINBATCHTIMEOUT",
+        7,
+        "BLOB",
+        DOUBLE,
     )
     chunk = 1000
     engine.execute_command("AI.CONFIG", "MODEL_CHUNK_SIZE", chunk)
@@ -189,7 +200,9 @@ def test_model_dump_layout(engine: redis.Redis) -> None:
 
 def test_script_dump_layout(engine: redis.Redis) -> None:
     src = "def fn_a(tensors: List[Tensor], keys: List[str], args: List[str]):\n    return tensors[0]\n"
-    engine.execute_command("AI.SCRIPTSTORE", "s", "CPU", "TAG", "tag-of-script", "ENTRY_POINTS", 1, "fn_a", "SOURCE", src)
+    engine.execute_command(
+        "AI.SCRIPTSTORE", "s", "CPU", "TAG", "tag-of-script", "ENTRY_POINTS", 1, "fn_a", "SOURCE", src
+    )
     mid, fields = Reader(engine.dump("s")).fields()
     assert mid == module_id("AI_SCRIPT", 4)
     assert fields == [b"CPU\x00", b"tag-of-script", src.encode() + b"\x00", 1, b"fn_a\x00"]
@@ -207,13 +220,20 @@ def test_script_dump_layout(engine: redis.Redis) -> None:
         (6, 8, "BOOL", [1, 0]),
     ],
 )
-def test_restore_handmade_tensor_payload(engine: redis.Redis, code: int, bits: int, dtype: str, values: list) -> None:
+def test_restore_handmade_tensor_payload(
+    engine: redis.Redis, code: int, bits: int, dtype: str, values: list
+) -> None:
     np_type = {"DOUBLE": "<f8", "INT16": "<i2", "UINT8": "u1", "BOOL": "u1"}[dtype]
     raw = np.array([float(v) if isinstance(v, bytes) else v for v in values]).astype(np_type).tobytes()
     body = uint(code) + uint(bits) + uint(1) + uint(2) + string(raw)
     assert engine.restore("t", 0, payload("AI_TENSOR", body)) == b"OK"
     assert engine.execute_command("AI.TENSORGET", "t", "META", "VALUES") == [
-        b"dtype", dtype.encode(), b"shape", [2], b"values", values,
+        b"dtype",
+        dtype.encode(),
+        b"shape",
+        [2],
+        b"values",
+        values,
     ]
 
 
@@ -230,9 +250,19 @@ def test_restore_handmade_model_payload_with_chunks(engine: redis.Redis) -> None
     if len(DOUBLE) % chunk == 0:
         chunks.append(b"")
     body = (
-        uint(2) + string(b"CPU\x00") + string(b"from-redisai") + uint(8) + uint(0) + uint(0)
-        + uint(1) + string(b"x\x00") + uint(1) + string(b"\x00")
-        + uint(len(DOUBLE)) + uint(len(chunks)) + b"".join(string(c) for c in chunks)
+        uint(2)
+        + string(b"CPU\x00")
+        + string(b"from-redisai")
+        + uint(8)
+        + uint(0)
+        + uint(0)
+        + uint(1)
+        + string(b"x\x00")
+        + uint(1)
+        + string(b"\x00")
+        + uint(len(DOUBLE))
+        + uint(len(chunks))
+        + b"".join(string(c) for c in chunks)
     )
     assert engine.restore("m", 0, payload("AI__MODEL", body)) == b"OK"
     meta = engine.execute_command("AI.MODELGET", "m", "META", "BLOB")
@@ -247,7 +277,12 @@ def test_restore_handmade_script_payload(engine: redis.Redis) -> None:
     body = string(b"CPU\x00") + string(b"") + string(src + b"\x00") + uint(1) + string(b"twice\x00")
     assert engine.restore("s", 0, payload("AI_SCRIPT", body)) == b"OK"
     assert engine.execute_command("AI.SCRIPTGET", "s", "META") == [
-        b"device", b"CPU", b"tag", b"", b"Entry Points", [b"twice"],
+        b"device",
+        b"CPU",
+        b"tag",
+        b"",
+        b"Entry Points",
+        [b"twice"],
     ]
     engine.execute_command("AI.TENSORSET", "x", "FLOAT", 1, "VALUES", 3)
     engine.execute_command("AI.SCRIPTEXECUTE", "s", "twice", "INPUTS", 1, "x", "OUTPUTS", 1, "y")

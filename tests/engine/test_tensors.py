@@ -5,7 +5,6 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import redis
-
 from engine_helpers import WRONGTYPE, err
 
 NUMERIC = {
@@ -23,7 +22,7 @@ NUMERIC = {
 
 @pytest.mark.parametrize("dtype", sorted(NUMERIC))
 def test_blob_round_trip_every_numeric_type(engine: redis.Redis, dtype: str) -> None:
-    arr = (np.arange(6) % 2).astype(NUMERIC[dtype]).reshape(2, 3)
+    arr: np.ndarray = (np.arange(6) % 2).astype(NUMERIC[dtype]).reshape(2, 3)
     assert engine.execute_command("AI.TENSORSET", "t", dtype, 2, 3, "BLOB", arr.tobytes()) == b"OK"
     meta = engine.execute_command("AI.TENSORGET", "t", "META", "BLOB")
     assert meta == [b"dtype", dtype.encode(), b"shape", [2, 3], b"blob", arr.tobytes()]
@@ -51,7 +50,12 @@ def test_values_round_trip(engine: redis.Redis, dtype: str, values: list[str], e
     assert engine.execute_command("AI.TENSORSET", "t", dtype, 3, "VALUES", *values) == b"OK"
     assert engine.execute_command("AI.TENSORGET", "t", "VALUES") == expected
     assert engine.execute_command("AI.TENSORGET", "t", "META", "VALUES") == [
-        b"dtype", dtype.encode(), b"shape", [3], b"values", expected,
+        b"dtype",
+        dtype.encode(),
+        b"shape",
+        [3],
+        b"values",
+        expected,
     ]
 
 
@@ -65,7 +69,12 @@ def test_float_values_are_shortest_round_trip(engine: redis.Redis) -> None:
 def test_type_is_case_insensitive_and_no_data_is_zeros(engine: redis.Redis) -> None:
     assert engine.execute_command("ai.tensorset", "t", "float", 2, 2) == b"OK"
     assert engine.execute_command("AI.TENSORGET", "t", "meta", "blob") == [
-        b"dtype", b"FLOAT", b"shape", [2, 2], b"blob", bytes(16),
+        b"dtype",
+        b"FLOAT",
+        b"shape",
+        [2, 2],
+        b"blob",
+        bytes(16),
     ]
     engine.execute_command("AI.TENSORSET", "s", "STRING", 2)
     assert engine.execute_command("AI.TENSORGET", "s", "VALUES") == [b"", b""]
@@ -81,7 +90,12 @@ def test_overwrite_replaces_tensor(engine: redis.Redis) -> None:
     engine.execute_command("AI.TENSORSET", "t", "INT32", 1, "VALUES", 1)
     engine.execute_command("AI.TENSORSET", "t", "INT64", 2, "VALUES", 5, 6)
     assert engine.execute_command("AI.TENSORGET", "t", "META", "VALUES") == [
-        b"dtype", b"INT64", b"shape", [2], b"values", [5, 6],
+        b"dtype",
+        b"INT64",
+        b"shape",
+        [2],
+        b"values",
+        [5, 6],
     ]
     assert engine.type("t") == b"AI_TENSOR"
 
@@ -95,8 +109,14 @@ def test_overwrite_replaces_tensor(engine: redis.Redis) -> None:
         (["FLOAT", "x"], "invalid or negative value found in tensor shape"),
         (["FLOAT", 2, "VALUES", 1], "wrong number of values was given in 'AI.TENSORSET' command"),
         (["FLOAT", 1, "VALUES", 1, 2], "wrong number of values was given in 'AI.TENSORSET' command"),
-        (["FLOAT", 1, "BLOB"], "a single binary string should come after the BLOB argument in 'AI.TENSORSET' command"),
-        (["FLOAT", 1, "BLOB", b"1234", b"5678"], "a single binary string should come after the BLOB argument in 'AI.TENSORSET' command"),
+        (
+            ["FLOAT", 1, "BLOB"],
+            "a single binary string should come after the BLOB argument in 'AI.TENSORSET' command",
+        ),
+        (
+            ["FLOAT", 1, "BLOB", b"1234", b"5678"],
+            "a single binary string should come after the BLOB argument in 'AI.TENSORSET' command",
+        ),
         (["FLOAT", 2, "BLOB", b"1234"], "data length does not match tensor shape and type"),
         (["INT8", 1, "BLOB", b"12"], "data length does not match tensor shape and type"),
         (["FLOAT", 1, "VALUES", "abc"], "invalid value"),
@@ -109,8 +129,14 @@ def test_overwrite_replaces_tensor(engine: redis.Redis) -> None:
         (["INT64", 1, "VALUES", "9223372036854775808"], "invalid value"),
         (["BOOL", 1, "VALUES", "2"], "BOOL tensor elements must be 0 or 1"),
         (["BOOL", 2, "BLOB", b"\x01\x02"], "BOOL tensor elements must be 0 or 1"),
-        (["STRING", 2, "BLOB", b"a\x00"], "Number of string elements in data blob does not match tensor length"),
-        (["STRING", 1, "BLOB", b"abc"], "Number of string elements in data blob does not match tensor length"),
+        (
+            ["STRING", 2, "BLOB", b"a\x00"],
+            "Number of string elements in data blob does not match tensor length",
+        ),
+        (
+            ["STRING", 1, "BLOB", b"abc"],
+            "Number of string elements in data blob does not match tensor length",
+        ),
         (["STRING", 1, "VALUES", b"a\x00b"], "C-string value contains null character"),
     ],
 )
@@ -179,5 +205,10 @@ def test_copy_command_copies_tensors(engine: redis.Redis) -> None:
     assert engine.execute_command("AI.TENSORGET", "t", "VALUES") == [9]
     engine.delete("t")
     assert engine.execute_command("AI.TENSORGET", "t2", "META", "VALUES") == [
-        b"dtype", b"INT32", b"shape", [2], b"values", [4, 5],
+        b"dtype",
+        b"INT32",
+        b"shape",
+        [2],
+        b"values",
+        [4, 5],
     ]
