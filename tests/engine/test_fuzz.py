@@ -4,13 +4,15 @@ every command with a well-formed reply or an error."""
 
 from __future__ import annotations
 
+import os
 import random
 
 import redis
 from engine_helpers import ADD, DOUBLE, LINEAR, store_script
 
-SEED = 20261125
-COMMANDS = 3000
+# Fixed by default so a failure reproduces; GW_FUZZ_SEED / GW_FUZZ_COMMANDS for longer soaks.
+SEED = int(os.environ.get("GW_FUZZ_SEED", "20261125"))
+COMMANDS = int(os.environ.get("GW_FUZZ_COMMANDS", "3000"))
 
 TYPES = [
     "FLOAT",
