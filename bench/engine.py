@@ -31,6 +31,7 @@ if __package__ in (None, ""):
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from bench import common
+from groundwatch.errors import ServerError
 from groundwatch.server import RedisServer
 from groundwatch.settings import REPO_ROOT
 
@@ -227,30 +228,11 @@ def tiny_overhead(
     blob = np.ascontiguousarray(payload).tobytes()
     shape = [1, *payload.shape]
     dag = [
-        "AI.DAGEXECUTE",
-        "ROUTING",
-        "{t}",
-        "|>",
-        "AI.TENSORSET",
-        "x{t}",
-        "FLOAT",
-        *shape,
-        "BLOB",
-        blob,
-        "|>",
-        "AI.MODELEXECUTE",
-        "tiny",
-        "INPUTS",
-        1,
-        "x{t}",
-        "OUTPUTS",
-        1,
-        "y{t}",
-        "|>",
-        "AI.TENSORGET",
-        "y{t}",
-        "BLOB",
-    ]
+        "AI.DAGEXECUTE", "ROUTING", "{t}",
+        "|>", "AI.TENSORSET", "x{t}", "FLOAT", *shape, "BLOB", blob,
+        "|>", "AI.MODELEXECUTE", "tiny", "INPUTS", 1, "x{t}", "OUTPUTS", 1, "y{t}",
+        "|>", "AI.TENSORGET", "y{t}", "BLOB",
+    ]  # fmt: skip
 
     def model_call(_: int) -> None:
         reply = client.execute_command(*dag)
@@ -274,6 +256,38 @@ def tiny_overhead(
     m = _row(f"tiny model DAG, {label}", 1, lat_m, wall_m, note=f"{nbytes} B in and out, 1 round trip")
     s = _row(f"SET+GET, {label}", 1, lat_s, wall_s, note=f"{nbytes} B in and out, pipelined, 1 round trip")
     return m, s
+
+
+def _engine_rows(
+    port: int,
+    model_path: Path,
+    tiny_path: Path,
+    inputs: np.ndarray,
+    expected: np.ndarray,
+    *,
+    clients: int,
+    seconds: float,
+    max_calls: int | None,
+) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+    """The rows measured against a running server: (model rows, per-request overhead rows)."""
+    client = redis.Redis(port=port, socket_timeout=120)
+    blob = model_path.read_bytes()
+    client.execute_command("AI.MODELSTORE", "detector", "TORCH", "CPU", "BLOB", blob)
+    client.execute_command("AI.MODELSTORE", "detector_b", "TORCH", "CPU", "BATCHSIZE", clients, "BLOB", blob)
+    client.execute_command("AI.MODELSTORE", "tiny", "TORCH", "CPU", "BLOB", tiny_path.read_bytes())
+    blobs = [np.ascontiguousarray(x[None]).tobytes() for x in inputs]
+    rows = [engine_single(port, blobs, expected, seconds=seconds, max_calls=max_calls)]
+    # warm the batched model at a few batch sizes before measuring
+    engine_batched(port, blobs, clients=clients, seconds=min(1.0, seconds), max_calls=max_calls)
+    client.execute_command("AI.INFO", "detector_b", "RESETSTAT")
+    rows.append(engine_batched(port, blobs, clients=clients, seconds=seconds, max_calls=max_calls))
+    overhead: list[dict[str, Any]] = []
+    for label, payload in (("3x512x512 float32", inputs[0]), ("16 float32", inputs[0].ravel()[:16].copy())):
+        m, s = tiny_overhead(port, payload, seconds=seconds / 2, max_calls=max_calls, label=label)
+        m["ratio_vs_set_get"] = (m["p50_ms"] / s["p50_ms"]) if s["p50_ms"] else None
+        overhead += [m, s]
+    client.close()
+    return rows, overhead
 
 
 # --------------------------------------------------------------------------- all of it
@@ -301,6 +315,7 @@ def run(
         tmpdir = Path(tmp)
         model_path = common.save_standin(tmpdir / "standin.pt", bands=INPUT_SHAPE[0])
         tiny_path = _save_tiny(tmpdir / "tiny.pt")
+        overhead: list[dict[str, Any]] = []
         r1, expected = raw_torch(model_path, inputs, batch=1, seconds=seconds, max_calls=max_calls)
         rows.append(r1)
         r8, _ = raw_torch(model_path, inputs, batch=8, seconds=seconds, max_calls=max_calls)
@@ -312,37 +327,23 @@ def run(
             module_args=("THREADS_PER_QUEUE", "1", "INTRA_OP_PARALLELISM", str(threads)),
         )
         (tmpdir / "redis").mkdir()
-        overhead: list[dict[str, Any]] = []
-        server.start()
         try:
-            client = redis.Redis(port=server.port, socket_timeout=120)
-            blob = model_path.read_bytes()
-            client.execute_command("AI.MODELSTORE", "detector", "TORCH", "CPU", "BLOB", blob)
-            client.execute_command(
-                "AI.MODELSTORE", "detector_b", "TORCH", "CPU", "BATCHSIZE", clients, "BLOB", blob
-            )
-            client.execute_command("AI.MODELSTORE", "tiny", "TORCH", "CPU", "BLOB", tiny_path.read_bytes())
-            blobs = [np.ascontiguousarray(x[None]).tobytes() for x in inputs]
-            rows.append(engine_single(server.port, blobs, expected[0], seconds=seconds, max_calls=max_calls))
-            # warm the batched model at a few batch sizes before measuring
-            engine_batched(
-                server.port, blobs, clients=clients, seconds=min(1.0, seconds), max_calls=max_calls
-            )
-            client.execute_command("AI.INFO", "detector_b", "RESETSTAT")
-            rows.append(
-                engine_batched(server.port, blobs, clients=clients, seconds=seconds, max_calls=max_calls)
-            )
-            for label, payload in (
-                ("3x512x512 float32", inputs[0]),
-                ("16 float32", inputs[0].ravel()[:16].copy()),
-            ):
-                m, s = tiny_overhead(
-                    server.port, payload, seconds=seconds / 2, max_calls=max_calls, label=label
-                )
-                m["ratio_vs_set_get"] = (m["p50_ms"] / s["p50_ms"]) if s["p50_ms"] else None
-                overhead += [m, s]
-        finally:
-            server.stop()
+            server.start()
+        except ServerError as exc:
+            reason = f"engine did not start ({engine_module}): {str(exc).splitlines()[0]}"
+            rows.append(common.skipped("engine rows", reason))
+        else:
+            try:
+                engine, overhead = _engine_rows(
+                    server.port, model_path, tiny_path, inputs, expected[0],
+                    clients=clients, seconds=seconds, max_calls=max_calls,
+                )  # fmt: skip
+                rows += engine
+            except (redis.RedisError, OSError, RuntimeError) as exc:
+                # reported, not raised: the raw torch rows still mean something
+                rows.append(common.skipped("engine rows", f"failed: {exc!r}"[:300]))
+            finally:
+                server.stop()
     reference = next((r["throughput"] for r in rows if r["name"] == "raw torch, batch 8"), None)
     common.add_ratios(rows, reference)
     common.add_ratios(overhead, None)
