@@ -342,3 +342,18 @@ def test_no_memory_growth_over_many_executions(engine: redis.Redis) -> None:
     # 1000 requests of 2 KiB tensors each: a leak of even one tensor per request would show as
     # megabytes; allow allocator noise only.
     assert after - before < 512 * 1024, (before, after)
+
+
+def test_execute_outputs_invalidate_watch(engine: redis.Redis) -> None:
+    store(engine, "dbl", DOUBLE)
+    setf(engine, "x", [1])
+    other = redis.Redis(port=engine.connection_pool.connection_kwargs["port"])
+    with engine.pipeline() as pipe:
+        pipe.watch("out")
+        other.execute_command("AI.MODELEXECUTE", "dbl", "INPUTS", 1, "x", "OUTPUTS", 1, "out")
+        pipe.multi()
+        pipe.set("flag", 1)
+        with pytest.raises(redis.WatchError):
+            pipe.execute()
+    other.close()
+    assert engine.exists("flag") == 0
