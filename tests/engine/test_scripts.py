@@ -4,6 +4,7 @@ the reply helpers RedisAI documented for script authors, compile errors, and the
 from __future__ import annotations
 
 import io
+import os
 from collections.abc import Callable
 
 import numpy as np
@@ -487,8 +488,10 @@ def test_no_resident_growth_over_many_runs(engine: redis.Redis) -> None:
     before = rss()
     rounds(1500)
     after = rss()
-    assert after - before < 8 * 1024 * 1024, (before, after)
     assert engine.get("n{g}") == b"1800"
+    if os.environ.get("GW_TEST_LD_PRELOAD"):  # `make test-asan`: the quarantine keeps freed memory
+        return
+    assert after - before < 8 * 1024 * 1024, (before, after)
 
 
 def test_script_calling_redis_inside_a_dag(engine: redis.Redis) -> None:
