@@ -341,6 +341,9 @@ def model(tensors: List[Tensor], keys: List[str], args: List[str]):
     out = redisAI.model_execute("add", tensors, 1)
     return out[0] * 10
 
+def circle(tensors: List[Tensor], keys: List[str], args: List[str]):
+    return tensors[0] * math.pi + math.sqrt(4.0) + math.floor(math.e)
+
 def warn(tensors: List[Tensor], keys: List[str], args: List[str]):
     warnings.warn("careful: " + args[0])
     return tensors[0]
@@ -416,6 +419,10 @@ def old_variadic(a, rest: List[Tensor]):
   release();
   err = run("model", 2);
   check(err.empty() && n == 1 && first_value() == 60, "redisAI.model_execute " + err);
+  release();
+  err = run("circle", 1);
+  check(err.empty() && n == 1 && std::fabs(first_value() - (5 * M_PI + 4)) < 1e-4,
+        "math constants and functions " + err);
   release();
   err = run("old_style", 2);
   check(err.empty() && n == 1 && first_value() == 4, "deprecated positional signature " + err);

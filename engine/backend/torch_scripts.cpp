@@ -1,7 +1,7 @@
 // torch_scripts.cpp: TorchScript scripts and the operators they call.
 //
 // Scripts are compiled from source with a resolver that maps the names RedisAI 1.2 scripts use:
-//   torch.* / math.* / warnings.warn -> aten operators
+//   torch.* / math.* / warnings.warn -> aten operators (math.pi, e, tau, inf, nan: constants)
 //   redis.execute(cmd, args...) -> Any      (the reply: int, str, float, None or a list; an error
 //                                             reply raises)
 //   redis.asList(value) -> List[Any]
@@ -20,7 +20,9 @@
 #include <torch/csrc/jit/runtime/operator.h>
 #include <torch/script.h>
 
+#include <cmath>
 #include <cstring>
+#include <limits>
 #include <memory>
 #include <mutex>
 #include <stdexcept>
@@ -231,6 +233,28 @@ def redis_hash_to_tensor(redis_value: Any):
     return torch.cat(l, dim=0)
 )TS";
 
+// `math`: the constants as Python has them, everything else (math.sqrt, math.log, ...) as the aten
+// operator of that name, which is what TorchScript compiles Python's math functions to.
+struct MathModule : public torch::jit::BuiltinModule {
+  MathModule() : torch::jit::BuiltinModule("aten") {}
+  std::shared_ptr<torch::jit::SugaredValue> attr(const torch::jit::SourceRange &loc,
+                                                 torch::jit::GraphFunction &m,
+                                                 const std::string &field) override {
+    static const std::pair<const char *, double> kConstants[] = {
+        {"pi", M_PI},
+        {"e", M_E},
+        {"tau", 2 * M_PI},
+        {"inf", std::numeric_limits<double>::infinity()},
+        {"nan", std::numeric_limits<double>::quiet_NaN()},
+    };
+    for (const auto &[name, value] : kConstants) {
+      if (field == name)
+        return std::make_shared<torch::jit::SimpleValue>(m.graph()->insertConstant(value, loc));
+    }
+    return torch::jit::BuiltinModule::attr(loc, m, field);
+  }
+};
+
 struct ScriptResolver : public torch::jit::Resolver {
   explicit ScriptResolver(std::shared_ptr<torch::jit::CompilationUnit> helpers)
       : helpers_(std::move(helpers)) {}
@@ -238,8 +262,9 @@ struct ScriptResolver : public torch::jit::Resolver {
   std::shared_ptr<torch::jit::SugaredValue> resolveValue(const std::string &name,
                                                          torch::jit::GraphFunction &,
                                                          const torch::jit::SourceRange &) override {
-    if (name == "torch" || name == "math" || name == "warnings")
+    if (name == "torch" || name == "warnings")
       return std::make_shared<torch::jit::BuiltinModule>("aten");
+    if (name == "math") return std::make_shared<MathModule>();
     if (name == "redis") return std::make_shared<torch::jit::BuiltinModule>("redis");
     if (name == "redisAI") return std::make_shared<torch::jit::BuiltinModule>("redisAI");
     if (helpers_) {
