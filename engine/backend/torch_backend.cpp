@@ -12,7 +12,12 @@
 #include <torch/script.h>
 #include <torch/version.h>
 
+#include <c10/core/CPUAllocator.h>
+#include <c10/core/impl/alloc_cpu.h>
+
 #include <atomic>
+#include <cstdlib>
+#include <unordered_map>
 #include <cstring>
 #include <exception>
 #include <functional>
@@ -488,11 +493,110 @@ GwBackendApi api = {
 }  // namespace
 }  // namespace gw
 
+namespace gw {
+namespace {
+
+// A cache of large CPU blocks for libtorch. Its default allocator takes every block from glibc
+// malloc, which maps blocks above 32 MiB afresh and unmaps them on free (and, in the worker
+// threads' arenas, gives back freed heap pages too): a batch's big activations are then
+// page-faulted in again on every run. Blocks of 1 MiB and more are kept here on free, by size,
+// for the next run of the same shapes, up to GW_TORCH_CPU_CACHE_MB in all (default 512; 0 turns
+// the cache off); beyond that they are freed. Smaller blocks go straight to malloc.
+class CachingCpuAllocator final : public c10::Allocator {
+ public:
+  explicit CachingCpuAllocator(size_t capacity) : capacity_(capacity) {}
+
+  c10::DataPtr allocate(size_t n) override {
+    if (n < kMinCached) {
+      void *p = c10::alloc_cpu(n);
+      return {p, p, &release, c10::Device(c10::kCPU)};
+    }
+    size_t size = (n + kGranule - 1) / kGranule * kGranule;
+    void *p = nullptr;
+    {
+      std::lock_guard<std::mutex> lock(mutex_);
+      auto it = free_.find(size);
+      if (it != free_.end() && !it->second.empty()) {
+        p = it->second.back();
+        it->second.pop_back();
+        cached_ -= size;
+      }
+    }
+    if (!p) p = c10::alloc_cpu(size);
+    {
+      std::lock_guard<std::mutex> lock(mutex_);
+      live_[p] = size;
+    }
+    return {p, p, &release, c10::Device(c10::kCPU)};
+  }
+
+  c10::DeleterFnPtr raw_deleter() const override { return &release; }
+
+  void copy_data(void *dest, const void *src, std::size_t count) const override {
+    default_copy_data(dest, src, count);
+  }
+
+  static void release(void *p) {
+    if (p) instance->give_back(p);
+  }
+
+  static CachingCpuAllocator *instance;
+
+ private:
+  static constexpr size_t kMinCached = 1 << 20;
+  static constexpr size_t kGranule = 64 << 10;
+
+  void give_back(void *p) {
+    {
+      std::lock_guard<std::mutex> lock(mutex_);
+      auto it = live_.find(p);
+      if (it != live_.end()) {
+        size_t size = it->second;
+        live_.erase(it);
+        if (cached_ + size <= capacity_) {
+          free_[size].push_back(p);
+          cached_ += size;
+          return;
+        }
+      }
+    }
+    c10::free_cpu(p);
+  }
+
+  const size_t capacity_;
+  std::mutex mutex_;
+  std::unordered_map<void *, size_t> live_;               // large blocks in use: size
+  std::unordered_map<size_t, std::vector<void *>> free_;  // large blocks kept: by size
+  size_t cached_ = 0;
+};
+
+CachingCpuAllocator *CachingCpuAllocator::instance = nullptr;
+
+void install_cpu_cache() {
+#if defined(__SANITIZE_ADDRESS__)
+  return;  // reusing blocks would hide use-after-free from AddressSanitizer
+#endif
+  const char *setting = std::getenv("GW_TORCH_CPU_CACHE_MB");
+  long mb = setting ? std::strtol(setting, nullptr, 10) : 512;
+  if (mb <= 0) return;
+  // Never destroyed: tensors may be freed during exit, after static destructors.
+  CachingCpuAllocator::instance = new CachingCpuAllocator(static_cast<size_t>(mb) << 20);
+  c10::SetCPUAllocator(CachingCpuAllocator::instance, /*priority=*/1);
+  host->log("verbose", ("TORCH backend: caching up to " + std::to_string(mb) +
+                        " MiB of large CPU blocks (GW_TORCH_CPU_CACHE_MB)")
+                           .c_str());
+}
+
+}  // namespace
+}  // namespace gw
+
 extern "C" __attribute__((visibility("default"))) const GwBackendApi *gw_backend_init(
     const GwHostApi *host) {
   if (!host || !host->alloc || !host->free || !host->log) return nullptr;
   gw::host = host;
   try {
+    static std::once_flag cache_once;
+    std::call_once(cache_once, gw::install_cpu_cache);
     static gw::LogWarnings log_warnings;
     c10::WarningUtils::set_warning_handler(&log_warnings);
     gw::register_script_ops();
