@@ -236,6 +236,35 @@ void test_models(const std::string &dir) {
   for (auto &t : threads) t.join();
   check(wrong == 0, "add: 4 threads x 200 concurrent runs");
 
+  // Large tensors (2 and 3 MiB: through the backend's block cache), several sizes, 4 threads.
+  wrong = 0;
+  threads.clear();
+  for (int th = 0; th < 4; th++) {
+    threads.emplace_back([&, th] {
+      for (int i = 0; i < 40; i++) {
+        int64_t rows = 512 + 256 * ((th + i) % 3);
+        std::vector<int64_t> s = {rows, 1024};
+        std::vector<float> x(static_cast<size_t>(rows) * 1024, float(th)), y(x.size(), float(i));
+        GwTensor tin[2] = {float_tensor(s, x), float_tensor(s, y)};
+        GwTensor tout;
+        char *e = api->model_run(add_model, tin, 2, &tout, 1);
+        if (e) {
+          std::free(e);
+          wrong++;
+          continue;
+        }
+        const float *o = static_cast<const float *>(tout.data);
+        size_t n = x.size();
+        if (tout.nbytes != n * sizeof(float) || o[0] != th + i || o[n / 2] != th + i ||
+            o[n - 1] != th + i)
+          wrong++;
+        free_tensor(&tout);
+      }
+    });
+  }
+  for (auto &t : threads) t.join();
+  check(wrong == 0, "add: large tensors of several sizes, 4 threads x 40 runs");
+
   void *pair = load(dir, "pair.pt");
   if (pair) {
     check(api->model_noutputs(pair) == 2, "pair: 2 outputs");
