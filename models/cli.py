@@ -39,6 +39,8 @@ def register(subparsers: Any) -> None:
     p.add_argument("--scenes", type=int, default=4, help="held-out scenes (default 4)")
     p.add_argument("--size", type=int, default=2048, help="scene size in pixels (default 2048)")
     p.add_argument("--seed", type=int, default=None, help="first held-out seed (default 1)")
+    p.add_argument("--score-threshold", dest="score_threshold", type=float, default=None,
+                   help="threshold for the precision/recall columns (default: the model's hint); AP uses all")
     p.add_argument("--json", action="store_true", help="print the result as JSON instead of a table")
     p.set_defaults(handler=_evaluate)
 
@@ -98,9 +100,13 @@ def _evaluate(settings: Settings, args: argparse.Namespace) -> int:
     if args.scenes < 1 or args.size < 32:
         raise ModelsError(f"need at least 1 scene of at least 32 px, got --scenes {args.scenes} --size {args.size}")
     module, meta = load_model(path)
+    # the operator's --score-threshold wins, else the model's own hint (only P/R use it, not AP)
+    threshold = settings.score_threshold
+    if threshold is None:
+        threshold = float(meta.get("score_threshold_hint", 0.5))
     config = EvalConfig(scenes=args.scenes, size_px=args.size, bands=int(meta["bands"]),
                         seed_base=HELD_OUT_SEED_BASE if args.seed is None else args.seed,
-                        tile_px=int(meta["tile_size"]), score_threshold=settings.score_threshold)
+                        tile_px=int(meta["tile_size"]), score_threshold=threshold)
     result = evaluate_model(module, config=config, classes=meta["classes"])
     result["model"] = str(path)
     if args.json:

@@ -167,7 +167,7 @@ def train(config: TrainConfig) -> tuple[Any, dict[str, Any]]:
         running = 0.98 * running + 0.02 * loss.item() if step else loss.item()
         if step % 100 == 0 or step == config.steps - 1:
             log.info("step %d/%d loss %.3f (heat %.3f size %.3f offset %.3f) %.0f s", step, config.steps,
-                     running, float(l_heat), float(l_size), float(l_off), time.monotonic() - t1)
+                     running, l_heat.item(), l_size.item(), l_off.item(), time.monotonic() - t1)
     model.eval()
     summary = {
         "config": asdict(config),

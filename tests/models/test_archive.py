@@ -9,6 +9,7 @@ import zipfile
 import pytest
 import torch
 
+from groundwatch.modelmeta import MetadataError
 from models.archive import METADATA_FILE, load_model, read_metadata, save_model
 from models.detector import CenterNet
 from models.errors import ModelFileError
@@ -50,19 +51,23 @@ def test_not_torchscript_and_missing_file(tmp_path) -> None:
 @pytest.mark.parametrize(
     ("change", "message"),
     [({"contract": 2}, "contract"), ({"classes": []}, "classes"), ({"bands": 0}, "bands"),
-     ({"dtype": "int64"}, "dtype")],
+     ({"dtype": "int64"}, "dtype"), ({"score_threshold_hint": 3}, "score_threshold_hint")],
 )
-def test_bad_metadata_is_refused(change, message) -> None:
+def test_bad_metadata_is_refused(tmp_path, scripted, change, message) -> None:
+    path = tmp_path / "bad.pt"
+    torch.jit.save(scripted, str(path), _extra_files={METADATA_FILE: json.dumps({**META, **change})})
+    with pytest.raises(ModelFileError, match=message):
+        read_metadata(path)
+    with pytest.raises(MetadataError):  # the core's error class catches it too
+        read_metadata(path.read_bytes())
+    with pytest.raises(ModelFileError, match=message):
+        save_model(scripted, tmp_path / "never.pt", {**META, **change})
+    assert not (tmp_path / "never.pt").exists()
+
+
+def test_a_zip_that_is_not_torchscript(tmp_path) -> None:
     buf = io.BytesIO()
     with zipfile.ZipFile(buf, "w") as z:
-        z.writestr(f"m/extra/{METADATA_FILE}", json.dumps({**META, **change}))
-    with pytest.raises(ModelFileError, match=message):
+        z.writestr(f"m/extra/{METADATA_FILE}", json.dumps(META))
+    with pytest.raises(ModelFileError, match="not a TorchScript archive"):
         read_metadata(buf.getvalue())
-    with pytest.raises(ModelFileError):
-        save_model(None, tmp_path_unused(), {**META, **change})
-
-
-def tmp_path_unused():  # save_model validates before touching the path
-    from pathlib import Path
-
-    return Path("/nonexistent/never-written.pt")

@@ -32,6 +32,11 @@ def test_evaluate_prints_a_table(capsys) -> None:
     result = json.loads(capsys.readouterr().out)
     assert set(result["classes"]) == {"ship", "platform"}
     assert result["tiles"] == 1
+    assert result["score_threshold"] == 0.5  # the shipped model's score_threshold_hint
+    rc = main(["evaluate", str(SHIPPED_MODEL), "--scenes", "1", "--size", "256", "--score-threshold", "0.3"])
+    assert rc == 0
+    out = capsys.readouterr().out
+    assert "P@0.30" in out and "ship" in out and "platform" in out
 
 
 def test_evaluate_refuses_a_non_model(tmp_path, capsys) -> None:
