@@ -2,6 +2,9 @@
 
 Rows (each bounded to a few seconds):
   raw torch, batch 1 / batch 8      the model called in this process (torch.inference_mode)
+  raw torch, batch 8, keeps blocks  the same in a child whose glibc malloc keeps large blocks
+                                    (the engine's backend caches them; default malloc page-faults
+                                    a batch's large activations in on every call)
   engine DAG, 1 client              AI.DAGEXECUTE |> TENSORSET |> MODELEXECUTE |> TENSORGET
   engine DAG, N clients, BATCHSIZE  N concurrent clients on a model stored with BATCHSIZE N
   tiny model DAG / SET+GET          per-request overhead: a model that adds 1, vs SET+GET of the
@@ -14,7 +17,9 @@ Figures are printed, never asserted. `run(...) -> dict` is what `make bench` cal
 from __future__ import annotations
 
 import argparse
+import json
 import os
+import subprocess
 import sys
 import tempfile
 import threading
@@ -119,6 +124,38 @@ def raw_torch(
 
         lat, wall = _timed_loop(call, seconds, max_calls)
     return _row(f"raw torch, batch {batch}", batch, lat, wall, note="in process"), first
+
+
+# glibc maps blocks above its mmap threshold afresh and unmaps them on free; these settings keep
+# them in the heap instead, as the TORCH backend's block cache does for the engine.
+KEEP_BLOCKS_ENV = {"MALLOC_MMAP_THRESHOLD_": str(512 << 20), "MALLOC_TRIM_THRESHOLD_": str(1024 << 20)}
+
+
+def raw_torch_kept_blocks(
+    path: Path, *, batch: int, seconds: float, threads: int, n_inputs: int, max_calls: int | None
+) -> dict[str, Any]:
+    """Raw torch in a child process whose glibc malloc keeps large blocks (KEEP_BLOCKS_ENV): the
+    reference without the page faults that default malloc costs raw torch at large batches."""
+    env = {**os.environ, **KEEP_BLOCKS_ENV}
+    env["PYTHONPATH"] = os.pathsep.join(p for p in (str(REPO_ROOT), env.get("PYTHONPATH", "")) if p)
+    args = [sys.executable, str(Path(__file__).resolve()), "_raw", str(path), str(batch), str(seconds),
+            str(threads), str(n_inputs), str(max_calls or 0)]  # fmt: skip
+    proc = subprocess.run(args, capture_output=True, text=True, env=env, timeout=60 + 4 * seconds)
+    if proc.returncode != 0:
+        return common.skipped(f"raw torch, batch {batch}, malloc keeps blocks", proc.stderr.strip()[-200:])
+    row = json.loads(proc.stdout.strip().splitlines()[-1])
+    row["name"] = f"raw torch, batch {batch}, malloc keeps blocks"
+    row["note"] = "child process, MALLOC_MMAP_THRESHOLD_=512MiB"
+    return dict(row)
+
+
+def _raw_child(argv: Sequence[str]) -> int:
+    path, batch, seconds, threads, n_inputs, max_calls = argv
+    torch.set_num_threads(int(threads))
+    row, _ = raw_torch(Path(path), _inputs(int(n_inputs)), batch=int(batch), seconds=float(seconds),
+                       max_calls=int(max_calls) or None)  # fmt: skip
+    print(json.dumps(row))
+    return 0
 
 
 def _dag_args(model_key: str, tag: str, blob: bytes) -> list[Any]:
@@ -302,7 +339,7 @@ def run(
     max_calls: int | None = None,
     n_inputs: int = 16,
 ) -> dict[str, Any]:
-    """Measure every row; returns {"rows", "table", "overhead_table", context...}.
+    """Measure every row; returns {"rows", "table", context...}.
 
     `threads` is both torch.set_num_threads here and the engine's INTRA_OP_PARALLELISM.
     `max_calls` bounds each row's request count too (for quick smoke runs).
@@ -320,6 +357,11 @@ def run(
         rows.append(r1)
         r8, _ = raw_torch(model_path, inputs, batch=8, seconds=seconds, max_calls=max_calls)
         rows.append(r8)
+        rows.append(
+            raw_torch_kept_blocks(
+                model_path, batch=8, seconds=seconds, threads=threads, n_inputs=n_inputs, max_calls=max_calls
+            )
+        )
 
         server = RedisServer(
             data_dir=tmpdir / "redis",
@@ -378,6 +420,9 @@ def table(rows: Sequence[dict[str, Any]], overhead: Sequence[dict[str, Any]]) ->
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv[:1] == ["_raw"]:
+        return _raw_child(argv[1:])
     p = argparse.ArgumentParser(prog="bench/engine.py", description=(__doc__ or "").split("\n")[0])
     p.add_argument("--seconds", type=float, default=3.0, help="measuring time per row")
     p.add_argument("--clients", type=int, default=8)
