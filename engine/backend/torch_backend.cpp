@@ -404,6 +404,27 @@ size_t model_noutputs(const void *model) { return static_cast<const Model *>(mod
 
 size_t model_memory(const void *model) { return static_cast<const Model *>(model)->memory; }
 
+// Freezes the model (weights become graph constants) and runs libtorch's inference passes
+// (conv/batch-norm folding, conv-add/relu fusion, MKLDNN layouts where they pay). The result
+// cannot be saved, which is why this happens here, after the blob is loaded. Called before the
+// model is published, so nothing runs it meanwhile. On failure the model stays as loaded.
+char *model_optimize(void *model) {
+  Model *m = static_cast<Model *>(model);
+  try {
+    init_thread();
+    if (!m->device.is_cpu()) throw std::runtime_error("optimisation is for CPU models only");
+    torch::jit::Module frozen = torch::jit::freeze(m->module);
+    torch::jit::Module optimized = torch::jit::optimize_for_inference(frozen);
+    if (!optimized.find_method("forward"))
+      throw std::runtime_error("the optimised model has no forward() method");
+    m->module = optimized;
+    m->memory = module_memory(m->module);
+    return nullptr;
+  } catch (...) {
+    return make_error(current_exception_message());
+  }
+}
+
 std::string count_word(size_t n, const char *word) {
   return std::to_string(n) + " " + word + (n == 1 ? "" : "s");
 }
@@ -488,6 +509,7 @@ GwBackendApi api = {
     script_free,
     script_has_function,
     script_run,
+    model_optimize,
 };
 
 }  // namespace

@@ -75,7 +75,8 @@ std::string load_torch_backend(const std::string &given) {
   }
   auto init = reinterpret_cast<GwBackendInitFn>(dlsym(dl, GW_BACKEND_INIT_SYMBOL));
   const GwBackendApi *api = init ? init(&kHost) : nullptr;
-  if (!api || api->abi_version != GW_BACKEND_ABI_VERSION) {
+  if (!api || api->abi_version < GW_BACKEND_ABI_MIN_VERSION ||
+      api->abi_version > GW_BACKEND_ABI_VERSION) {
     RedisModule_Log(nullptr, "warning", "backend %s did not start (missing %s or ABI mismatch)",
                     path.c_str(), GW_BACKEND_INIT_SYMBOL);
     dlclose(dl);

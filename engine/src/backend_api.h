@@ -23,7 +23,9 @@
 extern "C" {
 #endif
 
-#define GW_BACKEND_ABI_VERSION 1
+/* 2 appended model_optimize; the module still accepts version-1 backends (without it). */
+#define GW_BACKEND_ABI_VERSION 2
+#define GW_BACKEND_ABI_MIN_VERSION 1
 
 /* Element types, in the order of the protocol's TYPE names. */
 typedef enum {
@@ -113,6 +115,11 @@ typedef struct {
   char *(*script_run)(void *script, const char *fn, const GwTensor *inputs, size_t ninputs,
                       const char *const *keys, size_t nkeys, const char *const *args, size_t nargs,
                       void *call_ctx, GwTensor **outputs, size_t *noutputs);
+
+  /* ABI 2 and later only (check abi_version first). Freezes a loaded model and runs the
+   * inference optimisation passes on it, in place, before the model is first run. NULL on
+   * success; otherwise the reason, and the model is left as it was loaded (still usable). */
+  char *(*model_optimize)(void *model);
 } GwBackendApi;
 
 /* The one symbol a backend exports. Returns NULL when it cannot start (the reason is logged). */

@@ -150,7 +150,7 @@ bool parse_device(const char *s, size_t len, std::string *out) {
 
 std::string create_model(const std::string &device, const std::string &tag, long long batchsize,
                          long long minbatchsize, long long minbatchtimeout, char *blob,
-                         size_t bloblen, Model **out) {
+                         size_t bloblen, Model **out, bool optimize) {
   std::string err;
   const GwBackendApi *be = require_torch(&err);
   if (!be) {
@@ -178,6 +178,18 @@ std::string create_model(const std::string &device, const std::string &tag, long
     m->inputs.push_back(n ? n : "");
   }
   m->noutputs = be->model_noutputs(handle);
+  if (optimize) {
+    m->optimize = true;
+    if (be->abi_version < 2 || !be->model_optimize) {
+      m->optimize_status = "the TORCH backend cannot optimise models";
+    } else {
+      char *why = be->model_optimize(handle);
+      m->optimize_status = why ? take_backend_error(why) : "ok";
+    }
+    if (m->optimize_status != "ok")
+      RedisModule_Log(nullptr, "warning", "model stored unoptimised: %s",
+                      m->optimize_status.c_str());
+  }
   *out = m;
   return {};
 }
@@ -396,7 +408,9 @@ std::vector<RedisModuleString *> tensorset_args(RedisModuleCtx *ctx, const char 
 namespace {
 
 /* AI.MODELSTORE key TORCH device [TAG t] [BATCHSIZE n [MINBATCHSIZE m [MINBATCHTIMEOUT ms]]]
- *   [INPUTS ...] [OUTPUTS ...] BLOB chunk...; deprecated = AI.MODELSET (no counts, one blob). */
+ *   [OPTIMIZE] [INPUTS ...] [OUTPUTS ...] BLOB chunk...; deprecated = AI.MODELSET (no counts, one
+ *   blob, no OPTIMIZE). OPTIMIZE is a groundwatch extension RedisAI clients never send: freeze
+ *   and optimise the loaded module for inference (see create_model). */
 int model_store(RedisModuleCtx *ctx, RedisModuleString **argv, int argc, bool deprecated) {
   if (argc < 4) return RedisModule_WrongArity(ctx);
   Args a{argv, argc};
@@ -432,6 +446,11 @@ int model_store(RedisModuleCtx *ctx, RedisModuleString **argv, int argc, bool de
       return reply_err(ctx, "ERR Invalid argument for MINBATCHTIMEOUT");
     i += 2;
   }
+  bool optimize = false;
+  if (!deprecated && a.is(i, "OPTIMIZE")) {
+    optimize = true;
+    i++;
+  }
   if (deprecated) {
     /* RedisAI 1.2 took names without counts here and ignored them for TORCH. */
     while (i < argc && !a.is(i, "BLOB")) i++;
@@ -466,7 +485,7 @@ int model_store(RedisModuleCtx *ctx, RedisModuleString **argv, int argc, bool de
     off += len;
   }
   Model *m = nullptr;
-  std::string err = create_model(device, tag, bs, mbs, mbt, blob, total, &m);
+  std::string err = create_model(device, tag, bs, mbs, mbt, blob, total, &m, optimize);
   if (!err.empty()) return reply_err(ctx, err);
   set_value(ctx, argv[1], ModelType, m);
   RedisModule_ReplicateVerbatim(ctx);
@@ -478,6 +497,15 @@ int ModelStore_Command(RedisModuleCtx *ctx, RedisModuleString **argv, int argc) 
 }
 int ModelSet_Command(RedisModuleCtx *ctx, RedisModuleString **argv, int argc) {
   return model_store(ctx, argv, argc, true);
+}
+
+/* optimized: 1 when the passes ran, 0 when the model runs as loaded; optimize_status: "ok" or
+ * the reason. Only for models stored with OPTIMIZE. */
+void reply_optimize_meta(RedisModuleCtx *ctx, const Model &m) {
+  RedisModule_ReplyWithSimpleString(ctx, "optimized");
+  RedisModule_ReplyWithLongLong(ctx, m.optimize_status == "ok" ? 1 : 0);
+  RedisModule_ReplyWithSimpleString(ctx, "optimize_status");
+  RedisModule_ReplyWithStringBuffer(ctx, m.optimize_status.data(), m.optimize_status.size());
 }
 
 void reply_model_blob(RedisModuleCtx *ctx, const Model &m) {
@@ -516,7 +544,9 @@ int ModelGet_Command(RedisModuleCtx *ctx, RedisModuleString **argv, int argc) {
     reply_model_blob(ctx, *m);
     return REDISMODULE_OK;
   }
-  RedisModule_ReplyWithArray(ctx, blob ? 18 : 16);
+  /* Models stored with OPTIMIZE add two pairs after RedisAI's 16 (clients read the reply as a
+   * flat key/value list); other models keep RedisAI's exact shape. */
+  RedisModule_ReplyWithArray(ctx, (blob ? 18 : 16) + (m->optimize ? 4 : 0));
   RedisModule_ReplyWithSimpleString(ctx, "backend");
   RedisModule_ReplyWithSimpleString(ctx, "TORCH");
   RedisModule_ReplyWithSimpleString(ctx, "device");
@@ -535,6 +565,7 @@ int ModelGet_Command(RedisModuleCtx *ctx, RedisModuleString **argv, int argc) {
   for (size_t i = 0; i < m->noutputs; i++) RedisModule_ReplyWithStringBuffer(ctx, "", 0);
   RedisModule_ReplyWithSimpleString(ctx, "minbatchtimeout");
   RedisModule_ReplyWithLongLong(ctx, m->minbatchtimeout);
+  if (m->optimize) reply_optimize_meta(ctx, *m);
   if (blob) {
     RedisModule_ReplyWithSimpleString(ctx, "blob");
     reply_model_blob(ctx, *m);
@@ -1206,7 +1237,7 @@ int Info_Command(RedisModuleCtx *ctx, RedisModuleString **argv, int argc) {
   }
   /* Beyond RedisAI's 18 entries, models add their batching figures as further pairs;
    * clients read the reply as a flat key/value list, so the extra pairs are harmless. */
-  RedisModule_ReplyWithArray(ctx, m ? 24 : 18);
+  RedisModule_ReplyWithArray(ctx, m ? (m->optimize ? 28 : 24) : 18);
   RedisModule_ReplyWithSimpleString(ctx, "key");
   RedisModule_ReplyWithString(ctx, argv[1]);
   RedisModule_ReplyWithSimpleString(ctx, "type");
@@ -1237,6 +1268,7 @@ int Info_Command(RedisModuleCtx *ctx, RedisModuleString **argv, int argc) {
     RedisModule_ReplyWithStringBuffer(ctx, mean.data(), mean.size());
     RedisModule_ReplyWithSimpleString(ctx, "queue_depth");
     RedisModule_ReplyWithLongLong(ctx, depth);
+    if (m->optimize) reply_optimize_meta(ctx, *m);
   }
   return REDISMODULE_OK;
 }

@@ -13,10 +13,12 @@
 
 namespace gw {
 
-/* Takes ownership of blob (mem_alloc'd) whatever the outcome. "" on success. */
+/* Takes ownership of blob (mem_alloc'd) whatever the outcome. "" on success. With optimize the
+ * backend also freezes and optimises the model; when it cannot, the model is still created
+ * (unoptimised) and the reason is logged and kept in Model::optimize_status. */
 std::string create_model(const std::string &device, const std::string &tag, long long batchsize,
                          long long minbatchsize, long long minbatchtimeout, char *blob,
-                         size_t bloblen, Model **out);
+                         size_t bloblen, Model **out, bool optimize = false);
 std::string create_script(const std::string &device, const std::string &tag,
                           const std::string &source, const std::vector<std::string> &entry_points,
                           Script **out);

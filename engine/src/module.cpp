@@ -131,7 +131,7 @@ void *model_rdb_load(RedisModuleIO *io, int encver) {
   char *blob = rec.blob;
   rec.blob = nullptr;
   err = create_model(device, rec.tag, rec.batchsize, rec.minbatchsize, rec.minbatchtimeout, blob,
-                     rec.bloblen, &m);
+                     rec.bloblen, &m, rec.optimize);
   if (!err.empty()) {
     RedisModule_LogIOError(io, "warning", "AI__MODEL: %s", err.c_str());
     return nullptr;
@@ -146,6 +146,7 @@ ModelRecord model_record(const Model &m) {
   rec.batchsize = m.batchsize;
   rec.minbatchsize = m.minbatchsize;
   rec.minbatchtimeout = m.minbatchtimeout;
+  rec.optimize = m.optimize;
   rec.inputs = m.inputs;
   rec.outputs.assign(m.noutputs, std::string());
   return rec;
@@ -177,6 +178,7 @@ void model_aof_rewrite(RedisModuleIO *aof, RedisModuleString *key, void *value) 
   args.push_back(mkstr(std::to_string(m->minbatchsize)));
   args.push_back(mkstr("MINBATCHTIMEOUT"));
   args.push_back(mkstr(std::to_string(m->minbatchtimeout)));
+  if (m->optimize) args.push_back(mkstr("OPTIMIZE"));
   args.push_back(mkstr("BLOB"));
   size_t chunk = static_cast<size_t>(config.model_chunk_size);
   for (size_t off = 0; off < m->bloblen || off == 0; off += chunk) {

@@ -63,6 +63,11 @@ struct Model {
   char *blob = nullptr; /* mem_alloc'd, so it counts against maxmemory */
   size_t bloblen = 0;
   void *handle = nullptr; /* backend model */
+  /* Stored with OPTIMIZE (a groundwatch extension): the backend froze and optimised the loaded
+   * module. optimize_status is "ok" or why the passes could not run (the model then runs as
+   * loaded). The flag, not the status, persists: loading optimises again. */
+  bool optimize = false;
+  std::string optimize_status;
   RunStats stats;
 
   Model *retain() {

@@ -68,7 +68,17 @@ Tensor *load_tensor(RdbReader &r, std::string *err) {
 
 void save_model(RdbWriter &w, const ModelRecord &m, size_t chunk_size) {
   w.u64(m.backend);
-  w.cstr(m.device);
+  if (m.optimize) {
+    /* Flagged models only: "CPU\0OPTIMIZE\0". RedisAI 1.2 reads the device as a C string and
+     * stops at the first NUL, so it still loads the model (unoptimised); unflagged models are
+     * written exactly as before. */
+    std::string dev = m.device;
+    dev.push_back('\0');
+    dev += kOptimizeFlag;
+    w.cstr(dev);
+  } else {
+    w.cstr(m.device);
+  }
   w.bytes(m.tag.data(), m.tag.size());
   w.u64(static_cast<uint64_t>(m.batchsize));
   w.u64(static_cast<uint64_t>(m.minbatchsize));
@@ -92,6 +102,11 @@ void save_model(RdbWriter &w, const ModelRecord &m, size_t chunk_size) {
 bool load_model(RdbReader &r, ModelRecord *m, std::string *err) {
   m->backend = r.u64();
   m->device = r.str();
+  size_t nul = m->device.find('\0');
+  if (nul != std::string::npos) {
+    m->optimize = m->device.compare(nul + 1, std::string::npos, kOptimizeFlag) == 0;
+    m->device.resize(nul);
+  }
   m->tag = r.str();
   m->batchsize = static_cast<long long>(r.u64());
   m->minbatchsize = static_cast<long long>(r.u64());

@@ -3,7 +3,7 @@
  *
  * The layouts follow RedisAI 1.2's encoding version 4 as the protocol summary describes it:
  *   tensor: dtype code, bits, ndim, shape..., data, then per-element offsets for STRING tensors
- *   model:  backend, device, tag, batchsize, minbatchsize, minbatchtimeout, inputs, outputs,
+ *   model:  backend, device (models stored with OPTIMIZE: "CPU\0OPTIMIZE"), tag, batchsize, minbatchsize, minbatchtimeout, inputs, outputs,
  *           total blob length, number of chunks, chunks (MODEL_CHUNK_SIZE each)
  *   script: device, tag, source, entry points
  * Field by field as RedisAI 1.2 wrote them: ndim and dims signed, the device, source, names
@@ -24,6 +24,7 @@
 namespace gw {
 
 constexpr int kEncodingVersion = 4;
+constexpr const char *kOptimizeFlag = "OPTIMIZE";
 constexpr uint64_t kBackendTorch = 2; /* RedisAI's backend numbering: TF, TFLITE, TORCH, ONNX */
 
 /* ==== IO interfaces =========================================================================== */
@@ -51,6 +52,7 @@ struct ModelRecord {
   std::vector<std::string> inputs, outputs;
   char *blob = nullptr; /* mem_alloc'd; whoever takes it sets this to nullptr */
   size_t bloblen = 0;
+  bool optimize = false; /* OPTIMIZE: after the device's NUL (see save_model) */
   ~ModelRecord();
 };
 struct ScriptRecord {
