@@ -99,11 +99,18 @@ class Engine:
         min_batch: int | None = None,
         min_batch_timeout_ms: int | None = None,
         extra: Sequence[str] = (),
+        optimize: bool = False,
     ) -> None:
-        """AI.MODELSTORE of a TorchScript blob. `extra` holds engine keywords RedisAI lacks."""
+        """AI.MODELSTORE of a TorchScript blob. `extra` holds engine keywords RedisAI lacks.
+
+        `optimize` sends the engine's OPTIMIZE keyword: the engine freezes the module and runs
+        libtorch's inference passes on it (CPU); see :meth:`optimize_state` for the outcome.
+        """
         args = builder.modelstore(
             key, "TORCH", device, blob, batch, min_batch, min_batch_timeout_ms, tag, None, None
         )
+        if optimize and "OPTIMIZE" not in extra:
+            extra = ["OPTIMIZE", *extra]
         if extra:
             blob_at = args.index("BLOB")
             args = [*args[:blob_at], *extra, *args[blob_at:]]
@@ -115,6 +122,18 @@ class Engine:
     def model_meta(self, key: str) -> dict[str, Any]:
         reply = self._call("AI.MODELGET", key, "META")
         return _pairs(reply)
+
+    def optimize_state(self, key: str) -> tuple[bool, str] | None:
+        """(optimised, status) of a model stored with OPTIMIZE; None for a plain one."""
+        meta = self.model_meta(key)
+        if "optimized" not in meta:
+            return None
+        return bool(int(meta["optimized"])), str(meta.get("optimize_status", ""))
+
+    def model_blob(self, key: str) -> bytes:
+        """AI.MODELGET key BLOB: the blob as stored (for an optimised model, the original)."""
+        reply = self._call("AI.MODELGET", key, "BLOB")
+        return b"".join(reply) if isinstance(reply, list) else bytes(reply)
 
     def model_info(self, key: str) -> ModelInfo:
         info = _pairs(self._call("AI.INFO", key))

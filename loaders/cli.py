@@ -24,6 +24,31 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument(
         "--no-activate", action="store_true", help="store and warm up, but keep the current version"
     )
+    p.add_argument(
+        "--optimize",
+        action="store_true",
+        help="have the engine freeze and optimise the model for inference (CPU; AI.MODELSTORE ... OPTIMIZE)",
+    )
+    p.add_argument(
+        "--variant-of",
+        default=None,
+        metavar="NAME:VERSION",
+        help="compare with this version before activating (found from the file's provenance, or the "
+        "same file loaded without --optimize, when left out)",
+    )
+    p.add_argument(
+        "--agree",
+        type=float,
+        default=0.9,
+        help="a variant is activated only if this fraction of detections match its source's (default 0.9)",
+    )
+    p.add_argument(
+        "--max-score-delta",
+        type=float,
+        default=0.05,
+        help="... and the matched detections' mean score difference is at most this (default 0.05)",
+    )
+    p.add_argument("--compare-tiles", type=int, default=8, help="sample tiles for the comparison (default 8)")
     p.set_defaults(handler=cmd_load)
 
     m = sub.add_parser("model", help="list, activate, roll back or remove registered model versions")
@@ -59,6 +84,11 @@ def cmd_load(settings: Settings, args: argparse.Namespace) -> int:
         min_batch=args.min_batch,
         min_batch_timeout_ms=args.min_batch_timeout,
         activate=not args.no_activate,
+        optimize=args.optimize,
+        variant_of=args.variant_of,
+        agree=args.agree,
+        max_score_delta=args.max_score_delta,
+        compare_tiles=args.compare_tiles,
     )
     record = load(connect(settings), args.file, opts)
     state = "active" if opts.activate else "stored, not active"
@@ -66,6 +96,18 @@ def cmd_load(settings: Settings, args: argparse.Namespace) -> int:
         f"{record.label} ({state}) on feeds {', '.join(record.feeds)}: classes {', '.join(record.classes)}, "
         f"{record.bands} band(s) {record.dtype}, tile {record.tile_size}, sha256 {record.sha256[:12]}"
     )
+    prov = record.provenance
+    if args.optimize:
+        print(
+            f"optimized in the engine: {'yes' if prov.get('optimized') else 'no'} ({prov.get('optimize_status')})"
+        )
+    if "source_version" in prov:
+        a = prov.get("agreement", {})
+        print(
+            f"variant of {prov['source_version']} ({prov.get('method', 'unknown method')}): agreement "
+            f"{a.get('fraction')} ({a.get('matched')}/{a.get('source_detections')} detections), mean score "
+            f"delta {a.get('mean_score_delta')}"
+        )
     return 0
 
 

@@ -5,6 +5,12 @@ up there, record it, and only then move the feeds' pointers. Consumers keep runn
 version until the pointer moves, and the old version stays stored until it is removed, so no
 frame fails during a switch. A version that fails its warm-up is deleted again and never
 becomes active.
+
+Variants (an int8 file from `groundwatch quantize`, or `--optimize`, the engine's OPTIMIZE of a
+registered file; see loaders/variants.py) are versions like any other whose provenance names the
+source version and the method. Before a variant is activated its detections are compared with the
+source version's in the engine on sample tiles; below the user's bound it is recorded but not
+activated, and the error gives the measured agreement.
 """
 
 from __future__ import annotations
@@ -25,6 +31,7 @@ from groundwatch.modelmeta import ModelMetadata
 from loaders import LoaderError
 from loaders.archive import ModelFile, read_model_file
 from loaders.registry import Registry, VersionRecord
+from loaders.variants import OPTIMIZE_METHOD, Agreement, compare_in_engine, find_source
 
 log = logging.getLogger(__name__)
 
@@ -42,6 +49,11 @@ class LoadOptions:
     min_batch_timeout_ms: int | None = None
     activate: bool = True
     provenance: dict[str, Any] | None = None
+    optimize: bool = False  # the engine's OPTIMIZE keyword (freeze + inference passes, CPU)
+    variant_of: str | None = None  # "NAME:VERSION" to compare with; found from provenance otherwise
+    agree: float = 0.9  # minimum matched fraction of detections for a variant to be activated
+    max_score_delta: float = 0.05  # maximum mean |score difference| of matched detections
+    compare_tiles: int = 8
 
 
 def warmup_input(meta: ModelMetadata, batch: int = WARMUP_BATCH) -> np.ndarray:
@@ -97,6 +109,16 @@ def load(client: redis.Redis, source: str | Path | ModelFile, opts: LoadOptions)
     if not opts.feeds:
         raise LoaderError("give at least one feed to serve (--feeds a,b)")
     registry = Registry(client)
+    file_provenance = model.metadata.extra.get("provenance")
+    origin = find_source(
+        registry,
+        opts.name,
+        variant_of=opts.variant_of,
+        file_provenance=file_provenance,
+        sha256=model.sha256,
+        optimize=opts.optimize,
+        activate=opts.activate,
+    )
     if opts.version is not None:
         if registry.exists(opts.name, opts.version):
             raise LoaderError(
@@ -109,6 +131,8 @@ def load(client: redis.Redis, source: str | Path | ModelFile, opts: LoadOptions)
         version = registry.next_version(opts.name)
     engine = Engine(client)
     stored: list[str] = []
+    optimize_state: tuple[bool, str] | None = None
+    compared: Agreement | None = None
     try:
         for feed in opts.feeds:
             key = keys.model(feed, opts.name, version)
@@ -120,9 +144,16 @@ def load(client: redis.Redis, source: str | Path | ModelFile, opts: LoadOptions)
                 batch=opts.batch,
                 min_batch=opts.min_batch,
                 min_batch_timeout_ms=opts.min_batch_timeout_ms,
+                optimize=opts.optimize,
             )
             stored.append(key)
+            if opts.optimize and optimize_state is None:
+                optimize_state = engine.optimize_state(key)
             warm_up(engine, key, keys.dag_routing(feed), model.metadata)
+        if origin is not None:
+            compared = compare_in_engine(
+                engine, origin, opts.feeds[0], version, model.metadata, opts.compare_tiles
+            )
     except (EngineError, LoaderError) as e:
         for key in stored:
             client.delete(key)
@@ -142,15 +173,63 @@ def load(client: redis.Redis, source: str | Path | ModelFile, opts: LoadOptions)
         batch=opts.batch,
         min_batch=opts.min_batch,
         min_batch_timeout_ms=opts.min_batch_timeout_ms,
-        provenance=dict(opts.provenance or {}),
+        provenance=_provenance(opts, file_provenance, origin, optimize_state, compared),
     )
     registry.record(record)
+    if compared is not None and opts.activate and not _agrees(compared, opts):
+        raise LoaderError(
+            f"{record.label} is a variant of {origin.label if origin else '?'} that does not agree with it "
+            f"closely enough: {compared.describe()}; the bound is agreement >= {opts.agree:g} and mean score "
+            f"delta <= {opts.max_score_delta:g}. It is stored but not active (`groundwatch model activate "
+            f"{opts.name} {version}` to use it anyway, or `groundwatch model remove {opts.name} {version}`)"
+        )
+    if opts.optimize and optimize_state is not None and not optimize_state[0]:
+        log.warning("%s: the engine stored it unoptimised: %s", record.label, optimize_state[1])
     if opts.activate:
         registry.activate(record)
     log.info(
         "loaded %s into feeds %s%s", record.label, ", ".join(opts.feeds), " (active)" if opts.activate else ""
     )
     return record
+
+
+def _agrees(a: Agreement, opts: LoadOptions) -> bool:
+    return a.fraction >= opts.agree and a.mean_score_delta <= opts.max_score_delta
+
+
+def _provenance(
+    opts: LoadOptions,
+    file_provenance: Any,
+    source: VersionRecord | None,
+    optimize_state: tuple[bool, str] | None,
+    compared: Agreement | None,
+) -> dict[str, Any]:
+    """The record's provenance: the caller's, the file's (method, source sha256), the engine's
+    optimisation outcome, the source version and the measured agreement."""
+    out: dict[str, Any] = dict(opts.provenance or {})
+    methods = []
+    if isinstance(file_provenance, dict):
+        for k in ("source_sha256", "calibration"):
+            if k in file_provenance:
+                out.setdefault(k, file_provenance[k])
+        if file_provenance.get("method"):
+            methods.append(str(file_provenance["method"]))
+    out["optimized"] = bool(optimize_state and optimize_state[0])
+    if opts.optimize:
+        methods.append(OPTIMIZE_METHOD)
+        out["optimize_status"] = optimize_state[1] if optimize_state else "not reported by the engine"
+    if methods:
+        out.setdefault("method", " + ".join(methods))
+    if source is not None:
+        out["source_version"] = source.label
+    if compared is not None:
+        out["agreement"] = {
+            **compared.as_dict(),
+            "bound": opts.agree,
+            "max_score_delta_bound": opts.max_score_delta,
+            "passed": _agrees(compared, opts),
+        }
+    return out
 
 
 def activate(client: redis.Redis, name: str, version: int) -> VersionRecord:

@@ -1,4 +1,4 @@
-"""`groundwatch generate | train | evaluate`: the models role's subcommands.
+"""`groundwatch generate | train | evaluate | quantize`: the models role's subcommands.
 
 Import-light on purpose (numpy, torch and rasterio are imported inside the handlers) so that
 `groundwatch --help` stays fast.
@@ -7,7 +7,9 @@ Import-light on purpose (numpy, torch and rasterio are imported inside the handl
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -15,7 +17,9 @@ from groundwatch.settings import Settings
 
 
 def register(subparsers: Any) -> None:
-    p = subparsers.add_parser("generate", help="write synthetic georeferenced scenes (GeoTIFF + GeoJSON truth)")
+    p = subparsers.add_parser(
+        "generate", help="write synthetic georeferenced scenes (GeoTIFF + GeoJSON truth)"
+    )
     p.add_argument("--out", type=Path, default=None, help="output folder (default DATA_DIR/scenes)")
     p.add_argument("--count", type=int, default=1, help="number of scenes (default 1)")
     p.add_argument("--seed", type=int, default=1, help="seed of the first scene; scene i uses seed + i")
@@ -33,16 +37,62 @@ def register(subparsers: Any) -> None:
     p.add_argument("--no-evaluate", action="store_true", help="skip the evaluation after training")
     p.set_defaults(handler=_train)
 
-    p = subparsers.add_parser("evaluate", help="AP@0.5 per class of a TorchScript detector on held-out scenes")
-    p.add_argument("model_path", nargs="?", type=Path, default=None, metavar="MODEL",
-                   help="TorchScript file (default: the shipped models/artifacts/detector.pt)")
+    p = subparsers.add_parser(
+        "evaluate", help="AP@0.5 per class of a TorchScript detector on held-out scenes"
+    )
+    p.add_argument(
+        "model_path",
+        nargs="?",
+        default=None,
+        metavar="MODEL",
+        help="TorchScript file (default: the shipped models/artifacts/detector.pt), or a registry "
+        "version NAME:VERSION (fetched with AI.MODELGET BLOB; an optimised version runs in the engine)",
+    )
+    p.add_argument(
+        "--engine",
+        action="store_true",
+        help="run the model inside the engine (a file is stored under a temporary key)",
+    )
+    p.add_argument(
+        "--optimize",
+        action="store_true",
+        help="with a file: store it in the engine with OPTIMIZE and evaluate it there (implies --engine)",
+    )
     p.add_argument("--scenes", type=int, default=4, help="held-out scenes (default 4)")
     p.add_argument("--size", type=int, default=2048, help="scene size in pixels (default 2048)")
     p.add_argument("--seed", type=int, default=None, help="first held-out seed (default 1)")
-    p.add_argument("--score-threshold", dest="score_threshold", type=float, default=None,
-                   help="threshold for the precision/recall columns (default: the model's hint); AP uses all")
+    p.add_argument(
+        "--score-threshold",
+        dest="score_threshold",
+        type=float,
+        default=None,
+        help="threshold for the precision/recall columns (default: the model's hint); AP uses all",
+    )
     p.add_argument("--json", action="store_true", help="print the result as JSON instead of a table")
     p.set_defaults(handler=_evaluate)
+
+    p = subparsers.add_parser(
+        "quantize", help="int8 variant of a detector (post-training static quantisation)"
+    )
+    p.add_argument(
+        "model_path",
+        nargs="?",
+        type=Path,
+        default=None,
+        metavar="MODEL",
+        help="TorchScript detector (default: the shipped models/artifacts/detector.pt)",
+    )
+    p.add_argument(
+        "--out", type=Path, default=None, help="output file (default DATA_DIR/models/<name>-int8.pt)"
+    )
+    p.add_argument(
+        "--calibration-tiles",
+        dest="calibration_tiles",
+        type=int,
+        default=64,
+        help="training-distribution tiles used to calibrate (default 64)",
+    )
+    p.set_defaults(handler=_quantize)
 
 
 def _generate(settings: Settings, args: argparse.Namespace) -> int:
@@ -68,8 +118,11 @@ def _train(settings: Settings, args: argparse.Namespace) -> int:
     from models.evaluate import EvalConfig, evaluate_model, format_table
     from models.train import TrainConfig, train_and_export
 
-    overrides = {k: getattr(args, k) for k in ("steps", "tiles", "seed", "bands", "threads")
-                 if getattr(args, k) is not None}
+    overrides = {
+        k: getattr(args, k)
+        for k in ("steps", "tiles", "seed", "bands", "threads")
+        if getattr(args, k) is not None
+    }
     config = dataclasses.replace(TrainConfig(), **overrides)
     if not 1 <= config.bands <= 4 or config.steps < 1 or config.tiles < 1 or config.threads < 1:
         raise ModelsError(
@@ -78,8 +131,10 @@ def _train(settings: Settings, args: argparse.Namespace) -> int:
         )
     out = args.out or settings.data_dir / "models" / "detector.pt"
     summary = train_and_export(config, out)
-    print(f"wrote {out} ({out.stat().st_size / 1e6:.2f} MB, {summary['parameters']} parameters, "
-          f"trained in {summary['train_seconds']} s + {summary['data_seconds']} s data)")
+    print(
+        f"wrote {out} ({out.stat().st_size / 1e6:.2f} MB, {summary['parameters']} parameters, "
+        f"trained in {summary['train_seconds']} s + {summary['data_seconds']} s data)"
+    )
     if not args.no_evaluate:
         from models.archive import load_model
 
@@ -91,28 +146,112 @@ def _train(settings: Settings, args: argparse.Namespace) -> int:
 def _evaluate(settings: Settings, args: argparse.Namespace) -> int:
     import torch
 
-    from models.archive import SHIPPED_MODEL, load_model
     from models.errors import ModelsError
-    from models.evaluate import HELD_OUT_SEED_BASE, EvalConfig, evaluate_model, format_table
 
     torch.set_num_threads(settings.intra_op_threads or 2)  # 0 means the default: 2 threads
-    path = args.model_path or SHIPPED_MODEL
     if args.scenes < 1 or args.size < 32:
-        raise ModelsError(f"need at least 1 scene of at least 32 px, got --scenes {args.scenes} --size {args.size}")
-    module, meta = load_model(path)
+        raise ModelsError(
+            f"need at least 1 scene of at least 32 px, got --scenes {args.scenes} --size {args.size}"
+        )
+    with _model_to_evaluate(settings, args) as (path, module, meta, runs_in):
+        return _evaluate_with(settings, args, path, module, meta, runs_in)
+
+
+@contextlib.contextmanager
+def _model_to_evaluate(
+    settings: Settings, args: argparse.Namespace
+) -> Iterator[tuple[str, Any, dict[str, Any], str]]:
+    """(name, batch callable, metadata, where it runs) for a file or a registry version."""
+    from models.archive import SHIPPED_MODEL, load_model, read_metadata
+
+    given = args.model_path
+    in_engine = args.engine or args.optimize
+    if given is None or Path(given).exists():
+        path = Path(given) if given else SHIPPED_MODEL
+        if not in_engine:
+            module, meta = load_model(path)
+            yield str(path), module, meta, "in-process torch"
+            return
+        from groundwatch.ai import Engine
+        from groundwatch.connection import connect
+        from models.engine_eval import EngineDetector, stored_in_engine
+
+        meta = read_metadata(path)
+        client = connect(settings, timeout_s=300)
+        with stored_in_engine(client, path.read_bytes(), optimize=args.optimize) as (key, state):
+            where = "engine" + (
+                f", optimized={state['optimized']} ({state['optimize_status']})" if args.optimize else ""
+            )
+            yield str(path), EngineDetector(Engine(client), key, key, meta["dtype"]), meta, where
+        return
+    from groundwatch.ai import Engine
+    from groundwatch.connection import connect
+    from models.engine_eval import EngineDetector, registry_model
+
+    client = connect(settings, timeout_s=300)
+    version = registry_model(client, str(given))
+    meta = read_metadata(version.blob)
+    if in_engine or version.provenance.get("optimized"):
+        # the optimisation exists only in the engine: evaluate the copy it serves
+        detector = EngineDetector(Engine(client), version.model_key, version.route_key, meta["dtype"])
+        yield (
+            version.label,
+            detector,
+            meta,
+            f"engine ({version.model_key}, optimized={bool(version.provenance.get('optimized'))})",
+        )
+        return
+    module, _ = load_model(version.blob)
+    yield version.label, module, meta, "in-process torch (blob from AI.MODELGET BLOB)"
+
+
+def _evaluate_with(
+    settings: Settings, args: argparse.Namespace, path: str, module: Any, meta: dict[str, Any], runs_in: str
+) -> int:
+    from models.evaluate import HELD_OUT_SEED_BASE, EvalConfig, evaluate_model, format_table
+
     # the operator's --score-threshold wins, else the model's own hint (only P/R use it, not AP)
     threshold = settings.score_threshold
     if threshold is None:
         threshold = float(meta.get("score_threshold_hint", 0.5))
-    config = EvalConfig(scenes=args.scenes, size_px=args.size, bands=int(meta["bands"]),
-                        seed_base=HELD_OUT_SEED_BASE if args.seed is None else args.seed,
-                        tile_px=int(meta["tile_size"]), score_threshold=threshold)
+    config = EvalConfig(
+        scenes=args.scenes,
+        size_px=args.size,
+        bands=int(meta["bands"]),
+        seed_base=HELD_OUT_SEED_BASE if args.seed is None else args.seed,
+        tile_px=int(meta["tile_size"]),
+        score_threshold=threshold,
+    )
     result = evaluate_model(module, config=config, classes=meta["classes"])
     result["model"] = str(path)
+    result["runs_in"] = runs_in
+    if isinstance(meta.get("provenance"), dict):
+        result["provenance"] = meta["provenance"]
     if args.json:
         print(json.dumps(result, indent=2))
     else:
-        print(f"model {path}")
+        print(f"model {path} ({runs_in})")
         print(format_table(result))
     return 0
 
+
+def _quantize(settings: Settings, args: argparse.Namespace) -> int:
+    import torch
+
+    from models.archive import SHIPPED_MODEL
+    from models.errors import ModelsError
+    from models.quantize import QuantizeConfig, quantize_file
+
+    torch.set_num_threads(settings.intra_op_threads or 2)
+    source = args.model_path or SHIPPED_MODEL
+    if args.calibration_tiles < 1:
+        raise ModelsError(f"--calibration-tiles must be at least 1, got {args.calibration_tiles}")
+    out = args.out or settings.data_dir / "models" / f"{Path(source).stem}-int8.pt"
+    meta = quantize_file(Path(source), out, QuantizeConfig(calibration_tiles=args.calibration_tiles))
+    prov = meta["provenance"]
+    print(
+        f"wrote {out} ({out.stat().st_size / 1e6:.2f} MB): {prov['method']} of {source} "
+        f"(sha256 {prov['source_sha256'][:12]}), calibrated on {prov['calibration']}"
+    )
+    print(f"measure it: groundwatch evaluate {out}; register it: groundwatch load {out} --name NAME")
+    return 0
