@@ -9,6 +9,13 @@ Rows (each bounded to a few seconds):
   engine DAG, N clients, BATCHSIZE  N concurrent clients on a model stored with BATCHSIZE N
   tiny model DAG / SET+GET          per-request overhead: a model that adds 1, vs SET+GET of the
                                     same payload (pipelined in one round trip), at two sizes
+Optional rows (issue 8), with run(optimized=True) and run(int8_model=..., int8_source=...):
+  engine DAG, batch 8 [OPTIMIZE]    8 samples in one request, the model stored plainly and with
+                                    OPTIMIZE (frozen + optimize_for_inference in the engine)
+  ... detector rows                 the float detector (int8_source, default the shipped one) in
+                                    process as these rows' reference, then in the engine plainly and
+                                    with OPTIMIZE (optimized=True), and the int8 file (int8_model) in
+                                    process and in the engine; batch 8 of uint16 scene tiles
 Figures are printed, never asserted. `run(...) -> dict` is what `make bench` calls.
 
     python bench/engine.py [--seconds 3] [--clients 8] [--threads 2] [--json out.json]
@@ -42,6 +49,7 @@ from groundwatch.settings import REPO_ROOT
 
 ENGINE_SO = REPO_ROOT / "engine" / "build" / "engine.so"
 INPUT_SHAPE = (3, 512, 512)
+SHIPPED_DETECTOR = REPO_ROOT / "models" / "artifacts" / "detector.pt"  # float source of int8 rows
 
 
 class AddOne(torch.nn.Module):
@@ -49,6 +57,12 @@ class AddOne(torch.nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return x + 1
+
+
+def _raw_outputs(path: Path, batch: np.ndarray) -> np.ndarray:
+    module = torch.jit.load(str(path), map_location="cpu").eval()
+    with torch.inference_mode():
+        return module(torch.from_numpy(np.ascontiguousarray(batch))).numpy().copy()
 
 
 def _save_tiny(path: Path) -> Path:
@@ -327,6 +341,130 @@ def _engine_rows(
     return rows, overhead
 
 
+def engine_batch8(
+    port: int, model_key: str, batch: np.ndarray, *, name: str, seconds: float, max_calls: int | None
+) -> tuple[dict[str, Any], np.ndarray]:
+    """One client, `len(batch)` samples per AI.DAGEXECUTE (same batch as the raw torch row)."""
+    client = redis.Redis(port=port, socket_timeout=120)
+    data = np.ascontiguousarray(batch)
+    dtype = "UINT16" if data.dtype == np.uint16 else "FLOAT"
+    args = [
+        "AI.DAGEXECUTE", "ROUTING", model_key,
+        "|>", "AI.TENSORSET", "in", dtype, *data.shape, "BLOB", data.tobytes(),
+        "|>", "AI.MODELEXECUTE", model_key, "INPUTS", 1, "in", "OUTPUTS", 1, "out",
+        "|>", "AI.TENSORGET", "out", "BLOB",
+    ]  # fmt: skip
+    first = None
+    for _ in range(3):
+        first = client.execute_command(*args)[2]
+    lat, wall = _timed_loop(lambda i: client.execute_command(*args), seconds, max_calls)
+    client.close()
+    out = np.frombuffer(cast(bytes, first), dtype=np.float32).reshape(len(batch), -1)
+    return _row(name, len(batch), lat, wall, note=f"1 client, {len(batch)} samples per DAG"), out
+
+
+def optimized_rows(
+    port: int,
+    model_path: Path,
+    inputs: np.ndarray,
+    reference: np.ndarray,
+    *,
+    seconds: float,
+    max_calls: int | None,
+) -> list[dict[str, Any]]:
+    """The same model at batch 8 in one request: stored plainly, and stored with OPTIMIZE."""
+    client = redis.Redis(port=port, socket_timeout=120)
+    blob = model_path.read_bytes()
+    client.execute_command("AI.MODELSTORE", "detector_p8", "TORCH", "CPU", "BLOB", blob)
+    client.execute_command("AI.MODELSTORE", "detector_o8", "TORCH", "CPU", "OPTIMIZE", "BLOB", blob)
+    meta = client.execute_command("AI.MODELGET", "detector_o8", "META")
+    state = dict(zip(meta[::2], meta[1::2], strict=True))
+    client.close()
+    batch = np.ascontiguousarray(inputs[:8])
+    rows = []
+    for key, name in (
+        ("detector_p8", "engine DAG, batch 8"),
+        ("detector_o8", "engine DAG, batch 8, OPTIMIZE"),
+    ):
+        row, out = engine_batch8(port, key, batch, name=name, seconds=seconds, max_calls=max_calls)
+        same = bool(np.allclose(out, reference.reshape(len(batch), -1), rtol=1e-3, atol=1e-3))
+        row["note"] += "; output " + ("matches raw torch" if same else "DIFFERS from raw torch")
+        if key == "detector_o8":
+            row["note"] += f"; optimized={state.get(b'optimized')} ({_text(state.get(b'optimize_status'))})"
+        rows.append(row)
+    return rows
+
+
+def _text(v: Any) -> str:
+    return v.decode() if isinstance(v, bytes) else str(v)
+
+
+def detector_rows(
+    port: int | None,
+    detector: Path,
+    *,
+    int8_model: Path | None,
+    optimized: bool,
+    seconds: float,
+    max_calls: int | None,
+) -> list[dict[str, Any]]:
+    """The float detector in process (the reference of these rows), and as asked: its int8 variant
+    in process and in the engine, and the float detector in the engine plainly and with OPTIMIZE.
+    Batch 8 of uint16 synthetic scene tiles [8, 1, 512, 512] (models.scenes, seeds 900..907)."""
+    from models.scenes import SceneConfig, draw_scene
+
+    config = SceneConfig(width_px=512, height_px=512, n_ships=4, n_platforms=2)
+    tiles = np.stack([draw_scene(900 + i, config)[0] for i in range(8)])
+    x = torch.from_numpy(tiles)
+    rows, outs = [], {}
+    files = [(detector, "float")] + ([(int8_model, "int8")] if int8_model is not None else [])
+    for path, name in files:
+        module = torch.jit.load(str(path), map_location="cpu").eval()
+        with torch.inference_mode():
+            for _ in range(3):
+                outs[name] = module(x).numpy().copy()
+
+            def call(_: int, m: Any = module) -> None:
+                m(x)
+
+            lat, wall = _timed_loop(call, seconds, max_calls)
+        rows.append(
+            _row(f"raw torch, batch 8, {name} detector", 8, lat, wall, note=f"in process, {path.name}")
+        )
+    if port is not None:
+        client = redis.Redis(port=port, socket_timeout=120)
+        engine_models = []
+        if optimized:
+            blob = detector.read_bytes()
+            client.execute_command("AI.MODELSTORE", "det_f8", "TORCH", "CPU", "BLOB", blob)
+            client.execute_command("AI.MODELSTORE", "det_o8", "TORCH", "CPU", "OPTIMIZE", "BLOB", blob)
+            engine_models += [
+                ("det_f8", "float detector", "float"),
+                ("det_o8", "float detector, OPTIMIZE", "float"),
+            ]
+        if int8_model is not None:
+            client.execute_command("AI.MODELSTORE", "det_q8", "TORCH", "CPU", "BLOB", int8_model.read_bytes())
+            engine_models.append(("det_q8", "int8 detector", "int8"))
+        client.close()
+        for key, label, ref in engine_models:
+            row, out = engine_batch8(
+                port, key, tiles, name=f"engine DAG, batch 8, {label}", seconds=seconds, max_calls=max_calls
+            )
+            same = bool(np.allclose(out, outs[ref].reshape(8, -1), rtol=1e-3, atol=2e-3))
+            row["note"] += f"; output {'matches' if same else 'DIFFERS from'} the {ref} file in process"
+            rows.append(row)
+    float_tput = rows[0]["throughput"]
+    for r in rows:
+        r["ratio_vs_float_detector"] = r["throughput"] / float_tput if float_tput else None
+        if float_tput:
+            r["note"] += f"; x{r['ratio_vs_float_detector']:.2f} the float detector in process"
+    if "int8" in outs:
+        live = outs["float"][..., 4] >= 0.5
+        delta = float(np.abs(outs["int8"][..., 4] - outs["float"][..., 4])[live].max()) if live.any() else 0.0
+        rows[1]["note"] += f"; max score delta vs float on detections >= 0.5: {delta:.3f}"
+    return rows
+
+
 # --------------------------------------------------------------------------- all of it
 
 
@@ -338,11 +476,16 @@ def run(
     engine_module: Path | str = ENGINE_SO,
     max_calls: int | None = None,
     n_inputs: int = 16,
+    optimized: bool = False,
+    int8_model: Path | str | None = None,
+    int8_source: Path | str | None = None,
 ) -> dict[str, Any]:
     """Measure every row; returns {"rows", "table", context...}.
 
     `threads` is both torch.set_num_threads here and the engine's INTRA_OP_PARALLELISM.
     `max_calls` bounds each row's request count too (for quick smoke runs).
+    `optimized` adds batch-8 engine rows of the same model stored plainly and with OPTIMIZE;
+    `int8_model` (with `int8_source`, its float detector; default the shipped one) adds int8 rows.
     """
     engine_module = Path(engine_module).resolve()
     torch.set_num_threads(threads)
@@ -381,6 +524,17 @@ def run(
                     clients=clients, seconds=seconds, max_calls=max_calls,
                 )  # fmt: skip
                 rows += engine
+                if optimized:
+                    ref8 = _raw_outputs(model_path, inputs[:8])
+                    rows += optimized_rows(
+                        server.port, model_path, inputs, ref8, seconds=seconds, max_calls=max_calls
+                    )
+                if int8_model is not None or optimized:
+                    rows += detector_rows(
+                        server.port, Path(int8_source or SHIPPED_DETECTOR),
+                        int8_model=Path(int8_model) if int8_model is not None else None,
+                        optimized=optimized, seconds=seconds, max_calls=max_calls,
+                    )  # fmt: skip
             except (redis.RedisError, OSError, RuntimeError) as exc:
                 # reported, not raised: the raw torch rows still mean something
                 rows.append(common.skipped("engine rows", f"failed: {exc!r}"[:300]))
@@ -430,6 +584,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--engine", type=Path, default=ENGINE_SO)
     p.add_argument("--max-calls", type=int, default=None)
     p.add_argument("--json", type=Path, help="write the result here as JSON")
+    p.add_argument(
+        "--optimized", action="store_true", help="add batch-8 rows: plain and OPTIMIZE in the engine"
+    )
+    p.add_argument("--int8-model", type=Path, default=None, help="add rows for this int8 detector file")
+    p.add_argument(
+        "--int8-source", type=Path, default=None, help="its float detector (default: the shipped one)"
+    )
     args = p.parse_args(argv)
     result = run(
         seconds=args.seconds,
@@ -437,6 +598,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         threads=args.threads,
         engine_module=args.engine,
         max_calls=args.max_calls,
+        optimized=args.optimized,
+        int8_model=args.int8_model,
+        int8_source=args.int8_source,
     )
     m = result["machine"]
     print(
