@@ -248,3 +248,50 @@ def test_restart_from_rdb_keeps_it_optimised(server_factory) -> None:
     check_optimised(r)
     r.close()
     server.stop()
+
+
+def test_optimised_model_on_several_workers_and_batched(server_factory) -> None:
+    """Two workers run the optimised module at once, alone and auto-batched: same outputs."""
+    import threading
+
+    server = server_factory(module_args=("THREADS_PER_QUEUE", "2"))
+    r = redis.Redis(port=server.port)
+    r.execute_command("AI.MODELSTORE", "plain", "TORCH", "CPU", "BLOB", CONVNET)
+    r.execute_command(
+        "AI.MODELSTORE", "opt", "TORCH", "CPU", "BATCHSIZE", 4, "MINBATCHSIZE", 2, "OPTIMIZE", "BLOB", CONVNET
+    )
+    rng = np.random.default_rng(9)
+    inputs = [rng.normal(size=(1, 1, 16, 16)).astype(np.float32) for _ in range(4)]
+    expected = [run(r, "plain", x) for x in inputs]
+    failures: list[str] = []
+
+    def client(i: int) -> None:
+        try:
+            run_client(i)
+        except Exception as e:  # a thread's exception would otherwise go unseen
+            failures.append(f"client {i}: {e!r}")
+
+    def run_client(i: int) -> None:
+        c = redis.Redis(port=server.port, socket_timeout=60)
+        x = inputs[i]
+        for _ in range(15):
+            reply = c.execute_command(
+                "AI.DAGEXECUTE", "ROUTING", "opt", "|>", "AI.TENSORSET", "in", "FLOAT", *x.shape, "BLOB", x.tobytes(),
+                "|>", "AI.MODELEXECUTE", "opt", "INPUTS", 1, "in", "OUTPUTS", 1, "out",
+                "|>", "AI.TENSORGET", "out", "BLOB",
+            )  # fmt: skip
+            got = np.frombuffer(reply[2], dtype=np.float32).reshape(expected[i].shape)
+            if not np.allclose(got, expected[i], rtol=1e-4, atol=1e-5):
+                failures.append(f"client {i}: max diff {np.abs(got - expected[i]).max()}")
+        c.close()
+
+    threads = [threading.Thread(target=client, args=(i,)) for i in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert not failures
+    info = as_dict(r.execute_command("AI.INFO", "opt"))
+    assert info[b"optimized"] == 1 and info[b"samples"] == 60 and info[b"errors"] == 0, info
+    r.close()
+    server.stop()
