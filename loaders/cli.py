@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+from typing import Any
 
 from groundwatch.settings import Settings
 
@@ -124,10 +125,23 @@ def cmd_list(settings: Settings, args: argparse.Namespace) -> int:
         mark = "*" if s.active else " "
         print(
             f"{s.record.label:<16}{mark:2}{','.join(s.record.feeds):<18}{s.calls:>8}{s.samples:>9}"
-            f"{s.errors:>7}{s.mean_ms:>9.2f}  {s.record.loaded_at}"
+            f"{s.errors:>7}{s.mean_ms:>9.2f}  {s.record.loaded_at}{_variant_note(s.record.provenance)}"
         )
     print("* active")
     return 0
+
+
+def _variant_note(prov: dict[str, Any]) -> str:
+    """ "  optimized, int8 ... variant of ship:1 (agreement 0.98)" for variants; "" otherwise."""
+    parts = []
+    if prov.get("optimized"):
+        parts.append("optimized")
+    if prov.get("source_sha256"):
+        parts.append(str(prov.get("method", "variant")).split(" + ")[0])
+    if "source_version" in prov:
+        agreement = prov.get("agreement", {}).get("fraction")
+        parts.append(f"variant of {prov['source_version']} (agreement {agreement})")
+    return "  " + ", ".join(parts) if parts else ""
 
 
 def cmd_activate(settings: Settings, args: argparse.Namespace) -> int:

@@ -140,5 +140,8 @@ def test_cli_load_optimize_and_evaluate_a_version(
     for name in ("ship", "platform"):
         a, b = optimised["classes"][name]["ap"], plain["classes"][name]["ap"]
         assert (np.isnan(a) and np.isnan(b)) or abs(a - b) <= 0.005
+    assert main(["--redis-url", url, "model", "list"]) == 0
+    listing = capsys.readouterr().out
+    assert "optimized, variant of ship:1 (agreement 1.0)" in listing
     assert main(["--redis-url", url, "evaluate", "nosuch:1", *args]) == 1
     assert "no version 1" in capsys.readouterr().err
