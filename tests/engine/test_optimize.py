@@ -258,7 +258,19 @@ def test_optimised_model_on_several_workers_and_batched(server_factory) -> None:
     r = redis.Redis(port=server.port)
     r.execute_command("AI.MODELSTORE", "plain", "TORCH", "CPU", "BLOB", CONVNET)
     r.execute_command(
-        "AI.MODELSTORE", "opt", "TORCH", "CPU", "BATCHSIZE", 4, "MINBATCHSIZE", 2, "OPTIMIZE", "BLOB", CONVNET
+        "AI.MODELSTORE",
+        "opt",
+        "TORCH",
+        "CPU",
+        "BATCHSIZE",
+        4,
+        "MINBATCHSIZE",
+        2,
+        "MINBATCHTIMEOUT",
+        5,
+        "OPTIMIZE",
+        "BLOB",
+        CONVNET,
     )
     rng = np.random.default_rng(9)
     inputs = [rng.normal(size=(1, 1, 16, 16)).astype(np.float32) for _ in range(4)]
