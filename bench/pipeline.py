@@ -56,9 +56,15 @@ def _frames(tiles: np.ndarray, count: int, scene_prefix: str, published_ms: int)
         s, t = divmod(i, TILES_PER_SCENE)
         n = min(TILES_PER_SCENE, count - s * TILES_PER_SCENE)
         f = Frame.from_array(
-            tiles[i % len(tiles)], scene=f"{scene_prefix}-{s}", tile=t, tiles=n,
-            window=((t % 4) * step, (t // 4) * step, size, size), transform=TRANSFORM, crs="EPSG:32631",
-            acquired=datetime(2026, 11, 25, tzinfo=UTC), published_ms=published_ms,
+            tiles[i % len(tiles)],
+            scene=f"{scene_prefix}-{s}",
+            tile=t,
+            tiles=n,
+            window=((t % 4) * step, (t // 4) * step, size, size),
+            transform=TRANSFORM,
+            crs="EPSG:32631",
+            acquired=datetime(2026, 11, 25, tzinfo=UTC),
+            published_ms=published_ms,
         )
         out.append(frames.encode(f))
     return out
@@ -68,11 +74,14 @@ def _now_ms() -> int:
     return int(time.time() * 1000)
 
 
-def engine_throughput(client: redis.Redis, model_key: str, tiles: np.ndarray, seconds: float,
-                      clients: int, in_flight: int) -> dict[str, Any]:
+def engine_throughput(
+    client: redis.Redis, model_key: str, tiles: np.ndarray, seconds: float, clients: int, in_flight: int
+) -> dict[str, Any]:
     """DAGs straight to the engine: `clients` threads, each with `in_flight` DAGs at a time."""
     route = keys.dag_routing(FEED)
-    commands = [ai.dag_command(model_key, route, tiles[i % len(tiles)][np.newaxis]) for i in range(len(tiles))]
+    commands = [
+        ai.dag_command(model_key, route, tiles[i % len(tiles)][np.newaxis]) for i in range(len(tiles))
+    ]
     done = [0] * clients
     errors = [0] * clients
     stop = time.monotonic() + seconds
@@ -97,8 +106,13 @@ def engine_throughput(client: redis.Redis, model_key: str, tiles: np.ndarray, se
     for t in threads:
         t.join()
     wall = time.monotonic() - start
-    return {"name": f"engine DAGs, {clients} clients x {in_flight} in flight", "frames": sum(done),
-            "errors": sum(errors), "wall_s": wall, "fps": sum(done) / wall}
+    return {
+        "name": f"engine DAGs, {clients} clients x {in_flight} in flight",
+        "frames": sum(done),
+        "errors": sum(errors),
+        "wall_s": wall,
+        "fps": sum(done) / wall,
+    }
 
 
 def _start_consumers(port: int, n: int, read_count: int, tag: str) -> list[subprocess.Popen[bytes]]:
@@ -106,10 +120,30 @@ def _start_consumers(port: int, n: int, read_count: int, tag: str) -> list[subpr
     env["PYTHONPATH"] = str(REPO_ROOT) + os.pathsep + env.get("PYTHONPATH", "")
     return [
         subprocess.Popen(
-            [sys.executable, "-m", "consumers", "--redis-url", f"redis://127.0.0.1:{port}/0", "--log-level",
-             "WARNING", "consume", "--feed", FEED, "--name", f"{tag}-{k}", "--read-count", str(read_count),
-             "--block-ms", "50", "--score-threshold", "0.3"],
-            cwd=REPO_ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+            [
+                sys.executable,
+                "-m",
+                "consumers",
+                "--redis-url",
+                f"redis://127.0.0.1:{port}/0",
+                "--log-level",
+                "WARNING",
+                "consume",
+                "--feed",
+                FEED,
+                "--name",
+                f"{tag}-{k}",
+                "--read-count",
+                str(read_count),
+                "--block-ms",
+                "50",
+                "--score-threshold",
+                "0.3",
+            ],
+            cwd=REPO_ROOT,
+            env=env,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
         )
         for k in range(n)
     ]
@@ -137,11 +171,24 @@ def _wait_done(client: redis.Redis, target: int, timeout_s: float) -> int:
     return done
 
 
-def pipeline(client: redis.Redis, tiles: np.ndarray, consumers: int, backlog: int, seconds: float,
-             read_count: int, engine_fps: float) -> dict[str, Any]:
+def pipeline(
+    client: redis.Redis,
+    tiles: np.ndarray,
+    consumers: int,
+    backlog: int,
+    seconds: float,
+    read_count: int,
+    engine_fps: float,
+) -> dict[str, Any]:
     port = client.connection_pool.connection_kwargs["port"]
-    for key in (keys.frames(FEED), keys.detections(FEED), keys.scenes(FEED), keys.stats(FEED),
-                keys.latency(FEED), keys.throughput(FEED)):
+    for key in (
+        keys.frames(FEED),
+        keys.detections(FEED),
+        keys.scenes(FEED),
+        keys.stats(FEED),
+        keys.latency(FEED),
+        keys.throughput(FEED),
+    ):
         client.delete(key)
     client.xgroup_create(keys.frames(FEED), "detectors", id="$", mkstream=True)
     model_key = keys.model(FEED, "bench", 1)
@@ -185,11 +232,18 @@ def pipeline(client: redis.Redis, tiles: np.ndarray, consumers: int, backlog: in
     errors = [p.stderr.read().decode(errors="replace")[-500:] for p in procs if p.stderr and p.returncode]
     return {
         "name": f"pipeline, {consumers} consumer{'s' if consumers > 1 else ''}",
-        "frames": done, "wall_s": wall, "fps": fps,
-        "latency_rate_fps": rate, "latency_frames": len(latencies),
-        "p50_ms": common.percentile(latencies, 50), "p90_ms": common.percentile(latencies, 90),
-        "p99_ms": common.percentile(latencies, 99), "ratio": fps / engine_fps if engine_fps else None,
-        "counters": stats, "errors": errors, "mean_batch": info.samples / info.calls if info.calls else None,
+        "frames": done,
+        "wall_s": wall,
+        "fps": fps,
+        "latency_rate_fps": rate,
+        "latency_frames": len(latencies),
+        "p50_ms": common.percentile(latencies, 50),
+        "p90_ms": common.percentile(latencies, 90),
+        "p99_ms": common.percentile(latencies, 99),
+        "ratio": fps / engine_fps if engine_fps else None,
+        "counters": stats,
+        "errors": errors,
+        "mean_batch": info.samples / info.calls if info.calls else None,
     }
 
 
@@ -204,10 +258,13 @@ def run(
 ) -> dict[str, Any]:
     """Start a server with the engine, measure, stop it; returns the figures."""
     tiles = common.make_tiles(32, bands=1, size=tile_size)
-    with tempfile.TemporaryDirectory(prefix="gw-bench-pipeline-") as tmp, \
-            common.model_file(model_path) as (path, description):
+    with (
+        tempfile.TemporaryDirectory(prefix="gw-bench-pipeline-") as tmp,
+        common.model_file(model_path) as (path, description),
+    ):
         server = RedisServer(
-            data_dir=Path(tmp), engine_module=ENGINE_SO,
+            data_dir=Path(tmp),
+            engine_module=ENGINE_SO,
             module_args=("THREADS_PER_QUEUE", str(threads_per_queue)),
             extra_config=(("appendonly", "yes"), ("appendfsync", "everysec"), ("save", "")),
         ).start()
@@ -231,8 +288,15 @@ def run(
                 rows.append(pipeline(client, tiles, n, backlog, seconds, read_count, engine["fps"]))
         finally:
             server.stop()
-    return {"model": description, "tile": [1, tile_size, tile_size], "batch": batch, "read_count": read_count,
-            "cpus": os.cpu_count(), "engines": engines, "pipelines": rows}
+    return {
+        "model": description,
+        "tile": [1, tile_size, tile_size],
+        "batch": batch,
+        "read_count": read_count,
+        "cpus": os.cpu_count(),
+        "engines": engines,
+        "pipelines": rows,
+    }
 
 
 def report(out: dict[str, Any]) -> str:
@@ -265,8 +329,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--tile", type=int, default=common.TILE, help="tile size in pixels")
     p.add_argument("--json", type=Path, default=None, help="also write the results here")
     args = p.parse_args(argv)
-    out = run(seconds=args.seconds, consumers=[int(c) for c in args.consumers.split(",")], batch=args.batch,
-              read_count=args.read_count, model_path=args.model, tile_size=args.tile)
+    out = run(
+        seconds=args.seconds,
+        consumers=[int(c) for c in args.consumers.split(",")],
+        batch=args.batch,
+        read_count=args.read_count,
+        model_path=args.model,
+        tile_size=args.tile,
+    )
     print(report(out))
     if args.json:
         args.json.write_text(json.dumps(out, indent=2))

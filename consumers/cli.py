@@ -20,20 +20,44 @@ def register(sub: argparse._SubParsersAction) -> None:
         description="Consume a feed: XREADGROUP frames, one AI.DAGEXECUTE per frame, publish per-tile "
         "detections and merged scene results, XACK. SIGTERM drains (finishes the batch in flight).",
     )
-    p.add_argument("--feed", dest="feed", default=None, help="feed name (default: GROUNDWATCH_FEED or 'default')")
+    p.add_argument(
+        "--feed", dest="feed", default=None, help="feed name (default: GROUNDWATCH_FEED or 'default')"
+    )
     p.add_argument("--group", dest="group", default=None, help="consumer group (default 'detectors')")
     p.add_argument("--name", dest="consumer", default=None, help="consumer name (default: host-pid)")
     p.add_argument("--burst", action="store_true", help="process what is there now, then exit")
     p.add_argument("--read-count", dest="read_count", type=int, default=None, help="frames per batch (16)")
-    p.add_argument("--block-ms", dest="block_ms", type=int, default=None, help="XREADGROUP BLOCK in ms (1000)")
-    p.add_argument("--claim-idle-ms", dest="claim_idle_ms", type=int, default=None,
-                   help="reclaim entries idle this long on other consumers (30000)")
-    p.add_argument("--max-deliveries", dest="max_deliveries", type=int, default=None,
-                   help="deliveries before a failing frame goes to the dead letters (3)")
-    p.add_argument("--score-threshold", dest="score_threshold", type=float, default=None,
-                   help="drop detections scoring below this (0.3)")
-    p.add_argument("--metrics-port", dest="metrics_port", type=int, default=None,
-                   help="serve Prometheus metrics of the feed on this port (/metrics)")
+    p.add_argument(
+        "--block-ms", dest="block_ms", type=int, default=None, help="XREADGROUP BLOCK in ms (1000)"
+    )
+    p.add_argument(
+        "--claim-idle-ms",
+        dest="claim_idle_ms",
+        type=int,
+        default=None,
+        help="reclaim entries idle this long on other consumers (30000)",
+    )
+    p.add_argument(
+        "--max-deliveries",
+        dest="max_deliveries",
+        type=int,
+        default=None,
+        help="deliveries before a failing frame goes to the dead letters (3)",
+    )
+    p.add_argument(
+        "--score-threshold",
+        dest="score_threshold",
+        type=float,
+        default=None,
+        help="drop detections scoring below this (0.3)",
+    )
+    p.add_argument(
+        "--metrics-port",
+        dest="metrics_port",
+        type=int,
+        default=None,
+        help="serve Prometheus metrics of the feed on this port (/metrics)",
+    )
     p.set_defaults(handler=cmd_consume)
 
 
@@ -57,13 +81,16 @@ def cmd_consume(settings: Settings, args: argparse.Namespace) -> int:
 
         server = metrics.serve(connection.connect(settings), args.metrics_port, feed=consumer.feed)
         logging.getLogger("groundwatch.consumers").info(
-            "metrics on http://%s:%d/metrics", *server.server_address[:2])
+            "metrics on http://%s:%d/metrics", *server.server_address[:2]
+        )
     signal.signal(signal.SIGTERM, drain)
     signal.signal(signal.SIGINT, drain)
     try:
         stats = consumer.run()
     except redis.RedisError as e:
-        raise ConsumerError(f"Redis refused a command, stopping (unacknowledged frames stay pending): {e}") from e
+        raise ConsumerError(
+            f"Redis refused a command, stopping (unacknowledged frames stay pending): {e}"
+        ) from e
     print(
         f"consumer {consumer.name} on feed {consumer.feed}: {stats.frames_done} frames, "
         f"{stats.detections} detections, {stats.scenes_done} scenes, {stats.dead} dead letters, "

@@ -117,8 +117,12 @@ def georeference(
         scene = boxes + np.array([col_off, row_off, col_off, row_off], dtype=np.float64)
         # corners (x1,y1) (x1,y2) (x2,y2) (x2,y1) (counter-clockwise on a north-up map) and the
         # centre: 5 points per box
-        px = np.stack([scene[:, 0], scene[:, 0], scene[:, 2], scene[:, 2], (scene[:, 0] + scene[:, 2]) / 2], 1)
-        py = np.stack([scene[:, 1], scene[:, 3], scene[:, 3], scene[:, 1], (scene[:, 1] + scene[:, 3]) / 2], 1)
+        px = np.stack(
+            [scene[:, 0], scene[:, 0], scene[:, 2], scene[:, 2], (scene[:, 0] + scene[:, 2]) / 2], 1
+        )
+        py = np.stack(
+            [scene[:, 1], scene[:, 3], scene[:, 3], scene[:, 1], (scene[:, 1] + scene[:, 3]) / 2], 1
+        )
         a, b, c, d, e, f = frame.transform
         mx = a * px + b * py + c
         my = d * px + e * py + f
@@ -132,7 +136,9 @@ def georeference(
     for crs in xs:
         lon, lat = to_lonlat(crs, np.concatenate(xs[crs]), np.concatenate(ys[crs]))
         if not (np.isfinite(lon).all() and np.isfinite(lat).all()):
-            raise ConsumerError(f"boxes fall outside where {crs[:80]!r} converts to lon/lat (check the transform)")
+            raise ConsumerError(
+                f"boxes fall outside where {crs[:80]!r} converts to lon/lat (check the transform)"
+            )
         lonlat[crs] = (lon, lat)
     out: list[list[Detection]] = []
     for (frame, rows, geo), (crs, start) in zip(prepared, offsets, strict=True):
@@ -151,7 +157,12 @@ def georeference(
                     score=float(rows[i, 4]),
                     box_px=(float(box[0]), float(box[1]), float(box[2]), float(box[3])),
                     scene_box_px=(float(scene[0]), float(scene[1]), float(scene[2]), float(scene[3])),
-                    box_map=(float(mx[:4].min()), float(my[:4].min()), float(mx[:4].max()), float(my[:4].max())),
+                    box_map=(
+                        float(mx[:4].min()),
+                        float(my[:4].min()),
+                        float(mx[:4].max()),
+                        float(my[:4].max()),
+                    ),
                     ring=tuple((float(lon[i, k]), float(lat[i, k])) for k in range(4)),
                     center=(float(lon[i, 4]), float(lat[i, 4])),
                     cut=_cut(frame, box),

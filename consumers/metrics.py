@@ -36,28 +36,62 @@ def render(feeds: list[status.FeedStatus]) -> str:
         pairs = {"feed": st.feed, **extra}
         return ",".join(f'{k}="{_label(v)}"' for k, v in pairs.items())
 
-    metric("frames_stream_entries", "gauge", "entries on the feed's frames stream",
-           [(feed(st), st.frames) for st in feeds])
-    metric("dead_letters", "gauge", "entries on the feed's dead-letter stream",
-           [(feed(st), st.dead_letters) for st in feeds])
-    metric("group_lag", "gauge", "frames not yet delivered to the consumer group",
-           [(feed(st, group=g.name), g.lag) for st in feeds for g in st.groups if g.lag is not None])
-    metric("group_pending", "gauge", "frames delivered but not acknowledged",
-           [(feed(st, group=g.name), g.pending) for st in feeds for g in st.groups])
-    metric("group_consumers", "gauge", "consumers in the group",
-           [(feed(st, group=g.name), g.consumers) for st in feeds for g in st.groups])
+    metric(
+        "frames_stream_entries",
+        "gauge",
+        "entries on the feed's frames stream",
+        [(feed(st), st.frames) for st in feeds],
+    )
+    metric(
+        "dead_letters",
+        "gauge",
+        "entries on the feed's dead-letter stream",
+        [(feed(st), st.dead_letters) for st in feeds],
+    )
+    metric(
+        "group_lag",
+        "gauge",
+        "frames not yet delivered to the consumer group",
+        [(feed(st, group=g.name), g.lag) for st in feeds for g in st.groups if g.lag is not None],
+    )
+    metric(
+        "group_pending",
+        "gauge",
+        "frames delivered but not acknowledged",
+        [(feed(st, group=g.name), g.pending) for st in feeds for g in st.groups],
+    )
+    metric(
+        "group_consumers",
+        "gauge",
+        "consumers in the group",
+        [(feed(st, group=g.name), g.consumers) for st in feeds for g in st.groups],
+    )
     names = sorted({k for st in feeds for k in st.counters})
     for name in names:
-        metric(f"{_NAME.sub('_', name)}_total", "counter", f"counter {name} of gw:{{feed}}:stats",
-               [(feed(st), st.counters[name]) for st in feeds if name in st.counters])
-    metric("throughput_frames_per_second", "gauge", "frames completed per second over the last minute",
-           [(feed(st), st.throughput_fps) for st in feeds if st.throughput_fps is not None])
-    metric("latency_ms", "gauge", "recent end-to-end latency percentiles (frame published to result published)",
-           [(feed(st, quantile=f"0.{q[1:]}"), v) for st in feeds for q, v in st.latency_ms.items()])
+        metric(
+            f"{_NAME.sub('_', name)}_total",
+            "counter",
+            f"counter {name} of gw:{{feed}}:stats",
+            [(feed(st), st.counters[name]) for st in feeds if name in st.counters],
+        )
+    metric(
+        "throughput_frames_per_second",
+        "gauge",
+        "frames completed per second over the last minute",
+        [(feed(st), st.throughput_fps) for st in feeds if st.throughput_fps is not None],
+    )
+    metric(
+        "latency_ms",
+        "gauge",
+        "recent end-to-end latency percentiles (frame published to result published)",
+        [(feed(st, quantile=f"0.{q[1:]}"), v) for st in feeds for q, v in st.latency_ms.items()],
+    )
     return "\n".join(out) + "\n"
 
 
-def serve(client: redis.Redis, port: int, feed: str | None = None, host: str = "0.0.0.0") -> ThreadingHTTPServer:
+def serve(
+    client: redis.Redis, port: int, feed: str | None = None, host: str = "0.0.0.0"
+) -> ThreadingHTTPServer:
     """Serve /metrics on `port` (0: any free port, see server.server_address) in a daemon thread."""
 
     class Handler(BaseHTTPRequestHandler):

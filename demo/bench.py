@@ -37,7 +37,8 @@ def engine_rows(
     """The detector in the engine: one client, then `clients` clients on a BATCHSIZE model."""
     with tempfile.TemporaryDirectory(prefix="gw-bench-") as tmp:
         server = RedisServer(
-            data_dir=Path(tmp), engine_module=settings.engine_module,
+            data_dir=Path(tmp),
+            engine_module=settings.engine_module,
             module_args=("THREADS_PER_QUEUE", "1", "INTRA_OP_PARALLELISM", str(threads)),
         )
         try:
@@ -68,8 +69,13 @@ def engine_rows(
                 make(key)()(tiles[0])  # warm up
                 res = common.closed_loop(make(key), tiles, clients=n, seconds=seconds)
                 info = engine.model_info(key)
-                r = common.row(label, tiles=len(res.latencies_s), wall_s=res.wall_s,
-                               latencies_s=res.latencies_s, errors=res.errors)
+                r = common.row(
+                    label,
+                    tiles=len(res.latencies_s),
+                    wall_s=res.wall_s,
+                    latencies_s=res.latencies_s,
+                    errors=res.errors,
+                )
                 r["note"] = f"mean batch {info.samples / info.calls:.2f} (AI.INFO)" if info.calls else ""
                 out.append(r)
             return out
@@ -106,9 +112,15 @@ def main(settings: Settings, *, quick: bool = False, out: str = "bench/results")
     common.add_ratios(rows, reference)
     ingest = ingest_bench.run(repeats=1 if quick else 3)
     result = {
-        "machine": common.machine(), "model": str(detector), "tiles": list(tiles.shape),
-        "clients": clients, "seconds_per_row": seconds, "torch_threads": threads,
-        "rows": rows, "ingest": ingest["rows"], "wall_s": time.monotonic() - started,
+        "machine": common.machine(),
+        "model": str(detector),
+        "tiles": list(tiles.shape),
+        "clients": clients,
+        "seconds_per_row": seconds,
+        "torch_threads": threads,
+        "rows": rows,
+        "ingest": ingest["rows"],
+        "wall_s": time.monotonic() - started,
     }
     table = common.markdown_table(rows)
     m = result["machine"]

@@ -114,10 +114,13 @@ def _box(b: Sequence[float], digits: int) -> list[float]:
 
 
 def _signed_area(ring: Sequence[Sequence[float]]) -> float:
-    return sum(
-        ring[i][0] * ring[(i + 1) % len(ring)][1] - ring[(i + 1) % len(ring)][0] * ring[i][1]
-        for i in range(len(ring))
-    ) / 2.0
+    return (
+        sum(
+            ring[i][0] * ring[(i + 1) % len(ring)][1] - ring[(i + 1) % len(ring)][0] * ring[i][1]
+            for i in range(len(ring))
+        )
+        / 2.0
+    )
 
 
 def feature(d: Detection) -> dict[str, Any]:
@@ -243,7 +246,9 @@ def _load(text: str | bytes, kind: str) -> dict[str, Any]:
     except (ValueError, KeyError, TypeError) as e:
         raise DetectionFormatError(f"not a groundwatch {kind} result: {e!r}") from e
     if header.get("v") != VERSION:
-        raise DetectionFormatError(f"unsupported detection format version {header.get('v')!r}; this reads {VERSION}")
+        raise DetectionFormatError(
+            f"unsupported detection format version {header.get('v')!r}; this reads {VERSION}"
+        )
     if header.get("kind") != kind:
         raise DetectionFormatError(f"expected a {kind} result, got kind {header.get('kind')!r}")
     return dict(doc)
@@ -260,10 +265,17 @@ def decode_tile(source: str | bytes | Mapping[Any, Any]) -> TileResult:
     h = doc["groundwatch"]
     try:
         return TileResult(
-            feed=str(h["feed"]), frame=str(h["frame"]), scene=str(h["scene"]), tile=int(h["tile"]),
-            tiles=int(h["tiles"]), model=str(h["model"]), crs=str(h["crs"]),
+            feed=str(h["feed"]),
+            frame=str(h["frame"]),
+            scene=str(h["scene"]),
+            tile=int(h["tile"]),
+            tiles=int(h["tiles"]),
+            model=str(h["model"]),
+            crs=str(h["crs"]),
             window=tuple(int(x) for x in h["window"]),  # type: ignore[arg-type]
-            acquired=str(h["acquired"]), published_ms=int(h["published_ms"]), done_ms=int(h["done_ms"]),
+            acquired=str(h["acquired"]),
+            published_ms=int(h["published_ms"]),
+            done_ms=int(h["done_ms"]),
             detections=tuple(from_feature(f) for f in doc["features"]),
         )
     except (KeyError, TypeError, ValueError) as e:
@@ -321,9 +333,14 @@ def decode_scene(source: str | bytes | Mapping[Any, Any]) -> SceneResult:
     h = doc["groundwatch"]
     try:
         return SceneResult(
-            feed=str(h["feed"]), scene=str(h["scene"]), tiles=int(h["tiles"]),
-            models=tuple(str(m) for m in h["models"]), crs=str(h["crs"]), acquired=str(h["acquired"]),
-            done_ms=int(h["done_ms"]), detections_in=int(h["detections_in"]),
+            feed=str(h["feed"]),
+            scene=str(h["scene"]),
+            tiles=int(h["tiles"]),
+            models=tuple(str(m) for m in h["models"]),
+            crs=str(h["crs"]),
+            acquired=str(h["acquired"]),
+            done_ms=int(h["done_ms"]),
+            detections_in=int(h["detections_in"]),
             detections=tuple(from_feature(f) for f in doc["features"]),
         )
     except (KeyError, TypeError, ValueError) as e:

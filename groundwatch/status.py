@@ -100,7 +100,8 @@ def collect(client: redis.Redis, feed: str | None = None) -> list[FeedStatus]:
         st.latency_ms = percentiles([float(v) for v in client.lrange(keys.latency(name), 0, -1)])
         seconds, micros = client.time()
         st.throughput_fps = throughput(
-            [_text(v) for v in client.lrange(keys.throughput(name), 0, -1)], int(seconds) * 1000 + int(micros) // 1000
+            [_text(v) for v in client.lrange(keys.throughput(name), 0, -1)],
+            int(seconds) * 1000 + int(micros) // 1000,
         )
         active = client.get(keys.active_model(name))
         if active:

@@ -76,7 +76,9 @@ class CenterNet(nn.Module):
         f = self.fuse(f + g)
         return self.heat(f), self.size(f), self.offset(f)
 
-    def decode(self, heat_logits: Tensor, log_size: Tensor, offset: Tensor, height: int, width: int) -> Tensor:
+    def decode(
+        self, heat_logits: Tensor, log_size: Tensor, offset: Tensor, height: int, width: int
+    ) -> Tensor:
         b, n, h, w = heat_logits.shape
         heat = torch.sigmoid(heat_logits)
         peaks = F.max_pool2d(heat, 3, stride=1, padding=1)

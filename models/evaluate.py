@@ -97,8 +97,13 @@ BatchFn = Callable[[Any], Any]
 
 
 def detect_scene(
-    model: BatchFn, image: np.ndarray, tile_px: int = 512, overlap_px: int = 64, batch_size: int = 8,
-    nms_iou: float = 0.5, min_score: float = 0.05,
+    model: BatchFn,
+    image: np.ndarray,
+    tile_px: int = 512,
+    overlap_px: int = 64,
+    batch_size: int = 8,
+    nms_iou: float = 0.5,
+    min_score: float = 0.05,
 ) -> tuple[np.ndarray, int]:
     """Run `model` over a [C, H, W] scene in tiles; return (detections [M, 6] in scene pixels, tiles)."""
     import torch
@@ -171,7 +176,9 @@ def average_precision(scores: np.ndarray, is_tp: np.ndarray, n_truth: int) -> fl
 
 def score_detections(
     per_image: Sequence[tuple[np.ndarray, np.ndarray, np.ndarray]],
-    classes: Sequence[str] = CLASSES, iou_threshold: float = 0.5, score_threshold: float = 0.3,
+    classes: Sequence[str] = CLASSES,
+    iou_threshold: float = 0.5,
+    score_threshold: float = 0.3,
 ) -> dict[str, dict[str, float]]:
     """Per class AP, truth/detection counts, precision and recall at `score_threshold`.
 
@@ -203,12 +210,16 @@ def score_detections(
 def held_out_scenes(config: EvalConfig) -> Iterable[Scene]:
     """Scenes never used in training (seeds seed_base..; training seeds start at 1,000,000)."""
     for i in range(config.scenes):
-        yield generate_scene(config.seed_base + i,
-                             SceneConfig(width_px=config.size_px, height_px=config.size_px, bands=config.bands))
+        yield generate_scene(
+            config.seed_base + i,
+            SceneConfig(width_px=config.size_px, height_px=config.size_px, bands=config.bands),
+        )
 
 
 def evaluate_model(
-    model: BatchFn, scenes: Iterable[Scene] | None = None, config: EvalConfig | None = None,
+    model: BatchFn,
+    scenes: Iterable[Scene] | None = None,
+    config: EvalConfig | None = None,
     classes: Sequence[str] = CLASSES,
 ) -> dict[str, Any]:
     """Evaluate a contract-1 detector (callable on [B, C, H, W] batches) on scenes; return the metrics.
@@ -224,8 +235,15 @@ def evaluate_model(
     seeds = []
     for scene in scenes:
         t0 = time.perf_counter()
-        dets, n = detect_scene(model, scene.image, config.tile_px, config.overlap_px, config.batch_size,
-                               config.nms_iou, config.min_score)
+        dets, n = detect_scene(
+            model,
+            scene.image,
+            config.tile_px,
+            config.overlap_px,
+            config.batch_size,
+            config.nms_iou,
+            config.min_score,
+        )
         infer_s += time.perf_counter() - t0
         tiles += n
         seeds.append(scene.seed)
@@ -251,9 +269,13 @@ def format_table(result: dict[str, Any]) -> str:
         f"{'P@' + format(result['score_threshold'], '.2f'):>7} {'R@' + format(result['score_threshold'], '.2f'):>7}"
     ]
     for name, v in result["classes"].items():
-        lines.append(f"{name:<10} {v['ap']:>8.3f} {v['truth']:>6d} {v['detections']:>6d} "
-                     f"{v['precision']:>7.3f} {v['recall']:>7.3f}")
+        lines.append(
+            f"{name:<10} {v['ap']:>8.3f} {v['truth']:>6d} {v['detections']:>6d} "
+            f"{v['precision']:>7.3f} {v['recall']:>7.3f}"
+        )
     lines.append(f"{'mean':<10} {result['map']:>8.3f}")
-    lines.append(f"{result['scenes']} scenes (seeds {result['seeds']}), {result['tiles']} tiles, "
-                 f"{result['seconds']} s, {result['ms_per_tile']} ms per tile (tiling + inference + merge)")
+    lines.append(
+        f"{result['scenes']} scenes (seeds {result['seeds']}), {result['tiles']} tiles, "
+        f"{result['seconds']} s, {result['ms_per_tile']} ms per tile (tiling + inference + merge)"
+    )
     return "\n".join(lines)

@@ -143,13 +143,17 @@ def coast_mask(rng: np.random.Generator, height_px: int, width_px: int) -> np.nd
 def land_sigma0(rng: np.random.Generator, height_px: int, width_px: int) -> np.ndarray:
     """Textured land backscatter (fields, relief), brighter than the sea."""
     base = rng.uniform(0.25, 0.6)
-    tex = 1.0 + 0.5 * smooth_noise(rng, height_px, width_px, 48) + 0.25 * smooth_noise(
-        rng, height_px, width_px, 12
+    tex = (
+        1.0
+        + 0.5 * smooth_noise(rng, height_px, width_px, 48)
+        + 0.25 * smooth_noise(rng, height_px, width_px, 12)
     )
     return (base * np.clip(tex, 0.2, None)).astype(np.float32)
 
 
-def land_scatterers(rng: np.random.Generator, land: np.ndarray, count: int) -> list[tuple[int, int, np.ndarray]]:
+def land_scatterers(
+    rng: np.random.Generator, land: np.ndarray, count: int
+) -> list[tuple[int, int, np.ndarray]]:
     """Bright unlabelled points and small blocks on land (buildings, pylons): (y0, x0, patch)."""
     ys, xs = np.nonzero(land)
     out: list[tuple[int, int, np.ndarray]] = []
@@ -167,11 +171,17 @@ def gaussian_blob(size_px: float, amplitude: float, aspect: float = 1.0, angle: 
     ys, xs = np.mgrid[-half : half + 1, -half : half + 1].astype(np.float32)
     u = xs * math.cos(angle) + ys * math.sin(angle)
     v = -xs * math.sin(angle) + ys * math.cos(angle)
-    return (amplitude * np.exp(-0.5 * ((u / (size_px * aspect)) ** 2 + (v / size_px) ** 2))).astype(np.float32)
+    return (amplitude * np.exp(-0.5 * ((u / (size_px * aspect)) ** 2 + (v / size_px) ** 2))).astype(
+        np.float32
+    )
 
 
 def ship_patch(
-    length_px: float, width_px: float, heading_deg: float, brightness: float, wake_strength: float,
+    length_px: float,
+    width_px: float,
+    heading_deg: float,
+    brightness: float,
+    wake_strength: float,
     rng: np.random.Generator,
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray, int]:
     """A ship centred in a square patch: (hull additive sigma0, hull mask, wake multiplier, half).
@@ -208,7 +218,9 @@ def ship_patch(
     return hull_add, hull, wake, half
 
 
-def platform_patch(side_px: int, brightness: float, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray, int]:
+def platform_patch(
+    side_px: int, brightness: float, rng: np.random.Generator
+) -> tuple[np.ndarray, np.ndarray, int]:
     """A platform: bright square deck (with some structure) and cross-shaped sidelobes.
 
     Returns (additive sigma0, deck mask, half); the deck's top-left pixel is (half, half).
@@ -287,23 +299,43 @@ def draw_scene(seed: int, config: SceneConfig) -> tuple[np.ndarray, list[TruthOb
     if config.distractors:
         n_rain = rng.poisson(area_km2 / 150.0) + int(rng.random() < 0.5)
         for _ in range(n_rain):
-            blob = gaussian_blob(rng.uniform(8, 40), rng.uniform(1.0, 3.0) * sea_level,
-                                 rng.uniform(1.0, 2.0), rng.uniform(0, math.pi))
-            _paste(sigma0, int(rng.integers(0, h)) - blob.shape[0] // 2,
-                   int(rng.integers(0, w)) - blob.shape[1] // 2, blob, "add")
+            blob = gaussian_blob(
+                rng.uniform(8, 40),
+                rng.uniform(1.0, 3.0) * sea_level,
+                rng.uniform(1.0, 2.0),
+                rng.uniform(0, math.pi),
+            )
+            _paste(
+                sigma0,
+                int(rng.integers(0, h)) - blob.shape[0] // 2,
+                int(rng.integers(0, w)) - blob.shape[1] // 2,
+                blob,
+                "add",
+            )
         n_slick = rng.poisson(area_km2 / 200.0) + int(rng.random() < 0.5)
         for _ in range(n_slick):
-            blob = gaussian_blob(rng.uniform(3, 12), rng.uniform(0.4, 0.8), rng.uniform(3, 10),
-                                 rng.uniform(0, math.pi))
-            _paste(sigma0, int(rng.integers(0, h)) - blob.shape[0] // 2,
-                   int(rng.integers(0, w)) - blob.shape[1] // 2, 1.0 - blob, "mul")
+            blob = gaussian_blob(
+                rng.uniform(3, 12), rng.uniform(0.4, 0.8), rng.uniform(3, 10), rng.uniform(0, math.pi)
+            )
+            _paste(
+                sigma0,
+                int(rng.integers(0, h)) - blob.shape[0] // 2,
+                int(rng.integers(0, w)) - blob.shape[1] // 2,
+                1.0 - blob,
+                "mul",
+            )
         if has_land:
             for y0, x0, patch in land_scatterers(rng, land, rng.poisson(area_km2 / 3.0) + 2):
                 _paste(bright, y0, x0, patch, "max")
         # isolated bright sea clutter: single-pixel spikes
         for _ in range(rng.poisson(area_km2 / 4.0)):
-            _paste(bright, int(rng.integers(0, h)), int(rng.integers(0, w)),
-                   np.full((1, 1), rng.uniform(1.0, 4.0), np.float32), "max")
+            _paste(
+                bright,
+                int(rng.integers(0, h)),
+                int(rng.integers(0, w)),
+                np.full((1, 1), rng.uniform(1.0, 4.0), np.float32),
+                "max",
+            )
 
     n_ships = config.n_ships if config.n_ships is not None else int(rng.poisson(area_km2 / 17.0))
     n_platforms = config.n_platforms if config.n_platforms is not None else int(rng.poisson(area_km2 / 50.0))
@@ -332,7 +364,9 @@ def draw_scene(seed: int, config: SceneConfig) -> tuple[np.ndarray, list[TruthOb
                     continue
                 _paste(sigma0, y0, x0, wake, "mul")
                 _paste(bright, y0, x0, hull_add, "max")
-                obj = TruthObject("ship", box, heading_deg=round(heading, 2), length_m=round(length * PIXEL_SIZE_M, 1))
+                obj = TruthObject(
+                    "ship", box, heading_deg=round(heading, 2), length_m=round(length * PIXEL_SIZE_M, 1)
+                )
             else:
                 side = int(rng.integers(PLATFORM_SIDE_PX[0], PLATFORM_SIDE_PX[1] + 1))
                 add, mask, half = platform_patch(side, float(rng.uniform(10.0, 50.0)), rng)
@@ -377,11 +411,18 @@ def generate_scene(seed: int, config: SceneConfig | None = None) -> Scene:
     """The scene for `seed` (same seed and config: the same pixels and truth, bit for bit)."""
     config = config or SceneConfig()
     image, objects, land_fraction = draw_scene(seed, config)
-    return Scene(seed, image, objects, scene_transform(seed, config.width_px, config.height_px),
-                 land_fraction=land_fraction)
+    return Scene(
+        seed,
+        image,
+        objects,
+        scene_transform(seed, config.width_px, config.height_px),
+        land_fraction=land_fraction,
+    )
 
 
-def box_px_to_map_m(transform: Any, box_px: tuple[float, float, float, float]) -> tuple[float, float, float, float]:
+def box_px_to_map_m(
+    transform: Any, box_px: tuple[float, float, float, float]
+) -> tuple[float, float, float, float]:
     """Pixel-edge box -> map box [x_min_m, y_min_m, x_max_m, y_max_m] in the scene CRS."""
     x1, y1, x2, y2 = box_px
     xa, ya = transform @ (x1, y1)
@@ -410,19 +451,30 @@ def truth_geojson(scene: Scene) -> dict[str, Any]:
         if obj.heading_deg is not None:
             props["heading_deg"] = obj.heading_deg
             props["length_m"] = obj.length_m
-        features.append({
-            "type": "Feature",
-            "geometry": {"type": "Polygon",
-                         "coordinates": [[[round(lo, 7), round(la, 7)] for lo, la in zip(lons, lats, strict=True)]]},
-            "properties": props,
-        })
+        features.append(
+            {
+                "type": "Feature",
+                "geometry": {
+                    "type": "Polygon",
+                    "coordinates": [
+                        [[round(lo, 7), round(la, 7)] for lo, la in zip(lons, lats, strict=True)]
+                    ],
+                },
+                "properties": props,
+            }
+        )
     bands, height, width = scene.image.shape
     return {
         "type": "FeatureCollection",
         "features": features,
         "groundwatch": {  # foreign member (RFC 7946 section 6.1): how to relate pixels and map
-            "seed": scene.seed, "crs": scene.crs, "transform": list(scene.transform)[:6],
-            "width_px": width, "height_px": height, "bands": bands, "classes": list(CLASSES),
+            "seed": scene.seed,
+            "crs": scene.crs,
+            "transform": list(scene.transform)[:6],
+            "width_px": width,
+            "height_px": height,
+            "bands": bands,
+            "classes": list(CLASSES),
         },
     }
 
@@ -437,8 +489,14 @@ def write_scene(scene: Scene, out_dir: Path, name: str | None = None) -> tuple[P
     bands, height, width = scene.image.shape
     tiled = height >= 256 and width >= 256
     profile: dict[str, Any] = dict(
-        driver="GTiff", width=width, height=height, count=bands, dtype="uint16", crs=scene.crs,
-        transform=scene.transform, compress="deflate",
+        driver="GTiff",
+        width=width,
+        height=height,
+        count=bands,
+        dtype="uint16",
+        crs=scene.crs,
+        transform=scene.transform,
+        compress="deflate",
     )
     if tiled:
         profile.update(tiled=True, blockxsize=256, blockysize=256)

@@ -56,7 +56,9 @@ def make_tiles(config: TrainConfig) -> list[Sample]:
         seed = TRAIN_SEED_BASE + i
         rng = np.random.default_rng([seed, 1])
         scene_config = SceneConfig(
-            width_px=config.tile_px, height_px=config.tile_px, bands=config.bands,
+            width_px=config.tile_px,
+            height_px=config.tile_px,
+            bands=config.bands,
             n_ships=int(rng.integers(0, config.max_ships + 1)),
             n_platforms=int(rng.integers(0, config.max_platforms + 1)),
         )
@@ -138,19 +140,29 @@ def train(config: TrainConfig) -> tuple[Any, dict[str, Any]]:
     tiles = make_tiles(config)
     t_data = time.monotonic() - t0
     mean, std = log_dn_stats(tiles)
-    log.info("generated %d tiles of %d px in %.1f s (log DN mean %.2f std %.2f)",
-             len(tiles), config.tile_px, t_data, mean, std)
+    log.info(
+        "generated %d tiles of %d px in %.1f s (log DN mean %.2f std %.2f)",
+        len(tiles),
+        config.tile_px,
+        t_data,
+        mean,
+        std,
+    )
     model = CenterNet(len(CLASSES), config.bands, config.max_detections, config.width, mean, std)
     opt = torch.optim.AdamW(model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
-    sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=config.lr, total_steps=config.steps, pct_start=0.1)
+    sched = torch.optim.lr_scheduler.OneCycleLR(
+        opt, max_lr=config.lr, total_steps=config.steps, pct_start=0.1
+    )
     model.train()
     t1 = time.monotonic()
     running = 0.0
     for step in range(config.steps):
         idx = rng.integers(0, len(tiles), size=config.batch_size)
         batch = [augment(tiles[i], rng) for i in idx]
-        targets = [build_targets(s.boxes_px, s.class_ids, config.tile_px, config.tile_px, len(CLASSES))
-                   for s in batch]
+        targets = [
+            build_targets(s.boxes_px, s.class_ids, config.tile_px, config.tile_px, len(CLASSES))
+            for s in batch
+        ]
         x = torch.from_numpy(np.stack([s.image.astype(np.float32) for s in batch]))
         heat_t, size_t, off_t, mask_t = (torch.from_numpy(np.stack(t)) for t in zip(*targets, strict=True))
         heat, size, off = model.heads(x)
@@ -166,8 +178,16 @@ def train(config: TrainConfig) -> tuple[Any, dict[str, Any]]:
         sched.step()
         running = 0.98 * running + 0.02 * loss.item() if step else loss.item()
         if step % 100 == 0 or step == config.steps - 1:
-            log.info("step %d/%d loss %.3f (heat %.3f size %.3f offset %.3f) %.0f s", step, config.steps,
-                     running, l_heat.item(), l_size.item(), l_off.item(), time.monotonic() - t1)
+            log.info(
+                "step %d/%d loss %.3f (heat %.3f size %.3f offset %.3f) %.0f s",
+                step,
+                config.steps,
+                running,
+                l_heat.item(),
+                l_size.item(),
+                l_off.item(),
+                time.monotonic() - t1,
+            )
     model.eval()
     summary = {
         "config": asdict(config),
@@ -181,7 +201,9 @@ def train(config: TrainConfig) -> tuple[Any, dict[str, Any]]:
     return model, summary
 
 
-def metadata_for(config: TrainConfig, summary: dict[str, Any], score_threshold_hint: float = 0.5) -> dict[str, Any]:
+def metadata_for(
+    config: TrainConfig, summary: dict[str, Any], score_threshold_hint: float = 0.5
+) -> dict[str, Any]:
     from models.archive import CONTRACT_VERSION
 
     return {

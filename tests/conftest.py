@@ -12,8 +12,9 @@ from __future__ import annotations
 
 import itertools
 import os
-from collections.abc import Iterator
+from collections.abc import Callable, Generator, Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 import redis
@@ -80,7 +81,7 @@ def server_factory(tmp_path_factory: pytest.TempPathFactory, engine_module: Path
 
 
 @pytest.fixture(scope="session")
-def redis_server(server_factory) -> RedisServer:  # type: ignore[no-untyped-def]
+def redis_server(server_factory: Callable[..., RedisServer]) -> RedisServer:
     return server_factory()
 
 
@@ -106,10 +107,18 @@ def engine(r: redis.Redis, engine_module: Path | None) -> redis.Redis:
     return r
 
 
+_started_before: dict[str, int] = {}
+
+
 @pytest.hookimpl(hookwrapper=True)
-def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]):  # type: ignore[no-untyped-def]
+def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) -> Generator[None, Any, None]:
+    """Attach the log of the shared server and of every server the failing test started."""
+    if call.when == "setup":
+        _started_before[item.nodeid] = len(_servers_in_use)
     outcome = yield
     report = outcome.get_result()
     if report.failed and _servers_in_use:
-        for server in _servers_in_use:
+        own = _servers_in_use[_started_before.get(item.nodeid, 0) :]
+        shown = [_servers_in_use[0], *(s for s in own if s is not _servers_in_use[0])]
+        for server in shown:
             report.sections.append((f"redis-server :{server.port} log", server.log_tail()))

@@ -23,7 +23,7 @@ class BrightestPixel(torch.nn.Module):
     def __init__(self, k: int = 4, half: int = 4, threshold: float = 1000.0, cls: int = 0) -> None:
         super().__init__()
         self.k = k
-        self.half = half
+        self.margin = half
         self.threshold = threshold
         self.cls = cls
 
@@ -35,10 +35,10 @@ class BrightestPixel(torch.nn.Module):
         col = (idx % w).to(torch.float32)
         out = torch.zeros(b, self.k, 6)
         live = peak > self.threshold
-        out[:, 0, 0] = col - self.half
-        out[:, 0, 1] = row - self.half
-        out[:, 0, 2] = col + self.half
-        out[:, 0, 3] = row + self.half
+        out[:, 0, 0] = col - self.margin
+        out[:, 0, 1] = row - self.margin
+        out[:, 0, 2] = col + self.margin
+        out[:, 0, 3] = row + self.margin
         out[:, 0, 4] = torch.where(live, torch.full_like(peak, 0.9), torch.zeros_like(peak))
         out[:, 0, 5] = float(self.cls)
         out[:, 0, :4] = out[:, 0, :4] * live.to(torch.float32).unsqueeze(1)
@@ -64,8 +64,12 @@ class FloatOnly(torch.nn.Module):
 
 def metadata(**overrides: Any) -> dict[str, Any]:
     meta: dict[str, Any] = {
-        "contract": 1, "classes": ["ship", "platform"], "bands": 1, "dtype": "uint16",
-        "tile_size": 64, "max_detections": 4,
+        "contract": 1,
+        "classes": ["ship", "platform"],
+        "bands": 1,
+        "dtype": "uint16",
+        "tile_size": 64,
+        "max_detections": 4,
     }
     meta.update(overrides)
     return meta

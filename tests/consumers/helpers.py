@@ -52,25 +52,44 @@ def spots_model(k: int = 8, poison_value: int = -1, hint: float | None = None) -
             score = vals / 65535.0
             cls = torch.remainder(vals, 2.0)
             out = torch.stack(
-                [xs - self.margin, ys - self.margin, xs + self.margin + 1, ys + self.margin + 1, score, cls], dim=2
+                [xs - self.margin, ys - self.margin, xs + self.margin + 1, ys + self.margin + 1, score, cls],
+                dim=2,
             )
             return out * live.unsqueeze(2)
 
     buf = io.BytesIO()
-    meta = {"contract": 1, "classes": CLASSES, "bands": 1, "dtype": "uint16", "tile_size": 64,
-            "max_detections": k}
+    meta = {
+        "contract": 1,
+        "classes": CLASSES,
+        "bands": 1,
+        "dtype": "uint16",
+        "tile_size": 64,
+        "max_detections": k,
+    }
     if hint is not None:
         meta["score_threshold_hint"] = hint
-    torch.jit.save(torch.jit.script(Spots(k, float(LEVEL), float(HALF), float(poison_value))), buf,
-                   _extra_files={"groundwatch.json": json.dumps(meta)})
+    torch.jit.save(
+        torch.jit.script(Spots(k, float(LEVEL), float(HALF), float(poison_value))),
+        buf,
+        _extra_files={"groundwatch.json": json.dumps(meta)},
+    )
     return buf.getvalue()
 
 
 _MODELS: dict[tuple[int, int, float | None], bytes] = {}
 
 
-def install_model(client: redis.Redis, feed: str, version: int = 1, *, name: str = "m", batch: int | None = 16,
-                  poison_value: int = -1, activate: bool = True, hint: float | None = None) -> str:
+def install_model(
+    client: redis.Redis,
+    feed: str,
+    version: int = 1,
+    *,
+    name: str = "m",
+    batch: int | None = 16,
+    poison_value: int = -1,
+    activate: bool = True,
+    hint: float | None = None,
+) -> str:
     """Store the spots model as `name:version` of `feed` (and make it active)."""
     key = (8, poison_value, hint)
     if key not in _MODELS:
@@ -92,6 +111,7 @@ def scene_array(height: int, width: int, spots: dict[tuple[int, int], int], seed
 
 def windows(height: int, width: int, tile: int, overlap: int) -> list[tuple[int, int, int, int]]:
     """Tiles as ingest makes them: step tile - overlap, last row/column shifted back to the edge."""
+
     def starts(n: int) -> list[int]:
         if n <= tile:
             return [0]
@@ -109,18 +129,35 @@ class Published:
     ids: list[str]
 
 
-def scene_frames(scene: str, arr: np.ndarray, *, tile: int = 64, overlap: int = 16,
-                 transform: tuple[float, ...] = TRANSFORM, crs: str = UTM31N, published_ms: int = 0) -> list[Frame]:
+def scene_frames(
+    scene: str,
+    arr: np.ndarray,
+    *,
+    tile: int = 64,
+    overlap: int = 16,
+    transform: tuple[float, ...] = TRANSFORM,
+    crs: str = UTM31N,
+    published_ms: int = 0,
+) -> list[Frame]:
     _c, h, w = arr.shape
     wins = windows(h, w, tile, overlap)
     out = []
     for i, (c, r, ww, hh) in enumerate(wins):
         data = np.zeros((arr.shape[0], tile, tile), dtype=arr.dtype)
-        data[:, :hh, :ww] = arr[:, r:r + hh, c:c + ww]
-        out.append(Frame.from_array(
-            data, scene=scene, tile=i, tiles=len(wins), window=(c, r, ww, hh), transform=transform, crs=crs,
-            acquired=datetime(2026, 11, 25, 10, 31, 7, tzinfo=UTC), published_ms=published_ms,
-        ))
+        data[:, :hh, :ww] = arr[:, r : r + hh, c : c + ww]
+        out.append(
+            Frame.from_array(
+                data,
+                scene=scene,
+                tile=i,
+                tiles=len(wins),
+                window=(c, r, ww, hh),
+                transform=transform,
+                crs=crs,
+                acquired=datetime(2026, 11, 25, 10, 31, 7, tzinfo=UTC),
+                published_ms=published_ms,
+            )
+        )
     return out
 
 

@@ -194,7 +194,9 @@ def test_two_consumers_share_a_feed_and_complete_each_scene_once(engine: redis.R
     assert sum(r.frames_done for r in results.values()) == 54
     assert sum(r.scenes_done for r in results.values()) == 6
     entries = detections(engine, FEED)
-    assert sorted(e[b"frame"].decode() for e in entries) == sorted(f"{s}/{t}" for s in scenes for t in range(9))
+    assert sorted(e[b"frame"].decode() for e in entries) == sorted(
+        f"{s}/{t}" for s in scenes for t in range(9)
+    )
     done = [fields[b"scene"].decode() for _id, fields in engine.xrange(keys.scenes(FEED))]
     assert sorted(done) == scenes
     for s in scenes:
@@ -245,7 +247,6 @@ def test_deleted_entries_are_acknowledged(engine: redis.Redis) -> None:
     stats = burst(engine)
     assert stats.frames_done == 1
     assert engine.xpending(keys.frames(FEED), "detectors")["pending"] == 0
-
 
 
 def test_status_shows_what_consumers_count(engine: redis.Redis) -> None:

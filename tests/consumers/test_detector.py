@@ -26,7 +26,9 @@ def metres(a: tuple[float, float], b: tuple[float, float]) -> float:
     return math.hypot(dx, dy)
 
 
-@pytest.mark.skipif(not DETECTOR.exists(), reason="models/artifacts/detector.pt is not built yet (make model)")
+@pytest.mark.skipif(
+    not DETECTOR.exists(), reason="models/artifacts/detector.pt is not built yet (make model)"
+)
 def test_the_detector_finds_the_truth_once_each_in_lon_lat(engine: redis.Redis) -> None:
     from models.scenes import SceneConfig, generate_scene
 
@@ -35,8 +37,13 @@ def test_the_detector_finds_the_truth_once_each_in_lon_lat(engine: redis.Redis) 
     config = SceneConfig(width_px=1024, height_px=1024, land=False)
     scenes = {seed: generate_scene(seed, config) for seed in SEEDS}
     for seed, sc in scenes.items():
-        publish(engine, FEED, scene_frames(f"scene-{seed}", sc.image, tile=512, overlap=64,
-                                          transform=tuple(sc.transform)[:6], crs=sc.crs))
+        publish(
+            engine,
+            FEED,
+            scene_frames(
+                f"scene-{seed}", sc.image, tile=512, overlap=64, transform=tuple(sc.transform)[:6], crs=sc.crs
+            ),
+        )
 
     stats = Consumer(engine, Settings(feed=FEED, consumer="c1", score_threshold=0.5), burst=True).run()
     assert stats.scenes_done == len(SEEDS) and stats.dead == 0
@@ -50,7 +57,9 @@ def test_the_detector_finds_the_truth_once_each_in_lon_lat(engine: redis.Redis) 
             x1, y1, x2, y2 = obj.box_px
             cx, cy = sc.transform * ((x1 + x2) / 2, (y1 + y2) / 2)
             lon, lat = warp(sc.crs, "EPSG:4326", [cx], [cy])
-            near = [d for d in unmatched if d.label == obj.class_name and metres(d.center, (lon[0], lat[0])) < 25]
+            near = [
+                d for d in unmatched if d.label == obj.class_name and metres(d.center, (lon[0], lat[0])) < 25
+            ]
             assert len(near) == 1, f"seed {seed}: {obj} matched {near}"
             unmatched.remove(near[0])
         assert unmatched == [], f"seed {seed}: detections with no truth object: {unmatched}"

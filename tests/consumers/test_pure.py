@@ -16,10 +16,19 @@ from groundwatch.frames import Frame
 from tests.consumers.helpers import TRANSFORM, UTM31N
 
 
-def frame(window=(0, 0, 64, 64), transform=TRANSFORM, crs=UTM31N, shape=(1, 64, 64), tile=0, tiles=1) -> Frame:
+def frame(
+    window=(0, 0, 64, 64), transform=TRANSFORM, crs=UTM31N, shape=(1, 64, 64), tile=0, tiles=1
+) -> Frame:
     return Frame.from_array(
-        np.zeros(shape, dtype=np.uint16), scene="s1", tile=tile, tiles=tiles, window=window,
-        transform=transform, crs=crs, acquired=datetime(2026, 1, 1, tzinfo=UTC), published_ms=1,
+        np.zeros(shape, dtype=np.uint16),
+        scene="s1",
+        tile=tile,
+        tiles=tiles,
+        window=window,
+        transform=transform,
+        crs=crs,
+        acquired=datetime(2026, 1, 1, tzinfo=UTC),
+        published_ms=1,
     )
 
 
@@ -31,8 +40,16 @@ def out(*rows: list[float], k: int = 5) -> np.ndarray:
 
 
 def test_decode_output_keeps_live_rows_above_threshold_best_first() -> None:
-    rows = decode_output(out([0, 0, 4, 4, 0.5, 1], [1, 1, 5, 5, 0.2, 0], [2, 2, 6, 6, 0.9, 0],
-                             [np.nan, 0, 1, 1, 0.99, 0], [3, 3, 3, 9, 0.8, 0]), 0.3)
+    rows = decode_output(
+        out(
+            [0, 0, 4, 4, 0.5, 1],
+            [1, 1, 5, 5, 0.2, 0],
+            [2, 2, 6, 6, 0.9, 0],
+            [np.nan, 0, 1, 1, 0.99, 0],
+            [3, 3, 3, 9, 0.8, 0],
+        ),
+        0.3,
+    )
     assert rows.shape == (2, 6)
     assert rows[:, 4].tolist() == pytest.approx([0.9, 0.5])
     assert rows[1, 5] == 1
@@ -102,8 +119,21 @@ def test_boxes_on_inner_tile_edges_are_cut() -> None:
 
 
 def det(box, score=0.9, cls=0, tile=0, cut=False) -> wire.Detection:
-    return wire.Detection(cls, "ship", score, box, box, box, ((0, 0), (1, 0), (1, 1), (0, 1)), (0.5, 0.5),
-                          cut=cut, model="m:1", scene="s", tile=tile, frame=f"s/{tile}")
+    return wire.Detection(
+        cls,
+        "ship",
+        score,
+        box,
+        box,
+        box,
+        ((0, 0), (1, 0), (1, 1), (0, 1)),
+        (0.5, 0.5),
+        cut=cut,
+        model="m:1",
+        scene="s",
+        tile=tile,
+        frame=f"s/{tile}",
+    )
 
 
 def test_merge_reports_an_object_seen_by_two_tiles_once_preferring_the_uncut_box() -> None:
@@ -127,9 +157,20 @@ def test_merge_is_class_aware_and_keeps_neighbours() -> None:
 def test_tile_and_scene_results_round_trip() -> None:
     f = frame(window=(48, 0, 64, 64))
     (dets,) = georeference([(f, decode_output(out([0, 10, 5, 15, 0.9, 0]), 0.3))], ["ship"], "m:1")
-    t = wire.TileResult(feed="f", frame="s1/0", scene="s1", tile=0, tiles=1, model="m:1", crs=UTM31N,
-                        window=(48, 0, 64, 64), acquired="2026-01-01T00:00:00Z", published_ms=1, done_ms=5,
-                        detections=tuple(dets))
+    t = wire.TileResult(
+        feed="f",
+        frame="s1/0",
+        scene="s1",
+        tile=0,
+        tiles=1,
+        model="m:1",
+        crs=UTM31N,
+        window=(48, 0, 64, 64),
+        acquired="2026-01-01T00:00:00Z",
+        published_ms=1,
+        done_ms=5,
+        detections=tuple(dets),
+    )
     fields = wire.encode_tile(t)
     assert fields["v"] == "1" and fields["count"] == "1" and fields["model"] == "m:1"
     back = wire.decode_tile({k.encode(): v.encode() for k, v in fields.items()})
@@ -140,8 +181,17 @@ def test_tile_and_scene_results_round_trip() -> None:
     doc = wire.tile_geojson(t)
     ring = doc["features"][0]["geometry"]["coordinates"][0]
     assert doc["type"] == "FeatureCollection" and len(ring) == 5 and ring[0] == ring[-1]
-    s = wire.SceneResult(feed="f", scene="s1", tiles=1, models=("m:1",), crs=UTM31N,
-                         acquired="2026-01-01T00:00:00Z", done_ms=6, detections_in=1, detections=tuple(merge(dets)))
+    s = wire.SceneResult(
+        feed="f",
+        scene="s1",
+        tiles=1,
+        models=("m:1",),
+        crs=UTM31N,
+        acquired="2026-01-01T00:00:00Z",
+        done_ms=6,
+        detections_in=1,
+        detections=tuple(merge(dets)),
+    )
     back_s = wire.decode_scene(wire.scene_json(s))
     assert back_s.detections[0].tiles == (0,) and back_s.models == ("m:1",)
     with pytest.raises(wire.DetectionFormatError, match="expected a scene"):

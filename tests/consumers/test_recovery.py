@@ -50,17 +50,37 @@ def test_kill_9_mid_scene_then_another_consumer_reclaims(engine: redis.Redis) ->
         publish(engine, FEED, scene_frames(s, scene_array(160, 160, SPOTS, seed=i)))
     port = engine.connection_pool.connection_kwargs["port"]
     victim = subprocess.Popen(
-        [sys.executable, "-m", "consumers", "--redis-url", f"redis://127.0.0.1:{port}/0", "consume",
-         "--feed", FEED, "--name", "victim", "--read-count", "2", "--block-ms", "100"],
-        stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+        [
+            sys.executable,
+            "-m",
+            "consumers",
+            "--redis-url",
+            f"redis://127.0.0.1:{port}/0",
+            "consume",
+            "--feed",
+            FEED,
+            "--name",
+            "victim",
+            "--read-count",
+            "2",
+            "--block-ms",
+            "100",
+        ],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
     )
     try:
-        wait_for("the victim's first results", lambda: int(engine.hget(keys.stats(FEED), "frames_done") or 0) >= 5)
+        wait_for(
+            "the victim's first results", lambda: int(engine.hget(keys.stats(FEED), "frames_done") or 0) >= 5
+        )
         # Freeze it until it is caught holding frames it has read but not acknowledged, then kill it.
         for _ in range(200):
             victim.send_signal(signal.SIGSTOP)
-            holding = [c for c in engine.xinfo_consumers(keys.frames(FEED), "detectors")
-                       if c["name"] == b"victim" and c["pending"] > 0]
+            holding = [
+                c
+                for c in engine.xinfo_consumers(keys.frames(FEED), "detectors")
+                if c["name"] == b"victim" and c["pending"] > 0
+            ]
             if holding:
                 break
             victim.send_signal(signal.SIGCONT)
@@ -76,7 +96,9 @@ def test_kill_9_mid_scene_then_another_consumer_reclaims(engine: redis.Redis) ->
     done_by_victim = int(engine.hget(keys.stats(FEED), "frames_done"))
     assert done_by_victim < 72
 
-    rescuer = Consumer(engine, Settings(feed=FEED, consumer="rescuer", claim_idle_ms=0, block_ms=100), burst=True)
+    rescuer = Consumer(
+        engine, Settings(feed=FEED, consumer="rescuer", claim_idle_ms=0, block_ms=100), burst=True
+    )
     stats = rescuer.run()
 
     assert stats.frames_done == 72 - done_by_victim
@@ -121,16 +143,34 @@ def test_sigterm_drains_the_batch_in_flight_and_exits(engine: redis.Redis) -> No
         publish(engine, FEED, scene_frames(s, scene_array(160, 160, SPOTS, seed=i)))
     port = engine.connection_pool.connection_kwargs["port"]
     proc = subprocess.Popen(
-        [sys.executable, "-m", "consumers", "--redis-url", f"redis://127.0.0.1:{port}/0", "consume",
-         "--feed", FEED, "--name", "polite", "--read-count", "4"],
-        stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+        [
+            sys.executable,
+            "-m",
+            "consumers",
+            "--redis-url",
+            f"redis://127.0.0.1:{port}/0",
+            "consume",
+            "--feed",
+            FEED,
+            "--name",
+            "polite",
+            "--read-count",
+            "4",
+        ],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
     )
     try:
         wait_for("some results", lambda: int(engine.hget(keys.stats(FEED), "frames_done") or 0) >= 4)
         # catch it holding a batch, then ask it to stop
-        wait_for("a batch in flight", lambda: any(
-            c["name"] == b"polite" and c["pending"] > 0
-            for c in engine.xinfo_consumers(keys.frames(FEED), "detectors")), 30)
+        wait_for(
+            "a batch in flight",
+            lambda: any(
+                c["name"] == b"polite" and c["pending"] > 0
+                for c in engine.xinfo_consumers(keys.frames(FEED), "detectors")
+            ),
+            30,
+        )
         proc.send_signal(signal.SIGTERM)
         out, _ = proc.communicate(timeout=30)
     finally:
@@ -158,7 +198,9 @@ def test_a_stream_deleted_under_a_running_consumer_is_recreated(engine: redis.Re
         wait_for("the first scene", lambda: engine.exists(keys.scene_result(FEED, "before")))
         engine.delete(keys.frames(FEED))  # the group goes with it
         publish(engine, FEED, scene_frames("after", scene_array(64, 64, {(5, 5): 60000})))
-        wait_for("the scene published after the delete", lambda: engine.exists(keys.scene_result(FEED, "after")))
+        wait_for(
+            "the scene published after the delete", lambda: engine.exists(keys.scene_result(FEED, "after"))
+        )
     finally:
         consumer.stop()
         thread.join(30)

@@ -19,7 +19,9 @@ FEED = "thr"
         (None, None, [62000, 52000]),  # neither: the default threshold (0.3)
     ],
 )
-def test_threshold_source(engine: redis.Redis, hint: float | None, setting: float | None, expected_scores: list[int]) -> None:
+def test_threshold_source(
+    engine: redis.Redis, hint: float | None, setting: float | None, expected_scores: list[int]
+) -> None:
     helpers.install_model(engine, FEED, hint=hint)
     arr = helpers.scene_array(64, 64, {(10, 10): 62000, (40, 40): 52000})
     helpers.publish(engine, FEED, helpers.scene_frames("S1", arr))

@@ -37,7 +37,10 @@ def _zip_with(name: str) -> bytes:
         (toymodels.archive(toymodels.BrightestPixel(), None), "carries no groundwatch.json"),
         (toymodels.archive(toymodels.BrightestPixel(), {"classes": ["a"]}), "lacks contract"),
         (toymodels.archive(toymodels.BrightestPixel(), toymodels.metadata(contract=2)), "contract 2"),
-        (toymodels.archive(toymodels.BrightestPixel(), toymodels.metadata(dtype="int64")), "dtype must be one of"),
+        (
+            toymodels.archive(toymodels.BrightestPixel(), toymodels.metadata(dtype="int64")),
+            "dtype must be one of",
+        ),
         (toymodels.archive(toymodels.BrightestPixel(), toymodels.metadata(classes=[])), "classes must be"),
     ],
 )

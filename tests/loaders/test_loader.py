@@ -103,7 +103,9 @@ def test_explicit_versions_are_immutable(engine: redis.Redis, good: Path) -> Non
 
 def test_stats_and_cli(engine: redis.Redis, good: Path, capsys: pytest.CaptureFixture[str]) -> None:
     url = f"redis://127.0.0.1:{engine.connection_pool.connection_kwargs['port']}/0"
-    assert main(["--redis-url", url, "load", str(good), "--name", "ship", "--feeds", "a,b", "--batch", "8"]) == 0
+    assert (
+        main(["--redis-url", url, "load", str(good), "--name", "ship", "--feeds", "a,b", "--batch", "8"]) == 0
+    )
     assert "ship:1 (active) on feeds a, b" in capsys.readouterr().out
     [row] = stats(engine)
     assert row.active and row.calls >= 4 and row.errors == 0

@@ -14,8 +14,16 @@ from models.archive import METADATA_FILE, load_model, read_metadata, save_model
 from models.detector import CenterNet
 from models.errors import ModelFileError
 
-META = {"contract": 1, "classes": ["ship", "platform"], "bands": 1, "dtype": "uint16", "tile_size": 512,
-        "max_detections": 20, "score_threshold_hint": 0.3, "trained_on": "test"}
+META = {
+    "contract": 1,
+    "classes": ["ship", "platform"],
+    "bands": 1,
+    "dtype": "uint16",
+    "tile_size": 512,
+    "max_detections": 20,
+    "score_threshold_hint": 0.3,
+    "trained_on": "test",
+}
 
 
 @pytest.fixture(scope="module")
@@ -50,8 +58,13 @@ def test_not_torchscript_and_missing_file(tmp_path) -> None:
 
 @pytest.mark.parametrize(
     ("change", "message"),
-    [({"contract": 2}, "contract"), ({"classes": []}, "classes"), ({"bands": 0}, "bands"),
-     ({"dtype": "int64"}, "dtype"), ({"score_threshold_hint": 3}, "score_threshold_hint")],
+    [
+        ({"contract": 2}, "contract"),
+        ({"classes": []}, "classes"),
+        ({"bands": 0}, "bands"),
+        ({"dtype": "int64"}, "dtype"),
+        ({"score_threshold_hint": 3}, "score_threshold_hint"),
+    ],
 )
 def test_bad_metadata_is_refused(tmp_path, scripted, change, message) -> None:
     path = tmp_path / "bad.pt"

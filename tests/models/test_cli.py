@@ -51,7 +51,9 @@ def test_train_exports_a_self_describing_model(tmp_path, capsys, bands) -> None:
     from models.archive import load_model
 
     out = tmp_path / "tiny.pt"
-    rc = main(["train", "--out", str(out), "--steps", "2", "--tiles", "4", "--bands", str(bands), "--no-evaluate"])
+    rc = main(
+        ["train", "--out", str(out), "--steps", "2", "--tiles", "4", "--bands", str(bands), "--no-evaluate"]
+    )
     assert rc == 0
     module, meta = load_model(out)
     assert meta["classes"] == ["ship", "platform"] and meta["contract"] == 1

@@ -16,7 +16,9 @@ def scripted() -> torch.jit.ScriptModule:
     model = CenterNet(max_detections=K)
     # make the untrained heads produce spread-out scores instead of a flat prior
     with torch.no_grad():
-        model.heat.bias.zero_()
+        bias = model.heat.bias
+        assert bias is not None
+        bias.zero_()
     return torch.jit.script(model.eval())
 
 

@@ -11,8 +11,10 @@ from models.scenes import SceneConfig, generate_scene
 
 def test_shipped_model_runs_in_the_engine(engine) -> None:
     module, meta = load_model(SHIPPED_MODEL)
-    scenes = [generate_scene(seed, SceneConfig(width_px=512, height_px=512, n_ships=4, n_platforms=2))
-              for seed in (601, 602)]
+    scenes = [
+        generate_scene(seed, SceneConfig(width_px=512, height_px=512, n_ships=4, n_platforms=2))
+        for seed in (601, 602)
+    ]
     tiles = np.stack([s.image for s in scenes])  # [2, 1, 512, 512] uint16
     engine.execute_command("AI.MODELSTORE", "m{t}", "TORCH", "CPU", "BLOB", SHIPPED_MODEL.read_bytes())
     engine.execute_command("AI.TENSORSET", "in{t}", "UINT16", *tiles.shape, "BLOB", tiles.tobytes())

@@ -15,7 +15,9 @@ HELD_OUT_SEEDS = (501, 502, 503)
 
 @pytest.fixture(scope="module")
 def shipped():
-    assert SHIPPED_MODEL.exists(), f"{SHIPPED_MODEL} is missing: run `groundwatch train --out {SHIPPED_MODEL}`"
+    assert SHIPPED_MODEL.exists(), (
+        f"{SHIPPED_MODEL} is missing: run `groundwatch train --out {SHIPPED_MODEL}`"
+    )
     torch.set_num_threads(2)
     return load_model(SHIPPED_MODEL)
 
@@ -31,7 +33,9 @@ def test_metadata(shipped) -> None:
 
 def test_uint16_tile(shipped) -> None:
     module, meta = shipped
-    scene = generate_scene(HELD_OUT_SEEDS[0], SceneConfig(width_px=512, height_px=512, n_ships=5, n_platforms=2))
+    scene = generate_scene(
+        HELD_OUT_SEEDS[0], SceneConfig(width_px=512, height_px=512, n_ships=5, n_platforms=2)
+    )
     out = module(torch.from_numpy(scene.image.astype("int32")).to(torch.uint16).unsqueeze(0))
     assert out.shape == (1, meta["max_detections"], 6) and out.dtype == torch.float32
     assert int((out[0, :, 4] >= meta["score_threshold_hint"]).sum()) == len(scene.objects)
