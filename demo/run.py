@@ -24,9 +24,10 @@ import redis
 from consumers.worker import Consumer
 from demo.quicklook import quicklook
 from groundwatch import keys
+from groundwatch.boxes import iou_matrix
+from groundwatch.commands import embedded_server
 from groundwatch.detections import decode_scene
 from groundwatch.errors import GroundwatchError
-from groundwatch.server import RedisServer
 from groundwatch.settings import Settings
 from groundwatch.status import percentiles
 from ingest.watch import watch
@@ -89,18 +90,6 @@ class DemoSummary:
         return "\n".join(lines)
 
 
-def iou(a: np.ndarray, b: np.ndarray) -> np.ndarray:
-    """IoU of every box in a [N, 4] against every box in b [M, 4] (x1, y1, x2, y2)."""
-    x1 = np.maximum(a[:, None, 0], b[None, :, 0])
-    y1 = np.maximum(a[:, None, 1], b[None, :, 1])
-    x2 = np.minimum(a[:, None, 2], b[None, :, 2])
-    y2 = np.minimum(a[:, None, 3], b[None, :, 3])
-    inter = np.clip(x2 - x1, 0, None) * np.clip(y2 - y1, 0, None)
-    area_a = (a[:, 2] - a[:, 0]) * (a[:, 3] - a[:, 1])
-    area_b = (b[:, 2] - b[:, 0]) * (b[:, 3] - b[:, 1])
-    return inter / np.maximum(area_a[:, None] + area_b[None, :] - inter, 1e-9)
-
-
 def score_scene(
     truth: Sequence[tuple[str, tuple[float, ...]]], found: Sequence[tuple[str, float, tuple[float, ...]]]
 ) -> dict[str, ClassScore]:
@@ -112,7 +101,7 @@ def score_scene(
         score = ClassScore(truth=len(t), detected=len(f))
         taken = np.zeros(len(t), bool)
         if len(t) and f:
-            overlaps = iou(np.array([b for _, b in f], np.float64), t)
+            overlaps = iou_matrix(np.array([b for _, b in f], np.float64), t)
             for row in overlaps:
                 row = np.where(taken, -1.0, row)
                 best = int(np.argmax(row))
@@ -161,17 +150,8 @@ def run_demo(
     station, drop, results = out / "station", out / "drop", out / "results"
     for d in (station, drop, results):
         d.mkdir(parents=True)
-    server = RedisServer(
-        data_dir=out / "redis",
-        engine_module=settings.engine_module,
-        module_args=(
-            "THREADS_PER_QUEUE",
-            str(settings.threads_per_queue),
-            "INTRA_OP_PARALLELISM",
-            str(settings.intra_op_threads),
-        ),
-        extra_config=(("appendonly", "yes"),),
-    ).start()
+    # The same server `groundwatch up` starts (AOF on), with its files under the demo folder.
+    server = embedded_server(settings.replace(data_dir=out / "redis")).start()
     threads: list[threading.Thread] = []
     workers: list[Consumer] = []
     try:

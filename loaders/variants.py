@@ -20,6 +20,7 @@ import numpy as np
 
 from groundwatch import keys
 from groundwatch.ai import Engine, EngineError
+from groundwatch.boxes import iou_matrix
 from groundwatch.modelmeta import ModelMetadata
 from loaders import LoaderError
 from loaders.registry import Registry, VersionRecord
@@ -73,18 +74,6 @@ def sample_tiles(meta: ModelMetadata, count: int) -> np.ndarray:
     return out
 
 
-def _iou(a: np.ndarray, b: np.ndarray) -> np.ndarray:
-    ix1 = np.maximum(a[:, None, 0], b[None, :, 0])
-    iy1 = np.maximum(a[:, None, 1], b[None, :, 1])
-    ix2 = np.minimum(a[:, None, 2], b[None, :, 2])
-    iy2 = np.minimum(a[:, None, 3], b[None, :, 3])
-    inter = np.clip(ix2 - ix1, 0, None) * np.clip(iy2 - iy1, 0, None)
-    area_a = (a[:, 2] - a[:, 0]) * (a[:, 3] - a[:, 1])
-    area_b = (b[:, 2] - b[:, 0]) * (b[:, 3] - b[:, 1])
-    union = area_a[:, None] + area_b[None, :] - inter
-    return np.where(union > 0, inter / np.where(union > 0, union, 1.0), 0.0)
-
-
 def match_tile(source: np.ndarray, variant: np.ndarray, threshold: float) -> tuple[int, int, list[float]]:
     """Greedy class-aware matching of one tile's [K, 6] rows by score; (n_source, n_variant, |score
     deltas| of the matched pairs)."""
@@ -92,7 +81,7 @@ def match_tile(source: np.ndarray, variant: np.ndarray, threshold: float) -> tup
     b = variant[variant[:, 4] >= threshold].astype(np.float64)
     deltas: list[float] = []
     if len(a) and len(b):
-        iou = _iou(a[:, :4], b[:, :4])
+        iou = iou_matrix(a[:, :4], b[:, :4])
         iou[a[:, None, 5] != b[None, :, 5]] = 0.0
         used = np.zeros(len(b), dtype=bool)
         for i in np.argsort(-a[:, 4]):

@@ -19,6 +19,7 @@ from typing import Any
 
 import numpy as np
 
+from groundwatch.boxes import iou_matrix
 from models.scenes import CLASSES, Scene, SceneConfig, generate_scene
 
 HELD_OUT_SEED_BASE = 1  # training uses seeds from models.train.TRAIN_SEED_BASE (1,000,000) up
@@ -61,17 +62,7 @@ def core_bounds(origins: Sequence[int], tile_px: int, length_px: int) -> list[tu
 
 def box_iou(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     """IoU matrix of boxes a [N, 4] and b [M, 4] (x1, y1, x2, y2)."""
-    a = a.reshape(-1, 4).astype(np.float64)
-    b = b.reshape(-1, 4).astype(np.float64)
-    ix1 = np.maximum(a[:, None, 0], b[None, :, 0])
-    iy1 = np.maximum(a[:, None, 1], b[None, :, 1])
-    ix2 = np.minimum(a[:, None, 2], b[None, :, 2])
-    iy2 = np.minimum(a[:, None, 3], b[None, :, 3])
-    inter = np.clip(ix2 - ix1, 0, None) * np.clip(iy2 - iy1, 0, None)
-    area_a = (a[:, 2] - a[:, 0]) * (a[:, 3] - a[:, 1])
-    area_b = (b[:, 2] - b[:, 0]) * (b[:, 3] - b[:, 1])
-    union = area_a[:, None] + area_b[None, :] - inter
-    return np.where(union > 0, inter / np.where(union > 0, union, 1.0), 0.0)
+    return iou_matrix(a, b)
 
 
 def nms(detections: np.ndarray, iou_threshold: float) -> np.ndarray:
