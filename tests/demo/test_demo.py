@@ -20,7 +20,7 @@ def test_score_scene_matches_one_to_one_by_class() -> None:
         ("ship", 0.8, (1.0, 0.0, 10.0, 11.0)),  # a duplicate of it: a false positive
         ("platform", 0.7, (100.0, 100.0, 110.0, 110.0)),  # nowhere near the platform
     ]
-    scores = score_scene(truth, found)  # type: ignore[arg-type]
+    scores = score_scene(truth, found)
     assert (scores["ship"].truth, scores["ship"].detected, scores["ship"].matched) == (2, 2, 1)
     assert (scores["platform"].matched, scores["platform"].recall) == (0, 0.0)
 
