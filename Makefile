@@ -56,7 +56,7 @@ bench: setup
 lint: $(STAMP)
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
-	$(BIN)/mypy groundwatch ingest loaders consumers models bench tests
+	$(BIN)/mypy groundwatch ingest loaders consumers models demo bench tests
 
 clean:
 	rm -rf $(ENGINE_BUILD) $(ASAN_BUILD) .groundwatch .pytest_cache .mypy_cache .ruff_cache
