@@ -49,7 +49,7 @@ def register(sub: argparse._SubParsersAction) -> None:
         dest="score_threshold",
         type=float,
         default=None,
-        help="drop detections scoring below this (0.3)",
+        help="drop detections scoring below this (default: the model's score_threshold_hint, else 0.3)",
     )
     p.add_argument(
         "--metrics-port",

@@ -220,6 +220,11 @@ class Consumer:
         now = time.monotonic()
         if now - self._last_claim >= self.settings.claim_idle_ms / 2000.0:
             claimed = self._autoclaim()
+            if claimed and self._ahead is not None:
+                # XAUTOCLAIM also returns our own read-ahead entries when finishing the previous
+                # batch took longer than claim_idle_ms; they are finished by the flush below.
+                mine = {e.id for e in self._ahead.todo}
+                claimed = [e for e in claimed if e.id not in mine]
             if claimed:
                 self._flush()
                 self._process(claimed)

@@ -90,6 +90,11 @@ def frame_done(feed: str, frame_id: str, model_version: str) -> str:
     return _feed(feed, "done", frame_id, model_version)
 
 
+def frame_done_pattern(feed: str, scene_id: str) -> str:
+    """SCAN pattern of the idempotency markers of every frame of a scene (frame ids are scene/tile)."""
+    return _feed(feed, "done", f"{scene_id}/*")
+
+
 def dead_marker(feed: str, entry_id: str) -> str:
     """Idempotency marker: this frames-stream entry was sent to the dead letters."""
     return _feed(feed, "deadmark", entry_id)

@@ -277,8 +277,16 @@ def mark_empty_scene(client: redis.Redis, feed: str, scene: str, skipped: int, s
 
 
 def forget_scene(client: redis.Redis, feed: str, scene: str) -> None:
-    """Drop a scene's marker and resume point, so it is published again (`--force`)."""
-    client.delete(keys.scene_ingested(feed, scene), keys.scene_progress(feed, scene))
+    """Drop a scene's marker and resume point, so it is published again (`--force`), and the
+    consumers' per-frame markers and gathered tiles, so its frames are detected again rather
+    than acknowledged as already done."""
+    doomed = [
+        keys.scene_ingested(feed, scene),
+        keys.scene_progress(feed, scene),
+        keys.scene_tiles(feed, scene),
+    ]
+    doomed += client.scan_iter(match=keys.frame_done_pattern(feed, scene), count=1000)
+    client.delete(*doomed)
 
 
 def register_feed(client: redis.Redis, feed: str) -> None:

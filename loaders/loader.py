@@ -15,6 +15,7 @@ activated, and the error gives the measured agreement.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -155,9 +156,12 @@ def load(client: redis.Redis, source: str | Path | ModelFile, opts: LoadOptions)
                 engine, origin, opts.feeds[0], version, model.metadata, opts.compare_tiles
             )
     except (EngineError, LoaderError) as e:
-        for key in stored:
-            client.delete(key)
+        _delete_quietly(client, stored)
         raise LoaderError(f"{opts.name} version {version} from {model.path} was not activated: {e}") from e
+    except BaseException:
+        # Redis went away, Ctrl-C...: no unregistered copy stays behind in the feeds.
+        _delete_quietly(client, stored)
+        raise
     record = VersionRecord(
         name=opts.name,
         version=version,
@@ -230,6 +234,12 @@ def _provenance(
             "passed": _agrees(compared, opts),
         }
     return out
+
+
+def _delete_quietly(client: redis.Redis, stored: list[str]) -> None:
+    if stored:
+        with contextlib.suppress(redis.RedisError):
+            client.delete(*stored)
 
 
 def activate(client: redis.Redis, name: str, version: int) -> VersionRecord:
