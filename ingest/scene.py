@@ -11,6 +11,7 @@ from __future__ import annotations
 import os
 import re
 import time
+import zlib
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -208,9 +209,16 @@ def ingest_scene(
         tiles = len(kept)
     else:  # two passes: count (and check every pixel is readable), then read again to publish
         tiles = skipped = 0
-        for _w, arr in iter_tiles(src, size, overlap):
-            tiles, skipped = (tiles + 1, skipped) if arr is not None else (tiles, skipped + 1)
-        kept = ((w, a) for w, a in iter_tiles(src, size, overlap) if a is not None)
+        digests: list[tuple[PixelWindow, int]] = []
+        for w, arr in iter_tiles(src, size, overlap):
+            if arr is None:
+                skipped += 1
+            else:
+                tiles += 1
+                digests.append((w, zlib.crc32(np.ascontiguousarray(arr).data)))
+        kept = _same_as_first_read(
+            ((w, a) for w, a in iter_tiles(src, size, overlap) if a is not None), digests, source or scene
+        )
     publisher.register_feed(client, feed)
     if tiles == 0:
         publisher.mark_empty_scene(client, feed, scene, skipped, source)
@@ -259,6 +267,19 @@ def ingest_scene(
         )
     publisher.trim_acknowledged(client, feed)
     return SceneResult(scene, tiles, skipped, added, nbytes, added == 0, time.perf_counter() - t0)
+
+
+def _same_as_first_read(
+    tiles: Iterable[tuple[PixelWindow, np.ndarray]], digests: list[tuple[PixelWindow, int]], what: str
+) -> Iterator[tuple[PixelWindow, np.ndarray]]:
+    """The second read's tiles, each checked against the first read before it can be published,
+    so a file that changes in between stops the scene at the first changed tile."""
+    for i, (w, arr) in enumerate(tiles):
+        if i >= len(digests) or digests[i] != (w, zlib.crc32(np.ascontiguousarray(arr).data)):
+            raise InputError(
+                f"{what}: tile {i} differs between the two reads; the file changed while it was ingested"
+            )
+        yield w, arr
 
 
 def ingest_file(

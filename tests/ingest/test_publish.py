@@ -418,3 +418,27 @@ def test_a_file_changed_between_the_two_reads_is_refused(
     with pytest.raises(InputError, match="changed while it was ingested"):
         scene.ingest_scene(r, settings.replace(ingest_memory_mb=0, publish_batch=100), src, "moving")
     assert not r.exists(keys.scene_ingested("test", "moving"))
+
+
+def test_a_two_pass_scene_stops_at_the_first_changed_tile(
+    r: redis.Redis, settings: Settings, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    a = scene_array(1, 256, 256)
+    src = ArraySource(a, T6, UTM31, nodata=0)
+    reads = {"n": 0}
+    real = src.read_rows
+
+    def later_rows_brighter(row_off: int, height: int) -> tuple[int, np.ndarray]:
+        reads["n"] += 1
+        start, rows = real(row_off, height)
+        return start, (rows + 1 if reads["n"] > 4 else rows)  # the second pass's second tile row
+
+    monkeypatch.setattr(src, "read_rows", later_rows_brighter)
+    with pytest.raises(InputError, match="differs between the two reads"):
+        scene.ingest_scene(r, settings.replace(ingest_memory_mb=0, publish_batch=1), src, "moving")
+    assert not r.exists(keys.scene_ingested("test", "moving"))
+    published = [frames.decode(f) for _id, f in r.xrange(keys.frames("test"))]
+    assert 0 < len(published) < 9  # only tiles read identically twice went out
+    for f in published:
+        w = f.window
+        np.testing.assert_array_equal(f.valid()[0], a[0, w.row_off : w.row_off + w.height, w.col_off : w.col_off + w.width])
