@@ -27,7 +27,7 @@ import redis
 from groundwatch import frames, keys
 from groundwatch.frames import Frame, PixelWindow
 from groundwatch.settings import Settings
-from ingest.errors import BackpressureError, IngestError
+from ingest.errors import BackpressureError, IngestError, InputError
 
 log = logging.getLogger(__name__)
 
@@ -227,10 +227,12 @@ def publish_frames(
                 if pipe.exists(marker):
                     return BatchResult([], complete=True, duplicate=True)
                 if state and state.get("tiles") != tiles:
-                    raise IngestError(
+                    # An InputError: a drop folder moves the file to failed/ instead of retrying forever.
+                    raise InputError(
                         f"scene {scene!r} of feed {feed!r} was partly published as {state.get('tiles')} tiles "
                         f"and now has {tiles}: the tiling (tile size, overlap, bands) changed in between. "
-                        f"Ingest it with the settings used before, or start over with --force"
+                        f"Ingest it with the settings used before, or start over with "
+                        f"`groundwatch ingest FILE --feed {feed} --force`"
                     )
                 published = state.get("published", 0)
                 todo = [f for f in batch if f.tile >= published]

@@ -441,4 +441,6 @@ def test_a_two_pass_scene_stops_at_the_first_changed_tile(
     assert 0 < len(published) < 9  # only tiles read identically twice went out
     for f in published:
         w = f.window
-        np.testing.assert_array_equal(f.valid()[0], a[0, w.row_off : w.row_off + w.height, w.col_off : w.col_off + w.width])
+        np.testing.assert_array_equal(
+            f.valid()[0], a[0, w.row_off : w.row_off + w.height, w.col_off : w.col_off + w.width]
+        )

@@ -156,3 +156,17 @@ def test_cli_reports_backpressure(r: redis.Redis, tmp_path: Path, capsys: pytest
     )
     assert code == 1
     assert "consumers are behind" in capsys.readouterr().err
+
+
+def test_a_scene_half_published_with_other_tiling_goes_to_failed(
+    r: redis.Redis, settings: Settings, tmp_path: Path
+) -> None:
+    """The drop folder cannot pass --force: the file goes to failed/ saying how, not retried forever."""
+    drop = tmp_path / "drop"
+    drop.mkdir()
+    write_tif(drop / "half.tif", scene_array(1, 200, 200))
+    r.hset(keys.scene_progress("test", "half"), mapping={"tiles": 9, "published": 2})
+    [outcome] = watch(r, settings, drop, burst=True, sleep=lambda s: None)
+    assert outcome.status == "failed" and (drop / "failed" / "half.tif").exists()
+    assert "--force" in (drop / "failed" / "half.tif.reason.txt").read_text()
+    assert not r.exists(keys.frames("test"))
