@@ -523,20 +523,29 @@ void reply_model_blob(RedisModuleCtx *ctx, const Model &m) {
   }
 }
 
-int ModelGet_Command(RedisModuleCtx *ctx, RedisModuleString **argv, int argc) {
-  if (argc < 2 || argc > 4) return RedisModule_WrongArity(ctx);
-  Args a{argv, argc};
-  bool meta = false, blob = false;
-  for (int i = 2; i < argc; i++) {
+// AI.MODELGET / AI.SCRIPTGET options: META and the data keyword (BLOB or SOURCE), in any order;
+// neither means both. False when an argument is neither (the caller replies the error).
+bool parse_get_options(const Args &a, const char *data_kw, bool *meta, bool *data) {
+  *meta = *data = false;
+  for (int i = 2; i < a.argc; i++) {
     if (a.is(i, "META")) {
-      meta = true;
-    } else if (a.is(i, "BLOB")) {
-      blob = true;
+      *meta = true;
+    } else if (a.is(i, data_kw)) {
+      *data = true;
     } else {
-      return reply_err(ctx, "ERR unsupported data format");
+      return false;
     }
   }
-  if (!meta && !blob) meta = blob = true;
+  if (!*meta && !*data) *meta = *data = true;
+  return true;
+}
+
+int ModelGet_Command(RedisModuleCtx *ctx, RedisModuleString **argv, int argc) {
+  if (argc < 2 || argc > 4) return RedisModule_WrongArity(ctx);
+  bool meta, blob;
+  if (!parse_get_options(Args{argv, argc}, "BLOB", &meta, &blob)) {
+    return reply_err(ctx, "ERR unsupported data format");
+  }
   Model *m = nullptr;
   std::string err = get_model(ctx, argv[1], &m);
   if (!err.empty()) return reply_err(ctx, err);
@@ -642,18 +651,10 @@ int ScriptSet_Command(RedisModuleCtx *ctx, RedisModuleString **argv, int argc) {
 
 int ScriptGet_Command(RedisModuleCtx *ctx, RedisModuleString **argv, int argc) {
   if (argc < 2 || argc > 4) return RedisModule_WrongArity(ctx);
-  Args a{argv, argc};
-  bool meta = false, source = false;
-  for (int i = 2; i < argc; i++) {
-    if (a.is(i, "META")) {
-      meta = true;
-    } else if (a.is(i, "SOURCE")) {
-      source = true;
-    } else {
-      return reply_err(ctx, "ERR unsupported data format");
-    }
+  bool meta, source;
+  if (!parse_get_options(Args{argv, argc}, "SOURCE", &meta, &source)) {
+    return reply_err(ctx, "ERR unsupported data format");
   }
-  if (!meta && !source) meta = source = true;
   Script *s = nullptr;
   std::string err = get_script(ctx, argv[1], &s);
   if (!err.empty()) return reply_err(ctx, err);
