@@ -1,8 +1,12 @@
 """Consumers: frames in, in-Redis inference, georeferenced detections out (issue 6).
 
-`groundwatch consume --feed NAME` runs a :class:`consumers.worker.Consumer`. The pure parts
-(model output decoding, georeferencing, overlap merging) live in :mod:`consumers.geo` and
-:mod:`consumers.merge`; the wire format of results is :mod:`groundwatch.detections`.
+`groundwatch consume --feed NAME` runs a :class:`consumers.worker.Consumer`, the loop over:
+:mod:`consumers.reading` (XREADGROUP, own pending entries, XAUTOCLAIM),
+:mod:`consumers.inference` (the active model, the DAGs, decoding and georeferencing),
+:mod:`consumers.commit` (publish, dead letters and XACK in one MULTI/EXEC) and
+:mod:`consumers.scenes` (scene completion). The pure parts (model output decoding,
+georeferencing, overlap merging) live in :mod:`consumers.geo` and :mod:`consumers.merge`; the
+wire format of results is :mod:`groundwatch.detections`.
 """
 
 from groundwatch.errors import GroundwatchError
