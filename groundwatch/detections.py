@@ -154,34 +154,60 @@ def feature(d: Detection) -> dict[str, Any]:
     }
 
 
-def from_feature(f: Mapping[str, Any]) -> Detection:
+def from_feature(f: Any) -> Detection:
     try:
         p = f["properties"]
-        ring = tuple((float(x), float(y)) for x, y in f["geometry"]["coordinates"][0][:4])
+        ring = tuple((_float(x), _float(y)) for x, y in f["geometry"]["coordinates"][0][:4])
         return Detection(
-            class_id=int(p["class_id"]),
-            label=str(p["class"]),
-            score=float(p["score"]),
+            class_id=_int(p["class_id"]),
+            label=_str(p["class"]),
+            score=_float(p["score"]),
             box_px=_tuple4(p["box_px"]),
             scene_box_px=_tuple4(p["scene_box_px"]),
             box_map=_tuple4(p["box_map"]),
             ring=ring,
-            center=(float(p["center"][0]), float(p["center"][1])),
+            center=(_float(p["center"][0]), _float(p["center"][1])),
             cut=bool(p.get("cut", False)),
-            model=str(p["model"]),
-            scene=str(p["scene"]),
-            tile=int(p["tile"]),
-            frame=str(p["frame"]),
-            tiles=tuple(int(t) for t in p.get("tiles", ())),
+            model=_str(p["model"]),
+            scene=_str(p["scene"]),
+            tile=_int(p["tile"]),
+            frame=_str(p["frame"]),
+            tiles=tuple(_int(t) for t in p.get("tiles", ())),
         )
-    except (KeyError, TypeError, ValueError, IndexError) as e:
+    except _DECODE_ERRORS as e:
         raise DetectionFormatError(f"not a groundwatch detection feature ({e!r}): {str(f)[:200]}") from e
 
 
-def _tuple4(v: Sequence[Any]) -> Box:
-    if len(v) != 4:
-        raise ValueError(f"a box has 4 numbers, got {v!r}")
-    return (float(v[0]), float(v[1]), float(v[2]), float(v[3]))
+# What malformed JSON documents raise on the way in; each becomes a DetectionFormatError.
+_DECODE_ERRORS = (KeyError, TypeError, ValueError, IndexError, AttributeError, OverflowError, RecursionError)
+
+
+def _float(v: Any) -> float:
+    """A JSON number (not a bool, not a string that float() would take)."""
+    if isinstance(v, bool) or not isinstance(v, int | float):
+        raise TypeError(f"expected a number, got {v!r}"[:200])
+    return float(v)
+
+
+def _int(v: Any) -> int:
+    """A JSON integer (an integral float such as 3.0 is accepted; inf and nan are not)."""
+    if isinstance(v, float) and v.is_integer():
+        return int(v)
+    if isinstance(v, bool) or not isinstance(v, int):
+        raise TypeError(f"expected an integer, got {v!r}"[:200])
+    return v
+
+
+def _str(v: Any) -> str:
+    if not isinstance(v, str):
+        raise TypeError(f"expected a string, got {v!r}"[:200])
+    return v
+
+
+def _tuple4(v: Any) -> Box:
+    if not isinstance(v, list | tuple) or len(v) != 4:
+        raise ValueError(f"a box has 4 numbers, got {v!r}"[:200])
+    return (_float(v[0]), _float(v[1]), _float(v[2]), _float(v[3]))
 
 
 def _dumps(obj: Any) -> str:
@@ -236,15 +262,19 @@ def encode_tile(t: TileResult, text: str | None = None) -> dict[str, str]:
 
 
 def _text(v: Any) -> str:
-    return v.decode() if isinstance(v, bytes) else str(v)
+    return v.decode("utf-8", "replace") if isinstance(v, bytes) else str(v)
 
 
 def _load(text: str | bytes, kind: str) -> dict[str, Any]:
     try:
         doc = json.loads(text)
         header = doc["groundwatch"]
-    except (ValueError, KeyError, TypeError) as e:
-        raise DetectionFormatError(f"not a groundwatch {kind} result: {e!r}") from e
+        if not isinstance(doc, dict) or not isinstance(header, dict):
+            raise TypeError("a result is a JSON object with a 'groundwatch' object")
+        if not isinstance(doc.get("features"), list):
+            raise TypeError("a result has a 'features' list")
+    except _DECODE_ERRORS as e:
+        raise DetectionFormatError(f"not a groundwatch {kind} result: {e!r}"[:300]) from e
     if header.get("v") != VERSION:
         raise DetectionFormatError(
             f"unsupported detection format version {header.get('v')!r}; this reads {VERSION}"
@@ -255,7 +285,10 @@ def _load(text: str | bytes, kind: str) -> dict[str, Any]:
 
 
 def decode_tile(source: str | bytes | Mapping[Any, Any]) -> TileResult:
-    """A per-tile result from its JSON text or its stream entry's field map."""
+    """A per-tile result from its JSON text or its stream entry's field map.
+
+    DetectionFormatError is the only exception it raises, whatever `source` holds.
+    """
     if isinstance(source, Mapping):
         fields = {_text(k): v for k, v in source.items()}
         if "geojson" not in fields:
@@ -265,21 +298,27 @@ def decode_tile(source: str | bytes | Mapping[Any, Any]) -> TileResult:
     h = doc["groundwatch"]
     try:
         return TileResult(
-            feed=str(h["feed"]),
-            frame=str(h["frame"]),
-            scene=str(h["scene"]),
-            tile=int(h["tile"]),
-            tiles=int(h["tiles"]),
-            model=str(h["model"]),
-            crs=str(h["crs"]),
-            window=tuple(int(x) for x in h["window"]),  # type: ignore[arg-type]
-            acquired=str(h["acquired"]),
-            published_ms=int(h["published_ms"]),
-            done_ms=int(h["done_ms"]),
+            feed=_str(h["feed"]),
+            frame=_str(h["frame"]),
+            scene=_str(h["scene"]),
+            tile=_int(h["tile"]),
+            tiles=_int(h["tiles"]),
+            model=_str(h["model"]),
+            crs=_str(h["crs"]),
+            window=_window(h["window"]),
+            acquired=_str(h["acquired"]),
+            published_ms=_int(h["published_ms"]),
+            done_ms=_int(h["done_ms"]),
             detections=tuple(from_feature(f) for f in doc["features"]),
         )
-    except (KeyError, TypeError, ValueError) as e:
+    except _DECODE_ERRORS as e:
         raise DetectionFormatError(f"tile result header is incomplete: {e!r}") from e
+
+
+def _window(v: Any) -> tuple[int, int, int, int]:
+    if not isinstance(v, list | tuple) or len(v) != 4:
+        raise ValueError(f"a window has 4 integers, got {v!r}"[:200])
+    return (_int(v[0]), _int(v[1]), _int(v[2]), _int(v[3]))
 
 
 # --- scene results ---------------------------------------------------------------------------
@@ -323,7 +362,10 @@ def encode_scene(s: SceneResult, text: str | None = None) -> dict[str, str]:
 
 
 def decode_scene(source: str | bytes | Mapping[Any, Any]) -> SceneResult:
-    """A scene result from its JSON text (the stored key, the channel) or its stream entry."""
+    """A scene result from its JSON text (the stored key, the channel) or its stream entry.
+
+    DetectionFormatError is the only exception it raises, whatever `source` holds.
+    """
     if isinstance(source, Mapping):
         fields = {_text(k): v for k, v in source.items()}
         if "geojson" not in fields:
@@ -333,15 +375,15 @@ def decode_scene(source: str | bytes | Mapping[Any, Any]) -> SceneResult:
     h = doc["groundwatch"]
     try:
         return SceneResult(
-            feed=str(h["feed"]),
-            scene=str(h["scene"]),
-            tiles=int(h["tiles"]),
-            models=tuple(str(m) for m in h["models"]),
-            crs=str(h["crs"]),
-            acquired=str(h["acquired"]),
-            done_ms=int(h["done_ms"]),
-            detections_in=int(h["detections_in"]),
+            feed=_str(h["feed"]),
+            scene=_str(h["scene"]),
+            tiles=_int(h["tiles"]),
+            models=tuple(_str(m) for m in h["models"]),
+            crs=_str(h["crs"]),
+            acquired=_str(h["acquired"]),
+            done_ms=_int(h["done_ms"]),
+            detections_in=_int(h["detections_in"]),
             detections=tuple(from_feature(f) for f in doc["features"]),
         )
-    except (KeyError, TypeError, ValueError) as e:
+    except _DECODE_ERRORS as e:
         raise DetectionFormatError(f"scene result header is incomplete: {e!r}") from e

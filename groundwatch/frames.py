@@ -84,8 +84,10 @@ REQUIRED = (
 )
 OPTIONAL = ("nodata", "bands", "source")
 
-_SCENE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.\-]{0,127}$")
-_INT = re.compile(r"^[0-9]+$")
+_SCENE = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.\-]{0,127}")
+_INT = re.compile(r"[0-9]{1,18}")  # below 10**18: fits an int64 and far from int()'s digit limit
+# Longest text field read (crs WKT is the longest legitimate one); the rest of a bigger one is garbage.
+MAX_TEXT = 65536
 
 
 class FrameError(GroundwatchError):
@@ -119,7 +121,7 @@ def engine_dtype(dtype: Any) -> str:
 
 
 def check_scene_id(scene: str) -> str:
-    if not isinstance(scene, str) or not _SCENE.match(scene):
+    if not isinstance(scene, str) or not _SCENE.fullmatch(scene):
         raise FrameError(
             f"scene id {scene!r} is not valid: use 1-128 letters, digits, '_', '.' or '-', starting with a "
             "letter or digit (no '/', ':' or braces)",
@@ -136,11 +138,18 @@ def format_time(t: datetime) -> str:
 
 
 def parse_time(text: str) -> datetime:
-    """ISO 8601 with a UTC offset (or 'Z') -> aware datetime in UTC; ValueError otherwise."""
+    """ISO 8601 with a UTC offset (or 'Z') -> aware datetime in UTC; ValueError otherwise.
+
+    A time that is valid locally but outside datetime's range in UTC (0001-01-01T00:00:00+01:00)
+    is a ValueError too, not the OverflowError of astimezone.
+    """
     t = datetime.fromisoformat(text.strip().replace("Z", "+00:00").replace("z", "+00:00"))
     if t.tzinfo is None:
         raise ValueError("no UTC offset")
-    return t.astimezone(UTC)
+    try:
+        return t.astimezone(UTC)
+    except OverflowError as e:
+        raise ValueError(f"{text!r} is outside the years 1..9999 in UTC") from e
 
 
 @dataclass(frozen=True)
@@ -272,8 +281,10 @@ def encode(frame: Frame) -> dict[str, str | bytes]:
 
 def _text(fields: Mapping[str, bytes], name: str) -> str:
     raw = fields[name]
+    if len(raw) > MAX_TEXT:
+        raise FrameError(f"field {name!r} is {len(raw)} bytes long; text fields are at most {MAX_TEXT}", name)
     try:
-        return raw.decode("ascii") if isinstance(raw, bytes) else str(raw)
+        return raw.decode("ascii")
     except UnicodeDecodeError as e:
         raise FrameError(f"field {name!r} must be ASCII text, got bytes {raw[:40]!r}", name) from e
 
@@ -281,17 +292,27 @@ def _text(fields: Mapping[str, bytes], name: str) -> str:
 def _ints(fields: Mapping[str, bytes], name: str, count: int | None, what: str) -> tuple[int, ...]:
     text = _text(fields, name)
     parts = [p.strip() for p in text.split(",")]
-    if (count is not None and len(parts) != count) or not all(_INT.match(p) for p in parts):
-        raise FrameError(f"field {name!r} must be {what}, got {text!r}", name)
+    if (count is not None and len(parts) != count) or not all(_INT.fullmatch(p) for p in parts):
+        raise FrameError(f"field {name!r} must be {what} (at most 18 digits each), got {text[:80]!r}", name)
     return tuple(int(p) for p in parts)
 
 
 def decode(entry: Mapping[Any, Any]) -> Frame:
-    """The frame in one stream entry's field map (bytes or str keys); FrameError says what is wrong."""
+    """The frame in one stream entry's field map (bytes or str keys); FrameError says what is wrong.
+
+    FrameError is the only exception it raises, whatever the entry holds (tests/core/test_fuzz_formats.py).
+    """
+    if not isinstance(entry, Mapping):
+        raise FrameError(f"not a frame: a stream entry is a field map, got {type(entry).__name__}")
     fields: dict[str, bytes] = {}
     for k, v in entry.items():
-        key = k.decode("utf-8", "replace") if isinstance(k, bytes) else str(k)
-        fields[key] = v if isinstance(v, bytes) else str(v).encode()
+        key = k.decode("utf-8", "replace") if isinstance(k, bytes | bytearray) else str(k)
+        if isinstance(v, bytes | bytearray | memoryview):
+            fields[key] = bytes(v)
+        elif isinstance(v, str | int | float):
+            fields[key] = str(v).encode("utf-8", "replace")
+        else:
+            raise FrameError(f"field {key!r} holds a {type(v).__name__}, not bytes or text", key)
     missing = [n for n in REQUIRED if n not in fields]
     if missing:
         raise FrameError(
@@ -315,31 +336,31 @@ def decode(entry: Mapping[Any, Any]) -> Frame:
     shape = _ints(fields, "shape", 3, "C,H,W (three positive integers)")
     window = PixelWindow(*_ints(fields, "window", 4, "col_off,row_off,width,height (four integers)"))
     try:
-        transform = tuple(float(x) for x in _text(fields, "transform").split(","))
+        transform = tuple(_float(x) for x in _text(fields, "transform").split(","))
     except ValueError:
         transform = ()
     if len(transform) != 6 or not all(math.isfinite(x) for x in transform):
         raise FrameError(
             f"field 'transform' must be six finite numbers a,b,c,d,e,f (affine order), got "
-            f"{_text(fields, 'transform')!r}",
+            f"{_text(fields, 'transform')[:200]!r}",
             "transform",
         )
     try:
         acquired = parse_time(_text(fields, "acquired"))
     except ValueError as e:
         raise FrameError(
-            f"field 'acquired' must be ISO 8601 with a UTC offset, e.g. 2026-11-25T10:31:07Z, got "
-            f"{_text(fields, 'acquired')!r}",
+            f"field 'acquired' must be ISO 8601 with a UTC offset, within the years 1..9999 in UTC, "
+            f"e.g. 2026-11-25T10:31:07Z, got {_text(fields, 'acquired')[:80]!r}",
             "acquired",
         ) from e
     (published,) = _ints(fields, "published", 1, "milliseconds since the Unix epoch (an integer)")
     nodata: float | None = None
     if "nodata" in fields:
         try:
-            nodata = float(_text(fields, "nodata"))
+            nodata = _float(_text(fields, "nodata"))
         except ValueError as e:
             text = _text(fields, "nodata")
-            raise FrameError(f"field 'nodata' must be a number, got {text!r}", "nodata") from e
+            raise FrameError(f"field 'nodata' must be a number, got {text[:80]!r}", "nodata") from e
     bands = _ints(fields, "bands", None, "comma-separated band numbers") if "bands" in fields else None
     source = _text(fields, "source") if "source" in fields else None
     frame = Frame(
@@ -366,6 +387,13 @@ def decode(entry: Mapping[Any, Any]) -> Frame:
     return frame
 
 
+def _float(text: str) -> float:
+    """A number as the wire writes it; ValueError for anything else (float() also takes '1_0', ' 1')."""
+    if len(text) > 64 or "_" in text:
+        raise ValueError(f"not a number: {text[:80]!r}")
+    return float(text)
+
+
 def _validated(f: Frame) -> Frame:
     """Checks every cross-field rule; returns `f` unchanged."""
     check_scene_id(f.scene)
@@ -390,8 +418,11 @@ def _validated(f: Frame) -> Frame:
             f"1 <= height <= {h} (the tensor's W and H)",
             "window",
         )
+    if len(f.transform) != 6 or not all(math.isfinite(x) for x in f.transform):
+        raise FrameError(f"transform {f.transform} must be six finite numbers a,b,c,d,e,f", "transform")
     a, b, _c, d, e, _f = f.transform
-    if len(f.transform) != 6 or not all(math.isfinite(x) for x in f.transform) or a * e - b * d == 0:
+    det = a * e - b * d
+    if not math.isfinite(det) or det == 0:
         raise FrameError(
             f"transform {f.transform} is not an invertible affine transform a,b,c,d,e,f", "transform"
         )

@@ -11,7 +11,9 @@ from __future__ import annotations
 
 import io
 import json
+import struct
 import zipfile
+import zlib
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -22,6 +24,9 @@ METADATA_FILE = "groundwatch.json"
 CONTRACT_VERSION = 1
 DTYPES = ("uint8", "uint16", "float32")
 REQUIRED = ("contract", "classes", "bands", "dtype", "tile_size", "max_detections")
+# A model's groundwatch.json is a few hundred bytes; the cap keeps a hostile archive (a zip bomb
+# of a member, or a blob fetched from the engine) from costing the reader more than this.
+MAX_METADATA_BYTES = 1 << 20
 
 
 class MetadataError(GroundwatchError):
@@ -50,7 +55,7 @@ class ModelMetadata:
             raise MetadataError(
                 f"{METADATA_FILE} lacks {', '.join(missing)}; it needs {', '.join(REQUIRED)} (docs/models.md)"
             )
-        if meta["contract"] != CONTRACT_VERSION:
+        if type(meta["contract"]) is not int or meta["contract"] != CONTRACT_VERSION:
             raise MetadataError(
                 f"model contract {meta['contract']!r} is not supported (this groundwatch knows contract "
                 f"{CONTRACT_VERSION}); export the model again with this version"
@@ -98,7 +103,11 @@ class ModelMetadata:
 
 
 def read_raw(source: str | Path | bytes, what: str | None = None) -> dict[str, Any]:
-    """The JSON object in a TorchScript file's groundwatch.json (path or bytes), unvalidated."""
+    """The JSON object in a TorchScript file's groundwatch.json (path or bytes), unvalidated.
+
+    MetadataError is the only exception it raises for what the file holds, however damaged (a
+    corrupt member, a bad CRC, an oversized or deeply nested groundwatch.json).
+    """
     what = what or ("the given bytes" if isinstance(source, bytes | bytearray) else f"model file {source!s}")
     try:
         archive = zipfile.ZipFile(
@@ -106,9 +115,9 @@ def read_raw(source: str | Path | bytes, what: str | None = None) -> dict[str, A
         )
     except FileNotFoundError as e:
         raise MetadataError(f"{what} does not exist; check the path") from e
-    except (zipfile.BadZipFile, OSError) as e:
+    except _ZIP_ERRORS as e:
         raise MetadataError(
-            f"{what} is not a TorchScript archive (not a zip file); export the model with "
+            f"{what} is not a TorchScript archive (not a readable zip file: {e}); export the model with "
             "torch.jit.script(model) and torch.jit.save(...)"
         ) from e
     with archive:
@@ -124,10 +133,51 @@ def read_raw(source: str | Path | bytes, what: str | None = None) -> dict[str, A
                 f"{what} carries no {METADATA_FILE}: save it with "
                 f"torch.jit.save(m, f, _extra_files={{'{METADATA_FILE}': json.dumps(meta)}}) (docs/models.md)"
             )
+        info = archive.getinfo(meta_name)
+        if info.file_size > MAX_METADATA_BYTES:
+            raise MetadataError(_too_big(what, info.file_size))
         try:
-            return dict(json.loads(archive.read(meta_name).decode("utf-8")))
-        except (UnicodeDecodeError, ValueError, TypeError) as e:
-            raise MetadataError(f"{what}: {METADATA_FILE} is not valid JSON: {e}") from e
+            # Read at most one byte past the cap: the size in the zip directory may lie.
+            with archive.open(info) as member:
+                raw = member.read(MAX_METADATA_BYTES + 1)
+        except _ZIP_ERRORS as e:
+            raise MetadataError(
+                f"{what}: its {METADATA_FILE} cannot be read from the archive ({e}): the file is damaged "
+                "(a bad CRC or a truncated member); copy or export the model again"
+            ) from e
+    if len(raw) > MAX_METADATA_BYTES:
+        raise MetadataError(_too_big(what, len(raw)))
+    try:
+        meta = json.loads(raw.decode("utf-8"))
+    except (UnicodeDecodeError, ValueError, RecursionError) as e:
+        raise MetadataError(f"{what}: {METADATA_FILE} is not valid JSON: {e}") from e
+    if not isinstance(meta, dict):
+        raise MetadataError(f"{what}: {METADATA_FILE} must hold a JSON object, got {type(meta).__name__}")
+    return meta
+
+
+# What zipfile raises for damaged archives besides BadZipFile: truncated or corrupt deflate data
+# (zlib.error, EOFError), nonsense sizes and offsets (ValueError, OverflowError, struct.error),
+# encrypted members (RuntimeError), compression methods it lacks (NotImplementedError).
+_ZIP_ERRORS = (
+    zipfile.BadZipFile,
+    zipfile.LargeZipFile,
+    zlib.error,
+    EOFError,
+    OSError,
+    ValueError,
+    OverflowError,
+    struct.error,
+    RuntimeError,
+    NotImplementedError,
+)
+
+
+def _too_big(what: str, size: int) -> str:
+    return (
+        f"{what}: its {METADATA_FILE} is {size} bytes; metadata is at most {MAX_METADATA_BYTES} bytes "
+        "(class names, bands, dtype, tile size: put anything bulky elsewhere)"
+    )
 
 
 def read(source: str | Path | bytes, what: str | None = None) -> ModelMetadata:
