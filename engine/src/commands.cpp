@@ -922,14 +922,18 @@ void key_at(RedisModuleCtx *ctx, int pos, int argc) {
   if (pos > 0 && pos < argc) RedisModule_KeyAtPos(ctx, pos);
 }
 
-/* Reports the keys of one execute op whose arguments start at `base` (its command name). */
+/* Reports the keys of one execute op whose arguments start at `base` (its command name).
+ * Inside a DAG only the model/script key and a script's KEYS are keyspace keys: TENSORSET and
+ * TENSORGET names and the ops' INPUTS/OUTPUTS are local to the DAG (LOAD/PERSIST name the ones
+ * that touch the keyspace), and reporting them would make a DAG that uses the plain names `in`
+ * and `out` CROSSSLOT on a cluster and subject them to ACL key patterns. */
 void op_keys(RedisModuleCtx *ctx, const Args &all, int base, int end, bool dag) {
   Args a = all.sub(base, end);
   int argc = all.argc;
-  key_at(ctx, base + 1, argc);
   bool model = a.is(0, "AI.MODELEXECUTE") || a.is(0, "AI.MODELRUN");
   bool script = a.is(0, "AI.SCRIPTEXECUTE") || a.is(0, "AI.SCRIPTRUN");
   if (!model && !script) return;
+  key_at(ctx, base + 1, argc);
   bool legacy = a.is(0, "AI.MODELRUN") || a.is(0, "AI.SCRIPTRUN");
   if (legacy) {
     if (dag) return;

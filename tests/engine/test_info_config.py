@@ -237,6 +237,47 @@ def test_getkeys_reports_every_key(engine: redis.Redis) -> None:
     ) == [b"a", b"p", b"r", b"m", b"s", b"k"]
 
 
+def test_getkeys_leaves_out_a_dags_local_tensor_names(engine: redis.Redis) -> None:
+    raw = redis.Redis(port=engine.connection_pool.connection_kwargs["port"])
+    raw.set_response_callback("COMMAND", lambda response, **kwargs: response)
+    ops = [
+        *("|>", "AI.TENSORSET", "in", "FLOAT", 1, "VALUES", 2),
+        *("|>", "AI.MODELEXECUTE", "{f}m", "INPUTS", 1, "in", "OUTPUTS", 1, "out"),
+        *("|>", "AI.SCRIPTEXECUTE", "{f}s", "fn", "KEYS", 1, "{f}k", "INPUTS", 1, "out", "OUTPUTS", 1, "o2"),
+        *("|>", "AI.TENSORGET", "o2", "VALUES"),
+    ]
+    for command in ("AI.DAGEXECUTE", "AI.DAGEXECUTE_RO"):
+        got = raw.execute_command("COMMAND", "GETKEYS", command, "ROUTING", "{f}route", *ops)
+        assert got == [b"{f}route", b"{f}m", b"{f}s", b"{f}k"], command
+    got = raw.execute_command(
+        "COMMAND", "GETKEYS", "AI.DAGEXECUTE", "LOAD", 1, "{f}x", "PERSIST", 1, "o2", *ops
+    )
+    assert got == [b"{f}x", b"o2", b"{f}m", b"{f}s", b"{f}k"]
+    legacy = (
+        "|>",
+        "AI.TENSORSET",
+        "in",
+        "FLOAT",
+        1,
+        "VALUES",
+        2,
+        "|>",
+        "AI.MODELRUN",
+        "{f}m",
+        "INPUTS",
+        "in",
+    )
+    for command in ("AI.DAGRUN", "AI.DAGRUN_RO"):
+        assert raw.execute_command("COMMAND", "GETKEYS", command, "LOAD", 1, "{f}x", *legacy) == [
+            b"{f}x",
+            b"{f}m",
+        ], command
+    with pytest.raises(redis.ResponseError):  # a DAG of local tensors only has no key at all
+        raw.execute_command(
+            "COMMAND", "GETKEYS", "AI.DAGEXECUTE", "TIMEOUT", 5, *ops[:8], "|>", "AI.TENSORGET", "in"
+        )
+
+
 def test_scan_commands_list_models_and_scripts(engine: redis.Redis) -> None:
     engine.execute_command("AI.MODELSTORE", "m1", "TORCH", "CPU", "TAG", "x", "BLOB", ADD)
     engine.execute_command("AI.MODELSTORE", "m2", "TORCH", "CPU", "BLOB", ADD)
@@ -315,6 +356,27 @@ def test_cluster_routes_execute_commands_by_all_their_keys(server_factory) -> No
         1,
         "{a}z",
     ) == [b"OK"]
+    # The consumers' DAG: local names `in`/`out` hash to other slots but are not keys.
+    consumer_dag = [
+        *("AI.DAGEXECUTE", "ROUTING", "{a}route", "|>", "AI.TENSORSET", "in", "FLOAT", 1, "VALUES", 3),
+        *(
+            "|>",
+            "AI.MODELEXECUTE",
+            "{a}m",
+            "INPUTS",
+            1,
+            "in",
+            "OUTPUTS",
+            1,
+            "out",
+            "|>",
+            "AI.TENSORGET",
+            "out",
+            "VALUES",
+        ),
+    ]
+    assert r.execute_command(*consumer_dag) == [b"OK", b"OK", [b"6"]]
+    assert r.exists("in") == 0 and r.exists("out") == 0
     r.close()
     server.stop()
 
