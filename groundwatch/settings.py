@@ -60,7 +60,7 @@ class Settings:
     expect_bands: int = 0  # ingest: refuse scenes that do not yield this many bands (0: any)
     publish_batch: int = 32  # ingest: frames per MULTI/EXEC (and per backpressure check)
     watch_poll_s: float = 2.0  # ingest: drop-folder poll interval; a file must be unchanged over two polls
-    ingest_memory_mb: int = 1024  # ingest: scenes with more tile data are read twice instead of held
+    ingest_memory_mb: float = 1024.0  # ingest: memory budget (MB); larger scenes are read twice, a file one row of tiles of which does not fit is refused
     log_level: str = "INFO"
 
     def __post_init__(self) -> None:

@@ -56,9 +56,10 @@ def _settings_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--memory-mb",
         dest="ingest_memory_mb",
-        type=int,
+        type=float,
         default=None,
-        help="hold a scene's tiles in memory up to this size, else read it twice (1024)",
+        help="memory budget in MB: a scene's tiles are held up to it, else read twice; a file one row of "
+        "tiles of which does not fit is refused (1024)",
     )
     p.add_argument(
         "--publish-batch", dest="publish_batch", type=int, default=None, help="frames per transaction (32)"
@@ -141,8 +142,10 @@ def describe(name: str, result: Any) -> str:
 
 
 def cmd_ingest(settings: Settings, args: argparse.Namespace) -> int:
+    import redis
+
     from groundwatch import connection, keys
-    from ingest.errors import InputError
+    from ingest.errors import IngestError, InputError
     from ingest.scene import ingest_file
 
     if args.scene and len(args.files) != 1:
@@ -151,6 +154,7 @@ def cmd_ingest(settings: Settings, args: argparse.Namespace) -> int:
     client = connection.connect(settings)
     line = ProgressLine()
     failed = 0
+    durability = None
     for path in args.files:
         line.start(path)
         try:
@@ -161,7 +165,21 @@ def cmd_ingest(settings: Settings, args: argparse.Namespace) -> int:
             line.finish(f"groundwatch ingest: {e}")
             failed += 1
             continue
+        except IngestError:
+            raise  # not this file's fault (backpressure, durability): stop with the message
+        except redis.RedisError as e:
+            line.finish(f"groundwatch ingest: {path}: Redis failed ({e}); nothing is lost: ingest it again")
+            return 1
+        except MemoryError:
+            line.finish(
+                f"groundwatch ingest: {path}: ran out of memory; lower --memory-mb or rewrite it tiled"
+            )
+            failed += 1
+            continue
         line.finish(describe(path, result))
+        durability = result.durability or durability
+    if durability is not None:
+        print(f"durability: {durability.detail}", file=sys.stderr)
     print(
         f"{len(args.files) - failed} of {len(args.files)} file(s) on {keys.frames(settings.feed)}",
         file=sys.stderr,

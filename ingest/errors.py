@@ -18,3 +18,11 @@ class InputError(IngestError):
 
 class BackpressureError(IngestError):
     """Consumers stayed too far behind for longer than the backpressure timeout."""
+
+
+class DurabilityError(IngestError):
+    """Published frames were not confirmed durable (replicas or the AOF) in time.
+
+    Not the file's fault: a drop folder leaves the file for a later poll, and ingesting it again
+    is a no-op on the stream that waits for durability again.
+    """

@@ -7,6 +7,8 @@
   marker and deletes the resume point.
 - :func:`wait_for_room` is backpressure: it waits (bounded) while consumers are behind.
 - :func:`trim_acknowledged` is retention: XTRIM MINID to the oldest entry any group still needs.
+- :func:`make_durable` is the acknowledgement: before a scene counts as ingested, what was
+  written is confirmed durable as far as the server can say (WAITAOF, WAIT, or its AOF policy).
 - :func:`publish_tile` is the Python API for feeds that already hold arrays.
 """
 
@@ -27,7 +29,7 @@ import redis
 from groundwatch import frames, keys
 from groundwatch.frames import Frame, PixelWindow
 from groundwatch.settings import Settings
-from ingest.errors import BackpressureError, IngestError, InputError
+from ingest.errors import BackpressureError, DurabilityError, IngestError, InputError
 
 log = logging.getLogger(__name__)
 
@@ -164,6 +166,111 @@ def trim_acknowledged(client: redis.Redis, feed: str) -> int:
     if removed:
         client.hincrby(keys.stats(feed), "frames_trimmed", removed)
     return removed
+
+
+# --- durability ----------------------------------------------------------------------------
+
+DURABLE_TIMEOUT_MS = 10_000  # how long replicas / the AOF fsync may take to confirm a scene
+
+
+@dataclass(frozen=True)
+class Durability:
+    """How durable the writes acknowledged so far are, as the server could confirm it."""
+
+    method: str  # "waitaof", "wait", "fsync-always", "aof-everysec", "none"
+    durable: bool  # survives a crash of the server's machine (AOF fsynced, or on replicas)
+    detail: str  # in words, for the operator
+
+
+_warned: set[str] = set()
+
+
+def _version(text: str) -> tuple[int, ...]:
+    return tuple(int(p) for p in text.split(".")[:2] if p.isdigit())
+
+
+def _appendfsync(client: redis.Redis) -> str | None:
+    """CONFIG GET appendfsync, or None where CONFIG is not allowed (an ACL without @admin)."""
+    try:
+        reply = client.config_get("appendfsync")
+    except redis.ResponseError:
+        return None
+    value = reply.get("appendfsync", reply.get(b"appendfsync"))
+    return None if value is None else _s(value)
+
+
+def _wait(client: redis.Redis, feed: str, *command: Any) -> Any:
+    """`command` (WAIT / WAITAOF) on the connection of a write just made: both wait for the
+    calling connection's last write, which then covers every write the server made before it."""
+    pipe = client.pipeline(transaction=False)
+    pipe.hincrby(keys.stats(feed), "durability_waits", 1)
+    pipe.execute_command(*command)
+    return pipe.execute()[1]
+
+
+def make_durable(client: redis.Redis, feed: str, timeout_ms: int | None = None) -> Durability:
+    """Wait until this connection's writes so far are durable, as far as the server offers.
+
+    Redis >= 7.2: ``WAITAOF numlocal numreplicas`` (fsynced to the local AOF when appendonly is
+    on, and to every connected replica's). Older servers: ``WAIT`` for the connected replicas,
+    and the AOF policy read from the server: ``appendfsync always`` fsyncs before replying;
+    ``everysec`` leaves up to about a second that a power cut (or, rarely, a crash while an
+    fsync is slow) can lose; no AOF and no replica: nothing is on disk until the next snapshot.
+    Raises DurabilityError when replicas or the AOF do not confirm within `timeout_ms`
+    (default DURABLE_TIMEOUT_MS).
+    """
+    timeout_ms = DURABLE_TIMEOUT_MS if timeout_ms is None else timeout_ms
+    server = client.info("server")
+    replicas = int(client.info("replication").get("connected_slaves", 0))
+    aof = bool(int(client.info("persistence").get("aof_enabled", 0)))
+    if _version(_s(server.get("redis_version", "0"))) >= (7, 2) and (aof or replicas):
+        local, remote = (int(n) for n in _wait(client, feed, "WAITAOF", int(aof), replicas, timeout_ms))
+        if local < int(aof) or remote < replicas:
+            raise DurabilityError(
+                f"WAITAOF: fsynced locally {local}/{int(aof)}, on replicas {remote}/{replicas} within "
+                f"{timeout_ms} ms; the frames are on the stream but not yet durable. Check the replicas "
+                "(INFO replication) and the disk; the file is ingested again (a no-op) and waited for later"
+            )
+        where = " and ".join(
+            w for w in ("the local AOF" if aof else "", f"{replicas} replica(s)" if replicas else "") if w
+        )
+        return _report(Durability("waitaof", True, f"fsynced to {where} (WAITAOF)"))
+    parts: list[str] = []
+    method, durable = "none", False
+    if replicas:
+        acked = int(_wait(client, feed, "WAIT", replicas, timeout_ms))
+        if acked < replicas:
+            raise DurabilityError(
+                f"WAIT: {acked} of {replicas} replica(s) acknowledged the frames within {timeout_ms} ms; "
+                "they are on the stream but not yet replicated. Check the replicas (INFO replication); "
+                "the file is ingested again (a no-op) and waited for later"
+            )
+        parts.append(f"on {acked} replica(s) (WAIT)")
+        method, durable = "wait", True
+    fsync = _appendfsync(client) if aof else None
+    if aof and fsync == "always":
+        parts.append("fsynced to the AOF before each reply (appendfsync always)")
+        method, durable = ("wait" if replicas else "fsync-always"), True
+    elif aof:
+        parts.append(
+            f"in the AOF, fsynced about every second (appendfsync {fsync or 'unknown'}): a power cut can lose "
+            "the last second; for a durable acknowledgement use appendfsync always, a replica, or Redis >= 7.2 "
+            "(WAITAOF)"
+        )
+        method = method if replicas else "aof-everysec"
+    elif not replicas:
+        parts.append(
+            "in memory only (appendonly no, no replica): a crash loses what the last snapshot does not hold; "
+            "enable appendonly (groundwatch up does) or add a replica"
+        )
+    return _report(Durability(method, durable, "; ".join(parts)))
+
+
+def _report(d: Durability) -> Durability:
+    if not d.durable and d.detail not in _warned:
+        _warned.add(d.detail)
+        log.warning("acknowledged frames are not durable: %s", d.detail)
+    return d
 
 
 # --- publishing ----------------------------------------------------------------------------

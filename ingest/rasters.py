@@ -2,8 +2,11 @@
 
 It checks what ingest needs (readable, georeferenced, the bands asked for, one dtype the engine
 knows) and turns every failure into an :class:`InputError` that names the file and the fix.
-Reads are windowed; :meth:`Raster.read_rows` widens a band of rows to the file's internal block
-rows, so each block of a tiled or striped file is decoded once per row of tiles.
+Reads are windowed: :meth:`Raster.read_rows` reads exactly one row of tiles, and GDAL's block
+cache (limited to a quarter of ``ingest_memory_mb`` while a file is open) keeps the blocks two
+rows of tiles share. What one read costs, whatever the file's layout, is
+:meth:`Raster.working_set_bytes`: the rows read, plus one block as GDAL decodes it whole (a
+compressed single-strip file is one block of the whole image), plus that cache.
 """
 
 from __future__ import annotations
@@ -42,6 +45,8 @@ class Raster:
     nodata: float | None
     block_rows_px: int
     acquired: datetime
+    block_bytes: int = 0  # one block as GDAL holds it while decoding (doubled when compressed)
+    cache_bytes: int = 0  # GDAL's block cache limit while this file is open
 
     def read(self, window: PixelWindow) -> np.ndarray:
         """The selected bands in `window` as a (C, height, width) array of the file's dtype."""
@@ -60,14 +65,27 @@ class Raster:
             ) from e
 
     def read_rows(self, row_off_px: int, height_px: int) -> tuple[int, np.ndarray]:
-        """All columns of rows row_off_px..row_off_px+height_px-1, widened to whole block rows.
+        """All columns of rows row_off_px..row_off_px+height_px-1 (exactly those rows).
 
-        Returns (first row read, array); the caller slices its windows out of it.
+        Returns (first row read, array); the caller slices its windows out of it. Not widened to
+        the file's blocks: a block can be the whole image (one strip), and GDAL's cache already
+        keeps blocks shared by two rows of tiles.
         """
-        b = self.block_rows_px
-        start = (row_off_px // b) * b
-        stop = min(self.height_px, -(-(row_off_px + height_px) // b) * b)
-        return start, self.read(PixelWindow(0, start, self.width_px, stop - start))
+        height_px = min(height_px, self.height_px - row_off_px)
+        return row_off_px, self.read(PixelWindow(0, row_off_px, self.width_px, height_px))
+
+    def working_set_bytes(self, rows_px: int) -> int:
+        """Memory one read of `rows_px` rows costs: the rows, one decoded block, GDAL's cache."""
+        rows = min(rows_px, self.height_px)
+        return (
+            rows * self.width_px * len(self.bands) * self.dtype.itemsize + self.block_bytes + self.cache_bytes
+        )
+
+    def layout(self) -> str:
+        """The file's block layout in words (for messages)."""
+        if self.block_rows_px >= self.height_px:
+            return "a single strip of the whole image"
+        return f"blocks of {self.block_rows_px} rows"
 
 
 def _reason(e: BaseException) -> str:
@@ -85,7 +103,11 @@ def _crs_text(crs: Any) -> str:
 
 
 def _acquired(path: Path, tags: dict[str, str]) -> datetime:
-    """Acquisition time from the file's tags, else the file's modification time (UTC)."""
+    """Acquisition time from the file's tags, else the file's modification time (UTC).
+
+    A tag that parses but lies outside the years 1..9999 once taken to UTC (e.g.
+    0001-01-01T00:00:00+01:00) is the file's fault: InputError, not OverflowError.
+    """
     for name in ("ACQUISITIONDATETIME", "acquired", "TIFFTAG_DATETIME"):
         text = tags.get(name)
         if not text:
@@ -98,7 +120,13 @@ def _acquired(path: Path, tags: dict[str, str]) -> datetime:
                 value = parse(text.strip())
             except ValueError:
                 continue
-            return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
+            try:
+                return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
+            except OverflowError as e:
+                raise InputError(
+                    f"{path}: its {name} tag {text!r} is outside the years 1..9999 in UTC; fix the tag "
+                    f"(e.g. `gdal_edit.py -mo {name}=2026-11-25T10:31:07Z {path.name}`)"
+                ) from e
     return datetime.fromtimestamp(os.stat(path).st_mtime, UTC)
 
 
@@ -107,11 +135,14 @@ def open_raster(
     path: str | os.PathLike[str],
     bands: Sequence[int] | None = None,
     expect_bands: int = 0,
+    memory_bytes: int | None = None,
 ) -> Iterator[Raster]:
     """Open a scene for ingest: the one place that opens rasters.
 
     bands: 1-based band numbers to read, in that order (None: all). expect_bands: when > 0, the
     number of channels the feed's model wants; a scene that yields another count is refused.
+    memory_bytes: ingest's memory budget; GDAL's block cache gets a quarter of it while the file
+    is open (GDAL's default is 5% of the machine's memory, which would not be bounded by it).
     """
     import rasterio
     from rasterio.errors import RasterioError
@@ -119,17 +150,22 @@ def open_raster(
     p = Path(path)
     if not p.is_file():
         raise InputError(f"{p}: no such file; check the path")
-    try:
-        ds = rasterio.open(p)
-    except (RasterioError, OSError) as e:
-        raise InputError(
-            f"{p}: cannot be opened as a raster ({_reason(e)}); ingest reads GeoTIFF/COG and other formats GDAL "
-            f"knows. If it is a GeoTIFF, {_PARTIAL_HINT}"
-        ) from e
-    try:
-        yield _describe(p, ds, bands, expect_bands)
-    finally:
-        ds.close()
+    # GDAL reads values below 100000 as megabytes, larger ones as bytes.
+    cache = None if memory_bytes is None else max(memory_bytes // 4, 100_001)
+    with rasterio.Env(**({} if cache is None else {"GDAL_CACHEMAX": cache})):
+        try:
+            ds = rasterio.open(p)
+        except (RasterioError, OSError) as e:
+            raise InputError(
+                f"{p}: cannot be opened as a raster ({_reason(e)}); ingest reads GeoTIFF/COG and other formats "
+                f"GDAL knows. If it is a GeoTIFF, {_PARTIAL_HINT}"
+            ) from e
+        try:
+            raster = _describe(p, ds, bands, expect_bands)
+            raster.cache_bytes = cache or 0
+            yield raster
+        finally:
+            ds.close()
 
 
 def _describe(p: Path, ds: Any, bands: Sequence[int] | None, expect_bands: int) -> Raster:
@@ -180,7 +216,12 @@ def _describe(p: Path, ds: Any, bands: Sequence[int] | None, expect_bands: int) 
             "value: set one with `gdal_edit.py -a_nodata VALUE`"
         )
     nodata = None if not nodata_values else float(nodata_values[0])
-    block_rows = int(ds.block_shapes[selected[0] - 1][0]) if ds.block_shapes else 1
+    block_rows, block_cols = (int(n) for n in ds.block_shapes[selected[0] - 1]) if ds.block_shapes else (1, 1)
+    # A pixel-interleaved block holds every band of the file; a compressed one is held twice while
+    # it is decoded (the compressed bytes and the pixels).
+    interleaved = ds.count if (ds.interleaving is not None and ds.interleaving.name == "PIXEL") else 1
+    compressed = ds.compression is not None
+    block_bytes = block_rows * block_cols * interleaved * dtype.itemsize * (2 if compressed else 1)
     t = ds.transform
     return Raster(
         path=p,
@@ -194,4 +235,5 @@ def _describe(p: Path, ds: Any, bands: Sequence[int] | None, expect_bands: int) 
         nodata=nodata,
         block_rows_px=max(1, block_rows),
         acquired=_acquired(p, ds.tags()),
+        block_bytes=block_bytes,
     )

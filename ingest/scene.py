@@ -2,8 +2,10 @@
 
 Every pixel of a scene is read (and every tile checked for nodata) before its first frame is
 published: the frames must carry the scene's tile count, and a file that turns out unreadable
-halfway leaves nothing on the stream. Ingest therefore holds one scene's tiles in memory,
-about (tile / (tile - overlap))^2 times the size of the bands read (1.3x with 512/64).
+halfway leaves nothing on the stream. A scene whose tiles (about (tile / (tile - overlap))^2
+times the bands read, 1.3x with 512/64) fit `ingest_memory_mb` is held between that pass and
+publishing; a larger one is read twice. Either way memory is bounded by one row of tiles, not
+by the file's layout: a file whose one read cannot fit is refused (InputError).
 """
 
 from __future__ import annotations
@@ -54,6 +56,10 @@ class Source(Protocol):
 
     def read_rows(self, row_off_px: int, height_px: int) -> tuple[int, np.ndarray]: ...
 
+    def working_set_bytes(self, rows_px: int) -> int:
+        """Memory one read_rows of `rows_px` rows costs, beyond the tiles kept."""
+        ...
+
 
 @dataclass
 class ArraySource:
@@ -89,6 +95,9 @@ class ArraySource:
     def read_rows(self, row_off_px: int, height_px: int) -> tuple[int, np.ndarray]:
         return row_off_px, self.array[:, row_off_px : row_off_px + height_px, :]
 
+    def working_set_bytes(self, rows_px: int) -> int:
+        return 0  # a view of the array already held
+
 
 @dataclass(frozen=True)
 class SceneProgress:
@@ -107,6 +116,7 @@ class SceneResult:
     nbytes: int  # tile bytes this call added
     duplicate: bool  # the scene had been ingested before: nothing done
     seconds: float
+    durability: publisher.Durability | None = None  # what the server confirmed before returning
 
 
 _BAD = re.compile(r"[^A-Za-z0-9_.\-]")
@@ -138,7 +148,7 @@ def parse_bands(text: str) -> tuple[int, ...] | None:
 def iter_tiles(src: Source, tile_px: int, overlap_px: int) -> Iterator[tuple[PixelWindow, np.ndarray | None]]:
     """Every tile window of `src` with its pixels padded to tile_px, or None when all nodata.
 
-    Reads one band of rows (widened to whole file blocks) per row of tiles.
+    Reads one row of tiles at a time (Source.read_rows).
     """
     strip_row, strip, start = -1, np.empty((0, 0, 0)), 0
     for w in grid(src.width_px, src.height_px, tile_px, overlap_px):
@@ -189,8 +199,10 @@ def ingest_scene(
 
     Every pixel is read before the first frame goes out (the frames carry the tile count, and a
     bad file must leave nothing on the stream). Scenes whose tiles fit in
-    `settings.ingest_memory_mb` are kept in memory between that pass and publishing; larger
-    ones are read twice (once to count and check, once to publish), holding one row of tiles.
+    `settings.ingest_memory_mb` (with one read's working set) are kept in memory between that
+    pass and publishing; larger ones are read twice (once to count and check, once to publish),
+    holding one row of tiles. A source whose single read does not fit the budget (one row of
+    tiles plus one block as the file stores it) is refused with an InputError before any read.
     """
     t0 = time.perf_counter()
     feed = settings.feed
@@ -201,10 +213,16 @@ def ingest_scene(
     if done is not None:
         client.hincrby(keys.stats(feed), "scenes_duplicate", 1)
         tiles, skipped = int(done.get("tiles", 0)), int(done.get("skipped", 0))
-        return SceneResult(scene, tiles, skipped, 0, 0, True, time.perf_counter() - t0)
+        # A retry after a DurabilityError lands here: wait for durability again before "done".
+        durability = publisher.make_durable(client, feed)
+        return SceneResult(scene, tiles, skipped, 0, 0, True, time.perf_counter() - t0, durability)
     size, overlap = settings.tile_size, settings.tile_overlap
+    budget = int(settings.ingest_memory_mb * 1_000_000)
+    working = src.working_set_bytes(size)
+    if working > budget:
+        raise InputError(_too_big_to_read(src, source or scene, size, working, settings))
     kept: Iterable[tuple[PixelWindow, np.ndarray]]
-    if scene_bytes(src, size, overlap) <= settings.ingest_memory_mb * 1_000_000:
+    if scene_bytes(src, size, overlap) + working <= budget:
         kept, skipped = cut_tiles(src, size, overlap)
         tiles = len(kept)
     else:  # two passes: count (and check every pixel is readable), then read again to publish
@@ -222,7 +240,8 @@ def ingest_scene(
     publisher.register_feed(client, feed)
     if tiles == 0:
         publisher.mark_empty_scene(client, feed, scene, skipped, source)
-        return SceneResult(scene, 0, skipped, 0, 0, False, time.perf_counter() - t0)
+        durability = publisher.make_durable(client, feed)
+        return SceneResult(scene, 0, skipped, 0, 0, False, time.perf_counter() - t0, durability)
 
     def frame(i: int, w: PixelWindow, arr: np.ndarray) -> Frame:
         try:
@@ -265,8 +284,22 @@ def ingest_scene(
             f"{source or scene}: {sent} tiles on the second read, {tiles} on the first; "
             "the file changed while it was ingested"
         )
+    # The scene is acknowledged (done/, success) only once its frames are durable.
+    durability = publisher.make_durable(client, feed)
     publisher.trim_acknowledged(client, feed)
-    return SceneResult(scene, tiles, skipped, added, nbytes, added == 0, time.perf_counter() - t0)
+    return SceneResult(scene, tiles, skipped, added, nbytes, added == 0, time.perf_counter() - t0, durability)
+
+
+def _too_big_to_read(src: Source, what: str, tile_px: int, working: int, settings: Settings) -> str:
+    layout = getattr(src, "layout", lambda: "its layout")()
+    mb = -(-working // 1_000_000)
+    return (
+        f"{what}: reading one row of {tile_px}-pixel tiles of this {src.width_px} x {src.height_px} scene "
+        f"({len(src.bands)} band(s) of {src.dtype}, stored as {layout}) needs about {mb} MB, more than "
+        f"ingest_memory_mb={settings.ingest_memory_mb:g}. Raise it (--memory-mb / GROUNDWATCH_INGEST_MEMORY_MB "
+        f">= {mb}), use a smaller --tile-size, or rewrite the file tiled: "
+        "`gdal_translate -co TILED=YES -co COMPRESS=DEFLATE in.tif out.tif`"
+    )
 
 
 def _same_as_first_read(
@@ -295,7 +328,12 @@ def ingest_file(
     p = Path(path)
     scene = scene or scene_id_for(p)
     bands = parse_bands(settings.ingest_bands)
-    with open_raster(p, bands=bands, expect_bands=settings.expect_bands) as raster:
+    with open_raster(
+        p,
+        bands=bands,
+        expect_bands=settings.expect_bands,
+        memory_bytes=int(settings.ingest_memory_mb * 1_000_000),
+    ) as raster:
         return ingest_scene(
             client, settings, raster, scene, source=p.name, force=force, on_progress=on_progress
         )

@@ -7,10 +7,13 @@ A file is complete when (both rules apply):
 - its size and modification time were the same at two consecutive polls (for stations that
   cannot rename).
 
-A bad file (InputError: unreadable, not georeferenced, wrong bands, partly written) goes to
-``failed/`` with ``failed/<name>.reason.txt``; nothing of it is on the stream. Other failures
-(Redis unreachable, backpressure timeout) are not the file's fault: it stays where it is and is
-tried again at a later poll (in burst mode the error is raised).
+Every failure of one file stays that file's: the watcher keeps running. A bad file (InputError:
+unreadable, not georeferenced, wrong bands, partly written, too big to read within
+``ingest_memory_mb``), or any other error while it is read and tiled (MemoryError included: the
+same file would fail the same way at every poll), goes to ``failed/`` with
+``failed/<name>.reason.txt``. Failures that are not the file's fault (Redis unreachable or
+refusing writes, backpressure timeout, durability not reached) leave it where it is, to be tried
+again at a later poll (in burst mode the error is raised).
 """
 
 from __future__ import annotations
@@ -25,9 +28,8 @@ from pathlib import Path
 
 import redis
 
-from groundwatch.errors import GroundwatchError
 from groundwatch.settings import Settings
-from ingest.errors import InputError
+from ingest.errors import IngestError, InputError
 from ingest.scene import Progress, SceneResult, ingest_file
 
 log = logging.getLogger(__name__)
@@ -89,7 +91,9 @@ class DropFolder:
         for p in stable:
             try:
                 outcomes.append(self.process(p))
-            except (GroundwatchError, redis.RedisError) as e:
+            except (IngestError, redis.RedisError, OSError) as e:
+                # Not the file's fault: Redis (down, OOM, read-only), backpressure, durability,
+                # or the folder itself (a move that failed). The file stays for a later poll.
                 if raise_errors:
                     raise
                 log.warning("%s: not ingested now, will retry: %s", p, e)
@@ -98,20 +102,40 @@ class DropFolder:
         return outcomes
 
     def process(self, path: Path) -> Outcome:
-        """Ingest one file; move it to done/ or (bad input) failed/ with the reason."""
+        """Ingest one file; move it to done/ or (its own failure) failed/ with the reason."""
         try:
             result = ingest_file(self.client, self.settings, path, on_progress=self.on_progress)
         except InputError as e:
-            dest = _unique(self.directory / FAILED / path.name)
-            shutil.move(str(path), dest)
-            dest.with_name(dest.name + ".reason.txt").write_text(
-                f"{datetime.now(UTC).isoformat(timespec='seconds')} {type(e).__name__}: {e}\n"
+            return self._failed(path, e)
+        except (IngestError, redis.RedisError):
+            raise
+        except MemoryError as e:
+            return self._failed(
+                path,
+                e,
+                f"ran out of memory reading it (ingest_memory_mb={self.settings.ingest_memory_mb:g}); lower "
+                "--memory-mb so it is read in two passes, or rewrite it tiled: "
+                "`gdal_translate -co TILED=YES -co COMPRESS=DEFLATE in.tif out.tif`",
             )
-            log.error("%s -> %s: %s", path.name, dest, e)
-            return Outcome(dest, FAILED, str(e))
+        except Exception as e:
+            # Whatever else this file provoked: it would again at every poll, so it is the file's.
+            log.exception("%s: unexpected error", path.name)
+            return self._failed(
+                path, e, f"unexpected error ({type(e).__name__}: {e}); report it with the file"
+            )
         dest = _unique(self.directory / DONE / path.name)
         shutil.move(str(path), dest)
         return Outcome(dest, DONE, "already ingested" if result.duplicate else "", result)
+
+    def _failed(self, path: Path, error: BaseException, reason: str | None = None) -> Outcome:
+        reason = reason or str(error)
+        dest = _unique(self.directory / FAILED / path.name)
+        shutil.move(str(path), dest)
+        dest.with_name(dest.name + ".reason.txt").write_text(
+            f"{datetime.now(UTC).isoformat(timespec='seconds')} {type(error).__name__}: {reason}\n"
+        )
+        log.error("%s -> %s: %s", path.name, dest, reason)
+        return Outcome(dest, FAILED, reason)
 
 
 def watch(
