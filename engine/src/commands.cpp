@@ -148,20 +148,45 @@ bool parse_device(const char *s, size_t len, std::string *out) {
   return false;
 }
 
+Model *failed_model(const std::string &device, const std::string &tag, long long batchsize,
+                    long long minbatchsize, long long minbatchtimeout, char *blob, size_t bloblen,
+                    bool optimize, const std::string &err) {
+  Model *m = new Model();
+  m->device = device;
+  m->tag = tag;
+  m->batchsize = batchsize;
+  m->minbatchsize = minbatchsize;
+  m->minbatchtimeout = minbatchtimeout;
+  m->blob = blob;
+  m->bloblen = bloblen;
+  m->optimize = optimize;
+  m->load_error = err.compare(0, 4, "ERR ") == 0 ? err.substr(4) : err;
+  if (optimize) m->optimize_status = "the model did not load";
+  return m;
+}
+
+std::string model_unusable(const Model &m) {
+  if (m.load_error.empty()) return {};
+  return "ERR this model did not load and cannot run: " + m.load_error +
+         " (store it again with AI.MODELSTORE)";
+}
+
 std::string create_model(const std::string &device, const std::string &tag, long long batchsize,
                          long long minbatchsize, long long minbatchtimeout, char *blob,
-                         size_t bloblen, Model **out, bool optimize) {
+                         size_t bloblen, Model **out, bool optimize, bool keep_failed) {
   std::string err;
   const GwBackendApi *be = require_torch(&err);
-  if (!be) {
-    mem_free(blob);
-    return err;
-  }
   void *handle = nullptr;
-  char *e = be->model_load(blob, bloblen, device.c_str(), &handle);
-  if (e) {
-    mem_free(blob);
-    return "ERR " + take_backend_error(e);
+  char *e = be ? be->model_load(blob, bloblen, device.c_str(), &handle) : nullptr;
+  if (e) err = "ERR " + take_backend_error(e);
+  if (!be || e) {
+    if (keep_failed) {
+      *out = failed_model(device, tag, batchsize, minbatchsize, minbatchtimeout, blob, bloblen,
+                          optimize, err);
+    } else {
+      mem_free(blob);
+    }
+    return err;
   }
   Model *m = new Model();
   m->device = device;
@@ -223,8 +248,11 @@ std::string create_script(const std::string &device, const std::string &tag,
 
 namespace {
 
-/* argv[0] is the command, argv[1] the key. */
-std::string parse_tensorset(const Args &a, Tensor **out) {
+/* argv[0] is the command, argv[1] the key. Every tensor invariant is checked (tensor.h) before
+ * anything is allocated. `trusted`: the command is replayed from the AOF or comes from our master,
+ * so its data is already held and is checked against the ceiling, not TENSOR_MAX_BYTES (a lower
+ * limit must not drop keys on restart); a zero-filled tensor has no data and is always limited. */
+std::string parse_tensorset(const Args &a, bool trusted, Tensor **out) {
   if (a.argc < 4) return wrong_arity("AI.TENSORSET");
   size_t tlen;
   const char *tname = RedisModule_StringPtrLen(a.argv[2], &tlen);
@@ -235,11 +263,17 @@ std::string parse_tensorset(const Args &a, Tensor **out) {
   for (; i < a.argc && !a.is(i, "BLOB") && !a.is(i, "VALUES"); i++) {
     long long d;
     if (!a.ll(i, &d) || d <= 0) return "ERR invalid or negative value found in tensor shape";
+    if (shape.size() == kMaxRank) return tensorset_fault_reply(TensorFault::Rank, 0);
     shape.push_back(d);
   }
-  if (shape.empty() || checked_elements(shape, dtype) < 0)
-    return "ERR invalid or negative value found in tensor shape";
-  if (i == a.argc) {
+  /* No dimensions before BLOB/VALUES: a scalar (rank 0, one element), as script outputs can be. */
+  bool has_data = i < a.argc;
+  uint64_t limit = static_cast<uint64_t>(config.tensor_max_bytes);
+  if (trusted && has_data) limit = kTensorBytesCeiling;
+  uint64_t elements = 0;
+  TensorFault f = check_shape(dtype, shape.data(), shape.size(), limit, &elements);
+  if (f != TensorFault::None) return tensorset_fault_reply(f, limit);
+  if (!has_data) {
     *out = tensor_zeros(dtype, shape);
     return {};
   }
@@ -249,7 +283,7 @@ std::string parse_tensorset(const Args &a, Tensor **out) {
              "command";
     size_t len;
     const char *blob = RedisModule_StringPtrLen(a.argv[i + 1], &len);
-    return tensor_from_blob(dtype, shape, blob, len, out);
+    return tensor_from_blob(dtype, shape, blob, len, out, limit);
   }
   std::vector<Arg> values;
   for (int j = i + 1; j < a.argc; j++) {
@@ -257,7 +291,7 @@ std::string parse_tensorset(const Args &a, Tensor **out) {
     v.ptr = RedisModule_StringPtrLen(a.argv[j], &v.len);
     values.push_back(v);
   }
-  return tensor_from_values(dtype, shape, values, out);
+  return tensor_from_values(dtype, shape, values, out, limit);
 }
 
 /* argv[0] is the command, argv[1] the key. */
@@ -366,7 +400,9 @@ int TensorSet_Command(RedisModuleCtx *ctx, RedisModuleString **argv, int argc) {
   Args a{argv, argc};
   if (!tensor_writable(ctx, argv[1])) return reply_err(ctx, kWrongType);
   Tensor *t = nullptr;
-  std::string err = parse_tensorset(a, &t);
+  bool trusted = RedisModule_GetContextFlags(ctx) &
+                 (REDISMODULE_CTX_FLAGS_LOADING | REDISMODULE_CTX_FLAGS_REPLICATED);
+  std::string err = parse_tensorset(a, trusted, &t);
   if (!err.empty()) return reply_err(ctx, err);
   set_value(ctx, argv[1], TensorType, t);
   RedisModule_ReplicateVerbatim(ctx);
@@ -415,10 +451,20 @@ int model_store(RedisModuleCtx *ctx, RedisModuleString **argv, int argc, bool de
   if (argc < 4) return RedisModule_WrongArity(ctx);
   Args a{argv, argc};
   if (!a.is(2, "TORCH")) return reply_err(ctx, "ERR unsupported backend");
+  /* Replayed from the AOF or sent by our master: the model is data this server already holds,
+   * so one the backend cannot load (another libtorch, a device this host lacks) is kept as a
+   * model that reports why (Model::load_error) rather than dropped. */
+  bool trusted = RedisModule_GetContextFlags(ctx) &
+                 (REDISMODULE_CTX_FLAGS_LOADING | REDISMODULE_CTX_FLAGS_REPLICATED);
   std::string device;
   size_t dlen;
   const char *dev = RedisModule_StringPtrLen(argv[3], &dlen);
-  if (!parse_device(dev, dlen, &device)) return reply_err(ctx, "ERR Invalid DEVICE");
+  std::string bad_device;
+  if (!parse_device(dev, dlen, &device)) {
+    if (!trusted) return reply_err(ctx, "ERR Invalid DEVICE");
+    device.assign(dev, dlen);
+    bad_device = "ERR Invalid DEVICE " + device;
+  }
   int i = 4;
   std::string tag;
   if (a.is(i, "TAG")) {
@@ -485,8 +531,16 @@ int model_store(RedisModuleCtx *ctx, RedisModuleString **argv, int argc, bool de
     off += len;
   }
   Model *m = nullptr;
-  std::string err = create_model(device, tag, bs, mbs, mbt, blob, total, &m, optimize);
-  if (!err.empty()) return reply_err(ctx, err);
+  std::string err;
+  if (bad_device.empty()) {
+    err = create_model(device, tag, bs, mbs, mbt, blob, total, &m, optimize, trusted);
+  } else {
+    err = bad_device;
+    m = failed_model(device, tag, bs, mbs, mbt, blob, total, optimize, err);
+  }
+  if (!err.empty() && !m) return reply_err(ctx, err);
+  if (!err.empty())
+    RedisModule_Log(ctx, "warning", "model kept without loading it: %s", err.c_str());
   set_value(ctx, argv[1], ModelType, m);
   RedisModule_ReplicateVerbatim(ctx);
   return RedisModule_ReplyWithSimpleString(ctx, "OK");
@@ -506,6 +560,14 @@ void reply_optimize_meta(RedisModuleCtx *ctx, const Model &m) {
   RedisModule_ReplyWithLongLong(ctx, m.optimize_status == "ok" ? 1 : 0);
   RedisModule_ReplyWithSimpleString(ctx, "optimize_status");
   RedisModule_ReplyWithStringBuffer(ctx, m.optimize_status.data(), m.optimize_status.size());
+}
+
+/* load_error: why a loaded model could not be made runnable; only for such models, after the
+ * standard entries (clients read the reply as a flat key/value list). */
+void reply_load_error(RedisModuleCtx *ctx, const Model &m) {
+  if (m.load_error.empty()) return;
+  RedisModule_ReplyWithSimpleString(ctx, "load_error");
+  RedisModule_ReplyWithStringBuffer(ctx, m.load_error.data(), m.load_error.size());
 }
 
 void reply_model_blob(RedisModuleCtx *ctx, const Model &m) {
@@ -555,7 +617,8 @@ int ModelGet_Command(RedisModuleCtx *ctx, RedisModuleString **argv, int argc) {
   }
   /* Models stored with OPTIMIZE add two pairs after RedisAI's 16 (clients read the reply as a
    * flat key/value list); other models keep RedisAI's exact shape. */
-  RedisModule_ReplyWithArray(ctx, (blob ? 18 : 16) + (m->optimize ? 4 : 0));
+  RedisModule_ReplyWithArray(ctx, (blob ? 18 : 16) + (m->optimize ? 4 : 0) +
+                                      (m->load_error.empty() ? 0 : 2));
   RedisModule_ReplyWithSimpleString(ctx, "backend");
   RedisModule_ReplyWithSimpleString(ctx, "TORCH");
   RedisModule_ReplyWithSimpleString(ctx, "device");
@@ -575,6 +638,7 @@ int ModelGet_Command(RedisModuleCtx *ctx, RedisModuleString **argv, int argc) {
   RedisModule_ReplyWithSimpleString(ctx, "minbatchtimeout");
   RedisModule_ReplyWithLongLong(ctx, m->minbatchtimeout);
   if (m->optimize) reply_optimize_meta(ctx, *m);
+  reply_load_error(ctx, *m);
   if (blob) {
     RedisModule_ReplyWithSimpleString(ctx, "blob");
     reply_model_blob(ctx, *m);
@@ -699,6 +763,7 @@ std::string parse_modelexecute(RedisModuleCtx *ctx, const Args &a, bool in_dag, 
   if (a.argc < 8) return wrong_arity("AI.MODELEXECUTE");
   Model *model = nullptr;
   std::string err = get_model(ctx, a.argv[1], &model);
+  if (err.empty()) err = model_unusable(*model);
   if (!err.empty()) return err;
   if (!a.is(2, "INPUTS")) return "ERR INPUTS not specified";
   long long nin;
@@ -741,6 +806,7 @@ std::string parse_modelrun(RedisModuleCtx *ctx, const Args &a, bool in_dag, Op *
   if (a.argc < 6) return wrong_arity("AI.MODELRUN");
   Model *model = nullptr;
   std::string err = get_model(ctx, a.argv[1], &model);
+  if (err.empty()) err = model_unusable(*model);
   if (!err.empty()) return err;
   int i = 2;
   if (a.is(i, "TIMEOUT")) {
@@ -1134,7 +1200,7 @@ std::string parse_dag(RedisModuleCtx *ctx, const Args &a, DagMode mode, Run *run
     std::string err;
     if (oa.is(0, "AI.TENSORSET")) {
       Tensor *t = nullptr;
-      err = parse_tensorset(oa, &t);
+      err = parse_tensorset(oa, false, &t);
       if (err.empty()) {
         op.kind = OpKind::TensorSet;
         op.name = oa.str(1);
@@ -1242,7 +1308,8 @@ int Info_Command(RedisModuleCtx *ctx, RedisModuleString **argv, int argc) {
   }
   /* Beyond RedisAI's 18 entries, models add their batching figures as further pairs;
    * clients read the reply as a flat key/value list, so the extra pairs are harmless. */
-  RedisModule_ReplyWithArray(ctx, m ? (m->optimize ? 28 : 24) : 18);
+  RedisModule_ReplyWithArray(
+      ctx, m ? (m->optimize ? 28 : 24) + (m->load_error.empty() ? 0 : 2) : 18);
   RedisModule_ReplyWithSimpleString(ctx, "key");
   RedisModule_ReplyWithString(ctx, argv[1]);
   RedisModule_ReplyWithSimpleString(ctx, "type");
@@ -1274,6 +1341,7 @@ int Info_Command(RedisModuleCtx *ctx, RedisModuleString **argv, int argc) {
     RedisModule_ReplyWithSimpleString(ctx, "queue_depth");
     RedisModule_ReplyWithLongLong(ctx, depth);
     if (m->optimize) reply_optimize_meta(ctx, *m);
+    reply_load_error(ctx, *m);
   }
   return REDISMODULE_OK;
 }

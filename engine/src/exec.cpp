@@ -17,6 +17,7 @@
 #include <thread>
 
 #include "backend.h"
+#include "glue.h"
 
 namespace gw {
 
@@ -159,6 +160,17 @@ void fail(Run *run, const std::string &err) {
 
 /* ==== Running ops ============================================================================= */
 
+/* Outputs are held to the same invariants as TENSORSET (tensor.h): one that breaks them fails
+ * this execution instead of becoming a key that could not be saved and loaded back. */
+std::string output_fault(const GwTensor &o, size_t k) {
+  uint64_t limit = static_cast<uint64_t>(config.tensor_max_bytes);
+  size_t ndim = o.ndim < 0 ? kMaxRank + 1 : static_cast<size_t>(o.ndim);
+  TensorFault f = check_tensor(o.dtype, o.shape, ndim, static_cast<const char *>(o.data),
+                               o.nbytes, limit);
+  if (f == TensorFault::None) return {};
+  return "ERR output " + std::to_string(k) + " cannot be stored: " + tensor_fault_text(f, limit);
+}
+
 Tensor *adopt_output(GwTensor *o) {
   std::vector<int64_t> shape(o->shape, o->shape + o->ndim);
   RedisModule_Free(o->shape);
@@ -208,6 +220,7 @@ void run_model_batch(Queue *q, std::vector<Run *> &batch) {
 
   std::string error;
   if (err) error = "ERR " + take_backend_error(err);
+  for (size_t k = 0; k < noutputs && error.empty(); k++) error = output_fault(outs[k], k);
   int64_t total = 0;
   for (int64_t s : sizes) total += s;
   if (error.empty() && batch.size() > 1) {
@@ -280,6 +293,8 @@ void run_script(Run *run) {
   if (err) error = "ERR " + take_backend_error(err);
   if (error.empty() && !op.outputs.empty() && nouts != op.outputs.size())
     error = "ERR Number of tensors returned by the script does not match the number of OUTPUTS";
+  for (size_t k = 0; k < nouts && k < op.outputs.size() && error.empty(); k++)
+    error = output_fault(outs[k], k);
   for (size_t k = 0; k < nouts; k++) {
     if (error.empty() && k < op.outputs.size()) {
       run->put(op.outputs[k], adopt_output(&outs[k]));
@@ -519,6 +534,11 @@ extern "C" char *script_model_execute(void *call_ctx, const char *key, size_t ke
   RedisModule_ThreadSafeContextUnlock(ctx);
   RedisModule_FreeThreadSafeContext(ctx);
   if (!model) return host_strdup("model key is empty");
+  if (!model->handle) {
+    std::string why = model_unusable(*model);
+    model->release();
+    return host_strdup(why.substr(4));
+  }
   auto t0 = std::chrono::steady_clock::now();
   char *err = torch_backend()->model_run(model->handle, inputs, ninputs, outputs, noutputs);
   long long us = std::chrono::duration_cast<std::chrono::microseconds>(

@@ -15,10 +15,19 @@ namespace gw {
 
 /* Takes ownership of blob (mem_alloc'd) whatever the outcome. "" on success. With optimize the
  * backend also freezes and optimises the model; when it cannot, the model is still created
- * (unoptimised) and the reason is logged and kept in Model::optimize_status. */
+ * (unoptimised) and the reason is logged and kept in Model::optimize_status. With keep_failed
+ * (data being loaded, never a client's store) a model the backend cannot load is still made, with
+ * no handle and Model::load_error set, and returned in *out along with the error. */
 std::string create_model(const std::string &device, const std::string &tag, long long batchsize,
                          long long minbatchsize, long long minbatchtimeout, char *blob,
-                         size_t bloblen, Model **out, bool optimize = false);
+                         size_t bloblen, Model **out, bool optimize = false,
+                         bool keep_failed = false);
+/* A model the backend could not load (see Model::load_error), made from its record; takes blob. */
+Model *failed_model(const std::string &device, const std::string &tag, long long batchsize,
+                    long long minbatchsize, long long minbatchtimeout, char *blob, size_t bloblen,
+                    bool optimize, const std::string &err);
+/* The error reply for using a model that did not load, or "" when it can run. */
+std::string model_unusable(const Model &m);
 std::string create_script(const std::string &device, const std::string &tag,
                           const std::string &source, const std::vector<std::string> &entry_points,
                           Script **out);

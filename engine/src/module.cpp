@@ -45,13 +45,45 @@ struct IOWriter : RdbWriter {
   void bytes(const char *p, size_t n) override { RedisModule_SaveStringBuffer(io, p, n); }
 };
 
+/* With REDISMODULE_OPTIONS_HANDLE_IO_ERRORS a short read or an opcode mismatch returns 0/NULL
+ * and sets the IO's error flag; after one, nothing more is read from the stream. */
 struct IOReader : RdbReader {
   RedisModuleIO *io;
+  bool failed = false;
   explicit IOReader(RedisModuleIO *i) : io(i) {}
-  uint64_t u64() override { return RedisModule_LoadUnsigned(io); }
-  int64_t i64() override { return RedisModule_LoadSigned(io); }
-  char *bytes(size_t *n) override { return RedisModule_LoadStringBuffer(io, n); }
+  bool check() {
+    if (!failed && RedisModule_IsIOError(io)) failed = true;
+    return !failed;
+  }
+  bool u64(uint64_t *v) override {
+    if (failed) return false;
+    *v = RedisModule_LoadUnsigned(io);
+    return check();
+  }
+  bool i64(int64_t *v) override {
+    if (failed) return false;
+    *v = RedisModule_LoadSigned(io);
+    return check();
+  }
+  char *bytes(size_t *n) override {
+    if (failed) return nullptr;
+    char *p = RedisModule_LoadStringBuffer(io, n);
+    if (!check() || !p) {
+      if (p) RedisModule_Free(p);
+      failed = true;
+      return nullptr;
+    }
+    return p;
+  }
 };
+
+/* Server start, DEBUG RELOAD and a replica's full sync load with Redis "loading"; RESTORE does
+ * not. Data being loaded is already held by this server or its master, so only a client's
+ * RESTORE is held to TENSOR_MAX_BYTES (docs/engine-limits.md). */
+bool io_loading(RedisModuleIO *io) {
+  RedisModuleCtx *ctx = RedisModule_GetContextFromIO(io);
+  return ctx && (RedisModule_GetContextFlags(ctx) & REDISMODULE_CTX_FLAGS_LOADING);
+}
 
 bool supported_encver(RedisModuleIO *io, int encver, const char *type) {
   if (encver == kEncodingVersion) return true;
@@ -78,8 +110,16 @@ void *tensor_rdb_load(RedisModuleIO *io, int encver) {
   if (!supported_encver(io, encver, "AI_TENSOR")) return nullptr;
   IOReader r(io);
   std::string err;
-  Tensor *t = load_tensor(r, &err);
-  if (!t) RedisModule_LogIOError(io, "warning", "AI_TENSOR: %s", err.c_str());
+  bool loading = io_loading(io);
+  uint64_t limit = static_cast<uint64_t>(config.tensor_max_bytes);
+  Tensor *t = load_tensor(r, &err, loading ? kTensorBytesCeiling : limit);
+  if (!t) {
+    RedisModule_LogIOError(io, "warning", "AI_TENSOR: %s", err.c_str());
+  } else if (t->nbytes > limit) {
+    RedisModule_LogIOError(io, "warning",
+                           "AI_TENSOR: loaded a tensor of %zu bytes, over TENSOR_MAX_BYTES (%llu)",
+                           t->nbytes, static_cast<unsigned long long>(limit));
+  }
   return t;
 }
 
@@ -125,16 +165,40 @@ void *model_rdb_load(RedisModuleIO *io, int encver) {
                            static_cast<unsigned long long>(rec.backend));
     return nullptr;
   }
+  /* At start-up, DEBUG RELOAD or a full sync (loading), a record the backend cannot turn into a
+   * model (a blob this libtorch cannot read, a device this host lacks) becomes a model that
+   * reports why on every use and is saved back as it came: the rest of the data comes up. A
+   * client's RESTORE is refused instead, as MODELSTORE would be. */
+  bool loading = io_loading(io);
   std::string device;
-  if (!parse_device(rec.device.data(), rec.device.size(), &device)) device = "CPU";
+  bool valid_device = parse_device(rec.device.data(), rec.device.size(), &device);
   Model *m = nullptr;
   char *blob = rec.blob;
   rec.blob = nullptr;
-  err = create_model(device, rec.tag, rec.batchsize, rec.minbatchsize, rec.minbatchtimeout, blob,
-                     rec.bloblen, &m, rec.optimize);
-  if (!err.empty()) {
+  if (valid_device) {
+    err = create_model(device, rec.tag, rec.batchsize, rec.minbatchsize, rec.minbatchtimeout, blob,
+                       rec.bloblen, &m, rec.optimize, loading);
+  } else {
+    err = "ERR Invalid DEVICE " + rec.device;
+    if (loading) {
+      m = failed_model(rec.device, rec.tag, rec.batchsize, rec.minbatchsize, rec.minbatchtimeout,
+                       blob, rec.bloblen, rec.optimize, err);
+    } else {
+      mem_free(blob);
+    }
+  }
+  if (!err.empty() && !m) {
     RedisModule_LogIOError(io, "warning", "AI__MODEL: %s", err.c_str());
     return nullptr;
+  }
+  if (!err.empty()) {
+    m->device = rec.device; /* verbatim, so it is saved back as it came */
+    m->inputs = rec.inputs;
+    m->noutputs = rec.outputs.size();
+    m->record_outputs = rec.outputs;
+    RedisModule_LogIOError(io, "warning",
+                           "AI__MODEL: kept a model that cannot run (it reports why on use): %s",
+                           err.c_str());
   }
   return m;
 }
@@ -148,7 +212,11 @@ ModelRecord model_record(const Model &m) {
   rec.minbatchtimeout = m.minbatchtimeout;
   rec.optimize = m.optimize;
   rec.inputs = m.inputs;
-  rec.outputs.assign(m.noutputs, std::string());
+  if (m.load_error.empty()) {
+    rec.outputs.assign(m.noutputs, std::string());
+  } else {
+    rec.outputs = m.record_outputs;
+  }
   return rec;
 }
 
@@ -283,6 +351,7 @@ void info_func(RedisModuleInfoCtx *ctx, int for_crash_report) {
   RedisModule_InfoAddFieldLongLong(ctx, "intra_op_parallelism", config.intra_op_parallelism);
   RedisModule_InfoAddFieldLongLong(ctx, "model_execution_timeout", config.model_execution_timeout);
   RedisModule_InfoAddFieldLongLong(ctx, "backend_memory_limit", config.backend_memory_limit);
+  RedisModule_InfoAddFieldLongLong(ctx, "tensor_max_bytes", config.tensor_max_bytes);
 
   RedisModule_InfoAddSection(ctx, "backends_info");
   if (torch_backend()) RedisModule_InfoAddFieldCString(ctx, "Torch_version", torch_backend()->version());
@@ -356,6 +425,13 @@ bool parse_load_args(RedisModuleCtx *ctx, RedisModuleString **argv, int argc, st
       ok = num_arg(&config.model_execution_timeout, 0);
     } else if (strcasecmp(n.c_str(), "BACKEND_MEMORY_LIMIT") == 0) {
       ok = num_arg(&config.backend_memory_limit, 0);
+    } else if (strcasecmp(n.c_str(), "TENSOR_MAX_BYTES") == 0) {
+      ok = num_arg(&config.tensor_max_bytes, 1);
+      if (ok && static_cast<uint64_t>(config.tensor_max_bytes) > kTensorBytesCeiling) {
+        RedisModule_Log(ctx, "warning", "TENSOR_MAX_BYTES is at most %llu",
+                        static_cast<unsigned long long>(kTensorBytesCeiling));
+        ok = false;
+      }
     } else {
       RedisModule_Log(ctx, "warning", "unknown load-time argument %s", n.c_str());
       ok = false;
@@ -377,6 +453,8 @@ extern "C" __attribute__((visibility("default"))) int RedisModule_OnLoad(RedisMo
   if (rm_api_init(ctx) != REDISMODULE_OK) return REDISMODULE_ERR;
   if (RedisModule_IsModuleNameBusy("ai")) return REDISMODULE_ERR;
   RedisModule_SetModuleAttribs(ctx, "ai", kModuleVersion, REDISMODULE_APIVER_1);
+  /* A truncated or crafted RESTORE payload or RDB must be an error, never a panic. */
+  RedisModule_SetModuleOptions(ctx, REDISMODULE_OPTIONS_HANDLE_IO_ERRORS);
   mem_alloc = RedisModule_Alloc;
   mem_free = RedisModule_Free;
 

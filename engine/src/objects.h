@@ -24,6 +24,8 @@ struct Config {
   long long model_chunk_size = 511LL * 1024 * 1024;
   long long model_execution_timeout = 5000;
   long long backend_memory_limit = 0;
+  /* TENSOR_MAX_BYTES: the largest tensor a client can make (see tensor.h's invariants). */
+  long long tensor_max_bytes = static_cast<long long>(kDefaultTensorMaxBytes);
 };
 extern Config config;
 
@@ -68,6 +70,12 @@ struct Model {
    * loaded). The flag, not the status, persists: loading optimises again. */
   bool optimize = false;
   std::string optimize_status;
+  /* Set when the record was loaded (RDB, AOF replay, replication) but the backend could not
+   * load it: a blob this libtorch cannot read, a device this host lacks, no backend. The model
+   * has no handle, every use answers this reason, and it is saved back as it came (blob, device,
+   * and the output names of the record), so the rest of the data still comes up. */
+  std::string load_error;
+  std::vector<std::string> record_outputs;
   RunStats stats;
 
   Model *retain() {

@@ -49,8 +49,13 @@ typedef struct RedisModuleInfoCtx RedisModuleInfoCtx;
 
 #define REDISMODULE_CTX_FLAGS_LUA (1 << 0)
 #define REDISMODULE_CTX_FLAGS_MULTI (1 << 1)
+#define REDISMODULE_CTX_FLAGS_REPLICATED (1 << 12)
 #define REDISMODULE_CTX_FLAGS_LOADING (1 << 13)
 #define REDISMODULE_CTX_FLAGS_DENY_BLOCKING (1 << 21)
+
+/* RedisModule_SetModuleOptions: short reads and opcode mismatches while loading our values set
+ * an error flag (RedisModule_IsIOError) instead of making Redis panic. */
+#define REDISMODULE_OPTIONS_HANDLE_IO_ERRORS (1 << 0)
 
 /* Version 3 of the type methods: Redis reads the fields up to `defrag`. */
 #define REDISMODULE_TYPE_METHOD_VERSION_3 3
@@ -100,6 +105,9 @@ typedef struct RedisModuleTypeMethods {
   X(void, Free, (void *ptr))                                                                       \
   X(void, SetModuleAttribs, (RedisModuleCtx * ctx, const char *name, int ver, int apiver))          \
   X(int, IsModuleNameBusy, (const char *name))                                                     \
+  X(void, SetModuleOptions, (RedisModuleCtx * ctx, int options))                                   \
+  X(int, IsIOError, (RedisModuleIO * io))                                                          \
+  X(RedisModuleCtx *, GetContextFromIO, (RedisModuleIO * io))                                      \
   X(int, CreateCommand,                                                                            \
     (RedisModuleCtx * ctx, const char *name, RedisModuleCmdFunc cmdfunc, const char *strflags,     \
      int firstkey, int lastkey, int keystep))                                                      \

@@ -7,14 +7,77 @@
 
 namespace gw {
 
-std::string RdbReader::str() {
+/* ==== Readers ================================================================================= */
+
+bool RdbReader::count(uint64_t *n, uint64_t max) { return u64(n) && *n <= max; }
+
+bool RdbReader::raw(std::string *out, size_t max_len) {
   size_t n = 0;
   char *p = bytes(&n);
-  if (!p) return {};
-  while (n > 0 && p[n - 1] == '\0') n--;
-  std::string s(p, n);
+  if (!p) return false;
+  bool ok = n <= max_len;
+  if (ok) out->assign(p, n);
   mem_free(p);
-  return s;
+  return ok;
+}
+
+bool RdbReader::str(std::string *out, size_t max_len) {
+  if (!raw(out, max_len)) return false;
+  while (!out->empty() && out->back() == '\0') out->pop_back();
+  return true;
+}
+
+bool RdbReader::cstring(std::string *out, size_t max_len) {
+  if (!raw(out, max_len)) return false;
+  if (!out->empty() && out->back() == '\0') out->pop_back();
+  return true;
+}
+
+bool BufferReader::take_u64(unsigned char tag, uint64_t *v) {
+  if (failed || end - p < 9 || p[0] != tag) {
+    failed = true;
+    return false;
+  }
+  uint64_t x = 0;
+  for (int i = 8; i >= 1; i--) x = (x << 8) | p[i];
+  p += 9;
+  *v = x;
+  return true;
+}
+
+bool BufferReader::u64(uint64_t *v) { return take_u64(kTagInt, v); }
+
+bool BufferReader::i64(int64_t *v) {
+  uint64_t u;
+  if (!take_u64(kTagInt, &u)) return false;
+  *v = static_cast<int64_t>(u);
+  return true;
+}
+
+char *BufferReader::bytes(size_t *n) {
+  uint64_t len;
+  if (!take_u64(kTagString, &len)) return nullptr;
+  /* The length is checked against what is left before anything is allocated. */
+  if (len > static_cast<uint64_t>(end - p)) {
+    failed = true;
+    return nullptr;
+  }
+  char *out = static_cast<char *>(mem_alloc(len ? len : 1));
+  if (len) memcpy(out, p, len);
+  p += len;
+  *n = static_cast<size_t>(len);
+  return out;
+}
+
+void BufferWriter::u64(uint64_t v) {
+  out.push_back(static_cast<char>(kTagInt));
+  for (int i = 0; i < 8; i++) out.push_back(static_cast<char>((v >> (8 * i)) & 0xff));
+}
+
+void BufferWriter::bytes(const char *p, size_t n) {
+  out.push_back(static_cast<char>(kTagString));
+  for (int i = 0; i < 8; i++) out.push_back(static_cast<char>((uint64_t(n) >> (8 * i)) & 0xff));
+  out.append(p, n);
 }
 
 ModelRecord::~ModelRecord() {
@@ -35,31 +98,63 @@ void save_tensor(RdbWriter &w, const Tensor &t) {
   }
 }
 
-Tensor *load_tensor(RdbReader &r, std::string *err) {
-  uint64_t code = r.u64();
-  uint64_t bits = r.u64();
+namespace {
+const char kTruncated[] = "record is truncated or has a field of the wrong type";
+}  // namespace
+
+Tensor *load_tensor(RdbReader &r, std::string *err, uint64_t max_bytes) {
+  uint64_t code = 0, bits = 0;
+  int64_t ndim = 0;
+  if (!r.u64(&code) || !r.u64(&bits) || !r.i64(&ndim)) {
+    *err = kTruncated;
+    return nullptr;
+  }
   int dtype = dtype_from_dlpack(code, bits);
-  int64_t ndim = r.i64();
-  if (dtype < 0 || ndim < 0 || ndim > 64) {
-    *err = "unknown tensor dtype or rank in RDB";
+  if (dtype < 0) {
+    *err = "unknown tensor dtype (code " + std::to_string(code) + ", bits " + std::to_string(bits) + ")";
+    return nullptr;
+  }
+  if (ndim < 0 || static_cast<uint64_t>(ndim) > kMaxRank) {
+    *err = "tensor rank " + std::to_string(ndim) + " is outside 0.." + std::to_string(kMaxRank);
     return nullptr;
   }
   std::vector<int64_t> shape(static_cast<size_t>(ndim));
-  for (int64_t i = 0; i < ndim; i++) shape[static_cast<size_t>(i)] = r.i64();
+  for (int64_t &d : shape) {
+    if (!r.i64(&d)) {
+      *err = kTruncated;
+      return nullptr;
+    }
+  }
+  /* The shape is checked before the data is read: no size derived from it can wrap. */
+  uint64_t elements = 0;
+  TensorFault f = check_shape(dtype, shape.data(), shape.size(), max_bytes, &elements);
+  if (f != TensorFault::None) {
+    *err = tensor_fault_text(f, max_bytes);
+    return nullptr;
+  }
   size_t n = 0;
   char *data = r.bytes(&n);
   if (!data) {
-    *err = "missing tensor data in RDB";
+    *err = kTruncated;
     return nullptr;
   }
-  int64_t elems = checked_elements(shape, dtype);
-  if (elems < 0 || (dtype != GW_DTYPE_STRING && n != static_cast<size_t>(elems) * dtype_info(dtype).size)) {
+  f = check_data(dtype, elements, data, n, max_bytes);
+  if (f != TensorFault::None) {
     mem_free(data);
-    *err = "tensor data does not match its shape in RDB";
+    *err = tensor_fault_text(f, max_bytes);
     return nullptr;
   }
   if (dtype == GW_DTYPE_STRING) {
-    for (int64_t i = 0; i < elems; i++) r.u64(); /* offsets are recomputed from the NULs */
+    /* Offsets are recomputed from the NULs but must be consumed. elements <= n here, and each
+     * read consumes input, so a bogus record fails at its first missing field. */
+    for (uint64_t i = 0; i < elements; i++) {
+      uint64_t off;
+      if (!r.u64(&off)) {
+        mem_free(data);
+        *err = kTruncated;
+        return nullptr;
+      }
+    }
   }
   return tensor_adopt(dtype, std::move(shape), data, n);
 }
@@ -99,51 +194,92 @@ void save_model(RdbWriter &w, const ModelRecord &m, size_t chunk_size) {
   }
 }
 
+namespace {
+/* RedisAI's counts of inputs, outputs and entry points are tiny; this is far above any real one
+ * and keeps a crafted count from sizing anything. */
+constexpr uint64_t kMaxNames = 65536;
+constexpr size_t kMaxDevice = 256;
+}  // namespace
+
 bool load_model(RdbReader &r, ModelRecord *m, std::string *err) {
-  m->backend = r.u64();
-  m->device = r.str();
+  uint64_t batchsize = 0, minbatchsize = 0, minbatchtimeout = 0;
+  if (!r.u64(&m->backend) || !r.str(&m->device, kMaxDevice) || !r.str(&m->tag) ||
+      !r.u64(&batchsize) || !r.u64(&minbatchsize) || !r.u64(&minbatchtimeout)) {
+    *err = kTruncated;
+    return false;
+  }
   size_t nul = m->device.find('\0');
   if (nul != std::string::npos) {
     m->optimize = m->device.compare(nul + 1, std::string::npos, kOptimizeFlag) == 0;
     m->device.resize(nul);
   }
-  m->tag = r.str();
-  m->batchsize = static_cast<long long>(r.u64());
-  m->minbatchsize = static_cast<long long>(r.u64());
-  m->minbatchtimeout = static_cast<long long>(r.u64());
-  uint64_t nin = r.u64();
-  if (nin > 65536) {
-    *err = "implausible model input count in RDB";
-    return false;
-  }
-  for (uint64_t i = 0; i < nin; i++) m->inputs.push_back(r.str());
-  uint64_t nout = r.u64();
-  if (nout > 65536) {
-    *err = "implausible model output count in RDB";
-    return false;
-  }
-  for (uint64_t i = 0; i < nout; i++) m->outputs.push_back(r.str());
-  uint64_t total = r.u64();
-  uint64_t nchunks = r.u64();
-  m->blob = static_cast<char *>(mem_alloc(total ? total : 1));
-  m->bloblen = 0;
-  for (uint64_t i = 0; i < nchunks; i++) {
-    size_t n = 0;
-    char *p = r.bytes(&n);
-    if (!p || m->bloblen + n > total) {
-      if (p) mem_free(p);
-      *err = "model blob chunks do not add up in RDB";
+  m->batchsize = static_cast<long long>(batchsize);
+  m->minbatchsize = static_cast<long long>(minbatchsize);
+  m->minbatchtimeout = static_cast<long long>(minbatchtimeout);
+  for (std::vector<std::string> *names : {&m->inputs, &m->outputs}) {
+    uint64_t n = 0;
+    if (!r.count(&n, kMaxNames)) {
+      *err = "model input/output count is truncated or over " + std::to_string(kMaxNames);
       return false;
     }
-    memcpy(m->blob + m->bloblen, p, n);
-    m->bloblen += n;
-    mem_free(p);
+    for (uint64_t i = 0; i < n; i++) {
+      names->emplace_back();
+      if (!r.str(&names->back())) {
+        *err = kTruncated;
+        return false;
+      }
+    }
   }
-  if (m->bloblen != total) {
-    *err = "model blob is truncated in RDB";
+  uint64_t total = 0, nchunks = 0;
+  if (!r.u64(&total) || !r.u64(&nchunks)) {
+    *err = kTruncated;
     return false;
   }
-  return true;
+  /* Nothing is sized by `total`: chunks are read (each one backed by input) and only joined
+   * once they add up. A writer makes at most total + 1 chunks (the last may be empty). */
+  if (total > kTensorBytesCeiling || nchunks > total + 1) {
+    *err = "model blob has " + std::to_string(nchunks) + " chunks for " + std::to_string(total) +
+           " bytes";
+    return false;
+  }
+  std::vector<std::pair<char *, size_t>> chunks;
+  uint64_t got = 0;
+  bool ok = true;
+  for (uint64_t i = 0; i < nchunks && ok; i++) {
+    size_t n = 0;
+    char *p = r.bytes(&n);
+    if (!p) {
+      *err = kTruncated;
+      ok = false;
+    } else {
+      chunks.emplace_back(p, n);
+      got += n; /* each n <= total (checked below), so no wrap */
+      if (n > total || got > total) {
+        *err = "model blob chunks add up to more than its length";
+        ok = false;
+      }
+    }
+  }
+  if (ok && got != total) {
+    *err = "model blob is truncated (" + std::to_string(got) + " of " + std::to_string(total) +
+           " bytes)";
+    ok = false;
+  }
+  if (ok && chunks.size() == 1) {
+    m->blob = chunks[0].first; /* the common case: one chunk, no copy */
+    m->bloblen = chunks[0].second;
+    return true;
+  }
+  if (ok) {
+    m->blob = static_cast<char *>(mem_alloc(total ? total : 1));
+    m->bloblen = 0;
+    for (auto &c : chunks) {
+      if (c.second) memcpy(m->blob + m->bloblen, c.first, c.second);
+      m->bloblen += c.second;
+    }
+  }
+  for (auto &c : chunks) mem_free(c.first);
+  return ok;
 }
 
 /* ==== Script ================================================================================== */
@@ -157,15 +293,22 @@ void save_script(RdbWriter &w, const ScriptRecord &s) {
 }
 
 bool load_script(RdbReader &r, ScriptRecord *s, std::string *err) {
-  s->device = r.str();
-  s->tag = r.str();
-  s->source = r.str();
-  uint64_t n = r.u64();
-  if (n > 65536) {
-    *err = "implausible entry point count in RDB";
+  uint64_t n = 0;
+  if (!r.str(&s->device, kMaxDevice) || !r.str(&s->tag) || !r.str(&s->source)) {
+    *err = kTruncated;
     return false;
   }
-  for (uint64_t i = 0; i < n; i++) s->entry_points.push_back(r.str());
+  if (!r.count(&n, kMaxNames)) {
+    *err = "script entry point count is truncated or over " + std::to_string(kMaxNames);
+    return false;
+  }
+  for (uint64_t i = 0; i < n; i++) {
+    s->entry_points.emplace_back();
+    if (!r.str(&s->entry_points.back())) {
+      *err = kTruncated;
+      return false;
+    }
+  }
   return true;
 }
 

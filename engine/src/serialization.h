@@ -27,7 +27,12 @@ constexpr int kEncodingVersion = 4;
 constexpr const char *kOptimizeFlag = "OPTIMIZE";
 constexpr uint64_t kBackendTorch = 2; /* RedisAI's backend numbering: TF, TFLITE, TORCH, ONNX */
 
-/* ==== IO interfaces =========================================================================== */
+/* ==== IO interfaces ===========================================================================
+ * Readers never abort and never trust a length: every read returns false (bytes(): nullptr) when
+ * the input is short or malformed, and after the first failure every later read fails too
+ * (sticky), so a decoder may test once per field and bail out. Inside Redis a failure is
+ * RedisModule_IsIOError (the module sets REDISMODULE_OPTIONS_HANDLE_IO_ERRORS); BufferReader
+ * below is the same contract over a byte buffer, for unit tests and the fuzzers. */
 struct RdbWriter {
   virtual ~RdbWriter() = default;
   virtual void u64(uint64_t v) = 0;
@@ -37,11 +42,47 @@ struct RdbWriter {
 };
 struct RdbReader {
   virtual ~RdbReader() = default;
-  virtual uint64_t u64() = 0;
-  virtual int64_t i64() = 0;
-  /* A mem_alloc'd buffer the caller frees with mem_free. */
+  virtual bool u64(uint64_t *v) = 0;
+  virtual bool i64(int64_t *v) = 0;
+  /* A mem_alloc'd buffer of *n bytes the caller frees with mem_free; nullptr on failure. The
+   * buffer exists, so *n is backed by input: lengths are never allocated before being read. */
   virtual char *bytes(size_t *n) = 0;
-  std::string str(); /* bytes() without a trailing NUL */
+
+  /* ---- Checked helpers, shared by every decoder (legacy encodings included) ---- */
+  /* A count: u64() and at most max (checked before anything is sized by it). */
+  bool count(uint64_t *n, uint64_t max);
+  /* bytes() into a string, at most max_len bytes: verbatim, without trailing NULs, or without
+   * the one NUL a C string ends with. */
+  bool raw(std::string *out, size_t max_len = kMaxRdbString);
+  bool str(std::string *out, size_t max_len = kMaxRdbString);
+  bool cstring(std::string *out, size_t max_len = kMaxRdbString);
+
+  static constexpr size_t kMaxRdbString = size_t(1) << 32;
+};
+
+/* The field stream of one value as Redis frames it (one opcode per field), over a byte buffer:
+ * per field a tag byte (kTagInt: 8 bytes little-endian follow; kTagString: an 8-byte
+ * little-endian length, then that many bytes). A wrong tag is a failure, as an opcode mismatch is
+ * in Redis. */
+constexpr unsigned char kTagInt = 2, kTagString = 5;
+struct BufferReader : RdbReader {
+  const unsigned char *p, *end;
+  bool failed = false;
+  BufferReader(const void *data, size_t n)
+      : p(static_cast<const unsigned char *>(data)), end(p + n) {}
+  bool u64(uint64_t *v) override;
+  bool i64(int64_t *v) override;
+  char *bytes(size_t *n) override;
+  bool at_end() const { return !failed && p == end; }
+
+ private:
+  bool take_u64(unsigned char tag, uint64_t *v);
+};
+struct BufferWriter : RdbWriter {
+  std::string out;
+  void u64(uint64_t v) override;
+  void i64(int64_t v) override { u64(static_cast<uint64_t>(v)); }
+  void bytes(const char *p, size_t n) override;
 };
 
 /* ==== Records ================================================================================= */
@@ -60,10 +101,13 @@ struct ScriptRecord {
   std::vector<std::string> entry_points;
 };
 
-/* ==== Encoders and decoders ==================================================================== */
+/* ==== Encoders and decoders ====================================================================
+ * Decoders read every field of the record (Redis checks the value's EOF after them), check each
+ * count before it sizes anything, and on failure (short read, wrong field type, a count or length
+ * out of bounds, a tensor breaking the invariants of tensor.h) return nullptr/false with *err. */
 void save_tensor(RdbWriter &w, const Tensor &t);
-/* nullptr and *err on a malformed record. */
-Tensor *load_tensor(RdbReader &r, std::string *err);
+/* max_bytes: the tensor size limit the record is held to (TENSOR_MAX_BYTES for RESTORE). */
+Tensor *load_tensor(RdbReader &r, std::string *err, uint64_t max_bytes = kTensorBytesCeiling);
 
 void save_model(RdbWriter &w, const ModelRecord &m, size_t chunk_size);
 bool load_model(RdbReader &r, ModelRecord *m, std::string *err);

@@ -78,15 +78,101 @@ std::vector<uint64_t> Tensor::string_offsets() const {
   return offs;
 }
 
-int64_t checked_elements(const std::vector<int64_t> &shape, int dtype) {
-  size_t elem = dtype_info(dtype).size ? dtype_info(dtype).size : 1;
+/* ==== Invariants ============================================================================== */
+
+TensorFault check_shape(int dtype, const int64_t *shape, size_t ndim, uint64_t max_bytes,
+                        uint64_t *elements) {
+  if (dtype < 0 || dtype >= kNumDTypes) return TensorFault::DType;
+  if (ndim > kMaxRank) return TensorFault::Rank;
+  if (max_bytes > kTensorBytesCeiling) max_bytes = kTensorBytesCeiling;
+  /* STRING elements take at least their NUL, so one byte each is a lower bound. */
+  uint64_t elem = dtype_info(dtype).size ? dtype_info(dtype).size : 1;
   uint64_t n = 1;
-  for (int64_t d : shape) {
-    if (d <= 0) return -1;
-    if (static_cast<uint64_t>(d) > kMaxTensorBytes) return -1;
-    n *= static_cast<uint64_t>(d);
-    if (n * elem > kMaxTensorBytes) return -1;
+  for (size_t i = 0; i < ndim; i++) {
+    if (shape[i] < 1) return TensorFault::Dim;
   }
+  for (size_t i = 0; i < ndim; i++) {
+    uint64_t next;
+    if (__builtin_mul_overflow(n, static_cast<uint64_t>(shape[i]), &next) || next > max_bytes)
+      return TensorFault::TooLarge;
+    n = next;
+  }
+  uint64_t bytes;
+  if (__builtin_mul_overflow(n, elem, &bytes) || bytes > max_bytes) return TensorFault::TooLarge;
+  *elements = n;
+  return TensorFault::None;
+}
+
+TensorFault check_data(int dtype, uint64_t elements, const char *data, size_t nbytes,
+                       uint64_t max_bytes) {
+  if (max_bytes > kTensorBytesCeiling) max_bytes = kTensorBytesCeiling;
+  if (nbytes > 0 && !data) return TensorFault::Length;
+  if (dtype == GW_DTYPE_STRING) {
+    if (nbytes > max_bytes) return TensorFault::TooLarge;
+    if (nbytes == 0 || data[nbytes - 1] != '\0') return TensorFault::Strings;
+    uint64_t nuls = 0;
+    for (const char *p = data, *end = data + nbytes; p < end; p++) {
+      p = static_cast<const char *>(memchr(p, '\0', static_cast<size_t>(end - p)));
+      if (!p) break;
+      nuls++;
+    }
+    return nuls == elements ? TensorFault::None : TensorFault::Strings;
+  }
+  uint64_t want;
+  if (__builtin_mul_overflow(elements, static_cast<uint64_t>(dtype_info(dtype).size), &want) ||
+      want > max_bytes)
+    return TensorFault::TooLarge;
+  if (nbytes != want) return TensorFault::Length;
+  if (dtype == GW_DTYPE_BOOL) {
+    for (size_t i = 0; i < nbytes; i++)
+      if (static_cast<unsigned char>(data[i]) > 1) return TensorFault::Bool;
+  }
+  return TensorFault::None;
+}
+
+TensorFault check_tensor(int dtype, const int64_t *shape, size_t ndim, const char *data,
+                         size_t nbytes, uint64_t max_bytes) {
+  uint64_t n = 0;
+  TensorFault f = check_shape(dtype, shape, ndim, max_bytes, &n);
+  return f != TensorFault::None ? f : check_data(dtype, n, data, nbytes, max_bytes);
+}
+
+std::string tensor_fault_text(TensorFault f, uint64_t max_bytes) {
+  switch (f) {
+    case TensorFault::None: return "valid";
+    case TensorFault::DType: return "unknown tensor data type";
+    case TensorFault::Rank:
+      return "tensor has more than " + std::to_string(kMaxRank) + " dimensions";
+    case TensorFault::Dim:
+      return "tensor has a zero-sized or negative dimension (every dimension must be at least 1)";
+    case TensorFault::TooLarge:
+      return "tensor is larger than TENSOR_MAX_BYTES (" + std::to_string(max_bytes) +
+             " bytes; raise it with the module's TENSOR_MAX_BYTES load-time argument)";
+    case TensorFault::Length: return "tensor data length does not match its shape and type";
+    case TensorFault::Strings:
+      return "STRING tensor data does not hold one NUL-terminated string per element";
+    case TensorFault::Bool: return "BOOL tensor elements must be 0 or 1";
+  }
+  return "invalid tensor";
+}
+
+std::string tensorset_fault_reply(TensorFault f, uint64_t max_bytes) {
+  switch (f) {
+    case TensorFault::None: return {};
+    case TensorFault::DType: return "ERR invalid data type";
+    case TensorFault::Dim: return "ERR invalid or negative value found in tensor shape";
+    case TensorFault::Length: return "ERR data length does not match tensor shape and type";
+    case TensorFault::Strings:
+      return "ERR Number of string elements in data blob does not match tensor length";
+    case TensorFault::Bool: return "ERR BOOL tensor elements must be 0 or 1";
+    default: return "ERR " + tensor_fault_text(f, max_bytes);
+  }
+}
+
+int64_t checked_elements(const std::vector<int64_t> &shape, int dtype) {
+  uint64_t n = 0;
+  if (check_shape(dtype, shape.data(), shape.size(), kTensorBytesCeiling, &n) != TensorFault::None)
+    return -1;
   return static_cast<int64_t>(n);
 }
 
@@ -100,8 +186,7 @@ Tensor *tensor_adopt(int dtype, std::vector<int64_t> shape, char *data, size_t n
 }
 
 Tensor *tensor_zeros(int dtype, const std::vector<int64_t> &shape) {
-  int64_t n = 1;
-  for (int64_t d : shape) n *= d;
+  uint64_t n = static_cast<uint64_t>(checked_elements(shape, dtype)); /* callers checked it */
   size_t elem = dtype_info(dtype).size ? dtype_info(dtype).size : 1; /* STRING: "" per element */
   size_t nbytes = static_cast<size_t>(n) * elem;
   char *data = static_cast<char *>(mem_alloc(nbytes ? nbytes : 1));
@@ -112,22 +197,11 @@ Tensor *tensor_zeros(int dtype, const std::vector<int64_t> &shape) {
 /* ==== Building from protocol arguments ======================================================== */
 
 std::string tensor_from_blob(int dtype, const std::vector<int64_t> &shape, const char *blob,
-                             size_t len, Tensor **out) {
-  int64_t n = 1;
-  for (int64_t d : shape) n *= d;
-  if (dtype == GW_DTYPE_STRING) {
-    size_t nuls = 0;
-    for (size_t i = 0; i < len; i++) nuls += blob[i] == '\0';
-    if (nuls != static_cast<size_t>(n) || len == 0 || blob[len - 1] != '\0')
-      return "ERR Number of string elements in data blob does not match tensor length";
-  } else {
-    if (len != static_cast<size_t>(n) * dtype_info(dtype).size)
-      return "ERR data length does not match tensor shape and type";
-    if (dtype == GW_DTYPE_BOOL) {
-      for (size_t i = 0; i < len; i++)
-        if (static_cast<unsigned char>(blob[i]) > 1) return "ERR BOOL tensor elements must be 0 or 1";
-    }
-  }
+                             size_t len, Tensor **out, uint64_t max_bytes) {
+  uint64_t n = 0;
+  TensorFault f = check_shape(dtype, shape.data(), shape.size(), max_bytes, &n);
+  if (f == TensorFault::None) f = check_data(dtype, n, blob, len, max_bytes);
+  if (f != TensorFault::None) return tensorset_fault_reply(f, max_bytes);
   char *data = static_cast<char *>(mem_alloc(len ? len : 1));
   memcpy(data, blob, len);
   *out = tensor_adopt(dtype, shape, data, len);
@@ -171,18 +245,20 @@ bool store_int(const Arg &a, char *dst) {
 }  // namespace
 
 std::string tensor_from_values(int dtype, const std::vector<int64_t> &shape,
-                               const std::vector<Arg> &values, Tensor **out) {
-  int64_t n = 1;
-  for (int64_t d : shape) n *= d;
-  if (static_cast<int64_t>(values.size()) != n)
-    return "ERR wrong number of values was given in 'AI.TENSORSET' command";
+                               const std::vector<Arg> &values, Tensor **out,
+                               uint64_t max_bytes) {
+  uint64_t n = 0;
+  TensorFault f = check_shape(dtype, shape.data(), shape.size(), max_bytes, &n);
+  if (f != TensorFault::None) return tensorset_fault_reply(f, max_bytes);
+  if (values.size() != n) return "ERR wrong number of values was given in 'AI.TENSORSET' command";
 
   if (dtype == GW_DTYPE_STRING) {
-    size_t total = 0;
+    uint64_t total = 0;
     for (const Arg &a : values) {
       if (memchr(a.ptr, '\0', a.len)) return "ERR C-string value contains null character";
-      total += a.len + 1;
+      total += a.len + 1; /* each argument is held in memory already, so this cannot wrap */
     }
+    if (total > max_bytes) return tensorset_fault_reply(TensorFault::TooLarge, max_bytes);
     char *data = static_cast<char *>(mem_alloc(total ? total : 1));
     size_t off = 0;
     for (const Arg &a : values) {

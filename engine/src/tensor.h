@@ -64,10 +64,43 @@ struct Tensor {
   std::vector<uint64_t> string_offsets() const;
 };
 
-/* Largest tensor accepted from a command, so a typo in a shape cannot take the server down. */
-constexpr size_t kMaxTensorBytes = size_t(1) << 32;
+/* ==== Invariants =============================================================================
+ * One set of rules for every tensor the engine holds, checked here and nowhere else: by
+ * TENSORSET (plain and in DAGs), on model and script outputs, on RESTORE and RDB load (and so on
+ * AOF replay, which is TENSORSET). Whatever passes can be saved, reloaded, AOF-rewritten as a
+ * TENSORSET and replayed. All arithmetic is overflow-checked.
+ *   - dtype: one of the ten of the table
+ *   - rank: 0 (a scalar, one element) to kMaxRank
+ *   - every dimension at least 1 (the protocol's "every dim > 0"; a zero-sized dimension would
+ *     be an AOF TENSORSET that replay refuses)
+ *   - bytes: elements x element size for numeric types; STRING: one NUL-terminated element per
+ *     element, the last byte a NUL; BOOL bytes 0 or 1
+ *   - at most max_bytes bytes (TENSOR_MAX_BYTES; for STRING also elements <= max_bytes, since
+ *     each takes at least its NUL) */
+constexpr size_t kMaxRank = 64;
+/* Default of TENSOR_MAX_BYTES: 512 MiB, the size of Redis' own largest string (proto-max-bulk-len),
+ * so any tensor a client can send as one BLOB fits, and a typo in a shape cannot ask for more. */
+constexpr uint64_t kDefaultTensorMaxBytes = uint64_t(512) << 20;
+/* The largest TENSOR_MAX_BYTES may be set to; also the bound used for data the server already
+ * holds (RDB load, AOF replay), whose bytes are present whatever the limit. Far below SIZE_MAX, so
+ * no size derived from a checked shape can wrap. */
+constexpr uint64_t kTensorBytesCeiling = uint64_t(1) << 48;
 
-/* Checks a shape and returns the element count, or -1 on a bad or oversized shape. */
+enum class TensorFault { None, DType, Rank, Dim, TooLarge, Length, Strings, Bool };
+
+/* Checks dtype, rank and dimensions; *elements gets the element count. */
+TensorFault check_shape(int dtype, const int64_t *shape, size_t ndim, uint64_t max_bytes,
+                        uint64_t *elements);
+/* Checks the bytes of a tensor of `elements` elements (its shape already checked). */
+TensorFault check_data(int dtype, uint64_t elements, const char *data, size_t nbytes,
+                       uint64_t max_bytes);
+/* Both. */
+TensorFault check_tensor(int dtype, const int64_t *shape, size_t ndim, const char *data,
+                         size_t nbytes, uint64_t max_bytes);
+/* A sentence for logs and error replies ("tensor has a zero-sized dimension ..."). */
+std::string tensor_fault_text(TensorFault f, uint64_t max_bytes);
+
+/* Element count of a shape that passes check_shape with the ceiling, or -1. */
 int64_t checked_elements(const std::vector<int64_t> &shape, int dtype);
 
 /* A new zero-filled tensor (nbytes from shape; for STRING, one empty string per element). */
@@ -76,15 +109,19 @@ Tensor *tensor_zeros(int dtype, const std::vector<int64_t> &shape);
 Tensor *tensor_adopt(int dtype, std::vector<int64_t> shape, char *data, size_t nbytes);
 
 /* ==== Building from protocol arguments ========================================================
- * Each returns an empty string on success, or the full error reply ("ERR ..."). */
+ * Each returns an empty string on success, or the full error reply ("ERR ..."). The shape must
+ * have passed check_shape; max_bytes is the limit the data is held to. */
 std::string tensor_from_blob(int dtype, const std::vector<int64_t> &shape, const char *blob,
-                             size_t len, Tensor **out);
+                             size_t len, Tensor **out, uint64_t max_bytes = kDefaultTensorMaxBytes);
 struct Arg {
   const char *ptr;
   size_t len;
 };
 std::string tensor_from_values(int dtype, const std::vector<int64_t> &shape,
-                               const std::vector<Arg> &values, Tensor **out);
+                               const std::vector<Arg> &values, Tensor **out,
+                               uint64_t max_bytes = kDefaultTensorMaxBytes);
+/* The TENSORSET error reply for a fault of the shape or data. */
+std::string tensorset_fault_reply(TensorFault f, uint64_t max_bytes);
 
 /* ==== Printing ================================================================================ */
 /* Shortest text that reads back to the same float/double ("4", "0.5"). */

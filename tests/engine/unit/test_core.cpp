@@ -151,7 +151,8 @@ static void test_values() {
   CHECK(format_float(0.1f) == "0.1");
   CHECK(format_double(4.0) == "4");
   CHECK(checked_elements({1, -1}, GW_DTYPE_FLOAT) == -1);
-  CHECK(checked_elements({int64_t(1) << 33}, GW_DTYPE_INT8) == -1);
+  CHECK(checked_elements({int64_t(1) << 33}, GW_DTYPE_INT8) == int64_t(1) << 33);
+  CHECK(checked_elements({int64_t(1) << 49}, GW_DTYPE_INT8) == -1);
   CHECK(dtype_from_name("uint16", 6) == GW_DTYPE_UINT16);
 }
 
@@ -163,9 +164,18 @@ struct Buffer : RdbWriter, RdbReader {
   void u64(uint64_t v) override { items.push_back(std::to_string(v)); }
   void i64(int64_t v) override { items.push_back(std::to_string(v)); }
   void bytes(const char *p, size_t n) override { items.emplace_back(p, n); }
-  uint64_t u64() override { return std::stoull(items.at(pos++)); }
-  int64_t i64() override { return std::stoll(items.at(pos++)); }
+  bool u64(uint64_t *v) override {
+    if (pos >= items.size()) return false;
+    *v = std::stoull(items.at(pos++));
+    return true;
+  }
+  bool i64(int64_t *v) override {
+    if (pos >= items.size()) return false;
+    *v = std::stoll(items.at(pos++));
+    return true;
+  }
   char *bytes(size_t *n) override {
+    if (pos >= items.size()) return nullptr;
     const std::string &s = items.at(pos++);
     char *p = static_cast<char *>(mem_alloc(s.size() + 1));
     std::memcpy(p, s.data(), s.size());
@@ -219,7 +229,144 @@ static void test_encodings() {
   CHECK(load_script(sb, &sr, &err) && sr.source == "def f(): pass" && sr.entry_points.size() == 1);
 }
 
+/* ==== Invariants ============================================================================== */
+
+static void test_invariants() {
+  const uint64_t lim = kDefaultTensorMaxBytes;
+  uint64_t n = 0;
+  /* The wrap of issue 11: 2^30 * 2^32 elements * 4 bytes is 2^64, 0 once wrapped. */
+  int64_t wrap[] = {int64_t(1) << 30, int64_t(1) << 32};
+  CHECK(check_shape(GW_DTYPE_FLOAT, wrap, 2, lim, &n) == TensorFault::TooLarge);
+  CHECK(check_shape(GW_DTYPE_FLOAT, wrap, 2, kTensorBytesCeiling, &n) == TensorFault::TooLarge);
+  int64_t huge[] = {INT64_MAX, INT64_MAX, 2};
+  CHECK(check_shape(GW_DTYPE_INT8, huge, 3, UINT64_MAX, &n) == TensorFault::TooLarge);
+  std::vector<int64_t> deep(65, 1);
+  CHECK(check_shape(GW_DTYPE_FLOAT, deep.data(), 65, lim, &n) == TensorFault::Rank);
+  CHECK(check_shape(GW_DTYPE_FLOAT, deep.data(), 64, lim, &n) == TensorFault::None && n == 1);
+  int64_t zero[] = {3, 0};
+  CHECK(check_shape(GW_DTYPE_FLOAT, zero, 2, lim, &n) == TensorFault::Dim);
+  CHECK(check_shape(GW_DTYPE_FLOAT, nullptr, 0, lim, &n) == TensorFault::None && n == 1);
+  CHECK(check_shape(kNumDTypes, nullptr, 0, lim, &n) == TensorFault::DType);
+  int64_t two[] = {2};
+  CHECK(check_shape(GW_DTYPE_DOUBLE, two, 1, 15, &n) == TensorFault::TooLarge);
+  CHECK(check_shape(GW_DTYPE_DOUBLE, two, 1, 16, &n) == TensorFault::None);
+  CHECK(check_tensor(GW_DTYPE_STRING, two, 1, "a\0b\0", 4, lim) == TensorFault::None);
+  CHECK(check_tensor(GW_DTYPE_STRING, two, 1, "a\0b\0", 4, 3) == TensorFault::TooLarge);
+  CHECK(check_tensor(GW_DTYPE_STRING, two, 1, "a\0b", 3, lim) == TensorFault::Strings);
+  CHECK(check_tensor(GW_DTYPE_BOOL, two, 1, "\1\2", 2, lim) == TensorFault::Bool);
+  CHECK(check_tensor(GW_DTYPE_INT16, two, 1, "abc", 3, lim) == TensorFault::Length);
+  Tensor *t = nullptr;
+  CHECK(tensor_from_blob(GW_DTYPE_FLOAT, {1 << 30, int64_t(1) << 32}, "", 0, &t) ==
+        "ERR " + tensor_fault_text(TensorFault::TooLarge, lim));
+  CHECK(tensor_from_values(GW_DTYPE_STRING, {1}, {{"abcdef", 6}}, &t, 4) ==
+        "ERR " + tensor_fault_text(TensorFault::TooLarge, 4));
+}
+
+/* ==== Hostile records =========================================================================
+ * Through BufferReader, the framing the fuzzers use: a truncated record at every length, and
+ * crafted ones, are errors. */
+
+static void test_hostile_records() {
+  Tensor *s = nullptr;
+  CHECK(tensor_from_blob(GW_DTYPE_STRING, {2}, "ab\0c\0", 5, &s).empty());
+  BufferWriter w;
+  save_tensor(w, *s);
+  s->release();
+  std::string err;
+  for (size_t cut = 0; cut < w.out.size(); cut++) {
+    BufferReader r(w.out.data(), cut);
+    Tensor *t = load_tensor(r, &err);
+    CHECK(t == nullptr);
+    if (t) t->release();
+  }
+  BufferReader whole(w.out.data(), w.out.size());
+  Tensor *back = load_tensor(whole, &err);
+  CHECK(back && whole.at_end());
+  if (back) back->release();
+
+  /* 65 dimensions; a wrapping shape; a huge string length; a bad dtype. */
+  auto tensor_rec = [](uint64_t code, uint64_t bits, std::vector<int64_t> shape, std::string data) {
+    BufferWriter b;
+    b.u64(code);
+    b.u64(bits);
+    b.i64(static_cast<int64_t>(shape.size()));
+    for (int64_t d : shape) b.i64(d);
+    b.bytes(data.data(), data.size());
+    return b.out;
+  };
+  for (const std::string &rec :
+       {tensor_rec(2, 32, std::vector<int64_t>(65, 1), "abcd"),
+        tensor_rec(2, 32, {1 << 30, int64_t(1) << 32}, ""), tensor_rec(2, 32, {0}, ""),
+        tensor_rec(9, 32, {1}, "abcd"), tensor_rec(2, 32, {2}, "abcd"),
+        tensor_rec(6, 8, {1}, "\2")}) {
+    BufferReader r(rec.data(), rec.size());
+    CHECK(load_tensor(r, &err) == nullptr);
+  }
+  {
+    std::string rec = tensor_rec(2, 32, {1}, "abcd");
+    rec[rec.size() - 5] = '\x7f'; /* the data length's top byte: now far past the end */
+    BufferReader r(rec.data(), rec.size());
+    CHECK(load_tensor(r, &err) == nullptr);
+  }
+  {
+    std::string rec = tensor_rec(2, 32, {4}, std::string(16, 'x'));
+    BufferReader ok(rec.data(), rec.size());
+    Tensor *t = load_tensor(ok, &err);
+    CHECK(t != nullptr);
+    if (t) t->release();
+    BufferReader limited(rec.data(), rec.size());
+    CHECK(load_tensor(limited, &err, 15) == nullptr);
+  }
+
+  /* Model: a blob length far beyond the chunks, chunks adding up to more, too many chunks. */
+  auto model_rec = [](uint64_t total, std::vector<std::string> chunks, uint64_t nchunks) {
+    BufferWriter b;
+    b.u64(2);
+    b.cstr("CPU");
+    b.bytes("", 0);
+    b.u64(0);
+    b.u64(0);
+    b.u64(0);
+    b.u64(0);
+    b.u64(0);
+    b.u64(total);
+    b.u64(nchunks);
+    for (const std::string &c : chunks) b.bytes(c.data(), c.size());
+    return b.out;
+  };
+  for (const std::string &rec :
+       {model_rec(UINT64_MAX, {"ab"}, 1), model_rec(1, {"ab"}, 1), model_rec(2, {"ab"}, 9),
+        model_rec(4, {"ab", "cd"}, 3), model_rec(2, {"a"}, 1)}) {
+    BufferReader r(rec.data(), rec.size());
+    ModelRecord m;
+    CHECK(!load_model(r, &m, &err));
+  }
+  {
+    std::string rec = model_rec(4, {"ab", "cd", ""}, 3);
+    for (size_t cut = 0; cut < rec.size(); cut++) {
+      BufferReader r(rec.data(), cut);
+      ModelRecord m;
+      CHECK(!load_model(r, &m, &err));
+    }
+    BufferReader r(rec.data(), rec.size());
+    ModelRecord m;
+    CHECK(load_model(r, &m, &err) && m.bloblen == 4 && std::memcmp(m.blob, "abcd", 4) == 0);
+  }
+  {
+    BufferWriter b;
+    b.cstr("CPU");
+    b.bytes("", 0);
+    b.cstr("def f(): pass");
+    b.u64(UINT64_MAX);
+    BufferReader r(b.out.data(), b.out.size());
+    ScriptRecord sr;
+    CHECK(!load_script(r, &sr, &err));
+  }
+}
+
 int main() {
+  test_invariants();
+  test_hostile_records();
   test_picker();
   test_concat_slice();
   test_values();
