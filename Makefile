@@ -9,9 +9,12 @@ JOBS ?= $(shell nproc)
 ENGINE_BUILD := engine/build
 ENGINE_SO := $(ENGINE_BUILD)/engine.so
 ASAN_BUILD := engine/build-asan
+FUZZ_BUILD := engine/build-fuzz
+FUZZ_SECONDS ?= 600
+FUZZ_TARGETS := $(patsubst engine/fuzz/fuzz_%.cpp,%,$(wildcard engine/fuzz/fuzz_*.cpp))
 PYTEST_ARGS ?=
 
-.PHONY: all setup venv redis engine engine-asan test test-asan demo bench lint clean
+.PHONY: all setup venv redis engine engine-asan test test-asan fuzz fuzz-build demo bench lint clean
 
 all: setup
 
@@ -47,6 +50,32 @@ test-asan: engine-asan redis
 	GW_TEST_LD_PRELOAD="$$(gcc -print-file-name=libasan.so)" \
 	  $(BIN)/python -m pytest tests/engine --engine $(ASAN_BUILD)/engine.so $(PYTEST_ARGS)
 
+# libFuzzer on the engine's pure parts (engine/fuzz/; clang is installed with apt when missing and
+# run as root). Each target runs FUZZ_SECONDS from its kept corpus; new inputs go to a scratch
+# corpus, and the kept corpus becomes the smallest set covering both (plus the hand-written seed-*
+# inputs). A crash is saved there too (crash-*), so both stay as regression inputs that
+# `make test` replays (tests/engine/test_libfuzzer.py).
+fuzz-build:
+	@./scripts/ensure-clang.sh
+	@JOBS=$(JOBS) engine/fuzz/build.sh $(FUZZ_BUILD)
+
+fuzz: fuzz-build
+	@set -euo pipefail; for t in $(FUZZ_TARGETS); do \
+	  mkdir -p $(FUZZ_BUILD)/scratch/$$t; \
+	  echo "fuzz_$$t: $(FUZZ_SECONDS) s (log: $(FUZZ_BUILD)/fuzz_$$t.log)"; \
+	  $(FUZZ_BUILD)/fuzz_$$t -max_total_time=$(FUZZ_SECONDS) -max_len=4096 -rss_limit_mb=2048 \
+	    -print_final_stats=1 -artifact_prefix=engine/fuzz/corpus/$$t/crash- \
+	    $(FUZZ_BUILD)/scratch/$$t engine/fuzz/corpus/$$t > $(FUZZ_BUILD)/fuzz_$$t.log 2>&1 \
+	    || { tail -40 $(FUZZ_BUILD)/fuzz_$$t.log; exit 1; }; \
+	  grep -E '^(Done|stat::number_of_executed_units|stat::peak_rss_mb)' $(FUZZ_BUILD)/fuzz_$$t.log; \
+	  rm -rf $(FUZZ_BUILD)/min/$$t && mkdir -p $(FUZZ_BUILD)/min/$$t; \
+	  $(FUZZ_BUILD)/fuzz_$$t -merge=1 -max_len=4096 $(FUZZ_BUILD)/min/$$t engine/fuzz/corpus/$$t \
+	    $(FUZZ_BUILD)/scratch/$$t > $(FUZZ_BUILD)/merge_$$t.log 2>&1; \
+	  find engine/fuzz/corpus/$$t -type f ! -name 'seed-*' ! -name 'crash-*' -delete; \
+	  cp $(FUZZ_BUILD)/min/$$t/* engine/fuzz/corpus/$$t/; \
+	  echo "corpus kept: $$(ls engine/fuzz/corpus/$$t | wc -l) files"; \
+	done
+
 demo: setup
 	$(BIN)/groundwatch demo
 
@@ -59,7 +88,7 @@ lint: $(STAMP)
 	$(BIN)/mypy groundwatch ingest loaders consumers models demo bench tests
 
 clean:
-	rm -rf $(ENGINE_BUILD) $(ASAN_BUILD) .groundwatch .pytest_cache .mypy_cache .ruff_cache
+	rm -rf $(ENGINE_BUILD) $(ASAN_BUILD) $(FUZZ_BUILD) .groundwatch .pytest_cache .mypy_cache .ruff_cache
 	find . -name __pycache__ -prune -exec rm -rf {} +
 
 distclean: clean
