@@ -10,7 +10,15 @@ from types import FrameType
 
 from groundwatch.settings import Settings
 
-DAG_TIMEOUT_S = 300.0  # socket timeout of the consumer's connections
+DAG_TIMEOUT_S = 300.0  # socket timeout of the consumer's connections when DAGs have no TIMEOUT
+
+
+def socket_timeout_s(settings: Settings) -> float:
+    """Long enough for a DAG's TIMEOUT (claim_idle_ms // 3) plus its run, short enough that a
+    reply that never comes frees the batch before claim_idle_ms would let another reclaim it."""
+    if settings.dag_timeout is None:
+        return DAG_TIMEOUT_S
+    return max(settings.dag_timeout * 2, settings.claim_idle_ms * 0.9) / 1000.0
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -24,7 +32,12 @@ def register(sub: argparse._SubParsersAction) -> None:
         "--feed", dest="feed", default=None, help="feed name (default: GROUNDWATCH_FEED or 'default')"
     )
     p.add_argument("--group", dest="group", default=None, help="consumer group (default 'detectors')")
-    p.add_argument("--name", dest="consumer", default=None, help="consumer name (default: host-pid)")
+    p.add_argument(
+        "--name",
+        dest="consumer",
+        default=None,
+        help="consumer name (default: <host>-<slot>, the first free slot: stable across restarts)",
+    )
     p.add_argument("--burst", action="store_true", help="process what is there now, then exit")
     p.add_argument("--read-count", dest="read_count", type=int, default=None, help="frames per batch (16)")
     p.add_argument(
@@ -69,7 +82,7 @@ def cmd_consume(settings: Settings, args: argparse.Namespace) -> int:
     from groundwatch import connection
 
     # A DAG may wait in the engine's queue behind other consumers' batches: allow for it.
-    client = connection.connect(settings, timeout_s=DAG_TIMEOUT_S)
+    client = connection.connect(settings, timeout_s=socket_timeout_s(settings))
     consumer = Consumer(client, settings, burst=args.burst)
 
     def drain(signum: int, _frame: FrameType | None) -> None:

@@ -1,10 +1,12 @@
 """The commit transaction: a batch's results, dead letters and XACK in one MULTI/EXEC.
 
 A frame's result is published in the same MULTI/EXEC that acknowledges it and sets its marker
-``keys.frame_done(feed, frame, model version)``; the transaction runs under WATCH of those
-markers, of the dead-letter markers and of the scenes' tile hashes, so two consumers racing on
-the same frame (a reclaimed entry whose first consumer was only slow) or on the last two tiles
-of a scene cannot both publish: one EXEC aborts and the retry sees the other's work.
+``keys.frame_done(feed, frame)`` (one per frame, whatever the model version: the first version
+to commit wins, a later one's result is only acknowledged and counted); the transaction runs
+under WATCH of those markers, of the dead-letter markers and of the scenes' tile hashes and
+result keys, so two consumers racing on the same frame (a reclaimed entry whose first consumer
+was only slow, maybe with another model version) or on the last two tiles of a scene cannot both
+publish: one EXEC aborts and the retry sees the other's work.
 
 One attempt, in order: read which markers are set (idempotency), find the scenes this batch
 completes (:mod:`consumers.scenes`), then in MULTI: publish the tiles, publish the scenes, write
@@ -43,6 +45,7 @@ class Outcome:
     scenes: list[SceneResult] = field(default_factory=list)
     detections: int = 0
     conflicts: int = 0  # WATCH conflicts (attempts retried)
+    superseded: int = 0  # duplicates whose result came from another model version than the first
 
 
 class Committer:
@@ -97,20 +100,29 @@ class Committer:
         deleted: Sequence[str],
     ) -> Outcome:
         feed = self.feed
-        markers = [keys.frame_done(feed, r.frame, r.model) for _, r in results]
+        markers = [keys.frame_done(feed, r.frame) for _, r in results]
         dead_markers = [keys.dead_marker(feed, e.id) for e, _ in dead]
-        watched = [*markers, *dead_markers, *sorted({keys.scene_tiles(feed, r.scene) for _, r in results})]
+        scene_names = sorted({r.scene for _, r in results})
+        watched = [
+            *markers,
+            *dead_markers,
+            *(keys.scene_tiles(feed, s) for s in scene_names),
+            *(keys.scene_result(feed, s) for s in scene_names),
+        ]
         if watched:
             pipe.watch(*watched)
         already = _set_markers(pipe, markers + dead_markers)
         out = Outcome()
-        seen: set[str] = set()
+        seen: dict[str, str] = {}
         now = self.clock_ms()
         for (e, r), marker in zip(results, markers, strict=True):
-            if marker in already or marker in seen:
+            first = already.get(marker, seen.get(marker))
+            if first is not None:
                 out.duplicates.append(e)
+                if first.split(" ", 1)[0] != r.model:
+                    out.superseded += 1
             else:
-                seen.add(marker)
+                seen[marker] = r.model
                 out.fresh.append((e, replace(r, done_ms=now)))
         out.dead = [(e, why) for (e, why), m in zip(dead, dead_markers, strict=True) if m not in already]
         out.scenes = scenes.completions(pipe, feed, [r for _, r in out.fresh], now)
@@ -122,6 +134,7 @@ class Committer:
         ids = [e.id for e, _ in results] + [e.id for e, _ in dead] + list(deleted)
         if ids:
             pipe.xack(self.stream, self.group, *ids)
+            pipe.hdel(keys.attempts(feed), *ids, *(f"{i}:error" for i in ids))
         self._count(pipe, out, len(deleted), now)
         pipe.execute()
         return out
@@ -132,7 +145,7 @@ class Committer:
         detections = 0
         for e, r in fresh:
             doc = tile_json(r)
-            pipe.set(keys.frame_done(feed, r.frame, r.model), e.id, ex=ttl)
+            pipe.set(keys.frame_done(feed, r.frame), f"{r.model} {e.id}", ex=ttl)
             pipe.xadd(keys.detections(feed), encode_tile(r, doc), maxlen=RESULTS_MAXLEN, approximate=True)
             pipe.publish(keys.detections(feed), doc)
             pipe.hset(keys.scene_tiles(feed, r.scene), str(r.tile), doc)
@@ -160,6 +173,7 @@ class Committer:
                 "dead_id": e.id,
                 "dead_consumer": self.name,
                 "dead_deliveries": str(e.deliveries),
+                "dead_attempts": str(e.attempts),
                 "dead_ms": str(now),
             }
             letter.update({k: v for k, v in e.fields.items() if text(k) not in letter})
@@ -175,6 +189,7 @@ class Committer:
             ("dead", len(out.dead)),
             ("scenes_done", len(out.scenes)),
             ("duplicates", len(out.duplicates)),
+            ("superseded", out.superseded),
             ("deleted", deleted),
         ):
             if n:
@@ -185,9 +200,10 @@ class Committer:
             pipe.ltrim(keys.throughput(self.feed), 0, THROUGHPUT_SAMPLES - 1)
 
 
-def _set_markers(pipe: Any, markers: Sequence[str]) -> set[str]:
-    """Which of the markers are set (read under WATCH: idempotency of results and dead letters)."""
+def _set_markers(pipe: Any, markers: Sequence[str]) -> dict[str, str]:
+    """The markers that are set, with their values (read under WATCH: idempotency of results and
+    dead letters)."""
     if not markers:
-        return set()
+        return {}
     flags = pipe.mget(list(markers))
-    return {k for k, v in zip(markers, flags, strict=True) if v is not None}
+    return {k: text(v) for k, v in zip(markers, flags, strict=True) if v is not None}

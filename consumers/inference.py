@@ -19,7 +19,7 @@ from consumers import ConsumerError
 from consumers.geo import check_crs, decode_output, georeference
 from consumers.reading import Entry, id_key, text
 from groundwatch import ai, frames, keys, modelmeta
-from groundwatch.detections import Detection, TileResult
+from groundwatch.detections import Detection, TileResult, tile_json
 from groundwatch.frames import FrameError
 from groundwatch.modelmeta import ModelMetadata
 from groundwatch.settings import DEFAULT_SCORE_THRESHOLD
@@ -53,6 +53,20 @@ class Started:
 Failure = tuple[Entry, str, bool]
 
 
+class SystemFault(ConsumerError):
+    """A fault of the system, not of the frames: the model key is gone, the engine is overloaded
+    (TIMEDOUT), Redis refuses (OOM, loading). Frames stay pending and are not charged an attempt."""
+
+
+# Engine / Redis replies that say the system cannot take the work now, whatever the frame.
+_SYSTEM_REPLIES = ("timedout", "timed out", "oom ", "loading", "busy", "masterdown", "readonly", "tryagain")
+
+
+def is_system_fault(err: ai.DagError) -> bool:
+    message = str(err).lower()
+    return err.model_missing or any(t in message for t in _SYSTEM_REPLIES)
+
+
 class Models:
     """The feed's active model pointer and what each model's metadata says (cached per key)."""
 
@@ -78,10 +92,15 @@ class Models:
     def metadata(self, model: ActiveModel) -> ModelMetadata | None:
         """The model's groundwatch.json (read once per model key from AI.MODELGET BLOB)."""
         if model.key not in self._meta:
+            try:
+                blob = ai.model_blob(self.r, model.key)
+            except ai.EngineError as e:  # the key is gone: say nothing now, read it when it is back
+                log.warning("model %s: metadata not readable now (%s)", model.version, e)
+                return None
             meta: ModelMetadata | None = None
             try:
-                meta = modelmeta.read(ai.model_blob(self.r, model.key), f"model {model.version}")
-            except (ai.EngineError, modelmeta.MetadataError) as e:
+                meta = modelmeta.read(blob, f"model {model.version}")
+            except modelmeta.MetadataError as e:
                 log.warning("model %s: no usable metadata (%s); classes shown as class<id>", model.version, e)
             self._meta[model.key] = meta
         return self._meta[model.key]
@@ -101,50 +120,89 @@ class Models:
         return DEFAULT_SCORE_THRESHOLD
 
 
-def sort_out(batch: Sequence[Entry], max_deliveries: int) -> Started:
-    """Decode the batch's frames; deleted entries, worn-out ones and bad frames are set aside."""
+def sort_out(batch: Sequence[Entry], max_frame_bytes: int) -> Started:
+    """Decode the batch's frames; deleted entries and bad frames are set aside.
+
+    Whatever an entry holds, it ends here as a frame to run, a dead letter with its reason, or a
+    deleted entry: nothing a producer writes can raise out of this function."""
     started = Started()
     for e in batch:
         if e.fields is None:
             started.deleted.append(e.id)
             continue
-        if e.deliveries > max_deliveries:
-            started.dead.append(
-                (
-                    e,
-                    f"delivered {e.deliveries} times (max_deliveries "
-                    f"{max_deliveries}): it failed, or its consumer died, every time",
-                )
-            )
-            continue
         try:
+            size = len(e.fields.get(b"data", b""))
+            if size > max_frame_bytes:
+                raise FrameError(
+                    f"data is {size} bytes, more than max_frame_bytes={max_frame_bytes}; publish smaller "
+                    "tiles or raise GROUNDWATCH_MAX_FRAME_BYTES"
+                )
             e.frame = frames.decode(e.fields)
             check_crs(e.frame.crs)
         except (FrameError, ConsumerError) as err:
             started.dead.append((e, f"bad frame: {err}"))
             continue
+        except Exception as err:  # a decoder bug must not stop the feed: this frame's failure
+            log.exception("entry %s: unexpected error decoding it", e.id)
+            started.dead.append((e, f"bad frame (unexpected {type(err).__name__}: {err})"))
+            continue
         started.todo.append(e)
     return started
 
 
-def dags(model: ActiveModel, route: str, batch: Sequence[Entry]) -> list[list[Any]]:
+# Engine dtype names a contract-1 model takes (docs/models.md: uint8, uint16, float32).
+_CONTRACT_DTYPES = {"UINT8": "uint8", "UINT16": "uint16", "FLOAT": "float32"}
+
+
+def misfit(frame: frames.Frame, meta: ModelMetadata | None, version: str) -> str | None:
+    """Why `frame` cannot go to the model whose metadata is `meta` (None: it fits, or the model
+    declares nothing to check against). Band count, a dtype of the contract, and the tile size
+    within the model's bounds: 1 .. `max_tile_size` of its metadata, else 4 x its tile_size."""
+    if meta is None:
+        return None
+    c, h, w = frame.shape
+    if c != meta.bands:
+        return f"frame has {c} band(s) but model {version} takes {meta.bands}; ingest with --bands / --expect-bands {meta.bands}"
+    if frame.dtype not in _CONTRACT_DTYPES:
+        return (
+            f"frame dtype {frame.dtype} is not one model {version} takes ({', '.join(_CONTRACT_DTYPES)}); "
+            "convert the scene, e.g. gdal_translate -ot UInt16"
+        )
+    top = meta.extra.get("max_tile_size", 4 * meta.tile_size)
+    top = top if isinstance(top, int) and not isinstance(top, bool) and top > 0 else 4 * meta.tile_size
+    if max(h, w) > top:
+        return (
+            f"frame is {h} x {w} pixels but model {version} takes tiles up to {top} (its tile_size is "
+            f"{meta.tile_size}); ingest with --tile-size {meta.tile_size}"
+        )
+    return None
+
+
+def dags(
+    model: ActiveModel, route: str, batch: Sequence[Entry], timeout_ms: int | None = None
+) -> list[list[Any]]:
     return [
-        ai.dag_command(model.key, route, e.frame.array()[np.newaxis])  # type: ignore[union-attr]
+        ai.dag_command(model.key, route, e.frame.array()[np.newaxis], timeout_ms)  # type: ignore[union-attr]
         for e in batch
     ]
 
 
-def send(client: redis.Redis, route: str, started: Started) -> None:
+def send(client: redis.Redis, route: str, started: Started, timeout_ms: int | None = None) -> None:
     """Put the started batch's DAGs in the engine (one connection each), replies read later."""
     assert started.model is not None
-    started.inflight = ai.send_concurrently(client, dags(started.model, route, started.todo))
+    started.inflight = ai.send_concurrently(client, dags(started.model, route, started.todo, timeout_ms))
 
 
 def run_dags(
-    client: redis.Redis, model: ActiveModel, route: str, batch: Sequence[Entry], isolated: bool = False
+    client: redis.Redis,
+    model: ActiveModel,
+    route: str,
+    batch: Sequence[Entry],
+    isolated: bool = False,
+    timeout_ms: int | None = None,
 ) -> list[np.ndarray | ai.DagError]:
     """All DAGs at once (the engine batches them), or one after the other when `isolated`."""
-    commands = dags(model, route, batch)
+    commands = dags(model, route, batch, timeout_ms)
     if isolated:
         return outputs([ai.execute_concurrently(client, [c])[0] for c in commands])
     return outputs(ai.execute_concurrently(client, commands))
@@ -176,9 +234,13 @@ def infer(
     started: Started,
     models: Models,
     reread: Callable[[], ActiveModel | None],
-) -> tuple[list[tuple[Entry, TileResult]], list[Failure]]:
-    """The engine's outputs of a started batch, decoded and georeferenced; (results, failures).
+    timeout_ms: int | None = None,
+) -> tuple[list[tuple[Entry, TileResult]], list[Failure], list[tuple[Entry, str]]]:
+    """The engine's outputs of a started batch, decoded and georeferenced.
 
+    Returns (results, failures, faults): a failure is the frame's (retried, or poison), a fault
+    is the system's (the frame stays pending, no attempt charged). Every per-frame step turns
+    any exception into that frame's failure; only Redis failures (connection) raise.
     `reread` reads the active pointer again when the model was removed under us."""
     todo, model, isolated = started.todo, started.model, started.isolated
     assert model is not None
@@ -187,12 +249,12 @@ def infer(
         inflight, started.inflight = started.inflight, None
         outs = outputs(inflight.replies())
     else:
-        outs = run_dags(client, model, route, todo, isolated)
+        outs = run_dags(client, model, route, todo, isolated, timeout_ms)
     missing = [i for i, o in enumerate(outs) if isinstance(o, ai.DagError) and o.model_missing]
     if missing:
         # The version was removed under us (a switch in progress): read the pointer again, once.
         again = reread()
-        if again is not None:
+        if again is not None and again != model:
             log.info(
                 "feed %s: model %s is gone; retrying %d frames with %s",
                 feed,
@@ -200,23 +262,44 @@ def infer(
                 len(missing),
                 again.version,
             )
-            rerun = run_dags(client, again, route, [todo[i] for i in missing], isolated)
+            rerun = run_dags(client, again, route, [todo[i] for i in missing], isolated, timeout_ms)
             for i, out in zip(missing, rerun, strict=True):
                 outs[i] = out
                 per_frame[i] = again
     failed: list[Failure] = []
+    faults: list[tuple[Entry, str]] = []
     ok: list[tuple[int, np.ndarray]] = []
     for i, out in enumerate(outs):
         if isinstance(out, ai.DagError):
-            failed.append((todo[i], f"engine: {out}", is_poison(out)))
+            if out.model_missing:
+                faults.append(
+                    (
+                        todo[i],
+                        f"model key {per_frame[i].key} of the active version {per_frame[i].version} is gone "
+                        f"(removed, or a switch in progress); load the model again or point "
+                        f"{keys.active_model(feed)} at a version that exists",
+                    )
+                )
+            elif is_system_fault(out):
+                faults.append((todo[i], f"engine refused for load: {out}"))
+            else:
+                failed.append((todo[i], f"engine: {out}", is_poison(out)))
             continue
         try:
             ok.append((i, decode_output(out, models.threshold(per_frame[i]))))
         except ConsumerError as err:
             failed.append((todo[i], f"model {per_frame[i].version}: {err}", False))
+        except Exception as err:
+            failed.append(
+                (
+                    todo[i],
+                    f"model {per_frame[i].version}: output does not decode ({type(err).__name__}: {err})",
+                    False,
+                )
+            )
     results, unlocated = locate(feed, todo, ok, per_frame, models)
     results.sort(key=lambda pair: id_key(pair[0].id))
-    return results, failed + unlocated
+    return results, failed + unlocated, faults
 
 
 def locate(
@@ -236,39 +319,41 @@ def locate(
         labels = models.labels(m)
         try:
             pairs = [(todo[i].frame, rows) for i, rows in items]
-            located: list[list[Detection] | ConsumerError] = list(
+            located: list[list[Detection] | Exception] = list(
                 georeference(pairs, labels, m.version)  # type: ignore[arg-type]
             )
-        except ConsumerError:  # find the frame(s) at fault, one by one
+        except Exception:  # find the frame(s) at fault, one by one
             located = []
             for i, rows in items:
                 try:
                     located.extend(georeference([(todo[i].frame, rows)], labels, m.version))  # type: ignore[list-item]
-                except ConsumerError as err:
+                except Exception as err:
                     located.append(err)
         for (i, _rows), dets in zip(items, located, strict=True):
             f = todo[i].frame
             assert f is not None
-            if isinstance(dets, ConsumerError):
-                failed.append((todo[i], f"cannot georeference: {dets}", True))
+            if isinstance(dets, Exception):
+                why = str(dets) if isinstance(dets, ConsumerError) else f"{type(dets).__name__}: {dets}"
+                failed.append((todo[i], f"cannot georeference: {why}", True))
                 continue
-            results.append(
-                (
-                    todo[i],
-                    TileResult(
-                        feed=feed,
-                        frame=f.frame_id,
-                        scene=f.scene,
-                        tile=f.tile,
-                        tiles=f.tiles,
-                        model=m.version,
-                        crs=f.crs,
-                        window=tuple(f.window),  # type: ignore[arg-type]
-                        acquired=frames.format_time(f.acquired),
-                        published_ms=f.published_ms,
-                        done_ms=0,
-                        detections=tuple(dets),
-                    ),
+            try:
+                result = TileResult(
+                    feed=feed,
+                    frame=f.frame_id,
+                    scene=f.scene,
+                    tile=f.tile,
+                    tiles=f.tiles,
+                    model=m.version,
+                    crs=f.crs,
+                    window=tuple(f.window),  # type: ignore[arg-type]
+                    acquired=frames.format_time(f.acquired),
+                    published_ms=f.published_ms,
+                    done_ms=0,
+                    detections=tuple(dets),
                 )
-            )
+                tile_json(result)  # what the commit will encode: a NaN or inf coordinate fails here
+            except Exception as err:
+                failed.append((todo[i], f"cannot encode its result: {type(err).__name__}: {err}", True))
+                continue
+            results.append((todo[i], result))
     return results, failed

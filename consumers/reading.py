@@ -42,8 +42,9 @@ class Entry:
 
     id: str
     fields: dict[bytes, bytes] | None
-    deliveries: int = 1
+    deliveries: int = 1  # XPENDING's count: includes deliveries that a fault of the system wasted
     frame: Frame | None = None
+    attempts: int = 0  # real attempts, this one included (keys.attempts)
 
 
 def entries(raw: Sequence[Any] | None) -> list[Entry]:

@@ -27,6 +27,8 @@ def completions(pipe: Any, feed: str, fresh: Sequence[TileResult], now: int) -> 
         by_scene.setdefault(r.scene, []).append(r)
     out = []
     for scene, new in sorted(by_scene.items()):
+        if pipe.exists(keys.scene_result(feed, scene)):
+            continue  # published already (its tiles are kept no longer): one scene result per scene
         key = keys.scene_tiles(feed, scene)
         have = {int(text(t)) for t in pipe.hkeys(key) if text(t).isdigit()}
         tiles = max(r.tiles for r in new)

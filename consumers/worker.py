@@ -13,6 +13,7 @@ The loop reads ahead: the next batch's DAGs go to the engine before this batch i
 
 from __future__ import annotations
 
+import json
 import logging
 import threading
 import time
@@ -23,6 +24,7 @@ import redis
 
 from consumers import ConsumerError, inference
 from consumers.commit import Committer, Outcome
+from consumers.identity import Lease
 from consumers.inference import ActiveModel, NoActiveModel, Started
 from consumers.reading import Entry, Reader
 from groundwatch import keys
@@ -35,6 +37,7 @@ __all__ = ["ActiveModel", "Consumer", "Entry", "NoActiveModel", "RunStats"]
 log = logging.getLogger("groundwatch.consumers")
 
 RETRY_DELAY_S = 0.25  # pause before frames that failed are tried again
+MAX_BACKOFF_S = 5.0  # longest pause while a fault of the system lasts
 
 
 @dataclass
@@ -46,12 +49,15 @@ class RunStats:
     dead: int = 0
     scenes_done: int = 0
     duplicates: int = 0
+    superseded: int = 0
     retries: int = 0
     conflicts: int = 0
     batches: int = 0
+    faults: int = 0  # batches (or parts) left pending on a fault of the system
     reasons: list[str] = field(default_factory=list)
 
     def add(self, out: Outcome) -> None:
+        self.superseded += out.superseded
         self.frames_done += len(out.fresh)
         self.detections += out.detections
         self.dead += len(out.dead)
@@ -79,7 +85,8 @@ class Consumer:
         self.settings = settings
         self.feed = keys.check_name("feed", settings.feed)
         self.group = settings.group
-        self.name = settings.consumer
+        self.lease = Lease(client, self.feed, self.group, settings.consumer or None)
+        self.name = self.lease.name
         self.burst = burst
         self.clock_ms = clock_ms or (lambda: int(time.time() * 1000))
         self.reader = Reader(
@@ -101,6 +108,8 @@ class Consumer:
         self._stop = threading.Event()
         self._retry_own = False
         self._ahead: Started | None = None
+        self._fault: str | None = None  # the fault of the system this consumer is backing off on
+        self._fault_backoff = RETRY_DELAY_S
 
     def _now(self) -> int:
         return self.clock_ms()
@@ -119,41 +128,85 @@ class Consumer:
         self.reader.ensure_group()
 
     def run(self) -> RunStats:
-        """Own pending entries first, then new ones and reclaimed ones, until stopped or drained."""
+        """Own pending entries first, then new ones and reclaimed ones, until stopped or drained.
+
+        Nothing a frame holds ends this loop (each is a result, a dead letter or, on a fault of
+        the system, left pending); Redis failures (gone, OOM, read-only...) make it back off and
+        start again from its own pending entries; only stop() (or a drained burst) returns."""
         backoff = 0.1
         first = True
-        while not self.stopping:
-            try:
-                if first:
-                    self.ensure_group()
-                    self._drain_own()
-                    first = False
-                busy = self._step()
-                backoff = 0.1
-                if not busy and self.burst:
-                    break
-            except redis.ResponseError as e:
-                if "NOGROUP" not in str(e) and "UNBLOCKED" not in str(e):
-                    raise
-                # the stream or its group vanished (deleted, or a restart without persistence)
-                log.warning("consumer %s: %s; creating the group again", self.name, e)
-                self._abandon()
-                first = True
-            except (redis.ConnectionError, redis.TimeoutError) as e:
-                # Redis went away (restart, failover): nothing unacknowledged is lost; it is
-                # still pending for us, so start over with our own pending entries.
-                log.warning(
-                    "consumer %s: Redis connection lost (%s); retrying in %.1fs", self.name, e, backoff
-                )
-                self._abandon()
-                self._stop.wait(backoff)
-                backoff = min(backoff * 2, 5.0)
-                first = True
         try:
-            self._flush()  # stopped: finish the batch in flight
-        except (redis.ConnectionError, redis.TimeoutError):
-            self._abandon()
+            while not self.stopping:
+                try:
+                    if first:
+                        self.ensure_group()
+                        self._drain_own()
+                        first = False
+                    busy = self._step()
+                    backoff = 0.1
+                    if not busy and self.burst:
+                        break
+                except redis.ResponseError as e:
+                    if "NOGROUP" in str(e) or "UNBLOCKED" in str(e):
+                        # the stream or its group vanished (deleted, or a restart without persistence)
+                        log.warning("consumer %s: %s; creating the group again", self.name, e)
+                        self._abandon()
+                        first = True
+                        continue
+                    # Redis refuses (OOM, LOADING, READONLY...): not the frames' fault; they stay pending
+                    backoff = self._redis_fault(f"Redis refused a command: {e}", backoff)
+                    first = True
+                except (redis.ConnectionError, redis.TimeoutError) as e:
+                    # Redis went away (restart, failover): nothing unacknowledged is lost; it is
+                    # still pending for us, so start over with our own pending entries.
+                    backoff = self._redis_fault(f"Redis connection lost ({e})", backoff)
+                    first = True
+                except redis.RedisError as e:
+                    backoff = self._redis_fault(f"Redis failed ({type(e).__name__}: {e})", backoff)
+                    first = True
+                except NoActiveModel:
+                    raise
+                except Exception as e:
+                    # Not a frame's failure (those are caught per frame) nor Redis's: a bug. The
+                    # batch stays pending with its attempts counted, so a frame that provokes it
+                    # every time ends in the dead letters after max_deliveries attempts.
+                    log.exception("consumer %s: unexpected error; backing off", self.name)
+                    backoff = self._redis_fault(f"unexpected error ({type(e).__name__}: {e})", backoff)
+                    first = True
+            try:
+                self._flush()  # stopped: finish the batch in flight
+            except redis.RedisError:
+                self._abandon()
+        finally:
+            try:
+                self.lease.release()
+            except redis.RedisError:
+                pass
         return self.stats
+
+    def _redis_fault(self, reason: str, backoff: float) -> float:
+        log.warning("consumer %s: %s; retrying in %.1fs", self.name, reason, backoff)
+        self._abandon()
+        self._note_fault(reason)
+        self._stop.wait(backoff)
+        return min(backoff * 2, MAX_BACKOFF_S)
+
+    def _note_fault(self, reason: str | None) -> None:
+        """Show (or clear) this consumer's fault in keys.faults, for `groundwatch status`."""
+        if reason == self._fault:
+            return
+        self._fault = reason
+        try:
+            if reason is None:
+                self.r.hdel(keys.faults(self.feed), self.name)
+            else:
+                self.r.hset(
+                    keys.faults(self.feed),
+                    self.name,
+                    json.dumps({"reason": reason[:500], "at": self.clock_ms()}),
+                )
+        except redis.RedisError:
+            self._fault = "unrecorded"  # write it again once Redis takes writes
 
     def _flush(self) -> None:
         """Finish the batch read ahead, if any."""
@@ -169,12 +222,13 @@ class Consumer:
 
     def _step(self) -> bool:
         """One unit of work; False when there was nothing to do."""
+        self.lease.refresh()
         if self._ahead is not None and (self._retry_own or self.stopping):
             self._flush()
             return True
         if self._retry_own:
             self._retry_own = False
-            self._stop.wait(RETRY_DELAY_S)
+            self._stop.wait(self._fault_backoff if self._fault else RETRY_DELAY_S)
             self._drain_own()
             return True
         if self.reader.claim_due():
@@ -276,7 +330,7 @@ class Consumer:
 
         None when stopped while waiting for a model (the entries stay pending)."""
         self.stats.batches += 1
-        started = inference.sort_out(batch, self.settings.max_deliveries)
+        started = inference.sort_out(batch, self.settings.max_frame_bytes)
         if started.todo:
             try:
                 started.model = self._wait_for_model()
@@ -284,42 +338,137 @@ class Consumer:
                 if self.stopping and not self.burst:
                     return None  # entries stay pending; whoever runs next picks them up
                 raise
+            self._fit(started)
+            self._charge(started)
             # Frames that failed before run alone (in _finish), so a poison frame that broke a
             # whole engine batch does not take its batch-mates to the dead letters with it.
-            started.isolated = any(e.deliveries > 1 for e in started.todo)
-            if not started.isolated:
-                inference.send(self.r, self.route, started)
+            started.isolated = any(e.attempts > 1 for e in started.todo)
+            if started.todo and not started.isolated:
+                inference.send(self.r, self.route, started, self.settings.dag_timeout)
         return started
+
+    def _fit(self, started: Started) -> None:
+        """Frames that do not fit the active model go to the dead letters now, not after
+        max_deliveries engine failures; the feed's status shows the last one."""
+        assert started.model is not None
+        meta = self.metadata(started.model)
+        keep: list[Entry] = []
+        last = None
+        for e in started.todo:
+            try:
+                why = inference.misfit(e.frame, meta, started.model.version)  # type: ignore[arg-type]
+            except Exception as err:  # a metadata value we did not foresee: let the engine judge
+                log.warning("model %s: cannot check frames against it (%s)", started.model.version, err)
+                why = None
+            if why is None:
+                keep.append(e)
+            else:
+                started.dead.append((e, f"does not fit the model: {why}"))
+                last = why
+        if last is not None:
+            self.r.hset(
+                keys.faults(self.feed),
+                "model-fit",
+                json.dumps(
+                    {"reason": f"frames do not fit the active model: {last}"[:500], "at": self.clock_ms()}
+                ),
+            )
+            self.r.hincrby(keys.stats(self.feed), "misfits", len(started.todo) - len(keep))
+        started.todo = keep
+
+    def _charge(self, started: Started) -> None:
+        """Count this attempt at each frame (keys.attempts); a frame attempted max_deliveries times
+        already (each failed, or its consumer died on it) goes to the dead letters unrun."""
+        if not started.todo:
+            return
+        key = keys.attempts(self.feed)
+        pipe = self.r.pipeline(transaction=False)
+        for e in started.todo:
+            pipe.hincrby(key, e.id, 1)
+            pipe.hget(key, f"{e.id}:error")
+        replies = pipe.execute()
+        keep: list[Entry] = []
+        limit = self.settings.max_deliveries
+        for i, e in enumerate(started.todo):
+            e.attempts = int(replies[2 * i])
+            if e.attempts > limit:
+                last = replies[2 * i + 1]
+                cause = (
+                    f"; last error: {last.decode(errors='replace')}"
+                    if last
+                    else " (its consumer died on it every time)"
+                )
+                started.dead.append((e, f"attempted {e.attempts - 1} times (max_deliveries {limit}){cause}"))
+            else:
+                keep.append(e)
+        started.todo = keep
+
+    def _refund(self, entries: list[Entry]) -> None:
+        """Attempts spoilt by a fault of the system do not count."""
+        if entries:
+            pipe = self.r.pipeline(transaction=False)
+            for e in entries:
+                pipe.hincrby(keys.attempts(self.feed), e.id, -1)
+            pipe.execute()
 
     def _finish(self, started: Started) -> None:
         """Collect the engine's replies, georeference, then publish and XACK (one MULTI)."""
         results: list[tuple[Entry, TileResult]] = []
         dead = started.dead
+        faults: list[tuple[Entry, str]] = []
         if started.todo:
-            results, failed = inference.infer(
-                self.r, self.feed, self.route, started, self.models, lambda: self.active_model()
+            results, failed, faults = inference.infer(
+                self.r,
+                self.feed,
+                self.route,
+                started,
+                self.models,
+                lambda: self.active_model(),
+                self.settings.dag_timeout,
             )
             retries = 0
+            errors: dict[str, str] = {}
             for e, reason, poison in failed:
-                if poison or e.deliveries >= self.settings.max_deliveries:
-                    dead.append(
-                        (e, reason if poison else f"failed {e.deliveries} times; last error: {reason}")
-                    )
+                if poison or e.attempts >= self.settings.max_deliveries:
+                    dead.append((e, reason if poison else f"failed {e.attempts} times; last error: {reason}"))
                 else:
                     retries += 1
+                    errors[f"{e.id}:error"] = reason[:500]
                     log.warning(
                         "frame %s (entry %s) failed, will retry: %s",
                         e.frame and e.frame.frame_id,
                         e.id,
                         reason,
                     )
+            if errors:
+                self.r.hset(keys.attempts(self.feed), mapping=errors)
             if retries:
                 # left pending: read again (alone) from our own pending entries after a pause
                 self.stats.retries += retries
                 self._retry_own = True
                 self.r.hincrby(keys.stats(self.feed), "retries", retries)
+            if faults:
+                # The system's fault, not the frames': they stay pending, uncharged, and this
+                # consumer backs off (longer while it lasts) and tries them again by itself.
+                self._refund([e for e, _ in faults])
+                self.stats.faults += 1
+                self.r.hincrby(keys.stats(self.feed), "fault_waits", 1)
+                log.warning(
+                    "consumer %s: %d frame(s) left pending: %s; retrying in %.1fs",
+                    self.name,
+                    len(faults),
+                    faults[0][1],
+                    self._fault_backoff,
+                )
+                self._note_fault(faults[0][1])
+                self._retry_own = True
         if results or dead or started.deleted:
             self._commit(results, dead, started.deleted)
+        if faults:
+            self._fault_backoff = min(self._fault_backoff * 2, MAX_BACKOFF_S)
+        elif results:
+            self._fault_backoff = RETRY_DELAY_S
+            self._note_fault(None)
 
     def _commit(
         self,

@@ -85,9 +85,11 @@ def scene_result(feed: str, scene_id: str) -> str:
     return _feed(feed, "scene", scene_id)
 
 
-def frame_done(feed: str, frame_id: str, model_version: str) -> str:
-    """Idempotency marker: this frame was published with this model version."""
-    return _feed(feed, "done", frame_id, model_version)
+def frame_done(feed: str, frame_id: str) -> str:
+    """Idempotency marker: this frame's result was published (value: "<model version> <entry id>").
+
+    One per frame, whatever the model version: the first version to commit wins."""
+    return _feed(feed, "done", frame_id)
 
 
 def frame_done_pattern(feed: str, scene_id: str) -> str:
@@ -98,6 +100,26 @@ def frame_done_pattern(feed: str, scene_id: str) -> str:
 def dead_marker(feed: str, entry_id: str) -> str:
     """Idempotency marker: this frames-stream entry was sent to the dead letters."""
     return _feed(feed, "deadmark", entry_id)
+
+
+def attempts(feed: str) -> str:
+    """Hash entry id -> real attempts at a frame (engine runs it failed or did not finish), and
+    "<entry id>:error" -> the last error. Faults of the system are not counted (XPENDING's
+    delivery count includes them). Fields go when the entry is acknowledged."""
+    return _feed(feed, "attempts")
+
+
+def faults(feed: str) -> str:
+    """Hash of what stops the feed now, for `groundwatch status`: consumer name -> JSON
+    {"reason", "at"} while that consumer backs off on a fault of the system, and "model-fit" ->
+    the last frame that did not fit the active model."""
+    return _feed(feed, "faults")
+
+
+def consumer_lease(feed: str, group: str, name: str) -> str:
+    """A consumer's claim on its name (value "<host> <pid>", short TTL, refreshed while it runs),
+    so default names are stable per host and slot and never shared by two live consumers."""
+    return _feed(feed, "consumer", check_name("group", group), check_name("consumer", name))
 
 
 def throughput(feed: str) -> str:

@@ -10,9 +10,8 @@ from __future__ import annotations
 
 import dataclasses
 import os
-import socket
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -20,10 +19,6 @@ from groundwatch.errors import ConfigError
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 DEFAULT_SCORE_THRESHOLD = 0.3
-
-
-def _default_consumer() -> str:
-    return f"{socket.gethostname()}-{os.getpid()}"
 
 
 @dataclass(frozen=True)
@@ -43,7 +38,9 @@ class Settings:
     intra_op_threads: int = 0
     feed: str = "default"
     group: str = "detectors"
-    consumer: str = field(default_factory=_default_consumer)
+    consumer: str = ""  # consumers: the name in the group; empty: "<host>-<slot>", the first free slot
+    dag_timeout_ms: int = 0  # consumers: the engine's TIMEOUT per DAG; 0: claim_idle_ms // 3
+    max_frame_bytes: int = 64_000_000  # consumers: frames with more tensor data are dead letters at once
     model: str = "ship"
     # None: the model's own score_threshold_hint (docs/models.md), else DEFAULT_SCORE_THRESHOLD.
     score_threshold: float | None = None
@@ -75,7 +72,12 @@ class Settings:
             )
         if self.score_threshold is not None and not 0.0 <= self.score_threshold <= 1.0:
             raise ConfigError(f"score threshold {self.score_threshold} must be between 0 and 1")
-        for name in ("threads_per_queue", "read_count", "max_deliveries", "publish_batch"):
+        if self.dag_timeout_ms < 0 or self.dag_timeout_ms * 2 > self.claim_idle_ms:
+            raise ConfigError(
+                f"dag_timeout_ms {self.dag_timeout_ms} must be between 0 (claim_idle_ms // 3) and half of "
+                f"claim_idle_ms ({self.claim_idle_ms}): a batch still in the engine must not be reclaimed"
+            )
+        for name in ("threads_per_queue", "read_count", "max_deliveries", "publish_batch", "max_frame_bytes"):
             if getattr(self, name) < 1:
                 raise ConfigError(f"{name} must be at least 1, got {getattr(self, name)}")
 
@@ -95,6 +97,15 @@ class Settings:
         if unknown:
             raise ConfigError(f"unknown settings: {', '.join(sorted(unknown))}")
         return cls(**values)
+
+    @property
+    def dag_timeout(self) -> int | None:
+        """The engine TIMEOUT of a consumer's DAG (ms): well inside claim_idle_ms, so a batch that
+        waits in a busy engine times out (and is retried) before another consumer reclaims it.
+        None (no TIMEOUT) when claim_idle_ms is under 3 s: such a setting reclaims at once anyway."""
+        if self.dag_timeout_ms:
+            return self.dag_timeout_ms
+        return self.claim_idle_ms // 3 if self.claim_idle_ms >= 3000 else None
 
     def replace(self, **changes: Any) -> Settings:
         return dataclasses.replace(self, **changes)

@@ -6,6 +6,8 @@ recent latencies (`keys.latency`); everything else comes from the streams themse
 
 from __future__ import annotations
 
+import json
+import time
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -34,6 +36,9 @@ class FeedStatus:
     model: str | None = None
     model_stats: dict[str, Any] = field(default_factory=dict)
     throughput_fps: float | None = None  # frames/s completed over the last minute
+    # what stops the feed now (keys.faults): consumer -> fault of the system it backs off on,
+    # "model-fit" -> the last frame that did not fit the active model; values: (reason, at ms)
+    faults: dict[str, tuple[str, int]] = field(default_factory=dict)
 
 
 def percentiles(values: list[float], points: tuple[int, ...] = (50, 90, 99)) -> dict[str, float]:
@@ -103,6 +108,12 @@ def collect(client: redis.Redis, feed: str | None = None) -> list[FeedStatus]:
             [_text(v) for v in client.lrange(keys.throughput(name), 0, -1)],
             int(seconds) * 1000 + int(micros) // 1000,
         )
+        for who, raw in client.hgetall(keys.faults(name)).items():
+            try:
+                doc = json.loads(raw)
+                st.faults[_text(who)] = (str(doc["reason"]), int(doc["at"]))
+            except (ValueError, KeyError, TypeError):
+                st.faults[_text(who)] = (_text(raw), 0)
         active = client.get(keys.active_model(name))
         if active:
             st.model = _text(active)
@@ -142,4 +153,10 @@ def render(feeds: list[FeedStatus]) -> str:
         if st.model:
             stats = ", ".join(f"{k} {v}" for k, v in st.model_stats.items())
             lines.append(f"  model            {st.model} {stats}")
+        for who, (reason, at) in sorted(st.faults.items()):
+            when = time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime(at / 1000)) + "Z" if at else "?"
+            if who == "model-fit":
+                lines.append(f"  FAULT model fit: {reason} (last at {when})")
+            else:
+                lines.append(f"  FAULT consumer {who}: {reason} (since {when})")
     return "\n".join(lines)

@@ -393,6 +393,7 @@ def forget_scene(client: redis.Redis, feed: str, scene: str) -> None:
         keys.scene_ingested(feed, scene),
         keys.scene_progress(feed, scene),
         keys.scene_tiles(feed, scene),
+        keys.scene_result(feed, scene),
     ]
     doomed += client.scan_iter(match=keys.frame_done_pattern(feed, scene), count=1000)
     client.delete(*doomed)

@@ -20,7 +20,7 @@ def test_every_key_of_a_feed_shares_its_hash_tag() -> None:
         keys.scene_ingested(feed, "S1"),
         keys.scene_tiles(feed, "S1"),
         keys.scene_result(feed, "S1"),
-        keys.frame_done(feed, "S1/0", "ship:3"),
+        keys.frame_done(feed, "S1/0"),
         keys.model(feed, "ship", 3),
         keys.active_model(feed),
         keys.dag_routing(feed),

@@ -1,0 +1,298 @@
+"""The consumer's boundary, against a real redis-server with the engine: poison frames, frames
+that do not fit the model, faults of the system (missing model key, engine overload, Redis
+OOM), a stable identity, and one result per frame across model switches."""
+
+from __future__ import annotations
+
+import io
+import json
+import threading
+import time
+import zipfile
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import numpy as np
+import pytest
+import redis
+
+from consumers.identity import Lease, host_name
+from consumers.inference import is_system_fault
+from consumers.worker import Consumer, RunStats
+from groundwatch import ai, frames, keys, status
+from groundwatch.errors import ConfigError
+from groundwatch.server import RedisServer
+from groundwatch.settings import Settings
+from tests.consumers.helpers import (
+    detections,
+    install_model,
+    publish,
+    scene_array,
+    scene_frames,
+    spots_model,
+)
+
+FEED = "sea"
+
+
+def settings(**overrides: Any) -> Settings:
+    values: dict[str, Any] = {"feed": FEED, "consumer": "c1", "claim_idle_ms": 60000, "block_ms": 50}
+    values.update(overrides)
+    return Settings(**values)
+
+
+def burst(client: redis.Redis, **overrides: Any) -> RunStats:
+    return Consumer(client, settings(**overrides), burst=True).run()
+
+
+def wire(f: frames.Frame) -> dict[bytes, bytes]:
+    return {k.encode(): v if isinstance(v, bytes) else v.encode() for k, v in frames.encode(f).items()}
+
+
+def good(n: int, scene: str = "g") -> list[frames.Frame]:
+    return scene_frames(scene, scene_array(64, 64 + 48 * (n - 1), {(20, 20): 60000}))[:n]
+
+
+def dead_reasons(r: redis.Redis) -> list[str]:
+    return [f[b"dead_reason"].decode() for _id, f in r.xrange(keys.dead_letters(FEED))]
+
+
+def counters(r: redis.Redis) -> dict[str, int]:
+    return {k.decode(): int(v) for k, v in r.hgetall(keys.stats(FEED)).items()}
+
+
+@pytest.fixture
+def background() -> Iterator[Callable[[Consumer], threading.Thread]]:
+    running: list[tuple[Consumer, threading.Thread]] = []
+
+    def start(c: Consumer) -> threading.Thread:
+        t = threading.Thread(target=c.run, daemon=True)
+        t.start()
+        running.append((c, t))
+        return t
+
+    yield start
+    for c, t in running:
+        c.stop()
+        t.join(30)
+
+
+def wait_for(check: Callable[[], bool], timeout_s: float = 30.0) -> None:
+    deadline = time.monotonic() + timeout_s
+    while not check():
+        assert time.monotonic() < deadline, "timed out"
+        time.sleep(0.05)
+
+
+# --- poison frames -------------------------------------------------------------------------
+
+
+def test_the_issues_poison_frames_are_dead_letters_and_good_frames_go_through(engine: redis.Redis) -> None:
+    install_model(engine, FEED)
+    ok = good(2)
+    year1 = wire(scene_frames("y1", scene_array(64, 64, {}))[0]) | {b"acquired": b"0001-01-01T00:00:00+01:00"}
+    digits = wire(scene_frames("d1", scene_array(64, 64, {}))[0]) | {b"tile": b"5" * 5000}
+    publish(engine, FEED, ok[:1])
+    engine.xadd(keys.frames(FEED), year1)
+    engine.xadd(keys.frames(FEED), digits)
+    publish(engine, FEED, ok[1:])
+    stats = burst(engine)
+    assert stats.frames_done == 2 and stats.dead == 2
+    reasons = dead_reasons(engine)
+    assert any("'acquired'" in why for why in reasons) and any("'tile'" in why for why in reasons)
+    assert all(why.startswith("bad frame:") for why in reasons)
+    assert sorted(d[b"frame"] for d in detections(engine, FEED)) == [b"g/0", b"g/1"]
+    assert engine.xpending(keys.frames(FEED), "detectors")["pending"] == 0
+
+
+def test_a_model_with_damaged_metadata_still_runs(engine: redis.Redis) -> None:
+    blob = spots_model()
+    at = blob.index(b'"platform"')
+    damaged = blob[: at + 1] + b"q" + blob[at + 2 :]  # groundwatch.json no longer matches its CRC
+    with pytest.raises(zipfile.BadZipFile):
+        zipfile.ZipFile(io.BytesIO(damaged)).read(
+            next(n for n in zipfile.ZipFile(io.BytesIO(damaged)).namelist() if n.endswith("groundwatch.json"))
+        )
+    ai.Engine(engine).model_store(keys.model(FEED, "m", 1), damaged, batch=8)
+    engine.set(keys.active_model(FEED), "m:1")
+    publish(engine, FEED, good(3))
+    stats = burst(engine)
+    assert stats.frames_done == 3 and stats.dead == 0  # no metadata: classes shown as class<id>
+    assert b'"class":"class0"' in detections(engine, FEED)[0][b"geojson"]
+
+
+# --- frames checked against the model ----------------------------------------------------------
+
+
+def test_frames_that_do_not_fit_the_model_are_dead_at_once_and_shown_in_status(engine: redis.Redis) -> None:
+    install_model(engine, FEED)  # metadata: 1 band, uint16, tile_size 64
+    acquired = frames.parse_time("2026-11-25T10:31:07Z")
+
+    def frame(array: np.ndarray, scene: str) -> frames.Frame:
+        return frames.Frame.from_array(
+            array,
+            scene=scene,
+            tile=0,
+            tiles=1,
+            window=(0, 0, 8, 8),
+            transform=(10, 0, 500000, 0, -10, 6000000),
+            crs="EPSG:32631",
+            acquired=acquired,
+            published_ms=1,
+        )
+
+    bad = [
+        frame(np.zeros((2, 64, 64), np.uint16), "bands"),
+        frame(np.zeros((1, 64, 64), np.int32), "dtype"),
+        frame(np.zeros((1, 300, 64), np.uint16), "big"),
+    ]
+    publish(engine, FEED, [*bad, *good(1)])
+    stats = burst(engine)
+    assert stats.frames_done == 1 and stats.dead == 3 and stats.retries == 0  # no engine failures first
+    reasons = dead_reasons(engine)
+    assert all(why.startswith("does not fit the model:") for why in reasons)
+    assert "2 band(s)" in reasons[0] and "INT32" in reasons[1] and "up to 256" in reasons[2]
+    assert ai.Engine(engine).model_info(keys.model(FEED, "m", 1)).errors == 0
+    [st] = status.collect(engine, FEED)
+    assert "model-fit" in st.faults and "FAULT model fit" in status.render([st])
+    assert counters(engine)["misfits"] == 3
+
+
+def test_a_frame_over_max_frame_bytes_is_a_dead_letter(engine: redis.Redis) -> None:
+    install_model(engine, FEED)
+    publish(engine, FEED, good(1))
+    stats = burst(engine, max_frame_bytes=1000)
+    assert stats.dead == 1 and "max_frame_bytes=1000" in dead_reasons(engine)[0]
+
+
+# --- faults of the system -------------------------------------------------------------------
+
+
+def test_a_missing_model_key_leaves_frames_pending_and_the_consumer_resumes(
+    engine: redis.Redis, background: Callable[[Consumer], threading.Thread]
+) -> None:
+    install_model(engine, FEED, 1)
+    engine.set(keys.active_model(FEED), "m:2")  # names a version whose key does not exist
+    publish(engine, FEED, good(4))
+    c = Consumer(engine, settings())
+    background(c)
+    wait_for(lambda: counters(engine).get("fault_waits", 0) >= 3)  # it tried, several times
+    assert detections(engine, FEED) == [] and engine.xlen(keys.dead_letters(FEED)) == 0
+    assert engine.xpending(keys.frames(FEED), "detectors")["pending"] == 4
+    [st] = status.collect(engine, FEED)
+    assert "is gone" in st.faults["c1"][0] and "FAULT consumer c1" in status.render([st])
+    attempts = {k: int(v) for k, v in engine.hgetall(keys.attempts(FEED)).items() if not k.endswith(b"error")}
+    assert set(attempts.values()) <= {0}  # faults of the system are not charged
+    install_model(engine, FEED, 2)  # the fault clears: the consumer resumes by itself
+    wait_for(lambda: len(detections(engine, FEED)) == 4)
+    wait_for(lambda: not engine.hexists(keys.faults(FEED), "c1"))
+    assert engine.xlen(keys.dead_letters(FEED)) == 0 and c.stats.dead == 0
+    assert {d[b"model"] for d in detections(engine, FEED)} == {b"m:2"}
+
+
+def test_an_engine_that_times_out_for_load_is_a_fault_not_the_frames(engine: redis.Redis) -> None:
+    assert is_system_fault(ai.DagError("TIMEDOUT: the engine timed out the request", -1))
+    assert not is_system_fault(ai.DagError("poison pixel", 1))
+    # The engine holds requests until 64 are queued or 5 s pass: with a 200 ms DAG TIMEOUT, each
+    # frame is answered TIMEDOUT. Nothing is dead, nothing charged; later they run.
+    ai.Engine(engine).model_store(
+        keys.model(FEED, "m", 1), spots_model(), batch=64, min_batch=64, min_batch_timeout_ms=5000
+    )
+    engine.set(keys.active_model(FEED), "m:1")
+    publish(engine, FEED, good(3))
+    c = Consumer(engine, settings(dag_timeout_ms=200))
+    t = threading.Thread(target=c.run, daemon=True)
+    t.start()
+    wait_for(lambda: counters(engine).get("fault_waits", 0) >= 1)
+    c.stop()
+    t.join(30)
+    assert c.stats.dead == 0 and c.stats.frames_done == 0 and c.stats.faults >= 1
+    assert engine.xpending(keys.frames(FEED), "detectors")["pending"] == 3
+    assert "refused for load" in json.loads(engine.hget(keys.faults(FEED), "c1") or b"{}")["reason"]
+    stats = burst(engine, dag_timeout_ms=10000, max_deliveries=1)  # charged attempts would kill them now
+    assert stats.frames_done == 3 and stats.dead == 0
+
+
+def test_redis_oom_is_waited_out(
+    server_factory: Callable[..., RedisServer], background: Callable[[Consumer], threading.Thread]
+) -> None:
+    server = server_factory()
+    r = redis.Redis(port=server.port, socket_timeout=60)
+    install_model(r, FEED)
+    publish(r, FEED, good(3))
+    r.config_set("maxmemory", "1")
+    c = Consumer(r, settings())
+    background(c)
+    time.sleep(1.5)
+    admin = redis.Redis(port=server.port)
+    assert admin.xlen(keys.detections(FEED)) == 0 and admin.xlen(keys.dead_letters(FEED)) == 0
+    admin.config_set("maxmemory", "0")
+    wait_for(lambda: admin.xlen(keys.detections(FEED)) == 3)
+    assert c.stats.dead == 0 and admin.xpending(keys.frames(FEED), "detectors")["pending"] == 0
+
+
+def test_the_dag_timeout_is_inside_claim_idle_ms() -> None:
+    assert Settings().dag_timeout == 10000 and Settings().claim_idle_ms == 30000
+    assert Settings(claim_idle_ms=0).dag_timeout is None
+    with pytest.raises(ConfigError, match="half of claim_idle_ms"):
+        Settings(claim_idle_ms=30000, dag_timeout_ms=20000)
+
+
+# --- identity --------------------------------------------------------------------------------
+
+
+def test_default_names_are_stable_per_host_and_slot(engine: redis.Redis) -> None:
+    a = Lease(engine, FEED, "detectors")
+    b = Lease(engine, FEED, "detectors")
+    assert (a.name, b.name) == (f"{host_name()}-0", f"{host_name()}-1")  # two live consumers
+    b.release()
+    assert Lease(engine, FEED, "detectors").name == f"{host_name()}-1"
+    assert Lease(engine, FEED, "detectors", "explicit").name == "explicit"
+
+
+def test_a_restarted_consumer_takes_its_name_back_and_finishes_its_own_pending_first(
+    engine: redis.Redis,
+) -> None:
+    install_model(engine, FEED)
+    name = f"{host_name()}-0"
+    engine.xgroup_create(keys.frames(FEED), "detectors", id="0", mkstream=True)
+    publish(engine, FEED, good(3))
+    # the previous consumer on slot 0 read them and died (its process id no longer exists)
+    engine.xreadgroup("detectors", name, {keys.frames(FEED): ">"}, count=10)
+    engine.set(keys.consumer_lease(FEED, "detectors", name), f"{host_name()} 999999999", ex=60)
+    publish(engine, FEED, good(2, scene="later"))
+    c = Consumer(engine, settings(consumer="", claim_idle_ms=3_600_000))
+    assert c.name == name
+    c.burst = True
+    stats = c.run()
+    assert stats.frames_done == 5  # the 3 it held (no XAUTOCLAIM needed), then the 2 new ones
+    order = [d[b"frame"] for d in detections(engine, FEED)]
+    assert order[:3] == [b"g/0", b"g/1", b"g/2"]
+    assert not engine.exists(keys.consumer_lease(FEED, "detectors", name))  # released on exit
+
+
+# --- exactly one result per frame across model switches ----------------------------------------
+
+
+def test_one_result_per_frame_when_a_reclaimed_frame_runs_under_two_versions(engine: redis.Redis) -> None:
+    install_model(engine, FEED, 1)
+    items = good(4, scene="sw")
+    publish(engine, FEED, items)
+    slow = Consumer(engine, settings(consumer="slow"))
+    slow.ensure_group()
+    batch = slow._read(">", None)
+    started = slow._start(batch)  # slow's DAGs run with m:1 ...
+    assert started is not None and started.model is not None and started.model.version == "m:1"
+    install_model(engine, FEED, 2)  # ... the feed switches to m:2 ...
+    fast = burst(engine, consumer="fast", claim_idle_ms=0)  # ... and fast reclaims and commits them
+    assert fast.frames_done == 4
+    slow._finish(started)  # slow commits its m:1 results last: only acknowledged and counted
+    assert slow.stats.frames_done == 0 and slow.stats.duplicates == 4 and slow.stats.superseded == 4
+    results = detections(engine, FEED)
+    assert len(results) == 4 and {d[b"model"] for d in results} == {b"m:2"}
+    assert engine.xlen(keys.scenes(FEED)) == 1
+    assert counters(engine)["superseded"] == 4
+    # a redelivery after the scene completed publishes nothing either
+    publish(engine, FEED, items[:1])
+    burst(engine, consumer="late")
+    assert len(detections(engine, FEED)) == 4 and engine.xlen(keys.scenes(FEED)) == 1
