@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import sys
 import time
+from pathlib import Path
 
 from groundwatch import connection
 from groundwatch.errors import ServerError
@@ -28,8 +29,17 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(handler=cmd_status)
 
 
+def torch_backend_path(engine_module: Path) -> Path:
+    """Where the build puts the TORCH backend next to the engine module."""
+    return engine_module.parent / "backends" / "redisai_torch" / "redisai_torch.so"
+
+
 def embedded_server(settings: Settings, port: int = 0) -> RedisServer:
-    """The embedded default: AOF on (no acknowledged work lost on a crash), RDB snapshots too."""
+    """The embedded default: AOF on (no acknowledged work lost on a crash), RDB snapshots too.
+
+    The TORCH backend is loaded at start (the TORCH load-time argument), so no client ever
+    needs AI.CONFIG LOADBACKEND on this server.
+    """
     return RedisServer(
         data_dir=settings.data_dir.resolve(),
         port=port,
@@ -39,6 +49,8 @@ def embedded_server(settings: Settings, port: int = 0) -> RedisServer:
             str(settings.threads_per_queue),
             "INTRA_OP_PARALLELISM",
             str(settings.intra_op_threads),
+            "TORCH",
+            str(torch_backend_path(settings.engine_module.resolve())),
         ),
         extra_config=(("appendonly", "yes"), ("appendfsync", "everysec"), ("save", "300 1")),
     )

@@ -352,6 +352,7 @@ char *model_load(const void *blob, size_t len, const char *device, void **out) {
     model->device = dev;
     model->module = torch::jit::load(stream, dev);
     model->module.eval();
+    add_interruption_points(model->module);
     auto method = model->module.find_method("forward");
     if (!method) throw std::runtime_error("the TorchScript model has no forward() method");
     const c10::FunctionSchema &schema = method->function().getSchema();
@@ -417,6 +418,7 @@ char *model_optimize(void *model) {
     torch::jit::Module optimized = torch::jit::optimize_for_inference(frozen);
     if (!optimized.find_method("forward"))
       throw std::runtime_error("the optimised model has no forward() method");
+    add_interruption_points(optimized);
     m->module = optimized;
     m->memory = module_memory(m->module);
     return nullptr;
@@ -435,6 +437,7 @@ char *model_run(void *model, const GwTensor *inputs, size_t ninputs, GwTensor *o
   size_t filled = 0;
   try {
     init_thread();
+    RunDeadline run_deadline;
     size_t total = m->input_names.size();
     if (!m->list_input && (ninputs < m->required_inputs || ninputs > total)) {
       throw std::runtime_error("model expects " + count_word(total, "input") + " but " +
@@ -462,6 +465,7 @@ char *model_run(void *model, const GwTensor *inputs, size_t ninputs, GwTensor *o
       for (auto &t : tensors) stack.emplace_back(std::move(t));
     }
     c10::IValue result = m->module.forward(std::move(stack));
+    run_deadline.check();
     std::vector<at::Tensor> outs = tensors_of(result, "model");
     if (outs.size() != noutputs) {
       throw std::runtime_error("model returned " + count_word(outs.size(), "output") + " but " +
@@ -471,6 +475,7 @@ char *model_run(void *model, const GwTensor *inputs, size_t ninputs, GwTensor *o
     return nullptr;
   } catch (...) {
     for (size_t i = 0; i < filled; i++) free_gw_tensor(&outputs[i]);
+    if (deadline_was_hit()) return make_error(timeout_message());
     return make_error(current_exception_message());
   }
 }
@@ -510,6 +515,7 @@ GwBackendApi api = {
     script_has_function,
     script_run,
     model_optimize,
+    set_execution_timeout,
 };
 
 }  // namespace

@@ -40,6 +40,32 @@ int32_t gw_dtype_of(at::ScalarType type);
 // Collects the tensors of a Tensor, Tuple or List value; what names the offending value in errors.
 std::vector<at::Tensor> tensors_of(const c10::IValue &value, const char *what);
 
+// Execution deadlines: MODEL_EXECUTION_TIMEOUT (torch_scripts.cpp). libtorch has no way to
+// stop a running TorchScript graph from outside, so the backend puts interruption points into
+// the graphs it loads (add_interruption_points: a gw::deadline() call at the start of every
+// function and of every loop body) and those throw once the running call's deadline is past.
+// A RunDeadline on the stack of model_run/script_run starts the clock, unless an outer run on
+// this thread (a script calling redisAI.model_execute) already did: the outer deadline holds.
+void set_execution_timeout(long long ms);  // 0: no limit
+class RunDeadline {
+ public:
+  RunDeadline();
+  ~RunDeadline();
+  RunDeadline(const RunDeadline &) = delete;
+  RunDeadline &operator=(const RunDeadline &) = delete;
+  // Throws the timeout error when the deadline is past (for the end of a run that met no
+  // interruption point in time).
+  void check() const;
+
+ private:
+  bool owner_ = false;
+};
+// True when the exception being handled comes from a deadline (call inside a catch block).
+bool deadline_was_hit();
+std::string timeout_message();
+void add_interruption_points(torch::jit::Module &module);
+void add_interruption_points(torch::jit::CompilationUnit &unit);
+
 // Scripts (torch_scripts.cpp). register_script_ops runs once, from gw_backend_init; throws on
 // failure.
 void register_script_ops();

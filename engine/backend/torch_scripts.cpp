@@ -20,6 +20,8 @@
 #include <torch/csrc/jit/runtime/operator.h>
 #include <torch/script.h>
 
+#include <atomic>
+#include <chrono>
 #include <cmath>
 #include <cstring>
 #include <limits>
@@ -36,6 +38,52 @@ namespace {
 
 thread_local void *current_call_ctx = nullptr;
 thread_local bool in_script = false;
+
+// ---------------------------------------------------------------------------------------------
+// Deadlines (see torch_backend.h). Why interruption points in the graphs: the TorchScript
+// interpreter has no cancellation hook (exceptions thrown from RecordFunction observers are
+// caught and logged by libtorch), and a run cannot be abandoned safely: a thread left running
+// keeps a core busy and the run's tensors alive, and killing a thread inside libtorch is
+// undefined. A gw::deadline() node is an ordinary operator call, so throwing there unwinds the
+// interpreter like any failing operator and frees everything the run held.
+
+std::atomic<long long> timeout_ms{0};
+thread_local bool has_deadline = false;
+thread_local std::chrono::steady_clock::time_point deadline;
+thread_local bool deadline_hit = false;
+
+const c10::Symbol &deadline_symbol() {
+  static const c10::Symbol sym = c10::Symbol::fromQualString("gw::deadline");
+  return sym;
+}
+
+void check_deadline_now() {
+  if (has_deadline && std::chrono::steady_clock::now() >= deadline) {
+    deadline_hit = true;
+    throw std::runtime_error(timeout_message());
+  }
+}
+
+// gw::deadline() -> ()
+void op_deadline(torch::jit::Stack &) { check_deadline_now(); }
+
+void prepend_point(torch::jit::Graph &graph, torch::jit::Block *block) {
+  auto first = block->nodes().begin();
+  if (first != block->nodes().end() && first->kind() == deadline_symbol()) return;
+  block->prependNode(graph.create(deadline_symbol(), 0));
+}
+
+void add_points(torch::jit::Graph &graph, torch::jit::Block *block) {
+  for (torch::jit::Node *node : block->nodes()) {
+    for (torch::jit::Block *inner : node->blocks()) add_points(graph, inner);
+    if (node->kind() == c10::prim::Loop) prepend_point(graph, node->blocks()[0]);
+  }
+}
+
+void add_points(const std::shared_ptr<torch::jit::Graph> &graph) {
+  add_points(*graph, graph->block());
+  prepend_point(*graph, graph->block());
+}
 
 // ---------------------------------------------------------------------------------------------
 // Operators
@@ -67,6 +115,7 @@ void require_script_context(const char *op) {
 // redis::execute(str cmd, str[] args=[]) -> Any
 void op_redis_execute(torch::jit::Stack &stack) {
   require_script_context("redis.execute");
+  check_deadline_now();
   c10::List<std::string> args = torch::jit::pop(stack).to<c10::List<std::string>>();
   std::string cmd = torch::jit::pop(stack).toStringRef();
   std::vector<std::string> words;
@@ -184,6 +233,43 @@ void op_redis_execute_noargs(torch::jit::Stack &stack) {
 
 }  // namespace
 
+void set_execution_timeout(long long ms) { timeout_ms.store(ms > 0 ? ms : 0); }
+
+std::string timeout_message() {
+  return "execution timed out: it ran longer than MODEL_EXECUTION_TIMEOUT (" +
+         std::to_string(timeout_ms.load()) + " ms)";
+}
+
+RunDeadline::RunDeadline() {
+  if (has_deadline) return;  // nested in a run that set its own
+  deadline_hit = false;
+  long long ms = timeout_ms.load();
+  if (ms <= 0) return;
+  owner_ = true;
+  has_deadline = true;
+  deadline = std::chrono::steady_clock::now() + std::chrono::milliseconds(ms);
+}
+
+RunDeadline::~RunDeadline() {
+  if (owner_) has_deadline = false;
+}
+
+void RunDeadline::check() const { check_deadline_now(); }
+
+bool deadline_was_hit() { return deadline_hit; }
+
+// Before the first run only: executors copy a function's graph when it is first called.
+void add_interruption_points(torch::jit::CompilationUnit &unit) {
+  for (torch::jit::Function *fn : unit.get_functions())
+    if (fn->isGraphFunction()) add_points(torch::jit::toGraphFunction(*fn).graph());
+}
+
+void add_interruption_points(torch::jit::Module &module) {
+  add_interruption_points(*module._ivalue()->compilation_unit());
+  for (const torch::jit::Module &sub : module.modules())
+    for (const torch::jit::Method &method : sub.get_methods()) add_points(method.graph());
+}
+
 // Registered from gw_backend_init rather than by a static initialiser, so that a failure is an
 // error the module can report instead of an exception thrown while redis-server dlopen()s us.
 void register_script_ops() {
@@ -200,6 +286,8 @@ void register_script_ops() {
         torch::jit::Operator(
             "redisAI::model_execute(str model_key, Tensor[] inputs, int num_outputs) -> Tensor[]",
             op_model_execute, c10::AliasAnalysisKind::CONSERVATIVE),
+        torch::jit::Operator("gw::deadline() -> ()", op_deadline,
+                             c10::AliasAnalysisKind::CONSERVATIVE),
     });
   });
 }
@@ -287,6 +375,7 @@ std::shared_ptr<torch::jit::CompilationUnit> helpers_unit() {
   static std::shared_ptr<torch::jit::CompilationUnit> unit = [] {
     auto cu = std::make_shared<torch::jit::CompilationUnit>();
     cu->define(std::nullopt, kHelpersSource, std::make_shared<ScriptResolver>(nullptr), nullptr);
+    add_interruption_points(*cu);
     return cu;
   }();
   return unit;
@@ -394,6 +483,7 @@ char *script_compile(const char *source, size_t len, const char *device, void **
     script->unit = std::make_shared<torch::jit::CompilationUnit>();
     script->unit->define(std::nullopt, std::string(source, len),
                          std::make_shared<ScriptResolver>(helpers_unit()), nullptr);
+    add_interruption_points(*script->unit);
     *out = script.release();
     return nullptr;
   } catch (...) {
@@ -426,6 +516,7 @@ char *script_run(void *script, const char *fn, const GwTensor *inputs, size_t ni
   size_t filled = 0;
   try {
     init_thread();
+    RunDeadline run_deadline;
     Script *s = static_cast<Script *>(script);
     torch::jit::Function *function = fn ? s->unit->find_function(c10::QualifiedName(fn)) : nullptr;
     if (!function)
@@ -447,6 +538,7 @@ char *script_run(void *script, const char *fn, const GwTensor *inputs, size_t ni
     std::vector<c10::IValue> stack =
         make_arguments(function->getSchema(), tensors, key_list, arg_list);
     c10::IValue result = (*function)(std::move(stack));
+    run_deadline.check();
     std::vector<at::Tensor> outs = tensors_of(result, "script");
     if (!outs.empty()) {
       out = static_cast<GwTensor *>(host->alloc(sizeof(GwTensor) * outs.size()));
@@ -462,6 +554,7 @@ char *script_run(void *script, const char *fn, const GwTensor *inputs, size_t ni
       for (size_t i = 0; i < filled; i++) free_gw_tensor(&out[i]);
       host->free(out);
     }
+    if (deadline_was_hit()) return make_error(timeout_message());
     return make_error(current_exception_message());
   }
 }

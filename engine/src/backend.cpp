@@ -4,6 +4,8 @@
 #include "backend.h"
 
 #include <dlfcn.h>
+#include <limits.h>
+#include <stdlib.h>
 
 #include <cstring>
 
@@ -64,10 +66,48 @@ void free_backend_tensor(GwTensor *t) {
 
 const GwBackendApi *torch_backend() { return g_torch; }
 
-std::string load_torch_backend(const std::string &given) {
+std::string resolve_path(const std::string &path) {
+  char buf[PATH_MAX];
+  return realpath(path.c_str(), buf) ? std::string(buf) : std::string();
+}
+
+namespace {
+
+/* dlopen() runs the file's constructors inside Redis: only files under the operator's folders
+ * (Config::backend_roots), symlinks and ".." resolved first. */
+bool under_backend_roots(const std::string &resolved) {
+  for (const std::string &root : config.backend_roots) {
+    if (root.empty()) continue;
+    if (resolved.size() > root.size() && resolved.compare(0, root.size(), root) == 0 &&
+        (root.back() == '/' || resolved[root.size()] == '/'))
+      return true;
+  }
+  return false;
+}
+
+}  // namespace
+
+std::string load_torch_backend(const std::string &given, bool trusted) {
   if (g_torch) return {};
   std::string path = given;
   if (!path.empty() && path[0] != '/') path = config.backends_path + "/" + path;
+  if (!trusted) {
+    std::string resolved = resolve_path(path);
+    if (resolved.empty()) {
+      RedisModule_Log(nullptr, "warning", "could not load backend %s: no such file", path.c_str());
+      return "ERR error loading backend";
+    }
+    if (!under_backend_roots(resolved)) {
+      std::string roots;
+      for (const std::string &r : config.backend_roots) roots += (roots.empty() ? "" : ", ") + r;
+      RedisModule_Log(nullptr, "warning", "refused to load backend %s (%s): outside %s",
+                      path.c_str(), resolved.c_str(), roots.c_str());
+      return "ERR backend " + resolved +
+             " is outside the backends folders set at load time (" + roots +
+             "); put it there, or name it with the TORCH load-time argument";
+    }
+    path = resolved;
+  }
   void *dl = dlopen(path.c_str(), RTLD_NOW | RTLD_LOCAL);
   if (!dl) {
     RedisModule_Log(nullptr, "warning", "could not load backend %s: %s", path.c_str(), dlerror());
@@ -84,6 +124,12 @@ std::string load_torch_backend(const std::string &given) {
   }
   api->configure(static_cast<int>(config.intra_op_parallelism),
                  static_cast<int>(config.inter_op_parallelism));
+  if (api->abi_version >= 3 && api->set_execution_timeout)
+    api->set_execution_timeout(config.model_execution_timeout);
+  else if (config.model_execution_timeout > 0)
+    RedisModule_Log(nullptr, "warning",
+                    "backend %s cannot enforce MODEL_EXECUTION_TIMEOUT (ABI %u)", path.c_str(),
+                    api->abi_version);
   g_torch_dl = dl;
   g_torch = api;
   RedisModule_Log(nullptr, "notice", "loaded TORCH backend %s from %s", api->version(), path.c_str());
@@ -92,7 +138,7 @@ std::string load_torch_backend(const std::string &given) {
 
 const GwBackendApi *require_torch(std::string *err) {
   if (g_torch) return g_torch;
-  std::string e = load_torch_backend(config.backends_path + "/redisai_torch/redisai_torch.so");
+  std::string e = load_torch_backend(config.backends_path + "/redisai_torch/redisai_torch.so", false);
   if (!e.empty()) {
     *err = "ERR could not load the TORCH backend";
     return nullptr;

@@ -13,8 +13,11 @@ namespace gw {
 /* The loaded TORCH backend, or nullptr. Set once on the main thread, then only read. */
 const GwBackendApi *torch_backend();
 /* Loads the backend from path (relative paths are taken inside BACKENDSPATH); "" on success,
- * also when one is already loaded. */
-std::string load_torch_backend(const std::string &path);
+ * also when one is already loaded. Unless trusted (the operator's TORCH load-time argument),
+ * the file must resolve to a path under Config::backend_roots. */
+std::string load_torch_backend(const std::string &path, bool trusted);
+/* realpath(3) as a string; "" when the path does not resolve. */
+std::string resolve_path(const std::string &path);
 /* The backend, loading <BACKENDSPATH>/redisai_torch/redisai_torch.so on first use. On failure
  * sets *err to the reply. */
 const GwBackendApi *require_torch(std::string *err);

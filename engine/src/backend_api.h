@@ -23,8 +23,9 @@
 extern "C" {
 #endif
 
-/* 2 appended model_optimize; the module still accepts version-1 backends (without it). */
-#define GW_BACKEND_ABI_VERSION 2
+/* 2 appended model_optimize, 3 set_execution_timeout; the module still accepts version-1
+ * backends (without either). */
+#define GW_BACKEND_ABI_VERSION 3
 #define GW_BACKEND_ABI_MIN_VERSION 1
 
 /* Element types, in the order of the protocol's TYPE names. */
@@ -120,6 +121,11 @@ typedef struct {
    * inference optimisation passes on it, in place, before the model is first run. NULL on
    * success; otherwise the reason, and the model is left as it was loaded (still usable). */
   char *(*model_optimize)(void *model);
+
+  /* ABI 3 and later only. MODEL_EXECUTION_TIMEOUT in ms (0: none), set once after init: a
+   * model_run or script_run past it fails with an error that says so. The backend stops the
+   * run at its next interruption point (see engine/backend/README.md), or at its end. */
+  void (*set_execution_timeout)(long long ms);
 } GwBackendApi;
 
 /* The one symbol a backend exports. Returns NULL when it cannot start (the reason is logged). */

@@ -116,6 +116,50 @@ void set_value(RedisModuleCtx *ctx, RedisModuleString *name, RedisModuleType *ty
   RedisModule_CloseKey(key);
 }
 
+/* ==== Memory and ACL context of the caller ==================================================== */
+
+/* Bytes that may still be allocated before used memory reaches maxmemory, or -1 when there is
+ * no maxmemory. Redis's deny-oom only refuses a command once memory is already over the limit;
+ * commands that allocate much at once (a large TENSORSET, a DAG) use this to refuse before. */
+long long memory_headroom(RedisModuleCtx *ctx) {
+  float ratio = RedisModule_GetUsedMemoryRatio();
+  if (ratio <= 0) return -1;
+  RedisModuleServerInfoData *info = RedisModule_GetServerInfo(ctx, "memory");
+  int e = 0;
+  unsigned long long max = info ? RedisModule_ServerInfoGetFieldUnsigned(info, "maxmemory", &e) : 0;
+  if (info) RedisModule_FreeServerInfo(ctx, info);
+  if (e || max == 0) return -1;
+  double left = static_cast<double>(max) * (1.0 - static_cast<double>(ratio));
+  return left > 0 ? static_cast<long long>(left) : 0;
+}
+
+std::string oom_reply(long long need, long long left) {
+  return "OOM command not allowed: it needs " + std::to_string(need) + " bytes and only " +
+         std::to_string(left < 0 ? 0 : left) + " are left under 'maxmemory'";
+}
+
+/* Takes bytes out of a headroom from memory_headroom (nullptr or -1: unlimited); the OOM
+ * reply when they do not fit. */
+std::string charge_headroom(long long *budget, size_t bytes) {
+  if (!budget || *budget < 0) return {};
+  long long b = static_cast<long long>(bytes);
+  if (b > *budget) return oom_reply(b, *budget);
+  *budget -= b;
+  return {};
+}
+
+/* The ACL user of the calling client, for the checks its request's scripts make later on a
+ * worker thread (whose context has no user). */
+void capture_user(RedisModuleCtx *ctx, Run *run) {
+  RedisModuleString *name = RedisModule_GetCurrentUserName(ctx);
+  if (!name) return;
+  size_t len;
+  const char *p = RedisModule_StringPtrLen(name, &len);
+  run->user.assign(p, len);
+  run->has_user = true;
+  RedisModule_FreeString(ctx, name);
+}
+
 /* Execute commands block their client, which MULTI, Lua and RM_Call cannot allow. */
 bool can_block_or_reply(RedisModuleCtx *ctx) {
   int flags = RedisModule_GetContextFlags(ctx);
@@ -142,6 +186,10 @@ bool parse_device(const char *s, size_t len, std::string *out) {
       d.size() <= 12) {
     for (size_t i = 4; i < d.size(); i++)
       if (!isdigit(static_cast<unsigned char>(d[i]))) return false;
+    /* One spelling per device ("CPU:007" is "CPU:7"): each distinct name gets a queue and
+     * threads of its own. */
+    size_t nz = d.find_first_not_of('0', 4);
+    d = d.substr(0, 4) + (nz == std::string::npos ? std::string("0") : d.substr(nz));
     *out = d;
     return true;
   }
@@ -251,8 +299,10 @@ namespace {
 /* argv[0] is the command, argv[1] the key. Every tensor invariant is checked (tensor.h) before
  * anything is allocated. `trusted`: the command is replayed from the AOF or comes from our master,
  * so its data is already held and is checked against the ceiling, not TENSOR_MAX_BYTES (a lower
- * limit must not drop keys on restart); a zero-filled tensor has no data and is always limited. */
-std::string parse_tensorset(const Args &a, bool trusted, Tensor **out) {
+ * limit must not drop keys on restart); a zero-filled tensor has no data and is always limited.
+ * The tensor's bytes are also taken from *budget (see charge_headroom) before anything is
+ * allocated. */
+std::string parse_tensorset(const Args &a, bool trusted, Tensor **out, long long *budget = nullptr) {
   if (a.argc < 4) return wrong_arity("AI.TENSORSET");
   size_t tlen;
   const char *tname = RedisModule_StringPtrLen(a.argv[2], &tlen);
@@ -273,6 +323,17 @@ std::string parse_tensorset(const Args &a, bool trusted, Tensor **out) {
   uint64_t elements = 0;
   TensorFault f = check_shape(dtype, shape.data(), shape.size(), limit, &elements);
   if (f != TensorFault::None) return tensorset_fault_reply(f, limit);
+  {
+    size_t bytes = static_cast<size_t>(elements) *
+                   (dtype_info(dtype).size ? dtype_info(dtype).size : 1);
+    if (a.is(i, "BLOB") && i + 1 < a.argc) {
+      size_t len;
+      RedisModule_StringPtrLen(a.argv[i + 1], &len);
+      if (len > bytes) bytes = len;
+    }
+    std::string oom = charge_headroom(budget, bytes);
+    if (!oom.empty()) return oom;
+  }
   if (!has_data) {
     *out = tensor_zeros(dtype, shape);
     return {};
@@ -402,7 +463,9 @@ int TensorSet_Command(RedisModuleCtx *ctx, RedisModuleString **argv, int argc) {
   Tensor *t = nullptr;
   bool trusted = RedisModule_GetContextFlags(ctx) &
                  (REDISMODULE_CTX_FLAGS_LOADING | REDISMODULE_CTX_FLAGS_REPLICATED);
-  std::string err = parse_tensorset(a, trusted, &t);
+  /* Data from the AOF or our master is already held: only clients' tensors are refused. */
+  long long headroom = trusted ? -1 : memory_headroom(ctx);
+  std::string err = parse_tensorset(a, trusted, &t, &headroom);
   if (!err.empty()) return reply_err(ctx, err);
   set_value(ctx, argv[1], TensorType, t);
   RedisModule_ReplicateVerbatim(ctx);
@@ -418,6 +481,11 @@ int TensorGet_Command(RedisModuleCtx *ctx, RedisModuleString **argv, int argc) {
   Tensor *t = nullptr;
   err = get_tensor(ctx, argv[1], &t);
   if (!err.empty()) return reply_err(ctx, err);
+  /* VALUES expands each element into a reply of its own (up to ~30 bytes for 1 to 8). BLOB
+   * is the tensor's own size, which TENSOR_MAX_BYTES already bounds. */
+  if (fmt == GetFormat::Values && reply_size(*t, fmt) > static_cast<size_t>(config.max_reply_bytes))
+    return reply_err(ctx, "ERR the VALUES reply of this tensor would take more than MAX_REPLY_BYTES (" +
+                              std::to_string(config.max_reply_bytes) + " bytes); use BLOB");
   reply_tensor(ctx, *t, meta, fmt);
   return REDISMODULE_OK;
 }
@@ -521,6 +589,11 @@ int model_store(RedisModuleCtx *ctx, RedisModuleString **argv, int argc, bool de
     size_t len;
     RedisModule_StringPtrLen(argv[j], &len);
     total += len;
+  }
+  {
+    long long headroom = memory_headroom(ctx);
+    std::string oom = charge_headroom(&headroom, total);
+    if (!oom.empty()) return reply_err(ctx, oom);
   }
   char *blob = static_cast<char *>(mem_alloc(total ? total : 1));
   size_t off = 0;
@@ -949,6 +1022,7 @@ int Run_Reply(RedisModuleCtx *ctx, RedisModuleString **argv, int argc) {
   (void)argc;
   Run *run = static_cast<Run *>(RedisModule_GetBlockedClientPrivateData(ctx));
   if (run->timed_out) return RedisModule_ReplyWithSimpleString(ctx, "TIMEDOUT");
+  if (!run->fatal.empty()) return reply_err(ctx, run->fatal);
   if (!run->failed) persist_outputs(ctx, run);
   if (run->kind != RunKind::Dag) {
     if (run->failed) return reply_err(ctx, run->ops[0].error);
@@ -1094,6 +1168,8 @@ int single_execute(RedisModuleCtx *ctx, RedisModuleString **argv, int argc, OpPa
   if (!can_block_or_reply(ctx)) return REDISMODULE_OK;
   Run *run = new Run();
   run->kind = kind;
+  capture_user(ctx, run);
+  run->mem_budget = memory_headroom(ctx);
   run->ops.emplace_back();
   Op &op = run->ops.back();
   long long timeout = 0;
@@ -1130,6 +1206,9 @@ struct DagMode {
 };
 
 std::string parse_dag(RedisModuleCtx *ctx, const Args &a, DagMode mode, Run *run) {
+  /* Everything the DAG allocates counts against what is left under maxmemory: its TENSORSETs
+   * here, its outputs and replies on the workers (run->mem_budget). */
+  long long *budget = &run->mem_budget;
   /* The smallest DAG: AI.DAGEXECUTE LOAD 1 k |> AI.TENSORGET k */
   if (!mode.legacy && a.argc < 6)
     return std::string("ERR missing arguments for '") +
@@ -1200,7 +1279,7 @@ std::string parse_dag(RedisModuleCtx *ctx, const Args &a, DagMode mode, Run *run
     std::string err;
     if (oa.is(0, "AI.TENSORSET")) {
       Tensor *t = nullptr;
-      err = parse_tensorset(oa, false, &t);
+      err = parse_tensorset(oa, false, &t, budget);
       if (err.empty()) {
         op.kind = OpKind::TensorSet;
         op.name = oa.str(1);
@@ -1256,6 +1335,8 @@ int dag_command(RedisModuleCtx *ctx, RedisModuleString **argv, int argc, DagMode
   if (!can_block_or_reply(ctx)) return REDISMODULE_OK;
   Run *run = new Run();
   run->kind = RunKind::Dag;
+  capture_user(ctx, run);
+  run->mem_budget = memory_headroom(ctx);
   std::string err = parse_dag(ctx, a, mode, run);
   if (!err.empty()) {
     delete run;
@@ -1359,7 +1440,7 @@ int Config_Command(RedisModuleCtx *ctx, RedisModuleString **argv, int argc) {
   if (a.is(1, "LOADBACKEND")) {
     if (argc < 4) return RedisModule_WrongArity(ctx);
     if (!a.is(2, "TORCH")) return reply_err(ctx, "ERR unsupported backend");
-    std::string err = load_torch_backend(a.str(3));
+    std::string err = load_torch_backend(a.str(3), false);
     if (!err.empty()) return reply_err(ctx, err);
     return RedisModule_ReplyWithSimpleString(ctx, "OK");
   }
@@ -1382,9 +1463,20 @@ int Config_Command(RedisModuleCtx *ctx, RedisModuleString **argv, int argc) {
 
 /* ==== AI._MODELSCAN / AI._SCRIPTSCAN ========================================================== */
 
+/* Lists only the keys the caller may read: KEYS runs as Redis itself, so each key is checked
+ * against the caller's ACL user. */
 int scan(RedisModuleCtx *ctx, RedisModuleType *type) {
+  RedisModuleUser *user = nullptr;
+  if (RedisModuleString *name = RedisModule_GetCurrentUserName(ctx)) {
+    user = RedisModule_GetModuleUserFromUserName(name);
+    RedisModule_FreeString(ctx, name);
+    if (!user) return reply_err(ctx, "NOPERM the current user no longer exists");
+  }
   RedisModuleCallReply *keys = RedisModule_Call(ctx, "KEYS", "c", "*");
-  if (!keys) return reply_err(ctx, "ERR could not list keys");
+  if (!keys) {
+    if (user) RedisModule_FreeModuleUser(user);
+    return reply_err(ctx, "ERR could not list keys");
+  }
   size_t n = RedisModule_CallReplyLength(keys);
   RedisModule_ReplyWithArray(ctx, REDISMODULE_POSTPONED_LEN);
   long found = 0;
@@ -1395,6 +1487,10 @@ int scan(RedisModuleCtx *ctx, RedisModuleType *type) {
     const std::string *tag = nullptr;
     Model *m = nullptr;
     Script *s = nullptr;
+    if (user && RedisModule_ACLCheckKeyPermissions(user, k, REDISMODULE_CMD_KEY_ACCESS) != REDISMODULE_OK) {
+      RedisModule_FreeString(ctx, k);
+      continue;
+    }
     if (type == ModelType && lookup(ctx, k, ModelType, &m) == Lookup::Found) tag = &m->tag;
     if (type == ScriptType && lookup(ctx, k, ScriptType, &s) == Lookup::Found) tag = &s->tag;
     if (tag) {
@@ -1407,6 +1503,7 @@ int scan(RedisModuleCtx *ctx, RedisModuleType *type) {
   }
   RedisModule_ReplySetArrayLength(ctx, found);
   RedisModule_FreeCallReply(keys);
+  if (user) RedisModule_FreeModuleUser(user);
   return REDISMODULE_OK;
 }
 

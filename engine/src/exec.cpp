@@ -14,6 +14,8 @@
 #include <map>
 #include <memory>
 #include <mutex>
+#include <set>
+#include <system_error>
 #include <thread>
 
 #include "backend.h"
@@ -42,9 +44,10 @@ std::map<std::string, std::unique_ptr<Queue>> &g_queues =
     *new std::map<std::string, std::unique_ptr<Queue>>();
 
 /* What a script's host callbacks need: the blocked client gives a thread-safe context on the
- * client's database. */
+ * client's database; the run carries the caller's ACL user. */
 struct ScriptCallCtx {
   RedisModuleBlockedClient *bc;
+  const Run *run;
 };
 
 char *host_strdup(const std::string &s) {
@@ -101,18 +104,42 @@ namespace {
 
 void worker_main(Queue *q);
 
-Queue *get_queue(const std::string &device) {
+/* The queue of a device, created with its workers on first use. Queues and their threads live
+ * as long as the process, so their number is capped (MAX_DEVICE_QUEUES): device names are
+ * user input. nullptr with *err set when the cap is reached or no worker could be started. */
+Queue *get_queue(const std::string &device, std::string *err) {
   std::lock_guard<std::mutex> g(g_queues_mu);
   auto it = g_queues.find(device);
   if (it != g_queues.end()) return it->second.get();
+  if (static_cast<long long>(g_queues.size()) >= config.max_device_queues) {
+    *err = "ERR too many device queues: " + device + " would be queue number " +
+           std::to_string(g_queues.size() + 1) + " but MAX_DEVICE_QUEUES is " +
+           std::to_string(config.max_device_queues) +
+           " (use a device already in use, or raise MAX_DEVICE_QUEUES at load time)";
+    return nullptr;
+  }
   auto q = std::make_unique<Queue>();
   q->device = device;
   Queue *raw = q.get();
+  std::string why;
   for (long long i = 0; i < config.threads_per_queue; i++) {
-    raw->threads.emplace_back(worker_main, raw);
+    try {
+      raw->threads.emplace_back(worker_main, raw);
+    } catch (const std::system_error &e) {
+      why = e.what();
+      break;
+    }
     std::string tname = ("ai_" + device).substr(0, 15);
     pthread_setname_np(raw->threads.back().native_handle(), tname.c_str());
   }
+  if (raw->threads.empty()) {
+    /* Nothing runs on the queue yet, so it can go. */
+    *err = "ERR could not start a worker thread for device " + device + ": " + why;
+    return nullptr;
+  }
+  if (!why.empty())
+    RedisModule_Log(nullptr, "warning", "device %s runs with %zu of %lld worker threads: %s",
+                    device.c_str(), raw->threads.size(), config.threads_per_queue, why.c_str());
   g_queues.emplace(device, std::move(q));
   return raw;
 }
@@ -142,13 +169,16 @@ void fill_candidate(Run *run, int64_t now) {
   c.size = ins[0]->shape[0];
 }
 
-void push(Queue *q, Run *run) {
+/* False when the queue already holds MAX_QUEUE_LENGTH requests. */
+bool push(Queue *q, Run *run) {
   fill_candidate(run, now_ms());
   {
     std::lock_guard<std::mutex> g(q->mu);
+    if (static_cast<long long>(q->items.size()) >= config.max_queue_length) return false;
     q->items.push_back(run);
   }
   q->cv.notify_all();
+  return true;
 }
 
 void finish(Run *run) { RedisModule_UnblockClient(run->bc, run); }
@@ -156,6 +186,38 @@ void finish(Run *run) { RedisModule_UnblockClient(run->bc, run); }
 void fail(Run *run, const std::string &err) {
   run->ops[run->cur].error = err;
   run->failed = true;
+}
+
+/* Queues the run on the device's queue, or finishes it with the reason it cannot be. */
+void enqueue(const std::string &device, Run *run) {
+  std::string err;
+  Queue *q = get_queue(device, &err);
+  if (q && push(q, run)) return;
+  if (q)
+    err = "ERR the queue of device " + device + " is full (MAX_QUEUE_LENGTH " +
+          std::to_string(config.max_queue_length) + " requests); retry later";
+  run->fatal = err;
+  run->failed = true;
+  finish(run);
+}
+
+std::string oom_error(long long need, long long left) {
+  return "OOM command not allowed: this request needs " + std::to_string(need) +
+         " more bytes and only " + std::to_string(left < 0 ? 0 : left) +
+         " are left under 'maxmemory'";
+}
+
+/* Counts bytes the run allocates (outputs) against what was left under maxmemory when it was
+ * accepted. False, with the op failed, when they do not fit. */
+bool charge(Run *run, size_t bytes) {
+  if (run->mem_budget < 0) return true;
+  long long b = static_cast<long long>(bytes);
+  if (b > run->mem_budget) {
+    fail(run, oom_error(b, run->mem_budget));
+    return false;
+  }
+  run->mem_budget -= b;
+  return true;
 }
 
 /* ==== Running ops ============================================================================= */
@@ -234,13 +296,24 @@ void run_model_batch(Queue *q, std::vector<Run *> &batch) {
     for (Run *r : batch) fail(r, error);
   } else if (batch.size() == 1) {
     Run *r = batch[0];
-    for (size_t k = 0; k < noutputs; k++) r->put(first.outputs[k], adopt_output(&outs[k]));
+    size_t bytes = 0;
+    for (size_t k = 0; k < noutputs; k++) {
+      bytes += outs[k].nbytes;
+      r->put(first.outputs[k], adopt_output(&outs[k]));
+    }
+    charge(r, bytes);
   } else {
     int64_t off = 0;
     for (size_t b = 0; b < batch.size(); b++) {
       Run *r = batch[b];
       const Op &op = r->ops[r->cur];
-      for (size_t k = 0; k < noutputs; k++) r->put(op.outputs[k], slice_dim0(outs[k], off, sizes[b]));
+      size_t bytes = 0;
+      for (size_t k = 0; k < noutputs; k++) {
+        Tensor *t = slice_dim0(outs[k], off, sizes[b]);
+        bytes += t->nbytes;
+        r->put(op.outputs[k], t);
+      }
+      charge(r, bytes);
       off += sizes[b];
     }
     for (size_t k = 0; k < noutputs; k++) free_backend_tensor(&outs[k]);
@@ -280,7 +353,7 @@ void run_script(Run *run) {
   std::vector<const char *> keys, args;
   for (const std::string &k : op.keys) keys.push_back(k.c_str());
   for (const std::string &a : op.args) args.push_back(a.c_str());
-  ScriptCallCtx cc{run->bc};
+  ScriptCallCtx cc{run->bc, run};
   GwTensor *outs = nullptr;
   size_t nouts = 0;
   auto t0 = std::chrono::steady_clock::now();
@@ -295,8 +368,10 @@ void run_script(Run *run) {
     error = "ERR Number of tensors returned by the script does not match the number of OUTPUTS";
   for (size_t k = 0; k < nouts && k < op.outputs.size() && error.empty(); k++)
     error = output_fault(outs[k], k);
+  size_t out_bytes = 0;
   for (size_t k = 0; k < nouts; k++) {
     if (error.empty() && k < op.outputs.size()) {
+      out_bytes += outs[k].nbytes;
       run->put(op.outputs[k], adopt_output(&outs[k]));
     } else {
       free_backend_tensor(&outs[k]);
@@ -311,7 +386,7 @@ void run_script(Run *run) {
   }
   if (!error.empty()) {
     fail(run, error);
-  } else {
+  } else if (charge(run, out_bytes)) {
     op.done = true;
     run->cur++;
   }
@@ -330,9 +405,19 @@ void advance(Run *run) {
         fail(run, "ERR INPUT key cannot be found in DAG");
         break;
       }
+      /* Replies are built on the main thread from these references, so what bounds them is
+       * counted here: MAX_REPLY_BYTES per request, and maxmemory. */
+      size_t bytes = reply_size(*it->second, op.format);
+      run->reply_bytes += static_cast<long long>(bytes);
+      if (run->reply_bytes > config.max_reply_bytes) {
+        fail(run, "ERR the replies of this request would take more than MAX_REPLY_BYTES (" +
+                      std::to_string(config.max_reply_bytes) + " bytes); fetch fewer or smaller tensors");
+        break;
+      }
+      if (!charge(run, bytes)) break;
       op.result = it->second->retain();
     } else {
-      push(get_queue(op.device), run);
+      enqueue(op.device, run);
       return;
     }
     op.done = true;
@@ -421,7 +506,18 @@ void submit(Run *run) {
       break;
     }
   }
-  push(get_queue(device), run);
+  enqueue(device, run);
+}
+
+size_t reply_size(const Tensor &t, GetFormat fmt) {
+  /* Meta and RESP framing; VALUES: a bulk string per float of up to 15 digits plus exponent,
+   * an integer reply per integer, framing included (an upper bound). */
+  size_t n = 64 + 24 * t.shape.size();
+  if (fmt == GetFormat::Blob) return n + t.nbytes;
+  if (fmt != GetFormat::Values) return n;
+  if (t.dtype == GW_DTYPE_STRING) return n + t.nbytes + 16 * static_cast<size_t>(t.elements());
+  size_t per = t.dtype == GW_DTYPE_FLOAT || t.dtype == GW_DTYPE_DOUBLE ? 32 : 24;
+  return n + per * static_cast<size_t>(t.elements());
 }
 
 /* ==== Observability =========================================================================== */
@@ -485,31 +581,80 @@ void convert_reply(RedisModuleCallReply *rep, GwReply *out) {
   }
 }
 
+/* Commands a script may not run whatever its caller's rights: server administration (a script
+ * runs inside Redis, so these would hand out more than the script's key needs), connection and
+ * transaction state of the worker's internal client, blocking and pub/sub (a script cannot wait),
+ * nested scripting, and the engine's own configuration. */
+const std::set<std::string> &forbidden_in_scripts() {
+  static const std::set<std::string> &names = *new std::set<std::string>{
+      "ACL", "AUTH", "BGREWRITEAOF", "BGSAVE", "BLMOVE", "BLMPOP", "BLPOP", "BRPOP", "BRPOPLPUSH",
+      "BZMPOP", "BZPOPMAX", "BZPOPMIN", "CLIENT", "CLUSTER", "CONFIG", "DEBUG", "DISCARD", "EVAL",
+      "EVALSHA", "EVALSHA_RO", "EVAL_RO", "EXEC", "FAILOVER", "FCALL", "FCALL_RO", "FUNCTION",
+      "HELLO", "MODULE", "MONITOR", "MULTI", "PSUBSCRIBE", "PSYNC", "PUNSUBSCRIBE", "QUIT",
+      "REPLCONF", "REPLICAOF", "RESET", "SAVE", "SCRIPT", "SELECT", "SHUTDOWN", "SLAVEOF",
+      "SSUBSCRIBE", "SUBSCRIBE", "SUNSUBSCRIBE", "SWAPDB", "SYNC", "UNSUBSCRIBE", "UNWATCH", "WAIT",
+      "WAITAOF", "WATCH", "AI.CONFIG"};
+  return names;
+}
+
+/* The caller's ACL user (nullptr with *err set when it has been deleted meanwhile), or nullptr
+ * and no error when the run has no user. Under the GIL; free with RedisModule_FreeModuleUser. */
+RedisModuleUser *run_user(RedisModuleCtx *ctx, const Run *run, std::string *err) {
+  if (!run->has_user) return nullptr;
+  RedisModuleString *name = RedisModule_CreateString(ctx, run->user.data(), run->user.size());
+  RedisModuleUser *u = RedisModule_GetModuleUserFromUserName(name);
+  RedisModule_FreeString(ctx, name);
+  if (!u) *err = "NOPERM the user '" + run->user + "' that ran this script no longer exists";
+  return u;
+}
+
 }  // namespace
 
 extern "C" char *script_redis_execute(void *call_ctx, int argc, const char *const *argv,
                                       const size_t *argvlen, GwReply *reply) {
   auto *cc = static_cast<ScriptCallCtx *>(call_ctx);
   if (argc < 1) return host_strdup("redis.execute needs a command name");
+  std::string cmd(argv[0], argvlen[0]);
+  std::string upper = cmd;
+  for (char &c : upper) c = static_cast<char>(toupper(static_cast<unsigned char>(c)));
+  if (forbidden_in_scripts().count(upper))
+    return host_strdup("redis.execute " + cmd + ": this command is not allowed from a script");
   RedisModuleCtx *ctx = RedisModule_GetThreadSafeContext(cc->bc);
   RedisModule_ThreadSafeContextLock(ctx);
   std::vector<RedisModuleString *> args;
-  for (int i = 1; i < argc; i++) args.push_back(RedisModule_CreateString(ctx, argv[i], argvlen[i]));
-  std::string cmd(argv[0], argvlen[0]);
-  errno = 0;
-  RedisModuleCallReply *rep =
-      RedisModule_Call(ctx, cmd.c_str(), "!v", args.data(), static_cast<size_t>(args.size()));
-  char *err = nullptr;
-  if (!rep) {
-    std::string why = errno == EBADF || errno == ENOENT ? "unknown command"
-                      : errno == EINVAL             ? "wrong number of arguments"
-                      : errno == ENOSPC             ? "OOM command not allowed"
-                                                    : "command failed";
-    err = host_strdup("redis.execute " + cmd + ": " + why);
-  } else {
-    convert_reply(rep, reply);
-    RedisModule_FreeCallReply(rep);
+  for (int i = 0; i < argc; i++) args.push_back(RedisModule_CreateString(ctx, argv[i], argvlen[i]));
+  std::string why;
+  /* The worker's context runs commands as Redis itself; the caller's rights are checked here,
+   * with Redis's own ACL rules (command, subcommand, keys and channels). */
+  RedisModuleUser *user = run_user(ctx, cc->run, &why);
+  if (user) {
+    errno = 0;
+    if (RedisModule_ACLCheckCommandPermissions(user, args.data(), argc) != REDISMODULE_OK)
+      why = errno == ENOENT ? "unknown command"
+                            : "NOPERM the user '" + cc->run->user +
+                                  "' has no permissions to run this command or access its keys";
+    RedisModule_FreeModuleUser(user);
   }
+  char *err = nullptr;
+  if (why.empty()) {
+    errno = 0;
+    /* S: refuse what Redis refuses in scripts (deny-script commands, writes a replica set or a
+     * failed disk does not allow); M: deny-oom commands fail when over maxmemory. */
+    RedisModuleCallReply *rep = RedisModule_Call(ctx, cmd.c_str(), "!SMv", args.data() + 1,
+                                                 static_cast<size_t>(args.size() - 1));
+    if (!rep) {
+      why = errno == EBADF || errno == ENOENT ? "unknown command"
+            : errno == EINVAL                 ? "wrong number of arguments"
+            : errno == ENOSPC                 ? "OOM command not allowed when used memory > 'maxmemory'"
+            : errno == ESPIPE                 ? "this command is not allowed from a script"
+            : errno == EROFS                  ? "write commands are not allowed now (replicas or disk)"
+                                              : "command failed";
+    } else {
+      convert_reply(rep, reply);
+      RedisModule_FreeCallReply(rep);
+    }
+  }
+  if (!why.empty()) err = host_strdup("redis.execute " + cmd + ": " + why);
   for (RedisModuleString *s : args) RedisModule_FreeString(ctx, s);
   RedisModule_ThreadSafeContextUnlock(ctx);
   RedisModule_FreeThreadSafeContext(ctx);
@@ -524,7 +669,14 @@ extern "C" char *script_model_execute(void *call_ctx, const char *key, size_t ke
   RedisModuleCtx *ctx = RedisModule_GetThreadSafeContext(cc->bc);
   RedisModule_ThreadSafeContextLock(ctx);
   RedisModuleString *k = RedisModule_CreateString(ctx, key, keylen);
-  RedisModuleKey *kp = RedisModule_OpenKey(ctx, k, REDISMODULE_READ);
+  std::string denied;
+  RedisModuleUser *user = run_user(ctx, cc->run, &denied);
+  if (user) {
+    if (RedisModule_ACLCheckKeyPermissions(user, k, REDISMODULE_CMD_KEY_ACCESS) != REDISMODULE_OK)
+      denied = "NOPERM the user '" + cc->run->user + "' has no permissions to read the model key";
+    RedisModule_FreeModuleUser(user);
+  }
+  RedisModuleKey *kp = denied.empty() ? RedisModule_OpenKey(ctx, k, REDISMODULE_READ) : nullptr;
   if (kp && RedisModule_KeyType(kp) == REDISMODULE_KEYTYPE_MODULE &&
       RedisModule_ModuleTypeGetType(kp) == ModelType) {
     model = static_cast<Model *>(RedisModule_ModuleTypeGetValue(kp))->retain();
@@ -533,6 +685,7 @@ extern "C" char *script_model_execute(void *call_ctx, const char *key, size_t ke
   RedisModule_FreeString(ctx, k);
   RedisModule_ThreadSafeContextUnlock(ctx);
   RedisModule_FreeThreadSafeContext(ctx);
+  if (!denied.empty()) return host_strdup(denied);
   if (!model) return host_strdup("model key is empty");
   if (!model->handle) {
     std::string why = model_unusable(*model);

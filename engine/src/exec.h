@@ -64,6 +64,18 @@ struct Run {
   bool timed_out = false;
   bool failed = false;
   BatchCandidate cand; /* filled when queued */
+  /* The ACL user of the client that sent the request, captured on the main thread (a worker's
+   * context has no user): script callbacks check their commands and keys against it.
+   * has_user false: a client without a user (Redis's own), which ACLs do not restrict. */
+  std::string user;
+  bool has_user = false;
+  /* Bytes this run may still allocate under maxmemory (-1: no maxmemory), counted against its
+   * TENSORSETs, model and script outputs and TENSORGET replies. */
+  long long mem_budget = -1;
+  long long reply_bytes = 0;
+  /* An error for the whole request (queue full, too many queues, out of memory): replied
+   * instead of the per-op results. */
+  std::string fatal;
 
   ~Run();
   void put(const std::string &name, Tensor *t); /* takes the reference */
@@ -71,8 +83,13 @@ struct Run {
 
 int64_t now_ms();
 
-/* Main thread, client already blocked. */
+/* Main thread, client already blocked. A run that cannot be queued is finished with
+ * run->fatal set. */
 void submit(Run *run);
+
+/* Bytes a TENSORGET reply of t in this format takes in the client's output buffer (an upper
+ * bound for VALUES). */
+size_t reply_size(const Tensor &t, GetFormat fmt);
 
 /* ==== Observability =========================================================================== */
 struct QueueInfo {

@@ -352,6 +352,9 @@ void info_func(RedisModuleInfoCtx *ctx, int for_crash_report) {
   RedisModule_InfoAddFieldLongLong(ctx, "model_execution_timeout", config.model_execution_timeout);
   RedisModule_InfoAddFieldLongLong(ctx, "backend_memory_limit", config.backend_memory_limit);
   RedisModule_InfoAddFieldLongLong(ctx, "tensor_max_bytes", config.tensor_max_bytes);
+  RedisModule_InfoAddFieldLongLong(ctx, "max_device_queues", config.max_device_queues);
+  RedisModule_InfoAddFieldLongLong(ctx, "max_queue_length", config.max_queue_length);
+  RedisModule_InfoAddFieldLongLong(ctx, "max_reply_bytes", config.max_reply_bytes);
 
   RedisModule_InfoAddSection(ctx, "backends_info");
   if (torch_backend()) RedisModule_InfoAddFieldCString(ctx, "Torch_version", torch_backend()->version());
@@ -432,6 +435,12 @@ bool parse_load_args(RedisModuleCtx *ctx, RedisModuleString **argv, int argc, st
                         static_cast<unsigned long long>(kTensorBytesCeiling));
         ok = false;
       }
+    } else if (strcasecmp(n.c_str(), "MAX_DEVICE_QUEUES") == 0) {
+      ok = num_arg(&config.max_device_queues, 1);
+    } else if (strcasecmp(n.c_str(), "MAX_QUEUE_LENGTH") == 0) {
+      ok = num_arg(&config.max_queue_length, 1);
+    } else if (strcasecmp(n.c_str(), "MAX_REPLY_BYTES") == 0) {
+      ok = num_arg(&config.max_reply_bytes, 1);
     } else {
       RedisModule_Log(ctx, "warning", "unknown load-time argument %s", n.c_str());
       ok = false;
@@ -461,6 +470,12 @@ extern "C" __attribute__((visibility("default"))) int RedisModule_OnLoad(RedisMo
   config.backends_path = default_backends_path();
   std::string torch;
   if (!parse_load_args(ctx, argv, argc, &torch)) return REDISMODULE_ERR;
+  /* Fixed here, before any client can change BACKENDSPATH. A folder that does not exist yet
+   * is kept as given (nothing under it resolves until it does). */
+  for (const std::string &root : {config.backends_path, default_backends_path()}) {
+    std::string r = resolve_path(root);
+    config.backend_roots.push_back(r.empty() ? root : r);
+  }
 
   RedisModuleTypeMethods tm;
   memset(&tm, 0, sizeof tm);
@@ -495,7 +510,7 @@ extern "C" __attribute__((visibility("default"))) int RedisModule_OnLoad(RedisMo
   RedisModule_RegisterInfoFunc(ctx, info_func);
 
   if (!torch.empty()) {
-    std::string err = load_torch_backend(torch);
+    std::string err = load_torch_backend(torch, true);
     if (!err.empty()) {
       RedisModule_Log(ctx, "warning", "could not load the TORCH backend from %s", torch.c_str());
       return REDISMODULE_ERR;

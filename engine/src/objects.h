@@ -26,6 +26,15 @@ struct Config {
   long long backend_memory_limit = 0;
   /* TENSOR_MAX_BYTES: the largest tensor a client can make (see tensor.h's invariants). */
   long long tensor_max_bytes = static_cast<long long>(kDefaultTensorMaxBytes);
+  /* Bounds (docs/engine-limits.md). Distinct device queues, each with threads_per_queue
+   * workers; requests waiting in one queue; reply bytes of one DAG or TENSORGET. */
+  long long max_device_queues = 16;
+  long long max_queue_length = 4096;
+  long long max_reply_bytes = 128LL * 1024 * 1024;
+  /* Where LOADBACKEND may load from: the BACKENDSPATH given at load time and the module's own
+   * backends folder, both resolved with realpath once at load. AI.CONFIG BACKENDSPATH changes
+   * where names are looked up, never these. */
+  std::vector<std::string> backend_roots;
 };
 extern Config config;
 

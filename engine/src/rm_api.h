@@ -26,6 +26,8 @@ typedef struct RedisModuleDigest RedisModuleDigest;
 typedef struct RedisModuleBlockedClient RedisModuleBlockedClient;
 typedef struct RedisModuleCallReply RedisModuleCallReply;
 typedef struct RedisModuleInfoCtx RedisModuleInfoCtx;
+typedef struct RedisModuleUser RedisModuleUser;
+typedef struct RedisModuleServerInfoData RedisModuleServerInfoData;
 
 /* ---- Constants ------------------------------------------------------------------------------ */
 #define REDISMODULE_OK 0
@@ -56,6 +58,8 @@ typedef struct RedisModuleInfoCtx RedisModuleInfoCtx;
 /* RedisModule_SetModuleOptions: short reads and opcode mismatches while loading our values set
  * an error flag (RedisModule_IsIOError) instead of making Redis panic. */
 #define REDISMODULE_OPTIONS_HANDLE_IO_ERRORS (1 << 0)
+/* Key access flags of RedisModule_ACLCheckKeyPermissions (the key-spec flags of Redis 7.0). */
+#define REDISMODULE_CMD_KEY_ACCESS (1 << 4)
 
 /* Version 3 of the type methods: Redis reads the fields up to `defrag`. */
 #define REDISMODULE_TYPE_METHOD_VERSION_3 3
@@ -168,7 +172,18 @@ typedef struct RedisModuleTypeMethods {
   X(int, InfoAddSection, (RedisModuleInfoCtx * ctx, const char *name))                             \
   X(int, InfoAddFieldCString, (RedisModuleInfoCtx * ctx, const char *field, const char *value))    \
   X(int, InfoAddFieldLongLong, (RedisModuleInfoCtx * ctx, const char *field, long long value))     \
-  X(int, InfoAddFieldDouble, (RedisModuleInfoCtx * ctx, const char *field, double value))
+  X(int, InfoAddFieldDouble, (RedisModuleInfoCtx * ctx, const char *field, double value))     \
+  X(RedisModuleString *, GetCurrentUserName, (RedisModuleCtx * ctx))                               \
+  X(RedisModuleUser *, GetModuleUserFromUserName, (RedisModuleString * name))                      \
+  X(int, FreeModuleUser, (RedisModuleUser * user))                                                 \
+  X(int, ACLCheckCommandPermissions,                                                               \
+    (RedisModuleUser * user, RedisModuleString * *argv, int argc))                                 \
+  X(int, ACLCheckKeyPermissions, (RedisModuleUser * user, RedisModuleString * key, int flags))     \
+  X(float, GetUsedMemoryRatio, (void))                                                             \
+  X(RedisModuleServerInfoData *, GetServerInfo, (RedisModuleCtx * ctx, const char *section))       \
+  X(unsigned long long, ServerInfoGetFieldUnsigned,                                                \
+    (RedisModuleServerInfoData * data, const char *field, int *out_err))                           \
+  X(void, FreeServerInfo, (RedisModuleCtx * ctx, RedisModuleServerInfoData * data))
 
 #define GW_RM_DECLARE(ret, name, params) extern ret(*RedisModule_##name) params;
 GW_RM_API_LIST(GW_RM_DECLARE)

@@ -38,6 +38,8 @@ def test_up_status_down_with_the_embedded_server(
         client = redis.Redis(port=port)
         assert client.ping()
         assert b"ai" in {m[b"name"] for m in client.module_list()}
+        # The backend came with the server's start: nothing for a client to LOADBACKEND.
+        assert client.info("modules")["ai_Torch_version"].startswith("2.")
         assert client.config_get("appendonly")["appendonly"] == "yes"
         assert main([*env_args, "status"]) == 0
         assert main([*env_args, "up"]) == 0  # a second `up` finds the running one
