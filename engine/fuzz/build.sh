@@ -14,12 +14,15 @@ for harness in "$here"/fuzz_*.cpp; do
   name="$(basename "$harness" .cpp)"
   bin="$out/$name"
   # Rebuilt only when a source it uses changed.
-  if [ -x "$bin" ] && [ -z "$(find "$harness" "$here"/*.h "${core[@]}" "$src"/*.h -newer "$bin" 2>/dev/null)" ]; then
+  if [ -x "$bin" ] && [ -z "$(find "$harness" "$here"/*.h "$src"/*.cpp "$src"/*.h -newer "$bin" 2>/dev/null)" ]; then
     continue
   fi
+  # A harness needing more of the engine names it: " * fuzz-sources: a.cpp b.cpp".
+  srcs=("${core[@]}")
+  for f in $(sed -n 's/^ \* fuzz-sources: //p' "$harness"); do srcs+=("$src/$f"); done
   echo "building $name" >&2
   while [ "$(jobs -rp | wc -l)" -ge "${JOBS:-2}" ]; do wait -n; done
-  clang++ "${flags[@]}" "$harness" "${core[@]}" -o "$bin.tmp" && mv "$bin.tmp" "$bin" &
+  clang++ "${flags[@]}" "$harness" "${srcs[@]}" -o "$bin.tmp" -lpthread -ldl && mv "$bin.tmp" "$bin" &
 done
 # Any failed compile fails the build.
 status=0

@@ -1,4 +1,5 @@
-"""The libFuzzer targets of engine/fuzz (tensor rules, the three RDB/RESTORE decoders), short:
+"""The libFuzzer targets of engine/fuzz (tensor rules, the three RDB/RESTORE decoders, DAG and
+command argument parsing), short:
 each is built with ASan/UBSan, replays its kept corpus and every saved crash (regression inputs),
 then fuzzes for a few seconds from it. `make fuzz` is the long campaign. Skipped, with the reason,
 only when clang cannot be found or installed."""
@@ -36,7 +37,7 @@ def fuzzers() -> Path:
 
 
 def test_every_target_has_a_corpus() -> None:
-    assert TARGETS == ["rdb_model", "rdb_script", "rdb_tensor", "tensor"]
+    assert TARGETS == ["dag", "rdb_model", "rdb_script", "rdb_tensor", "tensor"]
     for target in TARGETS:
         assert any((FUZZ_DIR / "corpus" / target).glob("seed-*")), target
 
