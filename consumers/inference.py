@@ -350,6 +350,7 @@ def locate(
                     published_ms=f.published_ms,
                     done_ms=0,
                     detections=tuple(dets),
+                    source=f.source,
                 )
                 tile_json(result)  # what the commit will encode: a NaN or inf coordinate fails here
             except Exception as err:

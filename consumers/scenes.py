@@ -61,4 +61,5 @@ def scene_result(feed: str, scene: str, tiles: int, parts: Sequence[TileResult],
         done_ms=now,
         detections_in=len(dets),
         detections=tuple(merge(dets)),
+        source=parts[0].source,
     )

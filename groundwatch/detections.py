@@ -88,6 +88,7 @@ class TileResult:
     published_ms: int
     done_ms: int
     detections: tuple[Detection, ...] = field(default_factory=tuple)
+    source: str | None = None  # the frame's source: a file name, an s3:// URL, a STAC item's href
 
 
 @dataclass(frozen=True)
@@ -103,6 +104,7 @@ class SceneResult:
     done_ms: int
     detections_in: int  # per-tile detections before merging
     detections: tuple[Detection, ...] = field(default_factory=tuple)
+    source: str | None = None  # where the scene came from (its first tile's source)
 
 
 def _r(x: float, digits: int) -> float:
@@ -235,6 +237,7 @@ def tile_geojson(t: TileResult) -> dict[str, Any]:
             "published_ms": t.published_ms,
             "done_ms": t.done_ms,
             "count": len(t.detections),
+            **({"source": t.source} if t.source is not None else {}),
         },
         "features": [feature(d) for d in t.detections],
     }
@@ -310,6 +313,7 @@ def decode_tile(source: str | bytes | Mapping[Any, Any]) -> TileResult:
             published_ms=_int(h["published_ms"]),
             done_ms=_int(h["done_ms"]),
             detections=tuple(from_feature(f) for f in doc["features"]),
+            source=None if h.get("source") is None else _str(h["source"]),
         )
     except _DECODE_ERRORS as e:
         raise DetectionFormatError(f"tile result header is incomplete: {e!r}") from e
@@ -339,6 +343,7 @@ def scene_geojson(s: SceneResult) -> dict[str, Any]:
             "done_ms": s.done_ms,
             "detections_in": s.detections_in,
             "count": len(s.detections),
+            **({"source": s.source} if s.source is not None else {}),
         },
         "features": [feature(d) for d in s.detections],
     }
@@ -384,6 +389,7 @@ def decode_scene(source: str | bytes | Mapping[Any, Any]) -> SceneResult:
             done_ms=_int(h["done_ms"]),
             detections_in=_int(h["detections_in"]),
             detections=tuple(from_feature(f) for f in doc["features"]),
+            source=None if h.get("source") is None else _str(h["source"]),
         )
     except _DECODE_ERRORS as e:
         raise DetectionFormatError(f"scene result header is incomplete: {e!r}") from e

@@ -59,6 +59,15 @@ class Settings:
     watch_poll_s: float = 2.0  # ingest: drop-folder poll interval; a file must be unchanged over two polls
     ingest_memory_mb: float = 1024.0  # ingest: memory budget (MB); larger scenes are read twice, a file one row of tiles of which does not fit is refused
     log_level: str = "INFO"
+    # Object storage (s3:// locations). The conventional AWS variables are read too
+    # (AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY, AWS_SESSION_TOKEN, AWS_REGION, AWS_ENDPOINT_URL);
+    # the endpoint is for S3-compatible stores (MinIO, Ceph, a test server): http:// turns HTTPS off.
+    s3_endpoint: str = ""
+    s3_region: str = ""
+    s3_access_key_id: str = field(default="", repr=False)
+    s3_secret_access_key: str = field(default="", repr=False)
+    s3_session_token: str = field(default="", repr=False)
+    s3_done: str = "move"  # watch s3://: "move" to done/ and failed/ prefixes, or "tag" objects in place
 
     def __post_init__(self) -> None:
         if self.redis_url is not None and not self.redis_url.startswith(("redis://", "rediss://", "unix://")):
@@ -77,6 +86,13 @@ class Settings:
                 f"dag_timeout_ms {self.dag_timeout_ms} must be between 0 (claim_idle_ms // 3) and half of "
                 f"claim_idle_ms ({self.claim_idle_ms}): a batch still in the engine must not be reclaimed"
             )
+        if self.s3_done not in ("move", "tag"):
+            raise ConfigError(f"s3_done must be 'move' or 'tag', got {self.s3_done!r}")
+        if self.s3_endpoint and not self.s3_endpoint.startswith(("http://", "https://")):
+            raise ConfigError(
+                f"s3 endpoint {self.s3_endpoint!r} must be a URL such as https://s3.example.com or "
+                "http://127.0.0.1:9000"
+            )
         for name in ("threads_per_queue", "read_count", "max_deliveries", "publish_batch", "max_frame_bytes"):
             if getattr(self, name) < 1:
                 raise ConfigError(f"{name} must be at least 1, got {getattr(self, name)}")
@@ -90,6 +106,8 @@ class Settings:
             raw = env.get(f"GROUNDWATCH_{f.name.upper()}")
             if f.name == "redis_url":
                 raw = env.get("REDIS_URL", raw)
+            elif f.name in _AWS_ENV and raw is None:
+                raw = next((env[n] for n in _AWS_ENV[f.name] if env.get(n)), None)
             if raw is not None and raw != "":
                 values[f.name] = _convert(f.name, f.type, raw)
         values.update({k: v for k, v in flags.items() if v is not None})
@@ -109,6 +127,16 @@ class Settings:
 
     def replace(self, **changes: Any) -> Settings:
         return dataclasses.replace(self, **changes)
+
+
+# Settings the AWS SDKs and GDAL users already set, read when GROUNDWATCH_<FIELD> is not.
+_AWS_ENV = {
+    "s3_endpoint": ("AWS_ENDPOINT_URL_S3", "AWS_ENDPOINT_URL"),
+    "s3_region": ("AWS_REGION", "AWS_DEFAULT_REGION"),
+    "s3_access_key_id": ("AWS_ACCESS_KEY_ID",),
+    "s3_secret_access_key": ("AWS_SECRET_ACCESS_KEY",),
+    "s3_session_token": ("AWS_SESSION_TOKEN",),
+}
 
 
 def _convert(name: str, type_name: Any, raw: str) -> Any:

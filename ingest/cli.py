@@ -67,11 +67,33 @@ def _settings_flags(p: argparse.ArgumentParser) -> None:
 
 
 def register(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("ingest", help="tile raster files (GeoTIFF/COG) and publish them as frames on a feed")
+    p = sub.add_parser(
+        "ingest",
+        help="tile raster files (GeoTIFF/COG, local or s3://) or STAC items and publish them as frames on a feed",
+    )
     p.add_argument(
-        "files", nargs="+", metavar="FILE", help="raster files; the scene id is the file name stem"
+        "files",
+        nargs="*",
+        metavar="FILE",
+        help="raster files or s3://bucket/key objects (the scene id is the name's stem), or STAC item "
+        "JSON files (local or s3://; the scene id is the item id)",
     )
     _settings_flags(p)
+    p.add_argument(
+        "--asset", default=None, help="STAC: the item's asset to ingest (default: the first GeoTIFF asset)"
+    )
+    p.add_argument(
+        "--collection",
+        default=None,
+        metavar="CATALOG",
+        help="STAC: ingest every item of this static catalogue or collection (a JSON file, local or s3://)",
+    )
+    p.add_argument(
+        "--s3-endpoint",
+        dest="s3_endpoint",
+        default=None,
+        help="S3-compatible endpoint URL (default: AWS; also AWS_ENDPOINT_URL)",
+    )
     p.add_argument("--force", action="store_true", help="publish again even if the scene was ingested")
     p.add_argument("--scene", default=None, help="scene id to use (only with one FILE)")
     p.set_defaults(handler=cmd_ingest)
@@ -80,9 +102,24 @@ def register(sub: argparse._SubParsersAction) -> None:
         "watch", help="ingest complete files dropped into DIR; move them to DIR/done or DIR/failed"
     )
     p.add_argument(
-        "directory", metavar="DIR", help="the drop folder (write name.tif.part, rename when complete)"
+        "directory",
+        metavar="DIR",
+        help="the drop folder (write name.tif.part, rename when complete), or s3://bucket/prefix/",
     )
     _settings_flags(p)
+    p.add_argument(
+        "--s3-endpoint",
+        dest="s3_endpoint",
+        default=None,
+        help="S3-compatible endpoint URL (default: AWS; also AWS_ENDPOINT_URL)",
+    )
+    p.add_argument(
+        "--s3-done",
+        dest="s3_done",
+        choices=("move", "tag"),
+        default=None,
+        help="s3://: move objects to done/ and failed/ prefixes (default), or tag them in place",
+    )
     p.add_argument(
         "--poll-s",
         dest="watch_poll_s",
@@ -92,6 +129,14 @@ def register(sub: argparse._SubParsersAction) -> None:
     )
     p.add_argument("--burst", action="store_true", help="process the complete files there now, then exit")
     p.set_defaults(handler=cmd_watch)
+
+    p = sub.add_parser("results", help="write a feed's scene results as STAC items with GeoJSON detections")
+    p.add_argument("--feed", dest="feed", default=None, help="feed to read (default: default)")
+    p.add_argument(
+        "--stac", required=True, metavar="DIR", help="folder to write one STAC item per scene into"
+    )
+    p.add_argument("--scene", action="append", default=None, help="only this scene (repeatable)")
+    p.set_defaults(handler=cmd_results)
 
 
 class ProgressLine:
@@ -145,28 +190,46 @@ def cmd_ingest(settings: Settings, args: argparse.Namespace) -> int:
     import redis
 
     from groundwatch import connection, keys
+    from ingest import stac
     from ingest.errors import IngestError, InputError
     from ingest.scene import ingest_file
 
     if args.scene and len(args.files) != 1:
         print("groundwatch ingest: --scene needs exactly one FILE", file=sys.stderr)
         return 2
+    if not args.files and not args.collection:
+        print("groundwatch ingest: give FILE(s) or --collection CATALOG", file=sys.stderr)
+        return 2
+    files = list(args.files)
+    if args.collection:
+        try:
+            files.extend(stac.walk(args.collection, settings))
+        except IngestError as e:
+            print(f"groundwatch ingest: {e}", file=sys.stderr)
+            return 1
     client = connection.connect(settings)
     line = ProgressLine()
     failed = 0
     durability = None
-    for path in args.files:
+    for path in files:
         line.start(path)
         try:
-            result = ingest_file(
-                client, settings, path, scene=args.scene, force=args.force, on_progress=line.update
-            )
+            if stac.is_stac(path):
+                result = stac.ingest_item(
+                    client, settings, path, asset=args.asset, force=args.force, on_progress=line.update
+                )
+            else:
+                result = ingest_file(
+                    client, settings, path, scene=args.scene, force=args.force, on_progress=line.update
+                )
         except InputError as e:
             line.finish(f"groundwatch ingest: {e}")
             failed += 1
             continue
-        except IngestError:
-            raise  # not this file's fault (backpressure, durability): stop with the message
+        except IngestError as e:
+            # Not this file's fault (backpressure, durability, the object store): stop with the message.
+            line.finish(f"groundwatch ingest: {e}")
+            return 1
         except redis.RedisError as e:
             line.finish(f"groundwatch ingest: {path}: Redis failed ({e}); nothing is lost: ingest it again")
             return 1
@@ -181,7 +244,7 @@ def cmd_ingest(settings: Settings, args: argparse.Namespace) -> int:
     if durability is not None:
         print(f"durability: {durability.detail}", file=sys.stderr)
     print(
-        f"{len(args.files) - failed} of {len(args.files)} file(s) on {keys.frames(settings.feed)}",
+        f"{len(files) - failed} of {len(files)} file(s) on {keys.frames(settings.feed)}",
         file=sys.stderr,
     )
     return 1 if failed else 0
@@ -196,13 +259,44 @@ def cmd_watch(settings: Settings, args: argparse.Namespace) -> int:
 
     def report(outcome: Outcome) -> None:
         if outcome.status == "failed":
-            line.finish(f"failed: {outcome.path.name}: {outcome.reason}")
+            line.finish(f"failed: {outcome.name}: {outcome.reason}")
         else:
-            line.finish(f"done: {describe(outcome.path.name, outcome.result)}")
+            line.finish(f"done: {describe(outcome.name, outcome.result)}")
 
     if not args.burst:
         print(f"watching {args.directory} for feed {settings.feed} (Ctrl-C stops)", file=sys.stderr)
-    outcomes = watch(
-        client, settings, args.directory, burst=args.burst, on_progress=line.update, on_outcome=report
-    )
+    from ingest.errors import IngestError, InputError
+
+    try:
+        outcomes = watch(
+            client, settings, args.directory, burst=args.burst, on_progress=line.update, on_outcome=report
+        )
+    except (InputError, IngestError) as e:
+        print(f"groundwatch watch: {e}", file=sys.stderr)
+        return 1
     return 1 if any(o.status == "failed" for o in outcomes) else 0
+
+
+def cmd_results(settings: Settings, args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from groundwatch import connection, keys
+    from groundwatch.detections import DetectionFormatError, decode_scene
+    from ingest import stac
+
+    client = connection.connect(settings)
+    wanted = set(args.scene or ())
+    latest = {}
+    for _id, fields in client.xrange(keys.scenes(settings.feed)):
+        try:
+            s = decode_scene(fields)
+        except DetectionFormatError as e:
+            print(f"groundwatch results: skipping a scenes entry {_id!r}: {e}", file=sys.stderr)
+            continue
+        if not wanted or s.scene in wanted:
+            latest[s.scene] = s  # the newest result of a scene (a forced re-ingest) wins
+    written = stac.write_results(list(latest.values()), Path(args.stac), settings)
+    for path in written:
+        print(path)
+    print(f"{len(written)} STAC item(s) from {keys.scenes(settings.feed)} in {args.stac}", file=sys.stderr)
+    return 0

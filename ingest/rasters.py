@@ -12,7 +12,7 @@ compressed single-strip file is one block of the whole image), plus that cache.
 from __future__ import annotations
 
 import os
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -34,7 +34,7 @@ _PARTIAL_HINT = (
 class Raster:
     """An open scene: its metadata and windowed reads of the selected bands."""
 
-    path: Path
+    path: Path | str  # a local file, or the s3:// URL of an object
     dataset: Any  # rasterio DatasetReader
     bands: tuple[int, ...]  # 1-based band numbers in the file
     width_px: int
@@ -102,8 +102,8 @@ def _crs_text(crs: Any) -> str:
     return f"EPSG:{epsg}" if epsg else str(crs.to_wkt())
 
 
-def _acquired(path: Path, tags: dict[str, str]) -> datetime:
-    """Acquisition time from the file's tags, else the file's modification time (UTC).
+def _acquired(path: Path | str, tags: dict[str, str], modified: datetime | None = None) -> datetime:
+    """Acquisition time from the file's tags, else `modified`, else the file's mtime (UTC).
 
     A tag that parses but lies outside the years 1..9999 once taken to UTC (e.g.
     0001-01-01T00:00:00+01:00) is the file's fault: InputError, not OverflowError.
@@ -125,8 +125,12 @@ def _acquired(path: Path, tags: dict[str, str]) -> datetime:
             except OverflowError as e:
                 raise InputError(
                     f"{path}: its {name} tag {text!r} is outside the years 1..9999 in UTC; fix the tag "
-                    f"(e.g. `gdal_edit.py -mo {name}=2026-11-25T10:31:07Z {path.name}`)"
+                    f"(e.g. `gdal_edit.py -mo {name}=2026-11-25T10:31:07Z {Path(path).name}`)"
                 ) from e
+    if modified is not None:
+        return modified.astimezone(UTC) if modified.tzinfo else modified.replace(tzinfo=UTC)
+    if isinstance(path, str):  # an object whose time the caller did not give
+        return datetime.now(UTC)
     return datetime.fromtimestamp(os.stat(path).st_mtime, UTC)
 
 
@@ -136,39 +140,80 @@ def open_raster(
     bands: Sequence[int] | None = None,
     expect_bands: int = 0,
     memory_bytes: int | None = None,
+    gdal_env: Mapping[str, Any] | None = None,
+    modified: datetime | None = None,
 ) -> Iterator[Raster]:
     """Open a scene for ingest: the one place that opens rasters.
 
-    bands: 1-based band numbers to read, in that order (None: all). expect_bands: when > 0, the
-    number of channels the feed's model wants; a scene that yields another count is refused.
-    memory_bytes: ingest's memory budget; GDAL's block cache gets a quarter of it while the file
-    is open (GDAL's default is 5% of the machine's memory, which would not be bounded by it).
+    path: a local file or an ``s3://bucket/key`` object (read by GDAL's /vsis3/ with range
+    requests: only the blocks read are fetched). bands: 1-based band numbers to read, in that
+    order (None: all). expect_bands: when > 0, the number of channels the feed's model wants; a
+    scene that yields another count is refused. memory_bytes: ingest's memory budget; GDAL's
+    block cache gets a quarter of it while the file is open (GDAL's default is 5% of the
+    machine's memory, which would not be bounded by it). gdal_env: GDAL configuration options
+    (``ingest.objectstore.gdal_options``: endpoint, credentials). modified: the object's time
+    (its LastModified), the acquisition time when the file carries none; a local file's mtime
+    is used otherwise.
     """
     import rasterio
     from rasterio.errors import RasterioError
 
-    p = Path(path)
-    if not p.is_file():
+    remote = isinstance(path, str) and path.startswith("s3://")
+    p: Path = Path(path) if not remote else Path(str(path)[len("s3://") :])
+    shown = str(path)
+    if not remote and not p.is_file():
         raise InputError(f"{p}: no such file; check the path")
     # GDAL reads values below 100000 as megabytes, larger ones as bytes.
     cache = None if memory_bytes is None else max(memory_bytes // 4, 100_001)
-    with rasterio.Env(**({} if cache is None else {"GDAL_CACHEMAX": cache})):
+    options: dict[str, Any] = dict(gdal_env or {})
+    if cache is not None:
+        options["GDAL_CACHEMAX"] = cache
+    with rasterio.Env(**options):
         try:
-            ds = rasterio.open(p)
+            ds = rasterio.open("/vsis3/" + str(p) if remote else p)
         except (RasterioError, OSError) as e:
+            reason = _reason(e)
+            if remote and any(
+                w in reason
+                for w in (
+                    "HTTP response code: 403",
+                    "Access Denied",
+                    "InvalidAccessKeyId",
+                    "SignatureDoesNotMatch",
+                )
+            ):
+                from ingest.objectstore import ObjectStoreError
+
+                raise ObjectStoreError(
+                    f"{shown}: the object store refused the credentials ({reason}); set AWS_ACCESS_KEY_ID and "
+                    "AWS_SECRET_ACCESS_KEY (or GROUNDWATCH_S3_ACCESS_KEY_ID/_SECRET_ACCESS_KEY) to a key that may "
+                    "read it"
+                ) from e
+            if remote and any(
+                w in reason
+                for w in ("Could not resolve host", "Connection refused", "Couldn't connect", "Timeout")
+            ):
+                from ingest.objectstore import ObjectStoreError
+
+                raise ObjectStoreError(
+                    f"{shown}: the object store is unreachable ({reason}); check GROUNDWATCH_S3_ENDPOINT / "
+                    "AWS_ENDPOINT_URL and the network"
+                ) from e
             raise InputError(
-                f"{p}: cannot be opened as a raster ({_reason(e)}); ingest reads GeoTIFF/COG and other formats "
+                f"{shown}: cannot be opened as a raster ({reason}); ingest reads GeoTIFF/COG and other formats "
                 f"GDAL knows. If it is a GeoTIFF, {_PARTIAL_HINT}"
             ) from e
         try:
-            raster = _describe(p, ds, bands, expect_bands)
+            raster = _describe(p if not remote else shown, ds, bands, expect_bands, modified)
             raster.cache_bytes = cache or 0
             yield raster
         finally:
             ds.close()
 
 
-def _describe(p: Path, ds: Any, bands: Sequence[int] | None, expect_bands: int) -> Raster:
+def _describe(
+    p: Path | str, ds: Any, bands: Sequence[int] | None, expect_bands: int, modified: datetime | None = None
+) -> Raster:
     from affine import Affine
 
     if ds.crs is None or (ds.transform == Affine.identity() and not ds.gcps[0]):
@@ -234,6 +279,6 @@ def _describe(p: Path, ds: Any, bands: Sequence[int] | None, expect_bands: int) 
         crs=_crs_text(ds.crs),
         nodata=nodata,
         block_rows_px=max(1, block_rows),
-        acquired=_acquired(p, ds.tags()),
+        acquired=_acquired(p, ds.tags(), modified),
         block_bytes=block_bytes,
     )

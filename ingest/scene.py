@@ -26,7 +26,7 @@ import redis
 from groundwatch import keys
 from groundwatch.frames import Frame, FrameError, PixelWindow, check_scene_id
 from groundwatch.settings import Settings
-from ingest import publisher
+from ingest import objectstore, publisher
 from ingest.errors import InputError
 from ingest.rasters import open_raster
 from ingest.tiles import grid, is_all_nodata, pad
@@ -323,19 +323,44 @@ def ingest_file(
     scene: str | None = None,
     force: bool = False,
     on_progress: Progress | None = None,
+    acquired: datetime | None = None,
+    source: str | None = None,
 ) -> SceneResult:
-    """Read, tile and publish one raster file; InputError (nothing published) when it is bad."""
-    p = Path(path)
-    scene = scene or scene_id_for(p)
+    """Read, tile and publish one raster file or s3:// object; InputError (nothing published)
+    when it is bad, ObjectStoreError when the store fails.
+
+    acquired: the acquisition time to publish (a STAC item's datetime) instead of the file's.
+    source: where the scene came from, carried by its frames and results (default: the file
+    name, or the s3:// URL of an object).
+    """
+    modified = None
+    if objectstore.is_s3(path):
+        loc = objectstore.parse(str(path))
+        if acquired is None:  # the object's time stands in for a file's mtime
+            modified = objectstore.head(objectstore.client(settings), loc).modified
+        location: str | Path = str(loc)
+        name = loc.name
+        gdal_env = objectstore.gdal_options(settings)
+    else:
+        location = Path(path)
+        name = location.name
+        gdal_env = None
+    scene = scene or scene_id_for(name)
     bands = parse_bands(settings.ingest_bands)
     with open_raster(
-        p,
+        location,
         bands=bands,
         expect_bands=settings.expect_bands,
         memory_bytes=int(settings.ingest_memory_mb * 1_000_000),
+        gdal_env=gdal_env,
+        modified=modified,
     ) as raster:
+        if acquired is not None:
+            raster.acquired = acquired.astimezone(UTC) if acquired.tzinfo else acquired.replace(tzinfo=UTC)
+        if source is None:
+            source = str(location) if isinstance(location, str) else name
         return ingest_scene(
-            client, settings, raster, scene, source=p.name, force=force, on_progress=on_progress
+            client, settings, raster, scene, source=source, force=force, on_progress=on_progress
         )
 
 
