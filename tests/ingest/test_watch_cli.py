@@ -27,7 +27,7 @@ def test_good_file_to_done_bad_file_to_failed(r: redis.Redis, settings: Settings
     (drop / "broken.tif").write_bytes(b"II*\x00garbage")
     write_tif(drop / "plain.tif", scene_array(1, 20, 20), crs=None, transform=None)
     outcomes = watch(r, settings, drop, burst=True, sleep=lambda s: None)
-    by_name = {o.path.name: o for o in outcomes}
+    by_name = {o.name: o for o in outcomes}
     assert set(by_name) == {"good.tif", "broken.tif", "plain.tif"}
     assert by_name["good.tif"].status == "done" and (drop / "done" / "good.tif").exists()
     assert by_name["good.tif"].result is not None and by_name["good.tif"].result.published == 4
@@ -65,7 +65,7 @@ def test_incomplete_files_are_left_alone(r: redis.Redis, settings: Settings, tmp
     os.utime(growing, (1_700_000_000, 1_700_000_000))
     assert folder.poll() == []
     outcomes = folder.poll()
-    assert sorted(o.path.name for o in outcomes) == ["coming.tif", "growing.tif"]
+    assert sorted(o.name for o in outcomes) == ["coming.tif", "growing.tif"]
     assert all(o.status == "done" for o in outcomes)
     assert (tmp_path / ".hidden.tif").exists() and (tmp_path / "x.tif.tmp").exists()
 
@@ -78,7 +78,7 @@ def test_a_redelivered_scene_goes_to_done_without_frames(
     write_tif(tmp_path / "again.tif", scene_array(1, 60, 60))
     [outcome] = watch(r, settings, tmp_path, burst=True, sleep=lambda s: None)
     assert outcome.status == "done" and outcome.reason == "already ingested"
-    assert outcome.path.parent.name == "done" and outcome.path.name.startswith("again.tif.")
+    assert Path(outcome.path).parent.name == "done" and outcome.name.startswith("again.tif.")
     assert r.xlen(keys.frames("test")) == 1
 
 
