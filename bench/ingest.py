@@ -5,6 +5,11 @@ Rows (tiles/s and MB/s of tile data published; figures are printed, never assert
   file, tiled, deflate      the same scene DEFLATE-compressed (decoding costs)
   file, striped, raw        the same scene in strips
   publish_tile API          `publish_tile` of 512 x 512 arrays already in memory, one call each
+  COG, local file / COG, S3 server
+                            the same scene as a COG (deflate, overviews), read from disk and from
+                            an S3 server on loopback (moto's server mode in its own process, GDAL
+                            /vsis3/ range reads); measured in interleaved rounds, median and
+                            min-max, with the bytes the server sent
   model (--model)           the model's own tiles/s in raw torch on this machine, for the ratio
 Each row ingests the scene `repeats` times (with --force semantics: the marker is dropped) into
 a stream that nobody reads (max_lag raised so backpressure never waits) and reports the best
@@ -175,6 +180,7 @@ def run(
                 )
             )
             client.delete(keys.frames(FEED))
+            rows.extend(_s3_rows(client, settings, a, tmpdir, max(repeats, 3)))
         finally:
             if server is not None:
                 server.stop()
@@ -205,6 +211,106 @@ def model_row(
             n += batch
         dt = time.perf_counter() - t0
     return _row(f"model, raw torch batch {batch}", n, int(tiles.nbytes) * n // batch, dt, what)
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def _s3_rows(
+    client: redis.Redis, settings: Settings, a: np.ndarray, tmpdir: Path, rounds: int
+) -> list[dict[str, Any]]:
+    """Local COG against the same COG on an S3 server: interleaved rounds, median and spread."""
+    import os
+    import statistics
+    import subprocess
+
+    from ingest.publisher import forget_scene
+    from ingest.scene import ingest_file
+
+    try:
+        import boto3
+        import moto  # noqa: F401  (the server is started as `python -m moto.server`)
+    except ImportError as e:
+        return [_row("COG, S3 server", 0, 0, 0.0, f"skipped: {e} (pip install 'moto[server]')")]
+    plain = _write(tmpdir / "cog-src.tif", a, tiled=True, blockxsize=512, blockysize=512)
+    import rasterio
+
+    cog = tmpdir / "cog.tif"
+    with rasterio.open(plain) as src:
+        profile = {
+            k: v
+            for k, v in src.profile.items()
+            if k not in ("tiled", "blockxsize", "blockysize", "interleave")
+        }
+        with rasterio.open(
+            cog, "w", **(profile | {"driver": "COG", "blocksize": 512, "compress": "deflate"})
+        ) as dst:
+            dst.write(src.read())
+    port = _free_port()
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        env={**os.environ},
+    )
+    try:
+        endpoint = f"http://127.0.0.1:{port}"
+        s3 = boto3.client(
+            "s3",
+            endpoint_url=endpoint,
+            aws_access_key_id="bench",
+            aws_secret_access_key="bench",
+            region_name="us-east-1",
+        )
+        deadline = time.monotonic() + 30
+        while True:
+            try:
+                s3.create_bucket(Bucket="bench")
+                break
+            except Exception:
+                if time.monotonic() > deadline:
+                    raise
+                time.sleep(0.2)
+        s3.upload_file(str(cog), "bench", "cog.tif")
+        remote = settings.replace(
+            s3_endpoint=endpoint,
+            s3_access_key_id="bench",
+            s3_secret_access_key="bench",
+            s3_region="us-east-1",
+        )
+        times: dict[str, list[float]] = {"local": [], "s3": []}
+        last: dict[str, Any] = {}
+        for _ in range(rounds + 1):  # the first round warms both paths up and is dropped
+            for name, where, st in (("local", cog, settings), ("s3", "s3://bench/cog.tif", remote)):
+                client.delete(keys.frames(FEED))
+                forget_scene(client, FEED, "cog")
+                t0 = time.perf_counter()
+                last[name] = ingest_file(client, st, where)
+                times[name].append(time.perf_counter() - t0)
+        out = []
+        for name, label in (("local", "COG, local file"), ("s3", "COG, S3 server")):
+            runs = times[name][1:]
+            med = statistics.median(runs)
+            res = last[name]
+            out.append(
+                _row(
+                    label,
+                    res.published,
+                    res.nbytes,
+                    med,
+                    f"median of {len(runs)} interleaved rounds, {res.published / max(runs):.0f}-"
+                    f"{res.published / min(runs):.0f} tiles/s; {cog.stat().st_size / 1e6:.1f} MB COG",
+                )
+            )
+        return out
+    finally:
+        proc.terminate()
+        proc.wait(timeout=10)
 
 
 def table(rows: list[dict[str, Any]]) -> str:
