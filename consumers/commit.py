@@ -176,7 +176,8 @@ class Committer:
                 "dead_attempts": str(e.attempts),
                 "dead_ms": str(now),
             }
-            letter.update({k: v for k, v in e.fields.items() if text(k) not in letter})
+            if not e.stripped:
+                letter.update({k: v for k, v in e.fields.items() if text(k) not in letter})
             pipe.xadd(keys.dead_letters(self.feed), letter)
             pipe.set(keys.dead_marker(self.feed, e.id), why, ex=self.ttl_s)
 

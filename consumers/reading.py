@@ -23,7 +23,8 @@ log = logging.getLogger("groundwatch.consumers")
 
 
 def text(v: Any) -> str:
-    return v.decode() if isinstance(v, bytes) else str(v)
+    """Bytes from Redis as text; never raises (a producer may write any bytes, names included)."""
+    return v.decode("utf-8", "replace") if isinstance(v, bytes) else str(v)
 
 
 def _raw(response: Any, **_options: Any) -> Any:
@@ -45,6 +46,7 @@ class Entry:
     deliveries: int = 1  # XPENDING's count: includes deliveries that a fault of the system wasted
     frame: Frame | None = None
     attempts: int = 0  # real attempts, this one included (keys.attempts)
+    stripped: bool = False  # its dead letter carries only the dead_* fields (its own could not be written)
 
 
 def entries(raw: Sequence[Any] | None) -> list[Entry]:

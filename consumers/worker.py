@@ -19,6 +19,7 @@ import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from functools import partial
 
 import redis
 
@@ -476,8 +477,35 @@ class Consumer:
         dead: list[tuple[Entry, str]],
         deleted: list[str],
     ) -> None:
-        """The commit transaction (consumers.commit), then this consumer's own counters."""
-        out = self.committer.commit(results, dead, deleted)
-        self.stats.add(out)
-        for e, why in out.dead:
-            log.warning("entry %s -> dead letters: %s", e.id, why)
+        """The commit transaction (consumers.commit), then this consumer's own counters.
+
+        Should the batch's transaction fail for something one frame holds (not Redis: that
+        raises), each frame is committed alone, and a frame that cannot be committed becomes a
+        dead letter (with only the dead_* fields if its own cannot be written either)."""
+        try:
+            outs = [self.committer.commit(results, dead, deleted)]
+        except redis.RedisError:
+            raise
+        except Exception:
+            log.exception(
+                "consumer %s: committing a batch failed; committing its frames one by one", self.name
+            )
+            outs = [self.committer.commit([], [], deleted)] if deleted else []
+            for e, r in results:
+                outs.append(self._commit_alone(e, partial(self.committer.commit, [(e, r)], [], [])))
+            for e, why in dead:
+                outs.append(self._commit_alone(e, partial(self.committer.commit, [], [(e, why)], [])))
+        for out in outs:
+            self.stats.add(out)
+            for e, why in out.dead:
+                log.warning("entry %s -> dead letters: %s", e.id, why)
+
+    def _commit_alone(self, e: Entry, commit: Callable[[], Outcome]) -> Outcome:
+        try:
+            return commit()
+        except redis.RedisError:
+            raise
+        except Exception as err:
+            e.stripped = True
+            why = f"cannot be committed ({type(err).__name__}: {err}); its fields are not copied here"
+            return self.committer.commit([], [(e, why)], [])

@@ -29,6 +29,12 @@ _servers_in_use: list[RedisServer] = []
 def pytest_addoption(parser: pytest.Parser) -> None:
     parser.addoption("--engine", default=str(DEFAULT_ENGINE), help="engine module to load")
     parser.addoption("--no-engine", action="store_true", help="run redis-server without the engine")
+    parser.addoption(
+        "--fuzz-frames",
+        type=int,
+        default=1000,
+        help="randomised frames fed to a consumer in tests/consumers/test_fuzz_consumer.py (the issue's full run: 10000)",
+    )
 
 
 def engine_path(config: pytest.Config) -> Path | None:
