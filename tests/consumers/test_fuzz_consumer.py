@@ -163,7 +163,7 @@ def test_a_consumer_survives_randomised_frames(
     good_frames: set[bytes] = set()
     pipe = engine.pipeline(transaction=False)
     for i, kind in enumerate(kinds):
-        pipe.xadd(keys.frames(FEED), make_entry(str(kind), i, rng))  # type: ignore[arg-type]
+        pipe.xadd(keys.frames(FEED), make_entry(str(kind), i, rng))
         if kind == "good":
             good_frames.add(f"good-{i}/0".encode())
     for i, entry_id in enumerate(pipe.execute()):
