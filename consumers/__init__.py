@@ -4,9 +4,10 @@
 :mod:`consumers.reading` (XREADGROUP, own pending entries, XAUTOCLAIM),
 :mod:`consumers.inference` (the active model, the DAGs, decoding and georeferencing),
 :mod:`consumers.commit` (publish, dead letters and XACK in one MULTI/EXEC) and
-:mod:`consumers.scenes` (scene completion). The pure parts (model output decoding,
-georeferencing, overlap merging) live in :mod:`consumers.geo` and :mod:`consumers.merge`; the
-wire format of results is :mod:`groundwatch.detections`.
+:mod:`consumers.scenes` (scene completion). Georeferencing is :mod:`consumers.geo`; decoding
+the model's rows, placing them in the scene and the overlap merge are the core's
+(:mod:`groundwatch.geometry`, the same functions evaluation uses); the wire format of results
+is :mod:`groundwatch.detections`.
 """
 
 from groundwatch.errors import GroundwatchError

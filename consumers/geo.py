@@ -1,7 +1,8 @@
 """From the model's output to georeferenced detections (pure: numpy and rasterio, no Redis).
 
-Tile pixels -> scene pixels (the frame's window offsets) -> the scene's CRS (its affine
-transform) -> EPSG:4326 (rasterio.warp.transform, once per batch and CRS, not per box).
+Tile pixels -> scene pixels (:func:`groundwatch.geometry.place`: the frame's window offsets,
+clipping and cut flags) -> the scene's CRS (its affine transform) -> EPSG:4326
+(rasterio.warp.transform, once per batch and CRS, not per box).
 """
 
 from __future__ import annotations
@@ -13,33 +14,11 @@ from typing import Any
 import numpy as np
 
 from consumers import ConsumerError
+from groundwatch import geometry
 from groundwatch.detections import Detection
 from groundwatch.frames import Frame
 
 WGS84 = "EPSG:4326"
-EDGE_PX = 1.0  # a box within this many pixels of an inner tile edge is "cut"
-
-
-def decode_output(out: np.ndarray, threshold: float) -> np.ndarray:
-    """The rows of a `[K, 6]` (or `[1, K, 6]`) output worth reporting, as float64 `[N, 6]`.
-
-    Rows are x1, y1, x2, y2 (tile pixels), score, class id. Kept: finite rows with
-    score >= threshold and score > 0 (padding rows have score 0) and a non-empty box.
-    """
-    arr = np.asarray(out)
-    if arr.ndim == 3 and arr.shape[0] == 1:
-        arr = arr[0]
-    if arr.ndim != 2 or arr.shape[1] != 6:
-        raise ConsumerError(
-            f"the model returned shape {list(np.asarray(out).shape)}; the contract is [B, K, 6] "
-            "(x1, y1, x2, y2, score, class) with B = 1 per frame (docs/models.md)"
-        )
-    rows = arr.astype(np.float64, copy=False)
-    finite = np.isfinite(rows).all(axis=1)
-    score = rows[:, 4]
-    keep = finite & (score > 0) & (score >= threshold) & (rows[:, 2] > rows[:, 0]) & (rows[:, 3] > rows[:, 1])
-    kept = rows[keep]
-    return kept[np.argsort(-kept[:, 4], kind="stable")]
 
 
 def label_of(class_id: int, labels: Sequence[str]) -> str:
@@ -77,32 +56,10 @@ def to_lonlat(crs: str, xs: np.ndarray, ys: np.ndarray) -> tuple[np.ndarray, np.
     return np.asarray(lon, dtype=np.float64), np.asarray(lat, dtype=np.float64)
 
 
-def _boxes_in_window(frame: Frame, rows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Boxes clipped to the frame's valid window (padding holds no scene), and which rows survive."""
-    width, height = frame.window.width, frame.window.height
-    boxes = rows[:, :4].copy()
-    boxes[:, [0, 2]] = np.clip(boxes[:, [0, 2]], 0, width)
-    boxes[:, [1, 3]] = np.clip(boxes[:, [1, 3]], 0, height)
-    alive = (boxes[:, 2] > boxes[:, 0]) & (boxes[:, 3] > boxes[:, 1])
-    return boxes, alive
-
-
-def _cut(frame: Frame, box: np.ndarray) -> bool:
-    col_off, row_off, width, height = frame.window
-    _c, h, w = frame.shape
-    x1, y1, x2, y2 = (float(v) for v in box)
-    return bool(
-        (x1 <= EDGE_PX and col_off > 0)
-        or (y1 <= EDGE_PX and row_off > 0)
-        or (x2 >= width - EDGE_PX and width == w)
-        or (y2 >= height - EDGE_PX and height == h)
-    )
-
-
 def georeference(
     items: Sequence[tuple[Frame, np.ndarray]], labels: Sequence[str], model: str
 ) -> list[list[Detection]]:
-    """Detections of each (frame, rows from decode_output), map coordinates done per CRS in one go.
+    """Detections of each (frame, rows from geometry.decode_rows), map coordinates per CRS in one go.
 
     ConsumerError when a CRS is unknown or a box cannot be converted to lon/lat."""
     prepared: list[tuple[Frame, np.ndarray, np.ndarray]] = []
@@ -111,10 +68,8 @@ def georeference(
     offsets: list[tuple[str, int]] = []
     counts: dict[str, int] = {}
     for frame, rows in items:
-        boxes, alive = _boxes_in_window(frame, rows)
-        rows, boxes = rows[alive], boxes[alive]
-        col_off, row_off = frame.window.col_off, frame.window.row_off
-        scene = boxes + np.array([col_off, row_off, col_off, row_off], dtype=np.float64)
+        _c, tile_h, tile_w = frame.shape
+        rows, boxes, scene, cut = geometry.place(rows, frame.window, tile_h, tile_w)
         # corners (x1,y1) (x1,y2) (x2,y2) (x2,y1) (counter-clockwise on a north-up map) and the
         # centre: 5 points per box
         px = np.stack(
@@ -126,7 +81,7 @@ def georeference(
         a, b, c, d, e, f = frame.transform
         mx = a * px + b * py + c
         my = d * px + e * py + f
-        prepared.append((frame, rows, np.concatenate([boxes, scene, mx, my], axis=1)))
+        prepared.append((frame, rows, np.concatenate([boxes, scene, mx, my, cut[:, None]], axis=1)))
         start = counts.get(frame.crs, 0)
         offsets.append((frame.crs, start))
         counts[frame.crs] = start + mx.size
@@ -165,7 +120,7 @@ def georeference(
                     ),
                     ring=tuple((float(lon[i, k]), float(lat[i, k])) for k in range(4)),
                     center=(float(lon[i, 4]), float(lat[i, 4])),
-                    cut=_cut(frame, box),
+                    cut=bool(geo[i, 18]),
                     model=model,
                     scene=frame.scene,
                     tile=frame.tile,

@@ -10,19 +10,18 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Any
 
 import numpy as np
 import redis
 
 from consumers import ConsumerError
-from consumers.geo import check_crs, decode_output, georeference
-from consumers.reading import Entry, id_key, text
-from groundwatch import ai, frames, keys, modelmeta
+from consumers.geo import check_crs, georeference
+from consumers.reading import Entry, id_key
+from groundwatch import ai, frames, geometry, keys, modelmeta, registry
 from groundwatch.detections import Detection, TileResult, tile_json
+from groundwatch.errors import GroundwatchError
 from groundwatch.frames import FrameError
 from groundwatch.modelmeta import ModelMetadata
-from groundwatch.settings import DEFAULT_SCORE_THRESHOLD
 
 log = logging.getLogger("groundwatch.consumers")
 
@@ -50,7 +49,7 @@ class Started:
 
 
 # (entry, reason, poison): poison frames go to the dead letters at once, others are retried
-Failure = tuple[Entry, str, bool]
+Failed = tuple[Entry, str, bool]
 
 
 class SystemFault(ConsumerError):
@@ -58,13 +57,9 @@ class SystemFault(ConsumerError):
     (TIMEDOUT), Redis refuses (OOM, loading). Frames stay pending and are not charged an attempt."""
 
 
-# Engine / Redis replies that say the system cannot take the work now, whatever the frame.
-_SYSTEM_REPLIES = ("timedout", "timed out", "oom ", "loading", "busy", "masterdown", "readonly", "tryagain")
-
-
 def is_system_fault(err: ai.DagError) -> bool:
-    message = str(err).lower()
-    return err.model_missing or any(t in message for t in _SYSTEM_REPLIES)
+    """The engine or Redis cannot take the work now, whatever the frame (ai.FAILURES says which)."""
+    return err.kind.system_fault
 
 
 class Models:
@@ -78,22 +73,18 @@ class Models:
 
     def active(self) -> ActiveModel | None:
         """The feed's active model version (one GET; read again for every batch)."""
-        raw = self.r.get(keys.active_model(self.feed))
-        if raw is None:
-            return None
-        version = text(raw)
-        name, _, number = version.rpartition(":")
         try:
-            return ActiveModel(version, keys.model(self.feed, name, int(number.lstrip("v"))))
-        except (ValueError, Exception) as e:  # a malformed pointer is an operator's mistake: wait
-            log.error("feed %s: active model pointer %r is not name:version (%s)", self.feed, version, e)
+            ref = registry.active_ref(self.r, self.feed)
+            return None if ref is None else ActiveModel(str(ref), ref.key(self.feed))
+        except GroundwatchError as e:  # a malformed pointer is an operator's mistake: wait
+            log.error("feed %s: active model pointer: %s", self.feed, e)
             return None
 
     def metadata(self, model: ActiveModel) -> ModelMetadata | None:
         """The model's groundwatch.json (read once per model key from AI.MODELGET BLOB)."""
         if model.key not in self._meta:
             try:
-                blob = ai.model_blob(self.r, model.key)
+                blob = ai.Engine(self.r).model_blob(model.key)
             except ai.EngineError as e:  # the key is gone: say nothing now, read it when it is back
                 log.warning("model %s: metadata not readable now (%s)", model.version, e)
                 return None
@@ -112,12 +103,8 @@ class Models:
 
     def threshold(self, model: ActiveModel) -> float:
         """The operator's --score-threshold, else the model's own hint, else the default."""
-        if self.score_threshold is not None:
-            return self.score_threshold
-        meta = self.metadata(model)
-        if meta is not None and meta.score_threshold_hint is not None:
-            return meta.score_threshold_hint
-        return DEFAULT_SCORE_THRESHOLD
+        meta = self.metadata(model) if self.score_threshold is None else None
+        return modelmeta.score_threshold(self.score_threshold, meta.score_threshold_hint if meta else None)
 
 
 def sort_out(batch: Sequence[Entry], max_frame_bytes: int) -> Started:
@@ -178,53 +165,16 @@ def misfit(frame: frames.Frame, meta: ModelMetadata | None, version: str) -> str
     return None
 
 
-def dags(
-    model: ActiveModel, route: str, batch: Sequence[Entry], timeout_ms: int | None = None
-) -> list[list[Any]]:
-    return [
-        ai.dag_command(model.key, route, e.frame.array()[np.newaxis], timeout_ms)  # type: ignore[union-attr]
-        for e in batch
-    ]
+def _tiles(batch: Sequence[Entry]) -> list[np.ndarray]:
+    return [e.frame.array() for e in batch]  # type: ignore[union-attr]
 
 
 def send(client: redis.Redis, route: str, started: Started, timeout_ms: int | None = None) -> None:
     """Put the started batch's DAGs in the engine (one connection each), replies read later."""
     assert started.model is not None
-    started.inflight = ai.send_concurrently(client, dags(started.model, route, started.todo, timeout_ms))
-
-
-def run_dags(
-    client: redis.Redis,
-    model: ActiveModel,
-    route: str,
-    batch: Sequence[Entry],
-    isolated: bool = False,
-    timeout_ms: int | None = None,
-) -> list[np.ndarray | ai.DagError]:
-    """All DAGs at once (the engine batches them), or one after the other when `isolated`."""
-    commands = dags(model, route, batch, timeout_ms)
-    if isolated:
-        return outputs([ai.execute_concurrently(client, [c])[0] for c in commands])
-    return outputs(ai.execute_concurrently(client, commands))
-
-
-def outputs(replies: Sequence[Any]) -> list[np.ndarray | ai.DagError]:
-    out: list[np.ndarray | ai.DagError] = []
-    for reply in replies:
-        try:
-            out.append(ai.dag_result(reply))
-        except ai.DagError as e:
-            out.append(e)
-    return out
-
-
-_TENSOR_ERRORS = ("data length", "invalid data type", "tensor shape", "invalid value", "blob")
-
-
-def is_poison(err: ai.DagError) -> bool:
-    """The engine refused the tile itself (its TENSORSET): no retry will change that."""
-    message = str(err).lower()
-    return err.op == 0 or (err.op == -1 and any(t in message for t in _TENSOR_ERRORS))
+    started.inflight = ai.send_concurrently(
+        client, ai.tile_dags(started.model.key, route, _tiles(started.todo), timeout_ms)
+    )
 
 
 def infer(
@@ -235,7 +185,7 @@ def infer(
     models: Models,
     reread: Callable[[], ActiveModel | None],
     timeout_ms: int | None = None,
-) -> tuple[list[tuple[Entry, TileResult]], list[Failure], list[tuple[Entry, str]]]:
+) -> tuple[list[tuple[Entry, TileResult]], list[Failed], list[tuple[Entry, str]]]:
     """The engine's outputs of a started batch, decoded and georeferenced.
 
     Returns (results, failures, faults): a failure is the frame's (retried, or poison), a fault
@@ -247,9 +197,11 @@ def infer(
     per_frame: list[ActiveModel] = [model] * len(todo)
     if started.inflight is not None:
         inflight, started.inflight = started.inflight, None
-        outs = outputs(inflight.replies())
+        outs = ai.dag_outcomes(inflight.replies())
     else:
-        outs = run_dags(client, model, route, todo, isolated, timeout_ms)
+        outs = ai.execute_dags(
+            client, model.key, route, _tiles(todo), isolated=isolated, timeout_ms=timeout_ms
+        )
     missing = [i for i, o in enumerate(outs) if isinstance(o, ai.DagError) and o.model_missing]
     if missing:
         # The version was removed under us (a switch in progress): read the pointer again, once.
@@ -262,11 +214,18 @@ def infer(
                 len(missing),
                 again.version,
             )
-            rerun = run_dags(client, again, route, [todo[i] for i in missing], isolated, timeout_ms)
+            rerun = ai.execute_dags(
+                client,
+                again.key,
+                route,
+                _tiles([todo[i] for i in missing]),
+                isolated=isolated,
+                timeout_ms=timeout_ms,
+            )
             for i, out in zip(missing, rerun, strict=True):
                 outs[i] = out
                 per_frame[i] = again
-    failed: list[Failure] = []
+    failed: list[Failed] = []
     faults: list[tuple[Entry, str]] = []
     ok: list[tuple[int, np.ndarray]] = []
     for i, out in enumerate(outs):
@@ -283,11 +242,11 @@ def infer(
             elif is_system_fault(out):
                 faults.append((todo[i], f"engine refused for load: {out}"))
             else:
-                failed.append((todo[i], f"engine: {out}", is_poison(out)))
+                failed.append((todo[i], f"engine: {out}", out.poison))
             continue
         try:
-            ok.append((i, decode_output(out, models.threshold(per_frame[i]))))
-        except ConsumerError as err:
+            ok.append((i, geometry.decode_rows(out, models.threshold(per_frame[i]))))
+        except geometry.OutputContractError as err:
             failed.append((todo[i], f"model {per_frame[i].version}: {err}", False))
         except Exception as err:
             failed.append(
@@ -308,10 +267,10 @@ def locate(
     ok: Sequence[tuple[int, np.ndarray]],
     per_frame: Sequence[ActiveModel],
     models: Models,
-) -> tuple[list[tuple[Entry, TileResult]], list[Failure]]:
+) -> tuple[list[tuple[Entry, TileResult]], list[Failed]]:
     """Georeference decoded rows (per model: one warp per batch); a frame that fails is poison."""
     results: list[tuple[Entry, TileResult]] = []
-    failed: list[Failure] = []
+    failed: list[Failed] = []
     by_model: dict[ActiveModel, list[tuple[int, np.ndarray]]] = {}
     for i, rows in ok:
         by_model.setdefault(per_frame[i], []).append((i, rows))

@@ -71,7 +71,7 @@ def render(feeds: list[status.FeedStatus]) -> str:
         metric(
             f"{_NAME.sub('_', name)}_total",
             "counter",
-            f"counter {name} of gw:{{feed}}:stats",
+            f"counter {name} of the feed's stats hash",
             [(feed(st), st.counters[name]) for st in feeds if name in st.counters],
         )
     metric(

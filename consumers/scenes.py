@@ -12,10 +12,10 @@ import logging
 from collections.abc import Sequence
 from typing import Any
 
-from consumers.merge import merge
 from consumers.reading import text
 from groundwatch import keys
 from groundwatch.detections import DetectionFormatError, SceneResult, TileResult, decode_tile
+from groundwatch.geometry import merge
 
 log = logging.getLogger("groundwatch.consumers")
 

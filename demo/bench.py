@@ -55,7 +55,7 @@ def engine_rows(
             def make(key: str) -> Any:
                 def factory() -> Any:
                     client = redis.Redis(port=server.port, socket_timeout=120)
-                    return lambda tile: ai.dag_output(
+                    return lambda tile: ai.dag_result(
                         client.execute_command(*ai.dag_command(key, ROUTE, tile[np.newaxis]))
                     )
 

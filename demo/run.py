@@ -23,8 +23,7 @@ import redis
 
 from consumers.worker import Consumer
 from demo.quicklook import quicklook
-from groundwatch import keys
-from groundwatch.boxes import iou_matrix
+from groundwatch import geometry, keys
 from groundwatch.commands import embedded_server
 from groundwatch.detections import decode_scene
 from groundwatch.errors import GroundwatchError
@@ -36,7 +35,6 @@ from models.scenes import Scene, SceneConfig, generate_scene, write_scene
 
 FEED = "demo"
 MODEL = "ship"
-MATCH_IOU = 0.5
 
 
 def detector_path() -> Path:
@@ -93,22 +91,22 @@ class DemoSummary:
 def score_scene(
     truth: Sequence[tuple[str, tuple[float, ...]]], found: Sequence[tuple[str, float, tuple[float, ...]]]
 ) -> dict[str, ClassScore]:
-    """Greedy one-to-one matching by score at IoU >= 0.5, class by class (scene pixels)."""
-    out: dict[str, ClassScore] = {}
-    for name in {c for c, _ in truth} | {c for c, _, _ in found}:
-        t = np.array([b for c, b in truth if c == name], np.float64).reshape(-1, 4)
-        f = sorted(((s, b) for c, s, b in found if c == name), key=lambda x: -x[0])
-        score = ClassScore(truth=len(t), detected=len(f))
-        taken = np.zeros(len(t), bool)
-        if len(t) and f:
-            overlaps = iou_matrix(np.array([b for _, b in f], np.float64), t)
-            for row in overlaps:
-                row = np.where(taken, -1.0, row)
-                best = int(np.argmax(row))
-                if row[best] >= MATCH_IOU:
-                    taken[best] = True
-                    score.matched += 1
-        out[name] = score
+    """Per class: truth, found and matched counts (the one matcher, IoU >= 0.5, scene pixels)."""
+    names = sorted({c for c, _ in truth} | {c for c, _, _ in found})
+    pairs = geometry.match(
+        np.array([b for _, _, b in found], np.float64),
+        np.array([s for _, s, _ in found], np.float64),
+        np.array([names.index(c) for c, _, _ in found]),
+        np.array([b for _, b in truth], np.float64),
+        np.array([names.index(c) for c, _ in truth]),
+    )
+    out = {name: ClassScore() for name in names}
+    for c, _ in truth:
+        out[c].truth += 1
+    for c, _, _ in found:
+        out[c].detected += 1
+    for i, _j in pairs:
+        out[found[i][0]].matched += 1
     return out
 
 
@@ -236,7 +234,7 @@ def main(settings: Settings, **options: Any) -> int:
         "  .venv/bin/groundwatch load models/artifacts/detector.pt --name ship --feeds demo --batch 8\n"
         "  .venv/bin/groundwatch consume --feed demo &   # a consumer (start two for more throughput)\n"
         "  .venv/bin/groundwatch watch DROP_DIR --feed demo\n"
-        "  redis-cli -p PORT SUBSCRIBE 'gw:{demo}:scenes'   # scene results as they complete\n"
+        f"  redis-cli -p PORT SUBSCRIBE '{keys.scenes(FEED)}'   # scene results as they complete\n"
         "  .venv/bin/groundwatch status; .venv/bin/groundwatch down"
     )
     return 0

@@ -8,6 +8,7 @@ hundred, are built directly.
 
 from __future__ import annotations
 
+import enum
 import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -37,8 +38,74 @@ DTYPES: dict[str, np.dtype[Any]] = {
 }
 
 
+class Failure(enum.Enum):
+    """What kind of engine failure an error is (see FAILURES): what a caller may do about it."""
+
+    POISON_INPUT = "poison_input"  # the engine refused the input tensor itself: never retry
+    MODEL_ERROR = "model_error"  # the model raised on this input (a retry may not help)
+    MODEL_MISSING = "model_missing"  # the model key is gone (a version switch): re-read the pointer
+    TIMEOUT = "timeout"  # waited too long in the engine's queue
+    OVERLOAD = "overload"  # Redis or the engine refused work for now (maxmemory, a full queue)
+    UNAVAILABLE = "unavailable"  # Redis cannot serve now (loading, failover, a read-only replica)
+    OUT_OF_MEMORY = "out_of_memory"  # the backend could not allocate
+    OTHER = "other"
+
+    @property
+    def system_fault(self) -> bool:
+        """Not the input's fault: the same frame may well succeed later."""
+        return self in _SYSTEM_FAULTS
+
+
+_SYSTEM_FAULTS = frozenset(
+    {Failure.MODEL_MISSING, Failure.TIMEOUT, Failure.OVERLOAD, Failure.UNAVAILABLE, Failure.OUT_OF_MEMORY}
+)
+
+# The one table that classifies engine failures: (DAG ops it applies to, None for any; a lower-case
+# fragment of the engine's message, "" for any; the class). First match wins. Ops: 0 TENSORSET,
+# 1 MODELEXECUTE, 2 TENSORGET, -1 the whole command (or a command that is not a DAG).
+FAILURES: tuple[tuple[frozenset[int] | None, str, Failure], ...] = (
+    (None, "model key is empty", Failure.MODEL_MISSING),
+    (None, "timedout", Failure.TIMEOUT),
+    (None, "timed out", Failure.TIMEOUT),
+    (None, "oom ", Failure.OVERLOAD),  # Redis: "OOM command not allowed when used memory > 'maxmemory'"
+    (None, "busy", Failure.OVERLOAD),  # a script or module keeps Redis busy
+    (None, "queue is full", Failure.OVERLOAD),
+    (None, "queue full", Failure.OVERLOAD),
+    (None, "is loading the dataset", Failure.UNAVAILABLE),  # Redis's LOADING reply
+    (None, "masterdown", Failure.UNAVAILABLE),
+    (None, "link with master is down", Failure.UNAVAILABLE),
+    (None, "readonly", Failure.UNAVAILABLE),
+    (None, "read only replica", Failure.UNAVAILABLE),
+    (None, "tryagain", Failure.UNAVAILABLE),
+    (None, "out of memory", Failure.OUT_OF_MEMORY),
+    (None, "can't allocate memory", Failure.OUT_OF_MEMORY),
+    (None, "bad_alloc", Failure.OUT_OF_MEMORY),
+    (frozenset({0}), "", Failure.POISON_INPUT),
+    (frozenset({-1}), "data length", Failure.POISON_INPUT),
+    (frozenset({-1}), "invalid data type", Failure.POISON_INPUT),
+    (frozenset({-1}), "tensor shape", Failure.POISON_INPUT),
+    (frozenset({-1}), "invalid value", Failure.POISON_INPUT),
+    (frozenset({-1}), "blob", Failure.POISON_INPUT),
+    (frozenset({1}), "", Failure.MODEL_ERROR),
+)
+
+
+def classify(message: str, op: int = -1) -> Failure:
+    """The class of an engine failure from its message and failing op (the FAILURES table)."""
+    text = message.lower()
+    for ops, fragment, kind in FAILURES:
+        if (ops is None or op in ops) and fragment in text:
+            return kind
+    return Failure.OTHER
+
+
 class EngineError(GroundwatchError):
-    """The engine refused a command, or is not loaded."""
+    """The engine refused a command, or is not loaded; `kind` classifies it (FAILURES)."""
+
+    def __init__(self, message: str, op: int = -1) -> None:
+        super().__init__(message)
+        self.op = op
+        self.kind = classify(message, op)
 
 
 def type_name(dtype: np.dtype[Any] | type) -> str:
@@ -116,9 +183,6 @@ class Engine:
             args = [*args[:blob_at], *extra, *args[blob_at:]]
         self._call(*args)
 
-    def model_delete(self, key: str) -> None:
-        self._call("AI.MODELDEL", key)
-
     def model_meta(self, key: str) -> dict[str, Any]:
         reply = self._call("AI.MODELGET", key, "META")
         return _pairs(reply)
@@ -147,21 +211,15 @@ class Engine:
             duration_us=int(info.get("duration", 0)),
         )
 
-    # --- tensors and execution ---------------------------------------------------------------
-
-    def tensor_set(self, key: str, array: np.ndarray) -> None:
-        self._call(*builder.tensorset(key, np.ascontiguousarray(array), array.shape, type_name(array.dtype)))
-
-    def tensor_get(self, key: str) -> np.ndarray:
-        reply = _pairs(self._call("AI.TENSORGET", key, "META", "BLOB"))
-        return to_array(str(reply["dtype"]), [int(d) for d in reply["shape"]], reply["blob"])
+    # --- execution ---------------------------------------------------------------------------
 
     def run(
         self, model_key: str, array: np.ndarray, route_key: str, timeout_ms: int | None = None
     ) -> np.ndarray:
-        """One input through the model in one DAG; the tensors never touch the keyspace."""
-        reply = self.client.execute_command(*dag_command(model_key, route_key, array, timeout_ms))
-        return dag_output(reply)
+        """One input through the model in one DAG; the tensors never touch the keyspace.
+
+        A refused command or a failing op raises EngineError (DagError) with the engine's message."""
+        return dag_result(self._call(*dag_command(model_key, route_key, array, timeout_ms)))
 
 
 def dag_command(
@@ -182,23 +240,6 @@ def dag_command(
     return args
 
 
-def dag_output(reply: Any) -> np.ndarray:
-    """The output tensor of a dag_command reply; EngineError with the failing op's reason."""
-    if isinstance(reply, bytes) and reply == b"TIMEDOUT":
-        raise EngineError("the engine timed out the request while it waited in the queue")
-    if isinstance(reply, Exception):
-        raise EngineError(str(reply)) from reply
-    if not isinstance(reply, list) or len(reply) != 3:
-        raise EngineError(f"unexpected DAG reply {reply!r:.200}")
-    for op in reply[:2]:
-        if isinstance(op, Exception):
-            raise EngineError(str(op)) from op
-    if isinstance(reply[2], Exception):
-        raise EngineError(str(reply[2])) from reply[2]
-    meta = _pairs(reply[2])
-    return to_array(str(meta["dtype"]), [int(d) for d in meta["shape"]], meta["blob"])
-
-
 def _pairs(reply: Sequence[Any]) -> dict[str, Any]:
     out: dict[str, Any] = {}
     for name, value in zip(reply[::2], reply[1::2], strict=True):
@@ -216,21 +257,19 @@ class DagError(EngineError):
     """One DAG failed. `op` is the failing op's index (0 TENSORSET, 1 MODELEXECUTE, 2 TENSORGET),
     or -1 when the engine refused the whole command (e.g. ``model key is empty``)."""
 
-    def __init__(self, message: str, op: int) -> None:
-        super().__init__(message)
-        self.op = op
-
     @property
     def model_missing(self) -> bool:
-        return "model key is empty" in str(self).lower()
+        return self.kind is Failure.MODEL_MISSING
 
     @property
-    def timed_out(self) -> bool:
-        return "timedout" in str(self).lower() or "timed out" in str(self).lower()
+    def poison(self) -> bool:
+        """The engine refused the tile itself: no retry will change that."""
+        return self.kind is Failure.POISON_INPUT
 
 
 def dag_result(reply: Any) -> np.ndarray:
-    """Like :func:`dag_output`, but failures are :class:`DagError` naming the failing op."""
+    """The output tensor of a :func:`dag_command` reply (the one decoder of DAG replies); a failure
+    raises :class:`DagError` with the engine's message and the failing op."""
     if isinstance(reply, bytes) and reply == b"TIMEDOUT":
         raise DagError("TIMEDOUT: the engine timed out the request while it waited in the queue", -1)
     if isinstance(reply, Exception):
@@ -314,12 +353,36 @@ def execute_concurrently(client: redis.Redis, commands: Sequence[Sequence[Any]])
     return send_concurrently(client, commands).replies()
 
 
-def model_blob(client: redis.Redis, key: str) -> bytes:
-    """AI.MODELGET key BLOB as one bytes object (the engine may answer in chunks)."""
-    try:
-        reply = client.execute_command("AI.MODELGET", key, "BLOB")
-    except redis.ResponseError as e:
-        raise DagError(f"AI.MODELGET {key} failed: {e}", -1) from e
-    if isinstance(reply, list):
-        return b"".join(reply)
-    return bytes(reply)
+def tile_dags(
+    model_key: str, route_key: str, tiles: Sequence[np.ndarray], timeout_ms: int | None = None
+) -> list[list[Any]]:
+    """One :func:`dag_command` per (C, H, W) tile, each sent as a batch of one [1, C, H, W]."""
+    return [dag_command(model_key, route_key, tile[np.newaxis], timeout_ms) for tile in tiles]
+
+
+def dag_outcomes(replies: Sequence[Any]) -> list[np.ndarray | DagError]:
+    """Each DAG reply's output tensor, or the :class:`DagError` saying why it failed."""
+    out: list[np.ndarray | DagError] = []
+    for reply in replies:
+        try:
+            out.append(dag_result(reply))
+        except DagError as e:
+            out.append(e)
+    return out
+
+
+def execute_dags(
+    client: redis.Redis,
+    model_key: str,
+    route_key: str,
+    tiles: Sequence[np.ndarray],
+    *,
+    isolated: bool = False,
+    timeout_ms: int | None = None,
+) -> list[np.ndarray | DagError]:
+    """How the consumers run tiles: one DAG per tile, all at once (the engine batches them across
+    clients), or one after the other when `isolated`; outputs or DagErrors, in order."""
+    commands = tile_dags(model_key, route_key, tiles, timeout_ms)
+    if isolated:
+        return dag_outcomes([execute_concurrently(client, [c])[0] for c in commands])
+    return dag_outcomes(execute_concurrently(client, commands))

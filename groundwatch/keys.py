@@ -189,3 +189,8 @@ def stats(feed: str) -> str:
 def latency(feed: str) -> str:
     """Capped list of recent end-to-end latencies in ms (XADD to publish)."""
     return _feed(feed, "latency")
+
+
+def scratch_model(token: str) -> str:
+    """A temporary model copy (`groundwatch evaluate --engine` of a file), deleted after use."""
+    return ":".join((PREFIX, "scratch", "model", check_name("scratch token", token)))

@@ -183,3 +183,15 @@ def _too_big(what: str, size: int) -> str:
 def read(source: str | Path | bytes, what: str | None = None) -> ModelMetadata:
     """The checked metadata of a TorchScript file (path or bytes)."""
     return ModelMetadata.from_dict(read_raw(source, what))
+
+
+def score_threshold(operator: float | None, hint: Any) -> float:
+    """The threshold detections are served at: the operator's setting, else the model's
+    ``score_threshold_hint``, else :data:`groundwatch.settings.DEFAULT_SCORE_THRESHOLD`."""
+    from groundwatch.settings import DEFAULT_SCORE_THRESHOLD
+
+    if operator is not None:
+        return float(operator)
+    if hint is not None:
+        return float(hint)
+    return DEFAULT_SCORE_THRESHOLD

@@ -41,7 +41,6 @@ class Settings:
     consumer: str = ""  # consumers: the name in the group; empty: "<host>-<slot>", the first free slot
     dag_timeout_ms: int = 0  # consumers: the engine's TIMEOUT per DAG; 0: claim_idle_ms // 3
     max_frame_bytes: int = 64_000_000  # consumers: frames with more tensor data are dead letters at once
-    model: str = "ship"
     # None: the model's own score_threshold_hint (docs/models.md), else DEFAULT_SCORE_THRESHOLD.
     score_threshold: float | None = None
     tile_size: int = 512
@@ -53,6 +52,7 @@ class Settings:
     max_lag: int = 1000
     backpressure_timeout_s: float = 60.0
     scene_ttl_s: int = 7 * 24 * 3600
+    progress_ttl_s: int = 7 * 24 * 3600  # ingest: how long a half-published scene's resume point lives
     ingest_bands: str = ""  # ingest: 1-based band numbers to read, e.g. "4,3,2" (empty: all bands)
     expect_bands: int = 0  # ingest: refuse scenes that do not yield this many bands (0: any)
     publish_batch: int = 32  # ingest: frames per MULTI/EXEC (and per backpressure check)

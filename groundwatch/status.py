@@ -15,6 +15,7 @@ import redis
 
 from groundwatch import keys
 from groundwatch.ai import Engine, EngineError
+from groundwatch.registry import ModelRef, RegistryError
 
 
 @dataclass
@@ -117,16 +118,15 @@ def collect(client: redis.Redis, feed: str | None = None) -> list[FeedStatus]:
         active = client.get(keys.active_model(name))
         if active:
             st.model = _text(active)
-            model_name, _, version = st.model.rpartition(":")
             try:
-                info = Engine(client).model_info(keys.model(name, model_name, int(version.lstrip("v"))))
+                info = Engine(client).model_info(ModelRef.parse(st.model).key(name))
                 st.model_stats = {
                     "calls": info.calls,
                     "samples": info.samples,
                     "errors": info.errors,
                     "mean_ms": round(info.mean_ms, 2),
                 }
-            except (EngineError, ValueError):
+            except (EngineError, RegistryError):
                 st.model_stats = {}
         out.append(st)
     return out

@@ -302,7 +302,7 @@ def publish_frames(
     *,
     skipped: int = 0,
     source: str | None = None,
-    progress_ttl_s: int = 7 * 24 * 3600,
+    progress_ttl_s: int,
 ) -> BatchResult:
     """Publish consecutive tiles of one scene atomically, exactly once.
 
@@ -406,13 +406,6 @@ def register_feed(client: redis.Redis, feed: str) -> None:
 # --- arrays --------------------------------------------------------------------------------
 
 
-def _resolve(settings_or_feed: Settings | str) -> tuple[Settings, str]:
-    if isinstance(settings_or_feed, Settings):
-        return settings_or_feed, settings_or_feed.feed
-    keys.check_name("feed", settings_or_feed)
-    return Settings(feed=settings_or_feed), settings_or_feed
-
-
 def content_scene_id(array: np.ndarray, transform: Sequence[float], crs: str) -> str:
     """A deterministic scene id from the array's bytes and georeference (same tile -> same id)."""
     h = hashlib.sha256()
@@ -423,7 +416,7 @@ def content_scene_id(array: np.ndarray, transform: Sequence[float], crs: str) ->
 
 def publish_tile(
     client: redis.Redis,
-    settings_or_feed: Settings | str,
+    settings: Settings,
     array: np.ndarray,
     transform: Sequence[float],
     crs: str,
@@ -446,9 +439,9 @@ def publish_tile(
     scene, (0, 0, W, H)). scene: the scene id (default: derived from the content, so publishing
     the same array twice is a no-op). A scene of several tiles is published by calling this for
     tile = 0 .. tiles-1 in order; the scene is marked ingested with its last tile. wait: apply
-    backpressure first (settings.max_lag / backpressure_timeout_s).
+    backpressure first (settings.max_lag / backpressure_timeout_s). The feed is settings.feed.
     """
-    settings, feed = _resolve(settings_or_feed)
+    feed = keys.check_name("feed", settings.feed)
     arr = np.asarray(array)
     if arr.ndim == 2:
         arr = arr[np.newaxis]
@@ -475,7 +468,7 @@ def publish_tile(
     if wait:
         wait_for_room(client, settings, feed)
     register_feed(client, feed)
-    result = publish_frames(client, feed, [frame], source=source)
+    result = publish_frames(client, feed, [frame], source=source, progress_ttl_s=settings.progress_ttl_s)
     if result.complete and not result.duplicate:
         trim_acknowledged(client, feed)
     return result.ids[0] if result.ids else None

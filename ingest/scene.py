@@ -25,11 +25,11 @@ import redis
 
 from groundwatch import keys
 from groundwatch.frames import Frame, FrameError, PixelWindow, check_scene_id
+from groundwatch.geometry import grid, is_all_nodata, pad
 from groundwatch.settings import Settings
 from ingest import objectstore, publisher
 from ingest.errors import InputError
 from ingest.rasters import open_raster
-from ingest.tiles import grid, is_all_nodata, pad
 
 Progress = Callable[["SceneProgress"], None]
 
@@ -270,7 +270,9 @@ def ingest_scene(
         if len(batch) < batch_size and i + 1 < tiles:
             continue
         publisher.wait_for_room(client, settings, feed)
-        result = publisher.publish_frames(client, feed, batch, skipped=skipped, source=source)
+        result = publisher.publish_frames(
+            client, feed, batch, skipped=skipped, source=source, progress_ttl_s=settings.progress_ttl_s
+        )
         added += len(result.ids)
         nbytes += sum(len(f.data) for f in batch[len(batch) - len(result.ids) :])
         sent += len(batch)
@@ -366,7 +368,7 @@ def ingest_file(
 
 def publish_array(
     client: redis.Redis,
-    settings_or_feed: Settings | str,
+    settings: Settings,
     array: np.ndarray,
     transform: Sequence[float],
     crs: str,
@@ -377,9 +379,8 @@ def publish_array(
     bands: Sequence[int] | None = None,
     force: bool = False,
 ) -> SceneResult:
-    """Tile and publish a whole scene held in memory (the array counterpart of ingest_file)."""
-    settings, feed = publisher._resolve(settings_or_feed)
-    settings = settings.replace(feed=feed)
+    """Tile and publish a whole scene held in memory (the array counterpart of ingest_file) to
+    settings.feed."""
     arr = np.asarray(array)
     t = tuple(float(x) for x in tuple(transform)[:6])
     src = ArraySource(arr, t, crs, nodata, acquired or datetime.now(UTC), tuple(bands or ()))  # type: ignore[arg-type]

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+from pathlib import Path
 from typing import Any
 
 from groundwatch.settings import Settings
@@ -49,7 +50,20 @@ def register(sub: argparse._SubParsersAction) -> None:
         default=0.05,
         help="... and the matched detections' mean score difference is at most this (default 0.05)",
     )
-    p.add_argument("--compare-tiles", type=int, default=8, help="sample tiles for the comparison (default 8)")
+    p.add_argument(
+        "--compare-samples",
+        type=Path,
+        default=None,
+        metavar="FILE.npy",
+        help="tiles [N, bands, tile, tile] to compare a variant with its source on (default: the feed's "
+        "most recent frames; `groundwatch generate --sample-tiles FILE.npy` writes some)",
+    )
+    p.add_argument(
+        "--compare-tiles",
+        type=int,
+        default=8,
+        help="frames taken from the feed for the comparison (default 8)",
+    )
     p.set_defaults(handler=cmd_load)
 
     m = sub.add_parser("model", help="list, activate, roll back or remove registered model versions")
@@ -71,6 +85,19 @@ def register(sub: argparse._SubParsersAction) -> None:
     q.set_defaults(handler=cmd_remove)
 
 
+def _samples(path: Path | None) -> Any:
+    if path is None:
+        return None
+    import numpy as np
+
+    from loaders import LoaderError
+
+    try:
+        return np.load(path, allow_pickle=False)
+    except (OSError, ValueError) as e:
+        raise LoaderError(f"--compare-samples {path}: not a readable .npy array ({e})") from e
+
+
 def cmd_load(settings: Settings, args: argparse.Namespace) -> int:
     from groundwatch.connection import connect
     from loaders.loader import LoadOptions, load
@@ -90,6 +117,7 @@ def cmd_load(settings: Settings, args: argparse.Namespace) -> int:
         agree=args.agree,
         max_score_delta=args.max_score_delta,
         compare_tiles=args.compare_tiles,
+        compare_samples=_samples(args.compare_samples),
     )
     record = load(connect(settings), args.file, opts)
     state = "active" if opts.activate else "stored, not active"

@@ -32,7 +32,7 @@ from groundwatch.modelmeta import ModelMetadata
 from loaders import LoaderError
 from loaders.archive import ModelFile, read_model_file
 from loaders.registry import Registry, VersionRecord
-from loaders.variants import OPTIMIZE_METHOD, Agreement, compare_in_engine, find_source
+from loaders.variants import OPTIMIZE_METHOD, Agreement, compare_in_engine, feed_samples, find_source
 
 log = logging.getLogger(__name__)
 
@@ -54,7 +54,8 @@ class LoadOptions:
     variant_of: str | None = None  # "NAME:VERSION" to compare with; found from provenance otherwise
     agree: float = 0.9  # minimum matched fraction of detections for a variant to be activated
     max_score_delta: float = 0.05  # maximum mean |score difference| of matched detections
-    compare_tiles: int = 8
+    compare_tiles: int = 8  # frames taken from the feed when compare_samples is None
+    compare_samples: np.ndarray | None = None  # [N, C, S, S] tiles a variant is compared on
 
 
 def warmup_input(meta: ModelMetadata, batch: int = WARMUP_BATCH) -> np.ndarray:
@@ -120,6 +121,17 @@ def load(client: redis.Redis, source: str | Path | ModelFile, opts: LoadOptions)
         optimize=opts.optimize,
         activate=opts.activate,
     )
+    samples = opts.compare_samples
+    if origin is not None and samples is None:
+        samples = feed_samples(client, opts.feeds[0], model.metadata, opts.compare_tiles)
+        if samples is None:
+            raise LoaderError(
+                f"this file is a variant of {origin.label}, and activating it needs sample tiles to "
+                f"compare the two on: feed {opts.feeds[0]} has no frames the model takes. Pass "
+                "--compare-samples FILE.npy ([N, bands, tile, tile] tiles of the model's dtype; "
+                "`groundwatch generate --sample-tiles FILE.npy` writes some), publish frames to the "
+                "feed first, or load with --no-activate"
+            )
     if opts.version is not None:
         if registry.exists(opts.name, opts.version):
             raise LoaderError(
@@ -152,9 +164,8 @@ def load(client: redis.Redis, source: str | Path | ModelFile, opts: LoadOptions)
                 optimize_state = engine.optimize_state(key)
             warm_up(engine, key, keys.dag_routing(feed), model.metadata)
         if origin is not None:
-            compared = compare_in_engine(
-                engine, origin, opts.feeds[0], version, model.metadata, opts.compare_tiles
-            )
+            assert samples is not None
+            compared = compare_in_engine(engine, origin, opts.feeds[0], version, model.metadata, samples)
     except (EngineError, LoaderError) as e:
         _delete_quietly(client, stored)
         raise LoaderError(f"{opts.name} version {version} from {model.path} was not activated: {e}") from e

@@ -1,9 +1,11 @@
 """Variants of a registered version (int8 files, engine-optimised copies) and the agreement check
 that guards their activation.
 
-A variant is compared with its source version *in the engine*: both run on the same deterministic
-sample tiles (synthetic scenes with ships and platforms, from ``models.scenes``; seeds fixed here),
-detections at or above the score threshold are matched class-aware by IoU, and
+A variant is compared with its source version *in the engine*: both run on the same sample tiles
+(given by the caller, e.g. ``groundwatch load --compare-samples FILE.npy``; else the most recent
+frames on the variant's feed, the tiles that feed really sees), the rows the consumers would
+keep (:func:`groundwatch.geometry.decode_rows` at the served threshold) are paired by the one
+matcher (:func:`groundwatch.geometry.match`, class-aware, IoU >= 0.5), and
 
   agreement        = matched pairs / max(source detections, variant detections)   (1.0 if both none)
   mean score delta = mean |score_source - score_variant| over the matched pairs
@@ -17,17 +19,17 @@ from dataclasses import asdict, dataclass
 from typing import Any
 
 import numpy as np
+import redis
 
-from groundwatch import keys
+from groundwatch import frames, geometry, keys, modelmeta
 from groundwatch.ai import Engine, EngineError
-from groundwatch.boxes import iou_matrix
 from groundwatch.modelmeta import ModelMetadata
+from groundwatch.registry import ModelRef, RegistryError
 from loaders import LoaderError
 from loaders.registry import Registry, VersionRecord
 
-SAMPLE_SEED_BASE = 700_000  # neither training (1,000,000+) nor the evaluation seeds (1..)
 SAMPLE_BATCH = 4
-MATCH_IOU = 0.5
+MATCH_IOU = geometry.MATCH_IOU
 OPTIMIZE_METHOD = "engine OPTIMIZE (torch.jit.freeze + optimize_for_inference at store time)"
 
 
@@ -54,43 +56,42 @@ class Agreement:
         )
 
 
-def sample_tiles(meta: ModelMetadata, count: int) -> np.ndarray:
-    """`count` deterministic tiles [N, C, S, S] of the model's dtype with 3 ships and 2 platforms each
-    (synthetic SAR-like scenes); plain sea-like noise when the models package is not installed."""
-    shape = (count, meta.bands, meta.tile_size, meta.tile_size)
-    try:
-        from models.scenes import SceneConfig, draw_scene
-    except ImportError:  # pragma: no cover - the models package ships with groundwatch
-        return np.random.default_rng(SAMPLE_SEED_BASE).integers(0, 2000, shape).astype(meta.dtype)
-    out = np.empty(shape, dtype=np.dtype(meta.dtype))
-    config = SceneConfig(
-        width_px=meta.tile_size, height_px=meta.tile_size, bands=meta.bands, n_ships=3, n_platforms=2
-    )
-    for i in range(count):
-        image, _, _ = draw_scene(SAMPLE_SEED_BASE + i, config)
-        if meta.dtype == "uint8":
-            image = np.clip(image, 0, 255)
-        out[i] = image.astype(out.dtype)
-    return out
+def check_samples(samples: np.ndarray, meta: ModelMetadata) -> np.ndarray:
+    """Sample tiles [N, C, S, S] in the model's dtype; LoaderError when they cannot be its input."""
+    arr = np.asarray(samples)
+    want = (meta.bands, meta.tile_size, meta.tile_size)
+    if arr.ndim != 4 or tuple(arr.shape[1:]) != want or len(arr) < 1:
+        raise LoaderError(
+            f"sample tiles of shape {list(arr.shape)} do not fit the model: it takes [N, {want[0]}, "
+            f"{want[1]}, {want[2]}] tiles of {meta.dtype}"
+        )
+    return np.ascontiguousarray(arr.astype(np.dtype(meta.dtype), copy=False))
+
+
+def feed_samples(client: redis.Redis, feed: str, meta: ModelMetadata, count: int) -> np.ndarray | None:
+    """Up to `count` of the most recent frames on `feed` that fit the model; None if there are none."""
+    tiles: list[np.ndarray] = []
+    want = (meta.bands, meta.tile_size, meta.tile_size)
+    for _id, fields in client.xrevrange(keys.frames(feed), count=count * 4):
+        try:
+            frame = frames.decode(fields)
+        except frames.FrameError:
+            continue
+        tile = frame.array()
+        if tuple(tile.shape) == want and tile.dtype == np.dtype(meta.dtype):
+            tiles.append(tile)
+        if len(tiles) == count:
+            break
+    return np.stack(tiles) if tiles else None
 
 
 def match_tile(source: np.ndarray, variant: np.ndarray, threshold: float) -> tuple[int, int, list[float]]:
-    """Greedy class-aware matching of one tile's [K, 6] rows by score; (n_source, n_variant, |score
-    deltas| of the matched pairs)."""
-    a = source[source[:, 4] >= threshold].astype(np.float64)
-    b = variant[variant[:, 4] >= threshold].astype(np.float64)
-    deltas: list[float] = []
-    if len(a) and len(b):
-        iou = iou_matrix(a[:, :4], b[:, :4])
-        iou[a[:, None, 5] != b[None, :, 5]] = 0.0
-        used = np.zeros(len(b), dtype=bool)
-        for i in np.argsort(-a[:, 4]):
-            candidates = np.where(~used & (iou[i] >= MATCH_IOU), iou[i], -1.0)
-            j = int(np.argmax(candidates))
-            if candidates[j] >= MATCH_IOU:
-                used[j] = True
-                deltas.append(abs(float(a[i, 4] - b[j, 4])))
-    return len(a), len(b), deltas
+    """One tile's [K, 6] outputs: the rows served at `threshold`, paired by the matcher; (n_source,
+    n_variant, |score deltas| of the matched pairs)."""
+    a = geometry.decode_rows(source, threshold)
+    b = geometry.decode_rows(variant, threshold)
+    pairs = geometry.match(a[:, :4], a[:, 4], a[:, 5], b[:, :4], b[:, 5], MATCH_IOU)
+    return len(a), len(b), [abs(float(a[i, 4] - b[j, 4])) for i, j in pairs]
 
 
 def agreement(source: np.ndarray, variant: np.ndarray, threshold: float) -> Agreement:
@@ -127,33 +128,29 @@ def compare_in_engine(
     variant_feed: str,
     variant_version: int,
     meta: ModelMetadata,
-    tiles: int,
+    samples: np.ndarray,
 ) -> Agreement:
     """Both versions in the engine on the same sample tiles (the source on a feed of its own)."""
     feed = variant_feed if variant_feed in source.feeds else source.feeds[0]
-    sample = sample_tiles(meta, tiles)
+    sample = check_samples(samples, meta)
     try:
-        out_source = run_tiles(
-            engine, keys.model(feed, source.name, source.version), keys.dag_routing(feed), sample
-        )
+        out_source = run_tiles(engine, source.ref.key(feed), keys.dag_routing(feed), sample)
         out_variant = run_tiles(
             engine,
-            keys.model(variant_feed, source.name, variant_version),
+            ModelRef(source.name, variant_version).key(variant_feed),
             keys.dag_routing(variant_feed),
             sample,
         )
     except EngineError as e:
         raise LoaderError(f"could not compare with the source version {source.label}: {e}") from e
-    threshold = meta.score_threshold_hint if meta.score_threshold_hint is not None else 0.5
-    return agreement(out_source, out_variant, threshold)
+    return agreement(out_source, out_variant, modelmeta.score_threshold(None, meta.score_threshold_hint))
 
 
-def parse_version_label(label: str, default_name: str) -> tuple[str, int]:
+def parse_version_label(label: str, default_name: str) -> ModelRef:
     """ "NAME:VERSION" or "VERSION" (the loaded model's name)."""
-    name, _, version = label.rpartition(":")
     try:
-        return (name or default_name), int(version)
-    except ValueError:
+        return ModelRef.parse(label, default_name)
+    except RegistryError:
         raise LoaderError(f"--variant-of wants NAME:VERSION (e.g. ship:1), got {label!r}") from None
 
 
@@ -174,7 +171,8 @@ def find_source(
     registered unoptimised version of the very same file.
     """
     if variant_of:
-        src_name, src_version = parse_version_label(variant_of, name)
+        ref = parse_version_label(variant_of, name)
+        src_name, src_version = ref.name, ref.version
         if src_name != name:
             raise LoaderError(
                 f"a variant is a version of the same model: --variant-of {variant_of} names {src_name}, "

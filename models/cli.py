@@ -13,6 +13,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+from groundwatch import modelmeta
 from groundwatch.settings import Settings
 
 
@@ -25,6 +26,15 @@ def register(subparsers: Any) -> None:
     p.add_argument("--seed", type=int, default=1, help="seed of the first scene; scene i uses seed + i")
     p.add_argument("--size", type=int, default=2048, help="width and height in pixels (default 2048)")
     p.add_argument("--bands", type=int, default=1, help="bands, 1 to 4 (default 1)")
+    p.add_argument(
+        "--sample-tiles",
+        dest="sample_tiles",
+        type=Path,
+        default=None,
+        metavar="FILE.npy",
+        help="instead: write COUNT uint16 tiles of SIZE px, 3 ships and 2 platforms each, for "
+        "`groundwatch load --compare-samples`",
+    )
     p.set_defaults(handler=_generate)
 
     p = subparsers.add_parser("train", help="train the detector on synthetic tiles and export TorchScript")
@@ -68,6 +78,17 @@ def register(subparsers: Any) -> None:
         default=None,
         help="threshold for the precision/recall columns (default: the model's hint); AP uses all",
     )
+    p.add_argument(
+        "--feed",
+        default=None,
+        help="score the scene results a running stack published on this feed instead (needs --truth)",
+    )
+    p.add_argument(
+        "--truth",
+        type=Path,
+        default=None,
+        help="with --feed: the folder `groundwatch generate` wrote the ingested scenes' truth to",
+    )
     p.add_argument("--json", action="store_true", help="print the result as JSON instead of a table")
     p.set_defaults(handler=_evaluate)
 
@@ -99,6 +120,18 @@ def _generate(settings: Settings, args: argparse.Namespace) -> int:
     from models.errors import ModelsError
     from models.scenes import SceneConfig, generate_scene, write_scene
 
+    if args.sample_tiles is not None:
+        import numpy as np
+
+        from models.scenes import sample_tiles
+
+        try:
+            tiles = sample_tiles(args.count, args.size, args.bands)
+        except ValueError as e:
+            raise ModelsError(f"cannot generate sample tiles: {e}") from e
+        np.save(args.sample_tiles, tiles)
+        print(f"{args.sample_tiles}  {list(tiles.shape)} {tiles.dtype}")
+        return 0
     out = args.out or settings.data_dir / "scenes"
     try:
         config = SceneConfig(width_px=args.size, height_px=args.size, bands=args.bands)
@@ -115,7 +148,7 @@ def _train(settings: Settings, args: argparse.Namespace) -> int:
     import dataclasses
 
     from models.errors import ModelsError
-    from models.evaluate import EvalConfig, evaluate_model, format_table
+    from models.evaluate import EvalConfig, evaluate_model, format_table, in_process
     from models.train import TrainConfig, train_and_export
 
     overrides = {
@@ -139,7 +172,7 @@ def _train(settings: Settings, args: argparse.Namespace) -> int:
         from models.archive import load_model
 
         module, _ = load_model(out)
-        print(format_table(evaluate_model(module, config=EvalConfig(bands=config.bands))))
+        print(format_table(evaluate_model(in_process(module), config=EvalConfig(bands=config.bands))))
     return 0
 
 
@@ -149,6 +182,8 @@ def _evaluate(settings: Settings, args: argparse.Namespace) -> int:
     from models.errors import ModelsError
 
     torch.set_num_threads(settings.intra_op_threads or 2)  # 0 means the default: 2 threads
+    if args.feed is not None or args.truth is not None:
+        return _evaluate_feed(settings, args)
     if args.scenes < 1 or args.size < 32:
         raise ModelsError(
             f"need at least 1 scene of at least 32 px, got --scenes {args.scenes} --size {args.size}"
@@ -169,12 +204,13 @@ def _model_to_evaluate(
     if given is None or Path(given).exists():
         path = Path(given) if given else SHIPPED_MODEL
         if not in_engine:
+            from models.evaluate import in_process
+
             module, meta = load_model(path)
-            yield str(path), module, meta, "in-process torch"
+            yield str(path), in_process(module), meta, "in-process torch"
             return
-        from groundwatch.ai import Engine
         from groundwatch.connection import connect
-        from models.engine_eval import EngineDetector, stored_in_engine
+        from models.engine_eval import engine_runner, stored_in_engine
 
         meta = read_metadata(path)
         client = connect(settings, timeout_s=300)
@@ -182,18 +218,18 @@ def _model_to_evaluate(
             where = "engine" + (
                 f", optimized={state['optimized']} ({state['optimize_status']})" if args.optimize else ""
             )
-            yield str(path), EngineDetector(Engine(client), key, key, meta["dtype"]), meta, where
+            yield str(path), engine_runner(client, key, key, meta["dtype"]), meta, where
         return
-    from groundwatch.ai import Engine
     from groundwatch.connection import connect
-    from models.engine_eval import EngineDetector, registry_model
+    from models.engine_eval import engine_runner, registry_model
+    from models.evaluate import in_process
 
     client = connect(settings, timeout_s=300)
     version = registry_model(client, str(given))
     meta = read_metadata(version.blob)
     if in_engine or version.provenance.get("optimized"):
         # the optimisation exists only in the engine: evaluate the copy it serves
-        detector = EngineDetector(Engine(client), version.model_key, version.route_key, meta["dtype"])
+        detector = engine_runner(client, version.model_key, version.route_key, meta["dtype"])
         yield (
             version.label,
             detector,
@@ -202,7 +238,7 @@ def _model_to_evaluate(
         )
         return
     module, _ = load_model(version.blob)
-    yield version.label, module, meta, "in-process torch (blob from AI.MODELGET BLOB)"
+    yield version.label, in_process(module), meta, "in-process torch (blob from AI.MODELGET BLOB)"
 
 
 def _evaluate_with(
@@ -210,16 +246,16 @@ def _evaluate_with(
 ) -> int:
     from models.evaluate import HELD_OUT_SEED_BASE, EvalConfig, evaluate_model, format_table
 
-    # the operator's --score-threshold wins, else the model's own hint (only P/R use it, not AP)
-    threshold = settings.score_threshold
-    if threshold is None:
-        threshold = float(meta.get("score_threshold_hint", 0.5))
+    # what the consumers would publish: the operator's threshold, else the model's hint, else the
+    # default (only P/R use it, not AP)
+    threshold = modelmeta.score_threshold(settings.score_threshold, meta.get("score_threshold_hint"))
     config = EvalConfig(
         scenes=args.scenes,
         size_px=args.size,
         bands=int(meta["bands"]),
         seed_base=HELD_OUT_SEED_BASE if args.seed is None else args.seed,
         tile_px=int(meta["tile_size"]),
+        overlap_px=settings.tile_overlap,  # as ingest tiles (GROUNDWATCH_TILE_OVERLAP)
         score_threshold=threshold,
     )
     result = evaluate_model(module, config=config, classes=meta["classes"])
@@ -231,6 +267,35 @@ def _evaluate_with(
         print(json.dumps(result, indent=2))
     else:
         print(f"model {path} ({runs_in})")
+        print(format_table(result))
+    return 0
+
+
+def _evaluate_feed(settings: Settings, args: argparse.Namespace) -> int:
+    from groundwatch import keys
+    from groundwatch.connection import connect
+    from groundwatch.detections import decode_scene
+    from models.errors import ModelsError
+    from models.evaluate import evaluate_feed, format_table
+
+    if args.feed is None or args.truth is None or not args.truth.is_dir():
+        raise ModelsError(
+            "scoring a running stack needs --feed FEED and --truth DIR (the folder of the generated "
+            "scenes' .geojson truth files, e.g. from `groundwatch generate --out DIR`)"
+        )
+    client = connect(settings)
+    feed = keys.check_name("feed", args.feed)
+
+    def scene_results(scene_id: str) -> Any:
+        raw = client.get(keys.scene_result(feed, scene_id))
+        return None if raw is None else decode_scene(raw)
+
+    result = evaluate_feed(scene_results, args.truth)
+    result["feed"] = feed
+    if args.json:
+        print(json.dumps(result, indent=2))
+    else:
+        print(f"feed {feed}: scene results against {args.truth}")
         print(format_table(result))
     return 0
 

@@ -1,15 +1,16 @@
-"""Evaluating a detector *inside the engine*: what an engine-optimised version needs (its
-optimisation exists only in the engine), and how a registry version is evaluated as it is served.
+"""Evaluating a detector *inside the engine*, the way the consumers run it: what an
+engine-optimised version needs (its optimisation exists only in the engine), and how a registry
+version is evaluated as it is served.
 
-:class:`EngineDetector` is a batch callable for :func:`models.evaluate.evaluate_model` that sends
-each batch as one AI.DAGEXECUTE (TENSORSET |> MODELEXECUTE |> TENSORGET, built by groundwatch.ai).
+:func:`engine_runner` is a :data:`models.evaluate.TileRunner` that sends each tile as one
+AI.DAGEXECUTE (TENSORSET |> MODELEXECUTE |> TENSORGET), all of a chunk at once on their own
+connections so the engine batches them: :func:`groundwatch.ai.execute_dags`, the consumers' call.
 """
 
 from __future__ import annotations
 
-import re
 import uuid
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
@@ -17,26 +18,30 @@ from typing import Any
 import numpy as np
 import redis
 
+from groundwatch import ai, keys
 from groundwatch.ai import Engine
+from groundwatch.registry import ModelRef, RegistryError, RegistryReader
 from models.errors import ModelsError
+from models.evaluate import TileRunner
 
-VERSION_LABEL = re.compile(r"^([A-Za-z0-9_.-]+):(\d+)$")
 
+def engine_runner(client: redis.Redis, model_key: str, route_key: str, dtype: str = "uint16") -> TileRunner:
+    """Tiles through a model stored in the engine, one DAG per tile, as the consumers send them."""
+    wanted = np.dtype(dtype)
 
-class EngineDetector:
-    """Runs [B, C, H, W] batches through a model stored in the engine; returns [B, K, 6] arrays."""
+    def run(tiles: Sequence[np.ndarray]) -> list[np.ndarray]:
+        arrays = []
+        for t in tiles:
+            if wanted.kind == "u":
+                t = np.clip(t, 0, np.iinfo(wanted).max)
+            arrays.append(np.ascontiguousarray(t.astype(wanted, copy=False)))
+        outs = ai.execute_dags(client, model_key, route_key, arrays)
+        failed = [o for o in outs if isinstance(o, ai.DagError)]
+        if failed:
+            raise ModelsError(f"the engine refused a tile of {model_key}: {failed[0]}")
+        return [o for o in outs if isinstance(o, np.ndarray)]
 
-    def __init__(self, engine: Engine, model_key: str, route_key: str, dtype: str = "uint16") -> None:
-        self.engine = engine
-        self.model_key = model_key
-        self.route_key = route_key
-        self.dtype = np.dtype(dtype)
-
-    def __call__(self, batch: Any) -> np.ndarray:
-        array = batch.numpy() if hasattr(batch, "numpy") else np.asarray(batch)
-        if self.dtype.kind == "u":
-            array = np.clip(array, 0, np.iinfo(self.dtype).max)
-        return self.engine.run(self.model_key, np.ascontiguousarray(array.astype(self.dtype)), self.route_key)
+    return run
 
 
 @contextmanager
@@ -45,7 +50,7 @@ def stored_in_engine(
 ) -> Iterator[tuple[str, dict[str, Any]]]:
     """Stores a blob under a temporary key (deleted afterwards); yields (key, optimisation state)."""
     engine = Engine(client)
-    key = f"groundwatch:evaluate:{uuid.uuid4().hex}"
+    key = keys.scratch_model(uuid.uuid4().hex)
     engine.model_store(key, blob, tag="evaluate", optimize=optimize)
     try:
         state = engine.optimize_state(key)
@@ -66,18 +71,12 @@ class RegistryModel:
 def registry_model(client: redis.Redis, label: str) -> RegistryModel:
     """A registered version (`name:version`): its first feed copy's key and the blob the engine
     returns for it (AI.MODELGET BLOB: the original file, also for an optimised version)."""
-    from groundwatch import keys
-    from loaders import LoaderError
-    from loaders.registry import Registry
-
-    m = VERSION_LABEL.match(label)
-    if not m:
-        raise ModelsError(f"{label!r} is neither a model file nor a registry version NAME:VERSION")
     try:
-        record = Registry(client).get(m.group(1), int(m.group(2)))
-    except LoaderError as e:
-        raise ModelsError(str(e)) from e
+        ref = ModelRef.parse(label)
+        record = RegistryReader(client).get(ref.name, ref.version)
+    except RegistryError as e:
+        raise ModelsError(f"{label!r} is neither a model file nor a registered version: {e}") from e
     feed = record.feeds[0]
-    key = keys.model(feed, record.name, record.version)
+    key = record.ref.key(feed)
     blob = Engine(client).model_blob(key)
     return RegistryModel(record.label, key, keys.dag_routing(feed), blob, dict(record.provenance))

@@ -505,3 +505,19 @@ def write_scene(scene: Scene, out_dir: Path, name: str | None = None) -> tuple[P
         dst.update_tags(seed=str(scene.seed), classes=",".join(CLASSES))
     geojson.write_text(json.dumps(truth_geojson(scene)))
     return tif, geojson
+
+
+SAMPLE_SEED_BASE = 700_000  # neither training (1,000,000+) nor the evaluation seeds (1..)
+
+
+def sample_tiles(count: int, tile_px: int = 512, bands: int = 1, dtype: str = "uint16") -> np.ndarray:
+    """`count` deterministic tiles [N, C, S, S] with 3 ships and 2 platforms each (seeds from
+    700,000): what `groundwatch load --compare-samples` compares a variant with its source on."""
+    out = np.empty((count, bands, tile_px, tile_px), dtype=np.dtype(dtype))
+    config = SceneConfig(width_px=tile_px, height_px=tile_px, bands=bands, n_ships=3, n_platforms=2)
+    for i in range(count):
+        image, _, _ = draw_scene(SAMPLE_SEED_BASE + i, config)
+        if out.dtype == np.uint8:
+            image = np.clip(image, 0, 255)
+        out[i] = image.astype(out.dtype)
+    return out

@@ -9,10 +9,11 @@ import pytest
 from rasterio.warp import transform as warp
 
 from consumers import ConsumerError
-from consumers.geo import check_crs, decode_output, georeference, to_lonlat
-from consumers.merge import merge, same_object
+from consumers.geo import check_crs, georeference, to_lonlat
 from groundwatch import detections as wire
 from groundwatch.frames import Frame
+from groundwatch.geometry import OutputContractError, merge, same_object
+from groundwatch.geometry import decode_rows as decode_output
 from tests.consumers.helpers import TRANSFORM, UTM31N
 
 
@@ -62,7 +63,7 @@ def test_decode_output_zero_threshold_still_drops_padding() -> None:
 
 @pytest.mark.parametrize("shape", [(1, 4, 5), (2, 4, 6), (6,), (1, 1, 4, 6)])
 def test_decode_output_refuses_a_broken_contract(shape: tuple[int, ...]) -> None:
-    with pytest.raises(ConsumerError, match="contract"):
+    with pytest.raises(OutputContractError, match="contract"):
         decode_output(np.zeros(shape, np.float32), 0.3)
 
 

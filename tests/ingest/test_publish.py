@@ -23,6 +23,8 @@ from tests.ingest.conftest import TRANSFORM, UTM31, scene_array, write_tif
 
 T6 = (10.0, 0.0, 500000.0, 0.0, -10.0, 4000000.0)
 
+TTL = Settings().progress_ttl_s
+
 
 def stream_frames(r: redis.Redis, feed: str = "test") -> list[Frame]:
     return [frames.decode(f) for _id, f in r.xrange(keys.frames(feed))]
@@ -143,7 +145,7 @@ def test_a_crash_mid_scene_resumes_without_duplicates(
 ) -> None:
     a = scene_array(1, 300, 300)
     path = write_tif(tmp_path / "crash.tif", a)
-    settings = settings.replace(publish_batch=2, ingest_memory_mb=memory_mb)
+    settings = settings.replace(publish_batch=2, ingest_memory_mb=memory_mb, progress_ttl_s=1234)
 
     calls = {"n": 0}
     real = publisher.publish_frames
@@ -159,6 +161,7 @@ def test_a_crash_mid_scene_resumes_without_duplicates(
         ingest_file(r, settings, path)
     monkeypatch.undo()
     assert r.xlen(keys.frames("test")) == 4
+    assert 1000 < r.ttl(keys.scene_progress("test", "crash")) <= 1234  # the progress_ttl_s setting
     assert not r.exists(keys.scene_ingested("test", "crash"))  # half a scene is not marked done
     assert r.hgetall(keys.scene_progress("test", "crash")) == {b"tiles": b"9", b"published": b"4"}
     result = ingest_file(r, settings, path)
@@ -186,7 +189,7 @@ def test_changed_tiling_after_a_crash_is_refused(r: redis.Redis, settings: Setti
         )
         for i, (w, arr) in enumerate(kept[:2])
     ]
-    publish_frames(r, "test", batch)
+    publish_frames(r, "test", batch, progress_ttl_s=TTL)
     with pytest.raises(IngestError, match=r"tiling .* changed"):
         publish_array(r, settings.replace(tile_size=256), src.array, T6, UTM31, scene="s")
 
@@ -206,19 +209,21 @@ def test_publish_frames_rejects_gaps_and_ignores_repeats(r: redis.Redis) -> None
         )
 
     with pytest.raises(IngestError, match="tile 1 cannot be published before tile 0"):
-        publish_frames(r, "test", [frame(1)])
-    assert len(publish_frames(r, "test", [frame(0), frame(1)]).ids) == 2
-    assert publish_frames(r, "test", [frame(0), frame(1)]).duplicate
-    done = publish_frames(r, "test", [frame(1), frame(2)])
+        publish_frames(r, "test", [frame(1)], progress_ttl_s=TTL)
+    assert len(publish_frames(r, "test", [frame(0), frame(1)], progress_ttl_s=TTL).ids) == 2
+    assert publish_frames(r, "test", [frame(0), frame(1)], progress_ttl_s=TTL).duplicate
+    done = publish_frames(r, "test", [frame(1), frame(2)], progress_ttl_s=TTL)
     assert len(done.ids) == 1 and done.complete
     assert [f.tile for f in stream_frames(r)] == [0, 1, 2]
 
 
 def test_publish_tile_api(r: redis.Redis) -> None:
     a = scene_array(3, 64, 64, "uint16")
-    entry = publish_tile(r, "arrays", a, TRANSFORM, UTM31, nodata=0)
+    entry = publish_tile(r, Settings(feed="arrays"), a, TRANSFORM, UTM31, nodata=0)
     assert entry is not None
-    assert publish_tile(r, "arrays", a, TRANSFORM, UTM31, nodata=0) is None  # same content: a no-op
+    assert (
+        publish_tile(r, Settings(feed="arrays"), a, TRANSFORM, UTM31, nodata=0) is None
+    )  # same content: a no-op
     [f] = stream_frames(r, "arrays")
     np.testing.assert_array_equal(f.array(), a)
     assert f.tiles == 1 and tuple(f.window) == (0, 0, 64, 64) and f.transform == T6

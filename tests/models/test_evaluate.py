@@ -1,22 +1,21 @@
-"""AP, matching, NMS, tiling and tile merging on hand-made cases."""
+"""AP, matching and the served path (the service's tiling, decoding and merge) on hand-made cases."""
 
 from __future__ import annotations
 
-import itertools
 import math
 
 import numpy as np
 import pytest
 import torch
 
+from groundwatch import geometry
 from models.evaluate import (
+    ImageResult,
     average_precision,
-    core_bounds,
     detect_scene,
-    match_detections,
-    nms,
+    in_process,
     score_detections,
-    tile_origins,
+    true_positives,
 )
 
 TRUTH = np.array([[10, 10, 20, 20], [40, 40, 60, 50], [70, 10, 80, 30], [5, 60, 15, 70]], dtype=np.float32)
@@ -28,7 +27,8 @@ def dets(boxes, scores, cls=0) -> np.ndarray:
 
 
 def ap_of(detections: np.ndarray, truth: np.ndarray) -> float:
-    return score_detections([(detections, truth, np.zeros(len(truth), dtype=np.int64))], ["a"])["a"]["ap"]
+    ids = np.zeros(len(truth), dtype=np.int64)
+    return score_detections([ImageResult(detections, detections, truth, ids)], ["a"])["a"]["ap"]
 
 
 def test_perfect_detections_give_ap_one() -> None:
@@ -53,7 +53,7 @@ def test_false_positive_ranked_first_lowers_ap() -> None:
 def test_duplicates_and_poor_overlap_are_false_positives() -> None:
     shifted = TRUTH + np.array([6, 0, 6, 0], dtype=np.float32)  # IoU < 0.5 for the 10 px boxes
     d = dets(np.vstack([TRUTH[:1], TRUTH[:1], shifted[:1]]), [0.9, 0.8, 0.7])
-    assert match_detections(d, TRUTH[:1]).tolist() == [True, False, False]
+    assert true_positives(d, TRUTH[:1], np.zeros(1, np.int64), 0.5).tolist() == [True, False, False]
     assert ap_of(d, TRUTH[:1]) == pytest.approx(1.0)  # the TP comes first
     assert ap_of(dets(shifted[:1], [0.9]), TRUTH[:1]) == 0.0
 
@@ -66,28 +66,17 @@ def test_empty_cases() -> None:
 def test_classes_are_scored_separately() -> None:
     ids = np.array([0, 0, 1, 1])
     d = np.vstack([dets(TRUTH[:2], [0.9, 0.8], 0), dets(TRUTH[2:], [0.5, 0.4], 0)])  # class 1 labelled 0
-    r = score_detections([(d, TRUTH, ids)], ["a", "b"])
+    r = score_detections([ImageResult(d, d, TRUTH, ids)], ["a", "b"])
     assert r["a"]["ap"] == pytest.approx(1.0) and r["a"]["precision"] == pytest.approx(0.5)
     assert r["b"]["ap"] == 0.0 and r["b"]["truth"] == 2
 
 
-def test_nms_is_class_aware() -> None:
-    d = np.vstack([dets([[0, 0, 10, 10], [1, 0, 11, 10]], [0.9, 0.8], 0), dets([[0, 0, 10, 10]], [0.7], 1)])
-    kept = nms(d, 0.5)
-    assert kept[:, 4].tolist() == [0.9, 0.7]
-
-
-def test_tiling_covers_and_cores_partition() -> None:
-    for length in (512, 700, 2048, 2000):
-        origins = tile_origins(length, 512, 64)
-        assert origins[0] == 0 and origins[-1] == length - 512
-        assert all(b - a <= 448 for a, b in itertools.pairwise(origins))
-        cores = core_bounds(origins, 512, length)
-        assert cores[0][0] == 0 and cores[-1][1] == length
-        for (lo, hi), o in zip(cores, origins, strict=True):
-            assert o <= lo < hi <= o + 512
-        assert all(a[1] == b[0] for a, b in itertools.pairwise(cores))
-    assert tile_origins(300, 512, 64) == [0]
+def test_precision_and_recall_come_from_the_served_rows() -> None:
+    ranked = dets(TRUTH, [0.9, 0.8, 0.2, 0.1])
+    served = ranked[:2]  # what the consumers publish at 0.5
+    r = score_detections([ImageResult(ranked, served, TRUTH, np.zeros(4, np.int64))], ["a"])["a"]
+    assert r["ap"] == pytest.approx(1.0) and r["detections"] == 4 and r["served"] == 2
+    assert r["precision"] == pytest.approx(1.0) and r["recall"] == pytest.approx(0.5)
 
 
 def rectangle_finder(batch: torch.Tensor) -> torch.Tensor:
@@ -108,8 +97,48 @@ def test_detect_scene_merges_objects_cut_by_tile_borders() -> None:
     for i, (x, y) in enumerate([(10, 10), (120, 60), (90, 130), (150, 150), (275, 280), (60, 250)]):
         image[0, y : y + 14, x : x + 20] = i + 1  # several straddle the 128-px tile borders
         truth.append([x, y, x + 20, y + 14])
-    merged, tiles = detect_scene(rectangle_finder, image, tile_px=128, overlap_px=40, batch_size=4)
-    assert tiles == len(tile_origins(300, 128, 40)) ** 2
+    merged, tiles = detect_scene(
+        in_process(rectangle_finder), image, tile_px=128, overlap_px=40, batch_size=4
+    )
+    assert tiles == len(geometry.grid(300, 300, 128, 40))
     truth_arr = np.array(truth, dtype=np.float32)
     assert len(merged) == len(truth)
     assert ap_of(merged, truth_arr) == pytest.approx(1.0)
+
+
+def test_a_scene_smaller_than_a_tile_is_padded_with_nodata_as_ingest_does() -> None:
+    seen: list[np.ndarray] = []
+
+    def spy(tiles):
+        seen.extend(tiles)
+        return [np.zeros((1, 4, 6), np.float32) for _ in tiles]
+
+    image = np.full((1, 40, 150), 7, dtype=np.uint16)  # lower than a tile: padded
+    image[0, :, :64] = 9  # the first tile is all nodata (9): skipped
+    detect_scene(spy, image, tile_px=64, overlap_px=16, nodata=9, batch_size=8)
+    assert len(geometry.grid(150, 40, 64, 16)) == 3 and len(seen) == 2
+    assert all(t.shape == (1, 64, 64) and t.dtype == np.uint16 for t in seen)
+    assert all(
+        (t[0, 40:] == 9).all() and (t[0, :40] == image[0, :, w : w + 64]).all()
+        for t, w in zip(seen, (48, 86), strict=True)
+    )
+
+
+def test_detect_scene_serves_what_the_consumers_merge() -> None:
+    """An object in an overlap, seen by two tiles (one cut): the consumers' merge keeps one, uncut."""
+    outputs = {0: [[60, 10, 64, 20, 0.9, 0]], 1: [[4, 10, 20, 20, 0.8, 0]]}  # tile 1 starts at x = 48
+    calls = iter(range(100))
+
+    def fake(tiles):
+        out = []
+        for _ in tiles:
+            rows = np.zeros((1, 3, 6), np.float32)
+            for k, row in enumerate(outputs.get(next(calls), [])):
+                rows[0, k] = row
+            out.append(rows)
+        return out
+
+    image = np.ones((1, 64, 112), dtype=np.uint16)
+    merged, tiles = detect_scene(fake, image, tile_px=64, overlap_px=16, threshold=0.5)
+    assert tiles == 2
+    assert merged == pytest.approx(np.array([[52.0, 10.0, 68.0, 20.0, 0.9, 0.0]]))  # uncut box, best score

@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from models.archive import SHIPPED_MODEL, load_model
-from models.evaluate import EvalConfig, evaluate_model
+from models.evaluate import EvalConfig, evaluate_model, in_process
 from models.scenes import CLASSES, SceneConfig, generate_scene
 
 # Seeds far from training (1,000,000 and up) and from the default evaluation (1, 2, ...).
@@ -45,7 +45,7 @@ def test_ap_per_class_on_held_out_scenes(shipped) -> None:
     module, _ = shipped
     config = SceneConfig(width_px=768, height_px=768, n_ships=10, n_platforms=5)
     scenes = [generate_scene(seed, config) for seed in HELD_OUT_SEEDS]
-    result = evaluate_model(module, scenes, EvalConfig())
+    result = evaluate_model(in_process(module), scenes, EvalConfig())
     for name in CLASSES:
         assert result["classes"][name]["truth"] >= 10
         assert result["classes"][name]["ap"] >= 0.9, result

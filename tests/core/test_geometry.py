@@ -1,4 +1,4 @@
-"""Tiling arithmetic (ingest/tiles.py): no GDAL, no Redis."""
+"""The tile grid (groundwatch/geometry.py): no GDAL, no Redis."""
 
 from __future__ import annotations
 
@@ -7,7 +7,8 @@ import itertools
 import numpy as np
 import pytest
 
-from ingest.tiles import MapBounds, PixelWindow, grid, is_all_nodata, offsets_px, pad, window_bounds
+from groundwatch.frames import PixelWindow
+from groundwatch.geometry import MapBounds, grid, is_all_nodata, offsets_px, pad, window_bounds
 
 
 @pytest.mark.parametrize(
@@ -89,3 +90,62 @@ def test_window_bounds_in_map_units() -> None:
     assert window_bounds(PixelWindow(448, 100, 512, 512), t) == MapBounds(
         504480.0, 4000000.0 - 612 * 10.0, 504480.0 + 5120.0, 3999000.0
     )
+
+
+# --- the merge and the matcher (the one implementation every role uses) ----------------------
+
+
+def _random_detections(seed: int, n: int) -> list:
+    from groundwatch.detections import Detection
+
+    rng = np.random.default_rng(seed)
+    out = []
+    for _ in range(n):
+        x, y = rng.uniform(0, 200, 2)
+        w, h = rng.uniform(3, 30, 2)
+        box = (float(x), float(y), float(x + w), float(y + h))
+        out.append(
+            Detection(
+                class_id=int(rng.integers(0, 2)),
+                label="x",
+                score=float(rng.choice([0.5, 0.6, 0.7, 0.8, 0.9])),  # ties on purpose
+                box_px=box,
+                scene_box_px=box,
+                box_map=box,
+                ring=((0.0, 0.0),) * 4,
+                center=(0.0, 0.0),
+                cut=bool(rng.random() < 0.3),
+                tile=int(rng.integers(0, 4)),
+            )
+        )
+    return out
+
+
+@pytest.mark.parametrize("seed", range(5))
+def test_merge_of_rows_is_the_merge_of_detections(seed: int) -> None:
+    """Evaluation merges [N, 6] rows; the consumers merge Detection objects: the same clusters."""
+    from groundwatch.geometry import merge, merge_rows
+
+    dets = _random_detections(seed, 150)
+    merged = merge(dets)
+    assert len(merged) < len(dets)  # overlaps were merged
+    rows = np.array([[*d.scene_box_px, d.score, d.class_id] for d in dets])
+    got = merge_rows(rows, np.array([d.cut for d in dets]), np.array([d.tile for d in dets]))
+    want = np.array([[*d.scene_box_px, d.score, d.class_id] for d in merged])
+    np.testing.assert_array_equal(got, want)
+
+
+def test_match_is_greedy_by_score_one_to_one_and_class_aware() -> None:
+    from groundwatch.geometry import match
+
+    ref = np.array([[0, 0, 10, 10], [20, 0, 30, 10]], np.float64)
+    boxes = np.array([[0, 0, 10, 10], [1, 0, 11, 10], [20, 0, 30, 10], [40, 40, 50, 50]], np.float64)
+    scores = np.array([0.5, 0.9, 0.8, 0.99])
+    # the best-scored box near ref 0 takes it; the other has no unmatched ref left
+    assert sorted(match(boxes, scores, np.zeros(4), ref, np.zeros(2))) == [(1, 0), (2, 1)]
+    # a box of another class never matches
+    assert match(boxes[:1], scores[:1], np.array([1]), ref[:1], np.array([0])) == []
+    # a taken ref falls through to the next best unmatched one above the bound
+    wide = np.array([[0, 0, 30, 10]], np.float64)
+    assert match(wide, [0.9], [0], np.array([[0, 0, 20, 10], [0, 0, 25, 10]]), [0, 0]) == [(0, 1)]
+    assert match(np.zeros((0, 4)), [], [], ref, [0, 0]) == []
