@@ -33,9 +33,14 @@ def test_one_table_classifies_engine_failures(message: str, op: int, kind: Failu
     assert classify(message, op) is kind
     err = DagError(message, op)
     assert err.kind is kind and err.poison is (kind is Failure.POISON_INPUT)
-    assert kind.system_fault is (
-        kind in {Failure.MODEL_MISSING, Failure.TIMEOUT, Failure.OVERLOAD, Failure.OUT_OF_MEMORY}
-    )
+    faults = {
+        Failure.MODEL_MISSING,
+        Failure.TIMEOUT,
+        Failure.OVERLOAD,
+        Failure.UNAVAILABLE,
+        Failure.OUT_OF_MEMORY,
+    }
+    assert kind.system_fault is (kind in faults)
 
 
 def test_run_of_a_refused_command_is_an_engine_error_with_the_engines_message(engine: redis.Redis) -> None:

@@ -2,13 +2,18 @@
 
 from __future__ import annotations
 
+import json
 import math
+from pathlib import Path
 
 import numpy as np
 import pytest
+import redis
 import torch
 
-from groundwatch import geometry
+from groundwatch import geometry, keys
+from groundwatch.cli import main
+from groundwatch.detections import Detection, SceneResult, scene_json
 from models.evaluate import (
     ImageResult,
     average_precision,
@@ -17,6 +22,7 @@ from models.evaluate import (
     score_detections,
     true_positives,
 )
+from models.scenes import SceneConfig, generate_scene, write_scene
 
 TRUTH = np.array([[10, 10, 20, 20], [40, 40, 60, 50], [70, 10, 80, 30], [5, 60, 15, 70]], dtype=np.float32)
 
@@ -142,3 +148,46 @@ def test_detect_scene_serves_what_the_consumers_merge() -> None:
     merged, tiles = detect_scene(fake, image, tile_px=64, overlap_px=16, threshold=0.5)
     assert tiles == 2
     assert merged == pytest.approx(np.array([[52.0, 10.0, 68.0, 20.0, 0.9, 0.0]]))  # uncut box, best score
+
+
+def box(b: tuple[int, int, int, int]) -> tuple[float, float, float, float]:
+    return (float(b[0]), float(b[1]), float(b[2]), float(b[3]))
+
+
+def test_evaluate_feed_scores_the_scene_results_a_stack_published(
+    engine: redis.Redis, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """`groundwatch evaluate --feed`: scene results stored as the consumers store them, scored
+    against the truth files `groundwatch generate` writes."""
+    scene = generate_scene(7, SceneConfig(width_px=256, height_px=256, n_ships=3, n_platforms=2))
+    _tif, _truth = write_scene(scene, tmp_path, "S7")
+    write_scene(generate_scene(8, SceneConfig(width_px=256, height_px=256)), tmp_path, "S8")  # not ingested
+    found = [
+        Detection(
+            class_id=o.class_id,
+            label=o.class_name,
+            score=0.9 - 0.1 * i,
+            box_px=box(o.box_px),
+            scene_box_px=box(o.box_px),
+            box_map=(0.0, 0.0, 1.0, 1.0),
+            ring=((3.0, 52.0),) * 4,
+            center=(3.0, 52.0),
+        )
+        for i, o in enumerate(scene.objects[:-1])  # the last object was missed
+    ]
+    result = SceneResult(
+        "f", "S7", 1, ("m:1",), scene.crs, "2024-01-01T00:00:00Z", 1, len(found), tuple(found)
+    )
+    engine.set(keys.scene_result("f", "S7"), scene_json(result))
+    url = f"redis://127.0.0.1:{engine.connection_pool.connection_kwargs['port']}/0"
+    assert main(["--redis-url", url, "evaluate", "--feed", "f", "--truth", str(tmp_path), "--json"]) == 0
+    out = json.loads(capsys.readouterr().out)
+    assert out["scene_ids"] == ["S7"] and out["missing"] == ["S8"]
+    missed = scene.objects[-1].class_name
+    for name, v in out["classes"].items():
+        truth = sum(o.class_name == name for o in scene.objects)
+        assert v["truth"] == truth and v["precision"] == 1.0
+        assert v["recall"] == pytest.approx((truth - (name == missed)) / truth)
+    engine.delete(keys.scene_result("f", "S7"))
+    assert main(["--redis-url", url, "evaluate", "--feed", "f", "--truth", str(tmp_path)]) == 1
+    assert "no scene result" in capsys.readouterr().err
