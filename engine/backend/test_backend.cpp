@@ -382,6 +382,9 @@ def old_style(a, b):
 
 def old_variadic(a, rest: List[Tensor]):
     return a + rest[0] + rest[1]
+
+def takes_int(a, n: int):
+    return a * n
 )";
   void *script = nullptr;
   std::string err = take_error(api->script_compile(source.data(), source.size(), "CPU", &script));
@@ -443,8 +446,9 @@ def old_variadic(a, rest: List[Tensor]):
   check(err.empty() && n == 1 && first_value() == 1, "nil reply is None " + err);
   release();
   err = run("error", 1);
-  check(err.rfind("ERR wrong number of arguments for 'SET'", 0) == 0 && contains(err, "line"),
-        "error reply raises, reason first, traceback after: " + err);
+  check(contains(err, "Redis command returned an error: ERR wrong number of arguments for 'SET'") &&
+            contains(err, "line") && !contains(err, "\n"),
+        "error reply raises with RedisAI's prefix, on one line: " + err);
   release();
   err = run("model", 2);
   check(err.empty() && n == 1 && first_value() == 60, "redisAI.model_execute " + err);
@@ -471,7 +475,28 @@ def old_variadic(a, rest: List[Tensor]):
     check(err.empty() && seen == 1, "libtorch warnings go to host->log, once each " + err);
   }
   err = run("nope", 1);
-  check(contains(err, "nope"), "unknown function: " + err);
+  check(err == "Function does not exist: nope", "unknown function: " + err);
+  err = run("old_style", 1);
+  check(err == "Wrong number of inputs provided to function: old_style",
+        "best effort, too few tensors: " + err);
+  err = run("takes_int", 1);
+  check(err == "Unsupported input type in function definition: takes_int",
+        "best effort, a parameter of another type: " + err);
+  {
+    int32_t kinds[4] = {-1, -1, -1, -1};
+    check(api->script_function_params(script, "bar", kinds, 4) == 3 &&
+              kinds[0] == GW_PARAM_TENSOR_LIST && kinds[1] == GW_PARAM_STRING_LIST &&
+              kinds[2] == GW_PARAM_STRING_LIST && kinds[3] == -1,
+          "script_function_params of an entry point");
+    check(api->script_function_params(script, "old_variadic", kinds, 1) == 2 &&
+              kinds[0] == GW_PARAM_TENSOR && kinds[1] == GW_PARAM_STRING_LIST,
+          "script_function_params writes at most max kinds");
+    check(api->script_function_params(script, "takes_int", kinds, 4) == 2 &&
+              kinds[0] == GW_PARAM_TENSOR && kinds[1] == GW_PARAM_OTHER,
+          "script_function_params of other types");
+    check(api->script_function_params(script, "nope", kinds, 4) == -1,
+          "script_function_params of a missing function");
+  }
   api->script_free(script);
 
   const std::string broken = "def f(tensors: List[Tensor], keys: List[str], args: List[str]):\n"

@@ -38,20 +38,12 @@ namespace {
 
 std::atomic<int> configured_intra_threads{0};
 
-// Error replies are single lines: fold CR/LF/tabs into single spaces and trim.
+// Error replies are single lines: as RedisAI, each CR and each LF becomes one space and nothing
+// else changes (clients compare these texts).
 std::string one_line(const std::string &text) {
-  std::string out;
-  out.reserve(text.size());
-  bool space = false;
-  for (char c : text) {
-    if (c == '\n' || c == '\r' || c == '\t' || c == ' ') {
-      space = !out.empty();
-      continue;
-    }
-    if (space) out.push_back(' ');
-    space = false;
-    out.push_back(c);
-  }
+  std::string out = text;
+  for (char &c : out)
+    if (c == '\n' || c == '\r') c = ' ';
   return out;
 }
 
@@ -65,54 +57,13 @@ char *make_error(const std::string &message) {
   return err;
 }
 
-namespace {
-
-// The TorchScript interpreter reports a failed operation as a header, the script's traceback and,
-// last, "SomeError: reason". Put the reason first (RuntimeError's name dropped: it is what a
-// raising operator such as redis.execute throws) and keep the traceback after it.
-std::string reason_first(const std::string &text) {
-  static const char kHeader[] = "The following operation failed in the TorchScript interpreter.";
-  if (text.rfind(kHeader, 0) != 0) return text;
-  size_t pos = text.size();
-  while (pos > 0) {
-    size_t start = text.rfind('\n', pos - 1);
-    start = start == std::string::npos ? 0 : start + 1;
-    size_t colon = text.find(": ", start);
-    size_t eol = text.find('\n', start);
-    if (colon != std::string::npos && colon < eol) {
-      std::string name = text.substr(start, colon - start);
-      auto ends_with = [&name](const std::string &suffix) {
-        return name.size() > suffix.size() &&
-               name.compare(name.size() - suffix.size(), suffix.size(), suffix) == 0;
-      };
-      bool is_error = name.find(' ') == std::string::npos &&
-                      (ends_with("Error") || ends_with("Exception"));
-      if (is_error) {
-        std::string reason = name == "RuntimeError" ? text.substr(colon + 2) : text.substr(start);
-        std::string traceback = text.substr(sizeof(kHeader) - 1, start - (sizeof(kHeader) - 1));
-        auto trim = [](std::string v) {
-          size_t b = v.find_first_not_of(" \n\r\t");
-          size_t e = v.find_last_not_of(" \n\r\t");
-          return b == std::string::npos ? std::string() : v.substr(b, e - b + 1);
-        };
-        return trim(reason) + " (" + trim(traceback) + ")";
-      }
-    }
-    if (start == 0) break;
-    pos = start - 1;
-  }
-  return text;
-}
-
-}  // namespace
-
 std::string current_exception_message() {
   try {
     throw;
   } catch (const c10::Error &e) {
-    return reason_first(e.what_without_backtrace());
+    return e.what_without_backtrace();
   } catch (const std::exception &e) {
-    return reason_first(e.what());
+    return e.what();
   } catch (...) {
     return "unknown exception in the TORCH backend";
   }
@@ -135,9 +86,10 @@ c10::Device parse_device(const char *device) {
   if (colon != std::string::npos) {
     kind = d.substr(0, colon);
     std::string num = d.substr(colon + 1);
-    if (num.empty() || num.size() > 4 || num.find_first_not_of("0123456789") != std::string::npos)
+    // RedisAI's rule (checked by the module too): digits only, possibly none, at most 5.
+    if (num.size() > 5 || num.find_first_not_of("0123456789") != std::string::npos)
       throw std::runtime_error("Invalid DEVICE " + d);
-    index = std::stoi(num);
+    if (!num.empty()) index = std::stoi(num);
   }
   if (kind == "CPU") return c10::Device(c10::kCPU);
   if (kind == "GPU") {
@@ -516,6 +468,7 @@ GwBackendApi api = {
     script_run,
     model_optimize,
     set_execution_timeout,
+    script_function_params,
 };
 
 }  // namespace

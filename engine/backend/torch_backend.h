@@ -14,8 +14,8 @@ namespace gw {
 // The host API given to gw_backend_init; set once, never changes afterwards.
 extern const GwHostApi *host;
 
-// An error message for the module: alloc'd with host->alloc, newlines folded into spaces (Redis
-// error replies are one line), never empty.
+// An error message for the module: alloc'd with host->alloc, each CR and LF replaced by a space
+// (Redis error replies are one line; RedisAI changes nothing else), never empty.
 char *make_error(const std::string &message);
 // The message of the exception currently being handled (call inside a catch block only).
 std::string current_exception_message();
@@ -72,6 +72,8 @@ void register_script_ops();
 char *script_compile(const char *source, size_t len, const char *device, void **script);
 void script_free(void *script);
 int script_has_function(const void *script, const char *name);
+long long script_function_params(const void *script, const char *name, int32_t *kinds,
+                                 size_t max);
 char *script_run(void *script, const char *fn, const GwTensor *inputs, size_t ninputs,
                  const char *const *keys, size_t nkeys, const char *const *args, size_t nargs,
                  void *call_ctx, GwTensor **outputs, size_t *noutputs);

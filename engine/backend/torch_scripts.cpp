@@ -95,7 +95,9 @@ c10::IValue reply_to_ivalue(const GwReply &reply) {
     case GW_REPLY_DOUBLE: return c10::IValue(reply.dbl);
     case GW_REPLY_STRING: return c10::IValue(std::string(reply.str ? reply.str : "", reply.len));
     case GW_REPLY_ERROR:
-      throw std::runtime_error(std::string(reply.str ? reply.str : "error", reply.len));
+      // RedisAI's words; the host words the calls that got no reply the same way.
+      throw std::runtime_error("Redis command returned an error: " +
+                               std::string(reply.str ? reply.str : "error", reply.len));
     case GW_REPLY_ARRAY: {
       c10::impl::GenericList list(c10::AnyType::get());
       list.reserve(reply.nelements);
@@ -391,63 +393,45 @@ bool is_list_of(const c10::TypePtr &t, c10::TypeKind element) {
          t->expectRef<c10::ListType>().getElementType()->kind() == element;
 }
 
-// Arguments for fn: the RedisAI 1.2 signature (tensors, keys, args), or, for scripts written for
-// the deprecated AI.SCRIPTRUN, tensors one per Tensor parameter (a List[Tensor] parameter takes
-// the rest) and str/int/float parameters taken in order from KEYS then ARGS.
+bool is_entry_signature(const c10::FunctionSchema &schema) {
+  const auto &params = schema.arguments();
+  return params.size() == 3 && is_list_of(params[0].type(), c10::TypeKind::TensorType) &&
+         is_list_of(params[1].type(), c10::TypeKind::StringType) &&
+         is_list_of(params[2].type(), c10::TypeKind::StringType);
+}
+
+// Arguments for fn: the RedisAI 1.2 signature (tensors, keys, args), or RedisAI's best-effort
+// binding for any other function (scripts written for the deprecated AI.SCRIPTSET/SCRIPTRUN,
+// or loaded from RedisAI 1.0-1.2.3 RDB files without entry points): each Tensor parameter takes
+// the next input, a List[Tensor] parameter takes the rest and ends the binding; keys and args
+// are not passed. Error texts are RedisAI's.
 std::vector<c10::IValue> make_arguments(const c10::FunctionSchema &schema,
                                         std::vector<at::Tensor> &tensors,
                                         const std::vector<std::string> &keys,
                                         const std::vector<std::string> &args) {
-  const auto &params = schema.arguments();
   std::vector<c10::IValue> stack;
-  if (params.size() == 3 && is_list_of(params[0].type(), c10::TypeKind::TensorType) &&
-      is_list_of(params[1].type(), c10::TypeKind::StringType) &&
-      is_list_of(params[2].type(), c10::TypeKind::StringType)) {
+  if (is_entry_signature(schema)) {
     stack.emplace_back(c10::List<at::Tensor>(tensors));
     stack.emplace_back(c10::List<std::string>(keys));
     stack.emplace_back(c10::List<std::string>(args));
     return stack;
   }
-  std::vector<std::string> words(keys);
-  words.insert(words.end(), args.begin(), args.end());
-  size_t next_tensor = 0, next_word = 0;
-  for (const c10::Argument &p : params) {
+  size_t next_tensor = 0;
+  for (const c10::Argument &p : schema.arguments()) {
     const c10::TypePtr &t = p.type();
     if (t->kind() == c10::TypeKind::TensorType) {
       if (next_tensor >= tensors.size())
-        throw std::runtime_error("function " + schema.name() +
-                                 " expects more input tensors than the " +
-                                 std::to_string(tensors.size()) + " given");
+        throw std::runtime_error("Wrong number of inputs provided to function: " + schema.name());
       stack.emplace_back(tensors[next_tensor++]);
     } else if (is_list_of(t, c10::TypeKind::TensorType)) {
       std::vector<at::Tensor> rest(tensors.begin() + static_cast<std::ptrdiff_t>(next_tensor),
                                    tensors.end());
       next_tensor = tensors.size();
       stack.emplace_back(c10::List<at::Tensor>(rest));
-    } else if (t->kind() == c10::TypeKind::StringType || t->kind() == c10::TypeKind::IntType ||
-               t->kind() == c10::TypeKind::FloatType) {
-      if (next_word >= words.size())
-        throw std::runtime_error("function " + schema.name() + ": no value for argument " +
-                                 p.name());
-      const std::string &w = words[next_word++];
-      try {
-        if (t->kind() == c10::TypeKind::StringType)
-          stack.emplace_back(w);
-        else if (t->kind() == c10::TypeKind::IntType)
-          stack.emplace_back(static_cast<int64_t>(std::stoll(w)));
-        else
-          stack.emplace_back(std::stod(w));
-      } catch (const std::logic_error &) {
-        throw std::runtime_error("function " + schema.name() + ": invalid value '" + w +
-                                 "' for argument " + p.name());
-      }
-    } else if (p.default_value()) {
-      stack.push_back(*p.default_value());
+      break;
     } else {
-      throw std::runtime_error("function " + schema.name() + " has a parameter " + p.name() +
-                               " of type " + t->repr_str() +
-                               "; entry points take (tensors: List[Tensor], keys: List[str], "
-                               "args: List[str])");
+      throw std::runtime_error("Unsupported input type in function definition: " +
+                               schema.name());
     }
   }
   if (next_tensor < tensors.size())
@@ -507,6 +491,27 @@ int script_has_function(const void *script, const char *name) {
   }
 }
 
+long long script_function_params(const void *script, const char *name, int32_t *kinds,
+                                 size_t max) {
+  try {
+    const Script *s = static_cast<const Script *>(script);
+    torch::jit::Function *function =
+        name ? s->unit->find_function(c10::QualifiedName(name)) : nullptr;
+    if (!function) return -1;
+    const auto &params = function->getSchema().arguments();
+    for (size_t i = 0; i < params.size() && i < max; i++) {
+      const c10::TypePtr &t = params[i].type();
+      kinds[i] = t->kind() == c10::TypeKind::TensorType           ? GW_PARAM_TENSOR
+                 : is_list_of(t, c10::TypeKind::TensorType)       ? GW_PARAM_TENSOR_LIST
+                 : is_list_of(t, c10::TypeKind::StringType)       ? GW_PARAM_STRING_LIST
+                                                                  : GW_PARAM_OTHER;
+    }
+    return static_cast<long long>(params.size());
+  } catch (...) {
+    return -1;
+  }
+}
+
 char *script_run(void *script, const char *fn, const GwTensor *inputs, size_t ninputs,
                  const char *const *keys, size_t nkeys, const char *const *args, size_t nargs,
                  void *call_ctx, GwTensor **outputs, size_t *noutputs) {
@@ -520,8 +525,7 @@ char *script_run(void *script, const char *fn, const GwTensor *inputs, size_t ni
     Script *s = static_cast<Script *>(script);
     torch::jit::Function *function = fn ? s->unit->find_function(c10::QualifiedName(fn)) : nullptr;
     if (!function)
-      throw std::runtime_error(std::string("function ") + (fn ? fn : "(null)") +
-                               " is not defined in the script");
+      throw std::runtime_error(std::string("Function does not exist: ") + (fn ? fn : ""));
     ScriptContextGuard context(call_ctx);
     c10::InferenceMode guard;
     c10::OptionalDeviceGuard device_guard;

@@ -23,9 +23,9 @@
 extern "C" {
 #endif
 
-/* 2 appended model_optimize, 3 set_execution_timeout; the module still accepts version-1
- * backends (without either). */
-#define GW_BACKEND_ABI_VERSION 3
+/* 2 appended model_optimize, 3 set_execution_timeout, 4 script_function_params; the module
+ * still accepts version-1 to version-3 backends (without the later entries). */
+#define GW_BACKEND_ABI_VERSION 4
 #define GW_BACKEND_ABI_MIN_VERSION 1
 
 /* Element types, in the order of the protocol's TYPE names. */
@@ -51,6 +51,15 @@ typedef struct {
   void *data;     /* nbytes bytes */
   size_t nbytes;
 } GwTensor;
+
+/* What script_function_params reports for each parameter of a script function: the types
+ * RedisAI's entry-point and best-effort rules tell apart. */
+typedef enum {
+  GW_PARAM_OTHER = 0,
+  GW_PARAM_TENSOR = 1,
+  GW_PARAM_TENSOR_LIST = 2, /* List[Tensor] */
+  GW_PARAM_STRING_LIST = 3  /* List[str] */
+} GwParamKind;
 
 /* A Redis reply converted for scripts calling redis.execute(). */
 typedef enum {
@@ -112,7 +121,10 @@ typedef struct {
   char *(*script_compile)(const char *source, size_t len, const char *device, void **script);
   void (*script_free)(void *script);
   int (*script_has_function)(const void *script, const char *name);
-  /* Runs fn(tensors, keys, args). *outputs is an alloc'd array of *noutputs tensors. */
+  /* Runs fn(tensors, keys, args) when fn has that signature; any other function in RedisAI's
+   * best-effort mode (each Tensor parameter takes the next input, a List[Tensor] the rest;
+   * keys and args are not passed). A missing fn fails with "Function does not exist: <fn>".
+   * *outputs is an alloc'd array of *noutputs tensors. */
   char *(*script_run)(void *script, const char *fn, const GwTensor *inputs, size_t ninputs,
                       const char *const *keys, size_t nkeys, const char *const *args, size_t nargs,
                       void *call_ctx, GwTensor **outputs, size_t *noutputs);
@@ -126,6 +138,12 @@ typedef struct {
    * model_run or script_run past it fails with an error that says so. The backend stops the
    * run at its next interruption point (see engine/backend/README.md), or at its end. */
   void (*set_execution_timeout)(long long ms);
+
+  /* ABI 4 and later only. The parameters of the script's function `name` (without defaults
+   * or `self`: every declared parameter): returns their number and writes the GwParamKind of
+   * the first min(number, max) into kinds; -1 when the script has no such function. */
+  long long (*script_function_params)(const void *script, const char *name, int32_t *kinds,
+                                      size_t max);
 } GwBackendApi;
 
 /* The one symbol a backend exports. Returns NULL when it cannot start (the reason is logged). */

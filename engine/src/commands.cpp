@@ -50,8 +50,14 @@ int reply_err(RedisModuleCtx *ctx, const std::string &err) {
   return RedisModule_ReplyWithError(ctx, err.c_str());
 }
 
-std::string wrong_arity(const char *cmd) {
-  return std::string("ERR wrong number of arguments for '") + cmd + "' command";
+/* Redis 6's arity error, which quotes argv[0] as the client sent it (Redis 7's
+ * RedisModule_WrongArity quotes the registered lower-case name instead). */
+std::string wrong_arity(const Args &a) {
+  return "ERR wrong number of arguments for '" + a.str(0) + "' command";
+}
+
+int reply_arity(RedisModuleCtx *ctx, RedisModuleString **argv) {
+  return reply_err(ctx, wrong_arity(Args{argv, 1}));
 }
 
 /* ==== Keyspace access =========================================================================
@@ -175,25 +181,15 @@ bool can_block_or_reply(RedisModuleCtx *ctx) {
 
 /* ==== Models and scripts through the backend ================================================== */
 
-bool parse_device(const char *s, size_t len, std::string *out) {
-  std::string d(s, len);
+bool valid_device(const std::string &device) {
+  if (device.size() >= 10) return false;
+  std::string d = device;
   for (char &c : d) c = static_cast<char>(toupper(static_cast<unsigned char>(c)));
-  if (d == "CPU" || d == "GPU") {
-    *out = d;
-    return true;
-  }
-  if (d.size() > 4 && (d.compare(0, 4, "CPU:") == 0 || d.compare(0, 4, "GPU:") == 0) &&
-      d.size() <= 12) {
-    for (size_t i = 4; i < d.size(); i++)
-      if (!isdigit(static_cast<unsigned char>(d[i]))) return false;
-    /* One spelling per device ("CPU:007" is "CPU:7"): each distinct name gets a queue and
-     * threads of its own. */
-    size_t nz = d.find_first_not_of('0', 4);
-    d = d.substr(0, 4) + (nz == std::string::npos ? std::string("0") : d.substr(nz));
-    *out = d;
-    return true;
-  }
-  return false;
+  if (d == "CPU" || d == "GPU") return true;
+  if (d.compare(0, 4, "CPU:") != 0 && d.compare(0, 4, "GPU:") != 0) return false;
+  for (size_t i = 4; i < d.size(); i++)
+    if (!isdigit(static_cast<unsigned char>(d[i]))) return false;
+  return true;
 }
 
 Model *failed_model(const std::string &device, const std::string &tag, long long batchsize,
@@ -201,6 +197,7 @@ Model *failed_model(const std::string &device, const std::string &tag, long long
                     bool optimize, const std::string &err) {
   Model *m = new Model();
   m->device = device;
+  m->queue = device_queue(device);
   m->tag = tag;
   m->batchsize = batchsize;
   m->minbatchsize = minbatchsize;
@@ -219,13 +216,51 @@ std::string model_unusable(const Model &m) {
          " (store it again with AI.MODELSTORE)";
 }
 
+std::string device_queue(const std::string &device) {
+  std::string d = device;
+  for (char &c : d) c = static_cast<char>(toupper(static_cast<unsigned char>(c)));
+  /* One spelling per device ("CPU:007" is "CPU:7"): each distinct name gets a queue and
+   * threads of its own. */
+  if (d.size() > 4 && d[3] == ':') {
+    size_t nz = d.find_first_not_of('0', 4);
+    d = d.substr(0, 4) + (nz == std::string::npos ? std::string("0") : d.substr(nz));
+  }
+  return d;
+}
+
+namespace {
+
+/* RedisAI 1.2's checks of one entry point, in its order and words. A backend before ABI 4 cannot
+ * report parameters, so only existence is checked then. */
+std::string check_entry_point(const GwBackendApi *be, const void *script, const std::string &fn) {
+  if (be->abi_version < 4 || !be->script_function_params) {
+    if (be->script_has_function(script, fn.c_str())) return {};
+    return "ERR Function " + fn + " does not exist in the given script.";
+  }
+  int32_t kinds[3] = {GW_PARAM_OTHER, GW_PARAM_OTHER, GW_PARAM_OTHER};
+  long long n = be->script_function_params(script, fn.c_str(), kinds, 3);
+  if (n < 0) return "ERR Function " + fn + " does not exist in the given script.";
+  if (n != 3)
+    return "ERR Wrong number of inputs in function " + fn + ". Expected 3 but was " +
+           std::to_string(n);
+  if (kinds[0] != GW_PARAM_TENSOR_LIST || kinds[1] != GW_PARAM_STRING_LIST ||
+      kinds[2] != GW_PARAM_STRING_LIST)
+    return "ERR Wrong inputs type in function " + fn +
+           ". Expected signature similar to: def " + fn +
+           "(tensors: List[Tensor], keys: List[str], args: List[str])";
+  return {};
+}
+
+}  // namespace
+
 std::string create_model(const std::string &device, const std::string &tag, long long batchsize,
                          long long minbatchsize, long long minbatchtimeout, char *blob,
                          size_t bloblen, Model **out, bool optimize, bool keep_failed) {
   std::string err;
   const GwBackendApi *be = require_torch(&err);
   void *handle = nullptr;
-  char *e = be ? be->model_load(blob, bloblen, device.c_str(), &handle) : nullptr;
+  std::string queue = device_queue(device);
+  char *e = be ? be->model_load(blob, bloblen, queue.c_str(), &handle) : nullptr;
   if (e) err = "ERR " + take_backend_error(e);
   if (!be || e) {
     if (keep_failed) {
@@ -238,6 +273,7 @@ std::string create_model(const std::string &device, const std::string &tag, long
   }
   Model *m = new Model();
   m->device = device;
+  m->queue = queue;
   m->tag = tag;
   m->batchsize = batchsize;
   m->minbatchsize = minbatchsize;
@@ -274,16 +310,19 @@ std::string create_script(const std::string &device, const std::string &tag,
   const GwBackendApi *be = require_torch(&err);
   if (!be) return err;
   void *handle = nullptr;
-  char *e = be->script_compile(source.data(), source.size(), device.c_str(), &handle);
+  std::string queue = device_queue(device);
+  char *e = be->script_compile(source.data(), source.size(), queue.c_str(), &handle);
   if (e) return "ERR " + take_backend_error(e);
   for (const std::string &fn : entry_points) {
-    if (!be->script_has_function(handle, fn.c_str())) {
+    std::string why = check_entry_point(be, handle, fn);
+    if (!why.empty()) {
       be->script_free(handle);
-      return "ERR Function " + fn + " does not exist in the given script.";
+      return why;
     }
   }
   Script *s = new Script();
   s->device = device;
+  s->queue = queue;
   s->tag = tag;
   s->source = source;
   s->entry_points = entry_points;
@@ -303,7 +342,7 @@ namespace {
  * The tensor's bytes are also taken from *budget (see charge_headroom) before anything is
  * allocated. */
 std::string parse_tensorset(const Args &a, bool trusted, Tensor **out, long long *budget = nullptr) {
-  if (a.argc < 4) return wrong_arity("AI.TENSORSET");
+  if (a.argc < 4) return wrong_arity(a);
   size_t tlen;
   const char *tname = RedisModule_StringPtrLen(a.argv[2], &tlen);
   int dtype = dtype_from_name(tname, tlen);
@@ -357,7 +396,7 @@ std::string parse_tensorset(const Args &a, bool trusted, Tensor **out, long long
 
 /* argv[0] is the command, argv[1] the key. */
 std::string parse_tensorget(const Args &a, bool *meta, GetFormat *fmt) {
-  if (a.argc < 2 || a.argc > 4) return wrong_arity("AI.TENSORGET");
+  if (a.argc < 2 || a.argc > 4) return wrong_arity(a);
   *meta = false;
   *fmt = GetFormat::None;
   for (int i = 2; i < a.argc; i++) {
@@ -457,7 +496,7 @@ void reply_tensor(RedisModuleCtx *ctx, const Tensor &t, bool meta, GetFormat fmt
 }
 
 int TensorSet_Command(RedisModuleCtx *ctx, RedisModuleString **argv, int argc) {
-  if (argc < 4) return RedisModule_WrongArity(ctx);
+  if (argc < 4) return reply_arity(ctx, argv);
   Args a{argv, argc};
   if (!tensor_writable(ctx, argv[1])) return reply_err(ctx, kWrongType);
   Tensor *t = nullptr;
@@ -473,13 +512,14 @@ int TensorSet_Command(RedisModuleCtx *ctx, RedisModuleString **argv, int argc) {
 }
 
 int TensorGet_Command(RedisModuleCtx *ctx, RedisModuleString **argv, int argc) {
-  if (argc < 2 || argc > 4) return RedisModule_WrongArity(ctx);
+  if (argc < 2 || argc > 4) return reply_arity(ctx, argv);
+  /* As RedisAI: the key first, the options after. */
+  Tensor *t = nullptr;
+  std::string err = get_tensor(ctx, argv[1], &t);
+  if (!err.empty()) return reply_err(ctx, err);
   bool meta;
   GetFormat fmt;
-  std::string err = parse_tensorget(Args{argv, argc}, &meta, &fmt);
-  if (!err.empty()) return reply_err(ctx, err);
-  Tensor *t = nullptr;
-  err = get_tensor(ctx, argv[1], &t);
+  err = parse_tensorget(Args{argv, argc}, &meta, &fmt);
   if (!err.empty()) return reply_err(ctx, err);
   /* VALUES expands each element into a reply of its own (up to ~30 bytes for 1 to 8). BLOB
    * is the tensor's own size, which TENSOR_MAX_BYTES already bounds. */
@@ -511,110 +551,201 @@ std::vector<RedisModuleString *> tensorset_args(RedisModuleCtx *ctx, const char 
 
 namespace {
 
-/* AI.MODELSTORE key TORCH device [TAG t] [BATCHSIZE n [MINBATCHSIZE m [MINBATCHTIMEOUT ms]]]
- *   [OPTIMIZE] [INPUTS ...] [OUTPUTS ...] BLOB chunk...; deprecated = AI.MODELSET (no counts, one
- *   blob, no OPTIMIZE). OPTIMIZE is a groundwatch extension RedisAI clients never send: freeze
- *   and optimise the loaded module for inference (see create_model). */
-int model_store(RedisModuleCtx *ctx, RedisModuleString **argv, int argc, bool deprecated) {
-  if (argc < 4) return RedisModule_WrongArity(ctx);
-  Args a{argv, argc};
-  if (!a.is(2, "TORCH")) return reply_err(ctx, "ERR unsupported backend");
+/* RedisAI's backend names, in its numbering (also the RDB's); only TORCH exists here. */
+int backend_code(const Args &a, int i) {
+  const char *names[] = {"TF", "TFLITE", "TORCH", "ONNX"};
+  for (int k = 0; k < 4; k++)
+    if (a.is(i, names[k])) return k;
+  return -1;
+}
+constexpr int kTF = 0, kTFLite = 1, kTorch = 2;
+
+/* A count argument: an unsigned integer. */
+bool unsigned_arg(const Args &a, int i, long long *v) { return a.ll(i, v) && *v >= 0; }
+
+/* The total size of the blob's chunks argv[from..argc). */
+size_t blob_size(const Args &a, int from) {
+  size_t total = 0;
+  for (int j = from; j < a.argc; j++) {
+    size_t n;
+    RedisModule_StringPtrLen(a.argv[j], &n);
+    total += n;
+  }
+  return total;
+}
+
+/* The chunks concatenated into one mem_alloc'd buffer of *len bytes. */
+char *concat_blob(const Args &a, int from, size_t *len) {
+  size_t total = blob_size(a, from);
+  char *blob = static_cast<char *>(mem_alloc(total ? total : 1));
+  size_t off = 0;
+  for (int j = from; j < a.argc; j++) {
+    size_t n;
+    const char *p = RedisModule_StringPtrLen(a.argv[j], &n);
+    memcpy(blob + off, p, n);
+    off += n;
+  }
+  *len = total;
+  return blob;
+}
+
+/* What both store commands parse before the model is built. */
+struct ModelArgs {
+  int backend = kTorch;
+  std::string device, tag;
+  long long batchsize = 0, minbatchsize = 0, minbatchtimeout = 0;
+  bool optimize = false;
+  int blob_from = 0; /* first blob argument */
   /* Replayed from the AOF or sent by our master: the model is data this server already holds,
    * so one the backend cannot load (another libtorch, a device this host lacks) is kept as a
-   * model that reports why (Model::load_error) rather than dropped. */
-  bool trusted = RedisModule_GetContextFlags(ctx) &
-                 (REDISMODULE_CTX_FLAGS_LOADING | REDISMODULE_CTX_FLAGS_REPLICATED);
-  std::string device;
-  size_t dlen;
-  const char *dev = RedisModule_StringPtrLen(argv[3], &dlen);
-  std::string bad_device;
-  if (!parse_device(dev, dlen, &device)) {
-    if (!trusted) return reply_err(ctx, "ERR Invalid DEVICE");
-    device.assign(dev, dlen);
-    bad_device = "ERR Invalid DEVICE " + device;
-  }
+   * model that reports why (Model::load_error) rather than dropped; so is a bad device. */
+  bool trusted = false;
+};
+
+/* AI.MODELSTORE key backend device [TAG t] [BATCHSIZE n] [MINBATCHSIZE m] [MINBATCHTIMEOUT ms]
+ *   [OPTIMIZE] BLOB chunk..., checked in RedisAI 1.2's order. OPTIMIZE is a groundwatch
+ *   extension RedisAI clients never send: freeze and optimise the loaded module for inference
+ *   (see create_model). */
+std::string parse_modelstore(const Args &a, ModelArgs *m) {
+  if (a.argc < 6) return wrong_arity(a);
+  m->backend = backend_code(a, 2);
+  if (m->backend < 0) return "ERR unsupported backend";
+  m->device = a.str(3);
+  if (!valid_device(m->device) && !m->trusted) return "ERR Invalid DEVICE";
   int i = 4;
-  std::string tag;
   if (a.is(i, "TAG")) {
-    if (i + 1 >= argc) return reply_err(ctx, "ERR Insufficient arguments, missing model BLOB");
-    tag = a.str(i + 1);
+    if (i + 1 >= a.argc) return "ERR Insufficient arguments, missing model BLOB";
+    m->tag = a.str(i + 1);
     i += 2;
   }
-  long long bs = 0, mbs = 0, mbt = 0;
-  bool have_bs = false, have_mbs = false;
   if (a.is(i, "BATCHSIZE")) {
-    if (!a.ll(i + 1, &bs) || bs < 0) return reply_err(ctx, "ERR Invalid argument for BATCHSIZE");
-    have_bs = true;
+    if (!unsigned_arg(a, i + 1, &m->batchsize)) return "ERR Invalid argument for BATCHSIZE";
     i += 2;
   }
   if (a.is(i, "MINBATCHSIZE")) {
-    if (!have_bs) return reply_err(ctx, "ERR MINBATCHSIZE specified without BATCHSIZE");
-    if (!a.ll(i + 1, &mbs) || mbs < 0)
-      return reply_err(ctx, "ERR Invalid argument for MINBATCHSIZE");
-    have_mbs = true;
+    if (!unsigned_arg(a, i + 1, &m->minbatchsize)) return "ERR Invalid argument for MINBATCHSIZE";
+    if (m->batchsize == 0 && m->minbatchsize > 0)
+      return "ERR MINBATCHSIZE specified without BATCHSIZE";
     i += 2;
   }
   if (a.is(i, "MINBATCHTIMEOUT")) {
-    if (!have_mbs) return reply_err(ctx, "ERR MINBATCHTIMEOUT specified without MINBATCHSIZE");
-    if (!a.ll(i + 1, &mbt) || mbt < 0)
-      return reply_err(ctx, "ERR Invalid argument for MINBATCHTIMEOUT");
+    if (!unsigned_arg(a, i + 1, &m->minbatchtimeout))
+      return "ERR Invalid argument for MINBATCHTIMEOUT";
+    if (m->minbatchsize == 0 && m->minbatchtimeout > 0)
+      return "ERR MINBATCHTIMEOUT specified without MINBATCHSIZE";
     i += 2;
   }
-  bool optimize = false;
-  if (!deprecated && a.is(i, "OPTIMIZE")) {
-    optimize = true;
+  if (a.is(i, "OPTIMIZE")) {
+    m->optimize = true;
     i++;
   }
-  if (deprecated) {
-    /* RedisAI 1.2 took names without counts here and ignored them for TORCH. */
-    while (i < argc && !a.is(i, "BLOB")) i++;
-  } else {
-    if (a.is(i, "INPUTS"))
-      return reply_err(ctx, "ERR INPUTS argument should not be specified for this backend");
-    if (a.is(i, "OUTPUTS"))
-      return reply_err(ctx, "ERR OUTPUTS argument should not be specified for this backend");
+  if (i >= a.argc) return "ERR Insufficient arguments, missing model BLOB";
+  if (m->backend == kTF) {
+    /* TF's INPUTS/OUTPUTS node lists: a TF model cannot be built here anyway. */
+    while (i < a.argc && !a.is(i, "BLOB")) i++;
+  } else if (a.is(i, "INPUTS")) {
+    return "ERR INPUTS argument should not be specified for this backend";
+  } else if (a.is(i, "OUTPUTS")) {
+    return "ERR OUTPUTS argument should not be specified for this backend";
   }
-  if (i >= argc) return reply_err(ctx, "ERR Insufficient arguments, missing model BLOB");
-  if (!a.is(i, "BLOB")) return reply_err(ctx, "ERR Invalid argument, expected BLOB");
-  i++;
-  if (i >= argc) return reply_err(ctx, "ERR Insufficient arguments, missing model BLOB");
-  if (deprecated && argc - i != 1) return reply_err(ctx, "ERR Invalid argument, expected BLOB");
-  {
-    Model *existing = nullptr;
-    if (lookup(ctx, argv[1], ModelType, &existing) == Lookup::WrongType)
-      return reply_err(ctx, kWrongType);
+  if (!a.is(i, "BLOB")) return "ERR Invalid argument, expected BLOB";
+  if (i + 1 >= a.argc) return "ERR Insufficient arguments, missing model BLOB";
+  m->blob_from = i + 1;
+  return {};
+}
+
+/* AI.MODELSET key backend device [TAG t] [BATCHSIZE n [MINBATCHSIZE m [MINBATCHTIMEOUT ms]]]
+ *   [INPUTS name... OUTPUTS name...] BLOB blob (deprecated), checked as RedisAI 1.2 did: every
+ *   parse check whatever the backend, a looser device rule, the TF node lists. */
+std::string parse_modelset(const Args &a, ModelArgs *m) {
+  if (a.argc < 4) return wrong_arity(a);
+  m->backend = backend_code(a, 2);
+  if (m->backend < 0) return "ERR unsupported backend";
+  m->device = a.str(3);
+  const char *keywords[] = {"INPUTS",       "OUTPUTS",         "TAG", "BATCHSIZE",
+                            "MINBATCHSIZE", "MINBATCHTIMEOUT", "BLOB"};
+  bool keyword = false;
+  for (const char *kw : keywords) keyword = keyword || a.is(3, kw);
+  if (m->device.size() > 10 || keyword) return "ERR Invalid DEVICE";
+  int i = 4;
+  if (a.is(i, "TAG")) {
+    if (i + 1 >= a.argc) return "ERR Insufficient arguments, missing model BLOB";
+    m->tag = a.str(i + 1);
+    i += 2;
   }
-  size_t total = 0;
-  for (int j = i; j < argc; j++) {
-    size_t len;
-    RedisModule_StringPtrLen(argv[j], &len);
-    total += len;
+  if (a.is(i, "BATCHSIZE")) {
+    if (m->backend == kTFLite) return "ERR Auto-batching not supported by the TFLITE backend";
+    if (!unsigned_arg(a, i + 1, &m->batchsize)) return "ERR Invalid argument for BATCHSIZE";
+    i += 2;
+  }
+  if (a.is(i, "MINBATCHSIZE")) {
+    if (m->batchsize == 0) return "ERR MINBATCHSIZE specified without BATCHSIZE";
+    if (!unsigned_arg(a, i + 1, &m->minbatchsize)) return "ERR Invalid argument for MINBATCHSIZE";
+    i += 2;
+  }
+  if (a.is(i, "MINBATCHTIMEOUT")) {
+    if (m->batchsize == 0) return "ERR MINBATCHTIMEOUT specified without BATCHSIZE";
+    if (m->minbatchsize == 0) return "ERR MINBATCHTIMEOUT specified without MINBATCHSIZE";
+    if (!unsigned_arg(a, i + 1, &m->minbatchtimeout))
+      return "ERR Invalid argument for MINBATCHTIMEOUT";
+    i += 2;
+  }
+  int blob = i;
+  while (blob < a.argc && !a.is(blob, "BLOB")) blob++;
+  if (blob + 1 >= a.argc) return "ERR Insufficient arguments, missing model BLOB";
+  if (m->backend == kTF) {
+    /* TF needs its node lists; other backends' were ignored. */
+    if (blob == i) return "ERR Insufficient arguments, INPUTS and OUTPUTS not specified";
+    if (!a.is(i, "INPUTS")) return "ERR INPUTS not specified";
+    bool outputs = false;
+    for (int j = i + 1; j < blob; j++) outputs = outputs || a.is(j, "OUTPUTS");
+    if (!outputs) return "ERR OUTPUTS not specified";
+  }
+  if (blob + 2 != a.argc) return "ERR Invalid argument, expected BLOB";
+  m->blob_from = blob + 1;
+  return {};
+}
+
+int model_store(RedisModuleCtx *ctx, RedisModuleString **argv, int argc, bool deprecated) {
+  Args a{argv, argc};
+  ModelArgs m;
+  m.trusted = RedisModule_GetContextFlags(ctx) &
+              (REDISMODULE_CTX_FLAGS_LOADING | REDISMODULE_CTX_FLAGS_REPLICATED);
+  std::string err = deprecated ? parse_modelset(a, &m) : parse_modelstore(a, &m);
+  if (!err.empty()) return reply_err(ctx, err);
+  /* A parse that succeeds for a backend this build does not have. */
+  if (m.backend != kTorch) return reply_err(ctx, "ERR Could not load backend");
+  std::string bad_device;
+  if (!valid_device(m.device)) { /* MODELSET's looser rule let it through, or it is trusted */
+    if (!m.trusted) return reply_err(ctx, "ERR Invalid DEVICE");
+    bad_device = "ERR Invalid DEVICE " + m.device;
   }
   {
     long long headroom = memory_headroom(ctx);
-    std::string oom = charge_headroom(&headroom, total);
+    std::string oom = charge_headroom(&headroom, blob_size(a, m.blob_from));
     if (!oom.empty()) return reply_err(ctx, oom);
   }
-  char *blob = static_cast<char *>(mem_alloc(total ? total : 1));
-  size_t off = 0;
-  for (int j = i; j < argc; j++) {
-    size_t len;
-    const char *p = RedisModule_StringPtrLen(argv[j], &len);
-    memcpy(blob + off, p, len);
-    off += len;
-  }
-  Model *m = nullptr;
-  std::string err;
+  size_t total = 0;
+  char *blob = concat_blob(a, m.blob_from, &total);
+  Model *model = nullptr;
   if (bad_device.empty()) {
-    err = create_model(device, tag, bs, mbs, mbt, blob, total, &m, optimize, trusted);
+    err = create_model(m.device, m.tag, m.batchsize, m.minbatchsize, m.minbatchtimeout, blob,
+                       total, &model, m.optimize, m.trusted);
   } else {
     err = bad_device;
-    m = failed_model(device, tag, bs, mbs, mbt, blob, total, optimize, err);
+    model = failed_model(m.device, m.tag, m.batchsize, m.minbatchsize, m.minbatchtimeout, blob,
+                         total, m.optimize, err);
   }
-  if (!err.empty() && !m) return reply_err(ctx, err);
+  if (!err.empty() && !model) return reply_err(ctx, err);
   if (!err.empty())
     RedisModule_Log(ctx, "warning", "model kept without loading it: %s", err.c_str());
-  set_value(ctx, argv[1], ModelType, m);
+  /* As RedisAI: the key's type is checked last, once the model is built. */
+  Model *existing = nullptr;
+  if (lookup(ctx, argv[1], ModelType, &existing) == Lookup::WrongType) {
+    model->release();
+    return reply_err(ctx, kWrongType);
+  }
+  set_value(ctx, argv[1], ModelType, model);
   RedisModule_ReplicateVerbatim(ctx);
   return RedisModule_ReplyWithSimpleString(ctx, "OK");
 }
@@ -676,7 +807,7 @@ bool parse_get_options(const Args &a, const char *data_kw, bool *meta, bool *dat
 }
 
 int ModelGet_Command(RedisModuleCtx *ctx, RedisModuleString **argv, int argc) {
-  if (argc < 2 || argc > 4) return RedisModule_WrongArity(ctx);
+  if (argc < 2 || argc > 4) return reply_arity(ctx, argv);
   bool meta, blob;
   if (!parse_get_options(Args{argv, argc}, "BLOB", &meta, &blob)) {
     return reply_err(ctx, "ERR unsupported data format");
@@ -720,7 +851,7 @@ int ModelGet_Command(RedisModuleCtx *ctx, RedisModuleString **argv, int argc) {
 }
 
 int ModelDel_Command(RedisModuleCtx *ctx, RedisModuleString **argv, int argc) {
-  if (argc != 2) return RedisModule_WrongArity(ctx);
+  if (argc != 2) return reply_arity(ctx, argv);
   Model *m = nullptr;
   std::string err = get_model(ctx, argv[1], &m);
   if (!err.empty()) return reply_err(ctx, err);
@@ -736,13 +867,11 @@ int ModelDel_Command(RedisModuleCtx *ctx, RedisModuleString **argv, int argc) {
 /* AI.SCRIPTSTORE key device [TAG t] ENTRY_POINTS n fn... SOURCE src;
  * deprecated = AI.SCRIPTSET key device [TAG t] SOURCE src. */
 int script_store(RedisModuleCtx *ctx, RedisModuleString **argv, int argc, bool deprecated) {
-  if (argc < (deprecated ? 5 : 6))
-    return reply_err(ctx, wrong_arity(deprecated ? "AI.SCRIPTSET" : "AI.SCRIPTSTORE"));
+  /* The smallest SCRIPTSTORE: key device ENTRY_POINTS 1 fn SOURCE src. */
+  if (argc < (deprecated ? 5 : 8)) return reply_arity(ctx, argv);
   Args a{argv, argc};
-  std::string device;
-  size_t dlen;
-  const char *dev = RedisModule_StringPtrLen(argv[2], &dlen);
-  if (!parse_device(dev, dlen, &device)) return reply_err(ctx, "ERR Invalid DEVICE");
+  std::string device = a.str(2);
+  if (!valid_device(device)) return reply_err(ctx, "ERR Invalid DEVICE");
   int i = 3;
   std::string tag;
   if (a.is(i, "TAG")) {
@@ -787,7 +916,7 @@ int ScriptSet_Command(RedisModuleCtx *ctx, RedisModuleString **argv, int argc) {
 }
 
 int ScriptGet_Command(RedisModuleCtx *ctx, RedisModuleString **argv, int argc) {
-  if (argc < 2 || argc > 4) return RedisModule_WrongArity(ctx);
+  if (argc < 2 || argc > 4) return reply_arity(ctx, argv);
   bool meta, source;
   if (!parse_get_options(Args{argv, argc}, "SOURCE", &meta, &source)) {
     return reply_err(ctx, "ERR unsupported data format");
@@ -812,7 +941,7 @@ int ScriptGet_Command(RedisModuleCtx *ctx, RedisModuleString **argv, int argc) {
 }
 
 int ScriptDel_Command(RedisModuleCtx *ctx, RedisModuleString **argv, int argc) {
-  if (argc != 2) return RedisModule_WrongArity(ctx);
+  if (argc != 2) return reply_arity(ctx, argv);
   Script *s = nullptr;
   std::string err = get_script(ctx, argv[1], &s);
   if (!err.empty()) return reply_err(ctx, err);
@@ -833,7 +962,7 @@ bool parse_timeout(const Args &a, int i, long long *timeout) {
 
 std::string parse_modelexecute(RedisModuleCtx *ctx, const Args &a, bool in_dag, Op *op,
                                long long *timeout) {
-  if (a.argc < 8) return wrong_arity("AI.MODELEXECUTE");
+  if (a.argc < 8) return wrong_arity(a);
   Model *model = nullptr;
   std::string err = get_model(ctx, a.argv[1], &model);
   if (err.empty()) err = model_unusable(*model);
@@ -869,14 +998,14 @@ std::string parse_modelexecute(RedisModuleCtx *ctx, const Args &a, bool in_dag, 
   }
   op->kind = OpKind::ModelExecute;
   op->model = model->retain();
-  op->device = model->device;
+  op->device = model->queue;
   return {};
 }
 
 /* AI.MODELRUN key [TIMEOUT t] INPUTS k... OUTPUTS k... */
 std::string parse_modelrun(RedisModuleCtx *ctx, const Args &a, bool in_dag, Op *op,
                            long long *timeout) {
-  if (a.argc < 6) return wrong_arity("AI.MODELRUN");
+  if (a.argc < 6) return wrong_arity(a);
   Model *model = nullptr;
   std::string err = get_model(ctx, a.argv[1], &model);
   if (err.empty()) err = model_unusable(*model);
@@ -897,18 +1026,7 @@ std::string parse_modelrun(RedisModuleCtx *ctx, const Args &a, bool in_dag, Op *
     return "ERR Number of keys given as OUTPUTS here does not match model definition";
   op->kind = OpKind::ModelExecute;
   op->model = model->retain();
-  op->device = model->device;
-  return {};
-}
-
-std::string check_function(const Script *s, const std::string &fn) {
-  if (!s->entry_points.empty()) {
-    for (const std::string &e : s->entry_points)
-      if (e == fn) return {};
-    return "ERR Function " + fn + " does not exist in the given script.";
-  }
-  if (!torch_backend()->script_has_function(s->handle, fn.c_str()))
-    return "ERR Function " + fn + " does not exist in the given script.";
+  op->device = model->queue;
   return {};
 }
 
@@ -916,7 +1034,7 @@ std::string check_function(const Script *s, const std::string &fn) {
  * Error texts are RedisAI 1.2's, so clients matching on them keep working. */
 std::string parse_scriptexecute(RedisModuleCtx *ctx, const Args &a, bool in_dag, Op *op,
                                 long long *timeout) {
-  if (a.argc < 3) return wrong_arity("AI.SCRIPTEXECUTE");
+  if (a.argc < 3) return wrong_arity(a);
   Script *script = nullptr;
   std::string err = get_script(ctx, a.argv[1], &script);
   if (!err.empty()) return err;
@@ -967,38 +1085,59 @@ std::string parse_scriptexecute(RedisModuleCtx *ctx, const Args &a, bool in_dag,
       return "ERR Invalid AI.SCRIPTEXECUTE command. Unexpected argument: " + a.str(i);
     }
   }
-  err = check_function(script, op->fn);
-  if (!err.empty()) return err;
+  /* As RedisAI: the function is looked up when the script runs ("Function does not exist"),
+   * and one that is not a declared entry point runs in best-effort mode (see script_run). */
   op->kind = OpKind::ScriptExecute;
   op->script = script->retain();
-  op->device = script->device;
+  op->device = script->queue;
   return {};
 }
 
 /* AI.SCRIPTRUN key fn [TIMEOUT t] INPUTS k... [$ k...] OUTPUTS k... */
 std::string parse_scriptrun(RedisModuleCtx *ctx, const Args &a, bool in_dag, Op *op,
                             long long *timeout) {
-  if (a.argc < 4) return wrong_arity("AI.SCRIPTRUN");
+  if (a.argc < 4) return wrong_arity(a);
   Script *script = nullptr;
   std::string err = get_script(ctx, a.argv[1], &script);
   if (!err.empty()) return err;
   op->fn = a.str(2);
-  int i = 3;
-  if (a.is(i, "TIMEOUT")) {
-    if (in_dag) return "ERR TIMEOUT not allowed within a DAG command";
-    if (!parse_timeout(a, i + 1, timeout)) return "ERR Invalid value for TIMEOUT";
-    i += 2;
+  /* Every argument is parsed before any tensor is fetched; RedisAI's texts, typos included. */
+  enum { None, Inputs, Outputs } section = None;
+  bool seen_inputs = false, seen_outputs = false, seen_timeout = false, seen_variadic = false;
+  for (int i = 3; i < a.argc; i++) {
+    if (a.is(i, "TIMEOUT")) {
+      if (seen_timeout) return "ERR Already encountered an TIMEOUT section in SCRIPTRUN";
+      if (in_dag) return "ERR TIMEOUT not allowed within a DAG command";
+      if (!parse_timeout(a, i + 1, timeout)) return "ERR Invalid value for TIMEOUT";
+      seen_timeout = true;
+      section = None;
+      i++;
+    } else if (a.is(i, "INPUTS")) {
+      if (section == Inputs) return "ERR Already encountered an INPUTS keyword in SCRIPTRUN";
+      if (seen_inputs || seen_outputs) return "ERR Already encountered an INPUTS section in SCRIPTRUN";
+      seen_inputs = true;
+      section = Inputs;
+    } else if (a.is(i, "OUTPUTS")) {
+      if (seen_outputs) return "ERR Already encountered an OUTPUTS keyword in SCRIPTRUN";
+      seen_outputs = true;
+      section = Outputs;
+    } else if (a.is(i, "$")) {
+      if (section != Inputs)
+        return "ERR Encountered a variable size list of tensors outside of input section";
+      if (seen_variadic) return "ERR Already encountered a variable size list of tensors";
+      seen_variadic = true; /* the binding is positional: the marker itself carries nothing */
+    } else if (section == Inputs) {
+      op->inputs.push_back(a.str(i));
+    } else if (section == Outputs) {
+      op->outputs.push_back(a.str(i));
+    } else {
+      return "ERR Unrecongnized parameter to SCRIPTRUN";
+    }
   }
-  if (!a.is(i, "INPUTS")) return "ERR INPUTS not specified";
-  for (i++; i < a.argc && !a.is(i, "OUTPUTS"); i++)
-    if (!a.is(i, "$")) op->inputs.push_back(a.str(i));
-  if (a.is(i, "OUTPUTS"))
-    for (i++; i < a.argc; i++) op->outputs.push_back(a.str(i));
-  err = check_function(script, op->fn);
-  if (!err.empty()) return err;
+  if (!seen_inputs) return "ERR INPUTS not specified";
   op->kind = OpKind::ScriptExecute;
   op->script = script->retain();
-  op->device = script->device;
+  op->device = script->queue;
   return {};
 }
 
@@ -1228,19 +1367,26 @@ std::string parse_dag(RedisModuleCtx *ctx, const Args &a, DagMode mode, Run *run
       long long n;
       if (!a.ll(i + 1, &n) || n <= 0)
         return std::string("ERR invalid or negative value found in number of keys to ") + kw;
-      if (n > a.argc - i - 2)
-        return load ? "ERR number of keys to LOAD in AI.DAGEXECUTE command does not match the "
-                      "number of given arguments"
-                    : "ERR number of keys to PERSIST after DAG execution does not match the "
-                      "number of given arguments";
-      std::vector<std::string> keys;
-      for (long long k = 0; k < n; k++) keys.push_back(a.str(i + 2 + static_cast<int>(k)));
       if (load) {
-        names.insert(keys.begin(), keys.end());
-        std::string err = load_inputs(ctx, run, keys);
-        if (!err.empty()) return err;
+        /* As RedisAI: each key given is fetched (and may fail) before the count is compared
+         * with the keys given, which end at the first |>. */
+        long long k = 0;
+        for (; k < n && i + 2 + k < a.argc && !a.is(i + 2 + static_cast<int>(k), "|>"); k++) {
+          std::vector<std::string> key{a.str(i + 2 + static_cast<int>(k))};
+          std::string err = load_inputs(ctx, run, key);
+          if (!err.empty()) return err;
+          names.insert(key[0]);
+        }
+        if (k < n)
+          return "ERR number of keys to LOAD into DAG does not match the number of given "
+                 "arguments";
         seen_load = true;
       } else {
+        if (n > a.argc - i - 2)
+          return "ERR number of keys to PERSIST after DAG execution does not match the number "
+                 "of given arguments";
+        std::vector<std::string> keys;
+        for (long long k = 0; k < n; k++) keys.push_back(a.str(i + 2 + static_cast<int>(k)));
         for (const std::string &k : keys) {
           if (!persist.insert(k).second) return "ERR PERSIST keys must be unique";
           run->persist.push_back(k);
@@ -1331,7 +1477,7 @@ int dag_command(RedisModuleCtx *ctx, RedisModuleString **argv, int argc, DagMode
     return REDISMODULE_OK;
   }
   if (argc < 2 && mode.legacy)
-    return reply_err(ctx, wrong_arity(mode.readonly ? "AI.DAGRUN_RO" : "AI.DAGRUN"));
+    return reply_arity(ctx, argv);
   if (!can_block_or_reply(ctx)) return REDISMODULE_OK;
   Run *run = new Run();
   run->kind = RunKind::Dag;
@@ -1361,9 +1507,10 @@ int DagRunRO_Command(RedisModuleCtx *ctx, RedisModuleString **argv, int argc) {
 /* ==== AI.INFO ================================================================================= */
 
 int Info_Command(RedisModuleCtx *ctx, RedisModuleString **argv, int argc) {
-  if (argc < 2 || argc > 3) return RedisModule_WrongArity(ctx);
+  if (argc < 2 || argc > 3) return reply_arity(ctx, argv);
   Args a{argv, argc};
-  if (argc == 3 && !a.is(2, "RESETSTAT")) return reply_err(ctx, "ERR unsupported subcommand");
+  /* As RedisAI: a third word other than RESETSTAT is ignored. */
+  bool reset = argc == 3 && a.is(2, "RESETSTAT");
   Model *m = nullptr;
   Script *s = nullptr;
   RunStats *stats = nullptr;
@@ -1374,7 +1521,7 @@ int Info_Command(RedisModuleCtx *ctx, RedisModuleString **argv, int argc) {
   } else {
     return reply_err(ctx, "ERR cannot find run info for key");
   }
-  if (argc == 3) {
+  if (reset) {
     stats->reset();
     return RedisModule_ReplyWithSimpleString(ctx, "OK");
   }
@@ -1413,7 +1560,7 @@ int Info_Command(RedisModuleCtx *ctx, RedisModuleString **argv, int argc) {
   if (m) {
     long long depth = 0;
     for (const QueueInfo &q : queue_infos())
-      if (q.device == m->device) depth = static_cast<long long>(q.depth);
+      if (q.device == m->queue) depth = static_cast<long long>(q.depth);
     RedisModule_ReplyWithSimpleString(ctx, "batches");
     RedisModule_ReplyWithLongLong(ctx, batches);
     RedisModule_ReplyWithSimpleString(ctx, "mean_batch_size");
@@ -1430,7 +1577,7 @@ int Info_Command(RedisModuleCtx *ctx, RedisModuleString **argv, int argc) {
 /* ==== AI.CONFIG =============================================================================== */
 
 int Config_Command(RedisModuleCtx *ctx, RedisModuleString **argv, int argc) {
-  if (argc < 2) return RedisModule_WrongArity(ctx);
+  if (argc < 2) return reply_arity(ctx, argv);
   Args a{argv, argc};
   if (a.is(1, "BACKENDSPATH")) {
     if (argc < 3) return reply_err(ctx, "ERR BACKENDSPATH: missing path argument");
@@ -1438,7 +1585,7 @@ int Config_Command(RedisModuleCtx *ctx, RedisModuleString **argv, int argc) {
     return RedisModule_ReplyWithSimpleString(ctx, "OK");
   }
   if (a.is(1, "LOADBACKEND")) {
-    if (argc < 4) return RedisModule_WrongArity(ctx);
+    if (argc < 4) return reply_arity(ctx, argv);
     if (!a.is(2, "TORCH")) return reply_err(ctx, "ERR unsupported backend");
     std::string err = load_torch_backend(a.str(3), false);
     if (!err.empty()) return reply_err(ctx, err);
@@ -1451,7 +1598,7 @@ int Config_Command(RedisModuleCtx *ctx, RedisModuleString **argv, int argc) {
     return RedisModule_ReplyWithSimpleString(ctx, "OK");
   }
   if (a.is(1, "GET")) {
-    if (argc < 3) return RedisModule_WrongArity(ctx);
+    if (argc < 3) return reply_arity(ctx, argv);
     if (a.is(2, "BACKENDSPATH"))
       return RedisModule_ReplyWithStringBuffer(ctx, config.backends_path.data(),
                                                config.backends_path.size());
@@ -1509,12 +1656,12 @@ int scan(RedisModuleCtx *ctx, RedisModuleType *type) {
 
 int ModelScan_Command(RedisModuleCtx *ctx, RedisModuleString **argv, int argc) {
   (void)argv;
-  if (argc != 1) return RedisModule_WrongArity(ctx);
+  if (argc != 1) return reply_arity(ctx, argv);
   return scan(ctx, ModelType);
 }
 int ScriptScan_Command(RedisModuleCtx *ctx, RedisModuleString **argv, int argc) {
   (void)argv;
-  if (argc != 1) return RedisModule_WrongArity(ctx);
+  if (argc != 1) return reply_arity(ctx, argv);
   return scan(ctx, ScriptType);
 }
 

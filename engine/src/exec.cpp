@@ -497,6 +497,12 @@ void worker_main(Queue *q) {
 
 }  // namespace
 
+std::string start_queue(const std::string &device) {
+  std::string err;
+  get_queue(device, &err);
+  return err;
+}
+
 void submit(Run *run) {
   run->start_ms = now_ms();
   std::string device = "CPU";
@@ -624,15 +630,21 @@ extern "C" char *script_redis_execute(void *call_ctx, int argc, const char *cons
   std::vector<RedisModuleString *> args;
   for (int i = 0; i < argc; i++) args.push_back(RedisModule_CreateString(ctx, argv[i], argvlen[i]));
   std::string why;
+  int no_reply = 0; /* the errno of a call that gave no reply */
   /* The worker's context runs commands as Redis itself; the caller's rights are checked here,
    * with Redis's own ACL rules (command, subcommand, keys and channels). */
   RedisModuleUser *user = run_user(ctx, cc->run, &why);
   if (user) {
     errno = 0;
-    if (RedisModule_ACLCheckCommandPermissions(user, args.data(), argc) != REDISMODULE_OK)
-      why = errno == ENOENT ? "unknown command"
-                            : "NOPERM the user '" + cc->run->user +
-                                  "' has no permissions to run this command or access its keys";
+    if (RedisModule_ACLCheckCommandPermissions(user, args.data(), argc) != REDISMODULE_OK) {
+      if (errno == ENOENT) {
+        no_reply = ENOENT;
+        why = "unknown command";
+      } else {
+        why = "NOPERM the user '" + cc->run->user +
+              "' has no permissions to run this command or access its keys";
+      }
+    }
     RedisModule_FreeModuleUser(user);
   }
   char *err = nullptr;
@@ -643,6 +655,7 @@ extern "C" char *script_redis_execute(void *call_ctx, int argc, const char *cons
     RedisModuleCallReply *rep = RedisModule_Call(ctx, cmd.c_str(), "!SMv", args.data() + 1,
                                                  static_cast<size_t>(args.size() - 1));
     if (!rep) {
+      no_reply = errno;
       why = errno == EBADF || errno == ENOENT ? "unknown command"
             : errno == EINVAL                 ? "wrong number of arguments"
             : errno == ENOSPC                 ? "OOM command not allowed when used memory > 'maxmemory'"
@@ -654,7 +667,14 @@ extern "C" char *script_redis_execute(void *call_ctx, int argc, const char *cons
       RedisModule_FreeCallReply(rep);
     }
   }
-  if (!why.empty()) err = host_strdup("redis.execute " + cmd + ": " + why);
+  if (no_reply) {
+    /* RedisAI's words for a call without a reply, strerror(errno) ("Invalid argument" for a
+     * wrong argument count; error replies get the same prefix in the backend), then ours. */
+    err = host_strdup(std::string("Redis command returned an error: ") + strerror(no_reply) +
+                      " (redis.execute " + cmd + ": " + why + ")");
+  } else if (!why.empty()) {
+    err = host_strdup("redis.execute " + cmd + ": " + why);
+  }
   for (RedisModuleString *s : args) RedisModule_FreeString(ctx, s);
   RedisModule_ThreadSafeContextUnlock(ctx);
   RedisModule_FreeThreadSafeContext(ctx);

@@ -83,6 +83,10 @@ struct Run {
 
 int64_t now_ms();
 
+/* Creates the run queue of a (normalised) device and its workers if it does not exist yet; the
+ * error reply when it cannot. */
+std::string start_queue(const std::string &device);
+
 /* Main thread, client already blocked. A run that cannot be queued is finished with
  * run->fatal set. */
 void submit(Run *run);

@@ -32,8 +32,12 @@ std::string create_script(const std::string &device, const std::string &tag,
                           const std::string &source, const std::vector<std::string> &entry_points,
                           Script **out);
 
-/* Upper-cases a valid device ("CPU", "GPU", "CPU:n", "GPU:n"); false otherwise. */
-bool parse_device(const char *s, size_t len, std::string *out);
+/* RedisAI's device rule: CPU or GPU, optionally followed by ':' and digits (none allowed),
+ * case-insensitive, under 10 characters in all. */
+bool valid_device(const std::string &device);
+/* The upper-cased copy that names the run queue and is given to the backend; the device
+ * itself is kept as sent. */
+std::string device_queue(const std::string &device);
 
 /* Builds the `AI.TENSORSET key TYPE dims... BLOB data` argument vector (strings to be freed by
  * the caller with RedisModule_FreeString(ctx, ...)). */

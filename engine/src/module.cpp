@@ -4,6 +4,10 @@
  */
 #include <dlfcn.h>
 #include <strings.h>
+#include <sys/resource.h>
+#include <sys/time.h>
+
+#include <cstdio>
 
 #include <cstring>
 #include <string>
@@ -168,14 +172,15 @@ void *model_rdb_load(RedisModuleIO *io, int encver) {
   /* At start-up, DEBUG RELOAD or a full sync (loading), a record the backend cannot turn into a
    * model (a blob this libtorch cannot read, a device this host lacks) becomes a model that
    * reports why on every use and is saved back as it came: the rest of the data comes up. A
-   * client's RESTORE is refused instead, as MODELSTORE would be. */
+   * client's RESTORE is refused instead, as MODELSTORE would be. The device is kept as stored
+   * (RedisAI keeps the client's case). */
   bool loading = io_loading(io);
-  std::string device;
-  bool valid_device = parse_device(rec.device.data(), rec.device.size(), &device);
+  std::string device = rec.device;
+  bool device_ok = valid_device(device);
   Model *m = nullptr;
   char *blob = rec.blob;
   rec.blob = nullptr;
-  if (valid_device) {
+  if (device_ok) {
     err = create_model(device, rec.tag, rec.batchsize, rec.minbatchsize, rec.minbatchtimeout, blob,
                        rec.bloblen, &m, rec.optimize, loading);
   } else {
@@ -276,8 +281,7 @@ void *script_rdb_load(RedisModuleIO *io, int encver) {
     RedisModule_LogIOError(io, "warning", "AI_SCRIPT: %s", err.c_str());
     return nullptr;
   }
-  std::string device;
-  if (!parse_device(rec.device.data(), rec.device.size(), &device)) device = "CPU";
+  std::string device = valid_device(rec.device) ? rec.device : "CPU";
   Script *s = nullptr;
   err = create_script(device, rec.tag, rec.source, rec.entry_points, &s);
   if (!err.empty()) {
@@ -335,11 +339,25 @@ std::string field_name(std::string s) {
   return s;
 }
 
+/* Seconds with 6 decimals, as RedisAI prints CPU times. */
+std::string cpu_seconds(const struct timeval &tv) {
+  char buf[64];
+  snprintf(buf, sizeof buf, "%ld.%06ld", static_cast<long>(tv.tv_sec), static_cast<long>(tv.tv_usec));
+  return buf;
+}
+std::string cpu_seconds(double s) {
+  struct timeval tv;
+  tv.tv_sec = static_cast<time_t>(s);
+  tv.tv_usec = static_cast<suseconds_t>((s - static_cast<double>(tv.tv_sec)) * 1e6);
+  return cpu_seconds(tv);
+}
+
+/* RedisAI's sections, names and order first (clients and dashboards read them); ours after. */
 void info_func(RedisModuleInfoCtx *ctx, int for_crash_report) {
   (void)for_crash_report;
   RedisModule_InfoAddSection(ctx, "versions");
-  RedisModule_InfoAddFieldCString(ctx, "version", "1.2.7");
-  RedisModule_InfoAddFieldCString(ctx, "low_level_API_version", "1.0.0");
+  RedisModule_InfoAddFieldCString(ctx, "RedisAI_version", "1.2.7");
+  RedisModule_InfoAddFieldCString(ctx, "low_level_API_version", "1");
   RedisModule_InfoAddFieldLongLong(ctx, "rdb_version", kEncodingVersion);
 
   RedisModule_InfoAddSection(ctx, "git");
@@ -361,11 +379,24 @@ void info_func(RedisModuleInfoCtx *ctx, int for_crash_report) {
 
   std::vector<QueueInfo> queues = queue_infos();
   RedisModule_InfoAddSection(ctx, "cpu");
+  struct rusage self, children, main_thread;
+  getrusage(RUSAGE_SELF, &self);
+  getrusage(RUSAGE_CHILDREN, &children);
+  getrusage(RUSAGE_THREAD, &main_thread); /* INFO runs on the main thread */
+  const std::pair<const char *, const struct timeval *> times[] = {
+      {"self_used_cpu_sys", &self.ru_stime},
+      {"self_used_cpu_user", &self.ru_utime},
+      {"children_used_cpu_sys", &children.ru_stime},
+      {"children_used_cpu_user", &children.ru_utime},
+      {"main_thread_used_cpu_sys", &main_thread.ru_stime},
+      {"main_thread_used_cpu_user", &main_thread.ru_utime},
+  };
+  for (const auto &t : times) RedisModule_InfoAddFieldCString(ctx, t.first, cpu_seconds(*t.second).c_str());
   for (const QueueInfo &q : queues) {
     for (size_t i = 0; i < q.cpu_seconds.size(); i++) {
       std::string f = field_name("queue_" + q.device + "_bthread_n" + std::to_string(i + 1) +
                                  "_used_cpu_total");
-      RedisModule_InfoAddFieldDouble(ctx, f.c_str(), q.cpu_seconds[i]);
+      RedisModule_InfoAddFieldCString(ctx, f.c_str(), cpu_seconds(q.cpu_seconds[i]).c_str());
     }
   }
 
@@ -508,6 +539,9 @@ extern "C" __attribute__((visibility("default"))) int RedisModule_OnLoad(RedisMo
 
   if (register_commands(ctx) != REDISMODULE_OK) return REDISMODULE_ERR;
   RedisModule_RegisterInfoFunc(ctx, info_func);
+  /* As RedisAI, the CPU queue and its workers exist from load (INFO lists them at once). */
+  std::string queue_err = start_queue("CPU");
+  if (!queue_err.empty()) RedisModule_Log(ctx, "warning", "%s", queue_err.c_str());
 
   if (!torch.empty()) {
     std::string err = load_torch_backend(torch, true);

@@ -64,7 +64,8 @@ struct RunStats {
  * MODELDEL or a new MODELSTORE replaces the key meanwhile. */
 struct Model {
   std::atomic<int> refs{1};
-  std::string device;
+  std::string device; /* as the client sent it: replies, RDB and AOF show it unchanged */
+  std::string queue;  /* upper-cased device: the run queue and what the backend was given */
   std::string tag;
   long long batchsize = 0;
   long long minbatchsize = 0;
@@ -96,7 +97,8 @@ struct Model {
 
 struct Script {
   std::atomic<int> refs{1};
-  std::string device;
+  std::string device; /* as sent (see Model) */
+  std::string queue;
   std::string tag;
   std::string source;
   std::vector<std::string> entry_points;

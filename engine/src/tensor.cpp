@@ -230,6 +230,15 @@ bool parse_ll(const Arg &a, long long *v) {
   return res.ec == std::errc() && res.ptr == a.ptr + a.len && a.len > 0;
 }
 
+/* IEEE narrowing with overflow to +-inf, spelled out so it is defined behaviour: from half a
+ * unit in the last place above FLT_MAX on, a double rounds to infinity. */
+float narrow_float(double d) {
+  const double halfway = static_cast<double>(std::numeric_limits<float>::max()) + std::ldexp(1.0, 103);
+  if (std::isfinite(d) && std::fabs(d) >= halfway)
+    return d > 0 ? std::numeric_limits<float>::infinity() : -std::numeric_limits<float>::infinity();
+  return static_cast<float>(d);
+}
+
 template <typename T>
 bool store_int(const Arg &a, char *dst) {
   long long v;
@@ -253,17 +262,22 @@ std::string tensor_from_values(int dtype, const std::vector<int64_t> &shape,
   if (values.size() != n) return "ERR wrong number of values was given in 'AI.TENSORSET' command";
 
   if (dtype == GW_DTYPE_STRING) {
+    /* As RedisAI: a value may carry its own terminating NUL (not stored twice); a NUL anywhere
+     * else is refused. */
+    auto text_len = [](const Arg &a) {
+      return a.len > 0 && a.ptr[a.len - 1] == '\0' ? a.len - 1 : a.len;
+    };
     uint64_t total = 0;
     for (const Arg &a : values) {
-      if (memchr(a.ptr, '\0', a.len)) return "ERR C-string value contains null character";
-      total += a.len + 1; /* each argument is held in memory already, so this cannot wrap */
+      if (memchr(a.ptr, '\0', text_len(a))) return "ERR C-string value contains null character";
+      total += text_len(a) + 1; /* each argument is held in memory already, so this cannot wrap */
     }
     if (total > max_bytes) return tensorset_fault_reply(TensorFault::TooLarge, max_bytes);
     char *data = static_cast<char *>(mem_alloc(total ? total : 1));
     size_t off = 0;
     for (const Arg &a : values) {
-      memcpy(data + off, a.ptr, a.len);
-      off += a.len;
+      memcpy(data + off, a.ptr, text_len(a));
+      off += text_len(a);
       data[off++] = '\0';
     }
     *out = tensor_adopt(dtype, shape, data, total);
@@ -281,9 +295,10 @@ std::string tensor_from_values(int dtype, const std::vector<int64_t> &shape,
     switch (dtype) {
       case GW_DTYPE_FLOAT: {
         double d;
-        ok = parse_double(a, &d) && (std::isinf(d) || std::fabs(d) <= std::numeric_limits<float>::max());
-        float f = static_cast<float>(d);
-        if (ok) memcpy(dst, &f, 4);
+        /* As RedisAI: parsed as a double, then narrowed (beyond float range: inf). */
+        ok = parse_double(a, &d);
+        float narrowed = ok ? narrow_float(d) : 0.0f;
+        if (ok) memcpy(dst, &narrowed, 4);
         break;
       }
       case GW_DTYPE_DOUBLE: {
@@ -299,14 +314,10 @@ std::string tensor_from_values(int dtype, const std::vector<int64_t> &shape,
       case GW_DTYPE_UINT8: ok = store_int<uint8_t>(a, dst); break;
       case GW_DTYPE_UINT16: ok = store_int<uint16_t>(a, dst); break;
       case GW_DTYPE_BOOL: {
+        /* "BOOL tensor elements must be 0 or 1" is the BLOB path's text; VALUES says invalid. */
         long long v;
-        if (!parse_ll(a, &v)) {
-          ok = false;
-        } else if (v != 0 && v != 1) {
-          err = "ERR BOOL tensor elements must be 0 or 1";
-        } else {
-          *dst = static_cast<char>(v);
-        }
+        ok = parse_ll(a, &v) && (v == 0 || v == 1);
+        if (ok) *dst = static_cast<char>(v);
         break;
       }
       default: ok = false;

@@ -50,13 +50,13 @@ def test_store_get_meta_and_blob(engine: redis.Redis) -> None:
     assert engine.type("m") == b"AI__MODEL"
 
 
-def test_device_is_upper_cased_and_chunks_concatenate(engine: redis.Redis) -> None:
+def test_device_is_kept_as_sent_and_chunks_concatenate(engine: redis.Redis) -> None:
     half = len(DOUBLE) // 2
     assert (
         engine.execute_command("AI.MODELSTORE", "m", "torch", "cpu:0", "BLOB", DOUBLE[:half], DOUBLE[half:])
         == b"OK"
     )
-    assert engine.execute_command("AI.MODELGET", "m", "META")[3] == b"CPU:0"
+    assert engine.execute_command("AI.MODELGET", "m", "META")[3] == b"cpu:0"
     assert engine.execute_command("AI.MODELGET", "m", "BLOB") == DOUBLE
 
 
@@ -85,8 +85,9 @@ def test_modelget_returns_chunks_above_model_chunk_size(engine: redis.Redis) -> 
 @pytest.mark.parametrize(
     "args,message",
     [
-        (["TF", "CPU", "BLOB", b"x"], "unsupported backend"),
-        (["ONNX", "CPU", "BLOB", b"x"], "unsupported backend"),
+        # RedisAI's other backends parse, then cannot be loaded in this build.
+        (["TF", "CPU", "BLOB", b"x"], "Could not load backend"),
+        (["ONNX", "CPU", "BLOB", b"x"], "Could not load backend"),
         (["FOO", "CPU", "BLOB", b"x"], "unsupported backend"),
         (["TORCH", "TPU", "BLOB", b"x"], "Invalid DEVICE"),
         (["TORCH", "CPU:x", "BLOB", b"x"], "Invalid DEVICE"),
@@ -104,9 +105,10 @@ def test_modelget_returns_chunks_above_model_chunk_size(engine: redis.Redis) -> 
             ["TORCH", "CPU", "BATCHSIZE", 2, "MINBATCHTIMEOUT", 2, "BLOB", b"x"],
             "MINBATCHTIMEOUT specified without MINBATCHSIZE",
         ),
-        (["TORCH", "CPU"], "Insufficient arguments, missing model BLOB"),
+        (["TORCH", "CPU"], "wrong number of arguments for 'AI.MODELSTORE' command"),
         (["TORCH", "CPU", "TAG", "t"], "Insufficient arguments, missing model BLOB"),
-        (["TORCH", "CPU", "BLOB"], "Insufficient arguments, missing model BLOB"),
+        (["TORCH", "CPU", "BLOB"], "wrong number of arguments for 'AI.MODELSTORE' command"),
+        (["TORCH", "CPU", "TAG", "t", "BLOB"], "Insufficient arguments, missing model BLOB"),
         (["TORCH", "CPU", "BLOOB", b"x"], "Invalid argument, expected BLOB"),
         (
             ["TORCH", "CPU", "INPUTS", 1, "a", "BLOB", b"x"],

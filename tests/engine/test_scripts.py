@@ -323,7 +323,8 @@ def test_compile_error_carries_the_reason(engine: redis.Redis) -> None:
     )
     with pytest.raises(redis.ResponseError) as err:
         engine.execute_command("AI.SCRIPTSTORE", "bad", "CPU", "ENTRY_POINTS", 1, "f", "SOURCE", source)
-    assert str(err.value).startswith("undefined value no_such_fn"), str(err.value)
+    # libtorch's text with each newline turned into a space (so it may start with one).
+    assert str(err.value).lstrip().startswith("undefined value no_such_fn"), str(err.value)
     assert "line 2" in str(err.value)
     with pytest.raises(redis.ResponseError) as err:
         engine.execute_command("AI.SCRIPTSTORE", "bad", "CPU", "ENTRY_POINTS", 1, "f", "SOURCE", "def f(:\n")

@@ -3,6 +3,7 @@
  * value rules and the v4 encodings. Built as engine/build/gw_core_tests and run by
  * tests/engine/test_core_units.py.
  */
+#include <cmath>
 #include <cstdio>
 #include <cstdlib>
 #include <cstring>
@@ -140,8 +141,22 @@ static void test_concat_slice() {
 static void test_values() {
   Tensor *t = nullptr;
   CHECK(tensor_from_values(GW_DTYPE_INT8, {1}, {{"128", 3}}, &t) == "ERR invalid value");
-  CHECK(tensor_from_values(GW_DTYPE_BOOL, {1}, {{"2", 1}}, &t) ==
-        "ERR BOOL tensor elements must be 0 or 1");
+  /* VALUES: RedisAI's "invalid value"; the BOOL text belongs to the BLOB path. */
+  CHECK(tensor_from_values(GW_DTYPE_BOOL, {1}, {{"2", 1}}, &t) == "ERR invalid value");
+  CHECK(tensor_from_blob(GW_DTYPE_BOOL, {1}, "\2", 1, &t) == "ERR BOOL tensor elements must be 0 or 1");
+  /* FLOAT beyond its range stores inf; FLT_MAX itself and values rounding to it stay finite. */
+  CHECK(tensor_from_values(GW_DTYPE_FLOAT, {3}, {{"1e40", 4}, {"-1e39", 5}, {"3.4028235e38", 12}}, &t).empty());
+  {
+    const float *f = reinterpret_cast<const float *>(t->data);
+    CHECK(std::isinf(f[0]) && f[0] > 0 && std::isinf(f[1]) && f[1] < 0 && std::isfinite(f[2]));
+  }
+  t->release();
+  /* STRING: one terminating NUL is the value's own; a NUL elsewhere is refused. */
+  CHECK(tensor_from_values(GW_DTYPE_STRING, {2}, {{"ab\0", 3}, {"c", 1}}, &t).empty());
+  CHECK(t->nbytes == 5 && memcmp(t->data, "ab\0c\0", 5) == 0);
+  t->release();
+  CHECK(tensor_from_values(GW_DTYPE_STRING, {1}, {{"ab\0\0", 4}}, &t) ==
+        "ERR C-string value contains null character");
   CHECK(tensor_from_values(GW_DTYPE_FLOAT, {2}, {{"1", 1}}, &t) ==
         "ERR wrong number of values was given in 'AI.TENSORSET' command");
   CHECK(tensor_from_values(GW_DTYPE_UINT16, {1}, {{"65535", 5}}, &t).empty());
