@@ -14,7 +14,7 @@ FUZZ_SECONDS ?= 600
 FUZZ_TARGETS := $(patsubst engine/fuzz/fuzz_%.cpp,%,$(wildcard engine/fuzz/fuzz_*.cpp))
 PYTEST_ARGS ?=
 
-.PHONY: all setup venv redis engine engine-asan test test-asan fuzz fuzz-build demo bench lint clean
+.PHONY: all setup venv redis engine engine-asan test test-asan fuzz fuzz-build demo bench soak lint clean
 
 all: setup
 
@@ -93,3 +93,9 @@ clean:
 
 distclean: clean
 	rm -rf $(VENV) *.egg-info
+
+# The pipeline under churn (bench/soak.py): 2 producers, 3 consumers, a model switch every 10
+# minutes, a consumer SIGKILLed every 15; checks one result per frame, reports memory over time.
+SOAK_MINUTES ?= 60
+soak: setup
+	PYTHONPATH=$(CURDIR) $(BIN)/python -m bench.soak --minutes $(SOAK_MINUTES) $(SOAK_ARGS)
