@@ -122,6 +122,42 @@ def consumer_lease(feed: str, group: str, name: str) -> str:
     return _feed(feed, "consumer", check_name("group", group), check_name("consumer", name))
 
 
+def profile(feed: str, version: str, window: int) -> str:
+    """Hash: the profile of what flowed through model `version` (``name:version``) in one
+    time window (`window`: its start, seconds since the epoch / profile_window_s)."""
+    return _feed(feed, "profile", version, f"w{int(window)}")
+
+
+def profile_reference(feed: str, version: str) -> str:
+    """Hash: the reference profile of model `version` that drift is measured against."""
+    return _feed(feed, "profile", version, "reference")
+
+
+def profile_index(feed: str) -> str:
+    """Sorted set: ``<window>|<version>`` members, scored by window, of the profiles kept."""
+    return _feed(feed, "profiles")
+
+
+def drift(feed: str) -> str:
+    """Hash: the monitor's latest figures per measure (JSON), for status, Prometheus and the web view."""
+    return _feed(feed, "drift")
+
+
+def alerts(feed: str) -> str:
+    """Stream of alerts raised and cleared; also the name of their pub/sub channel."""
+    return _feed(feed, "alerts")
+
+
+def alert_state(feed: str) -> str:
+    """Hash: the alerts active now (alert name -> JSON with since, value, model version)."""
+    return _feed(feed, "alerts", "active")
+
+
+def quicklook(feed: str, scene_id: str) -> str:
+    """Hash: a scene's quick-look PNG and footprint, written by ingest for the live view."""
+    return _feed(feed, "quicklook", scene_id)
+
+
 def throughput(feed: str) -> str:
     """Capped list of recent completions "<epoch ms> <frames>", one per published batch (for status)."""
     return _feed(feed, "throughput")
