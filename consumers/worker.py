@@ -27,6 +27,7 @@ from consumers import ConsumerError, inference
 from consumers.commit import Committer, Outcome
 from consumers.identity import Lease
 from consumers.inference import ActiveModel, NoActiveModel, Started
+from consumers.profiling import Profiler
 from consumers.reading import Entry, Reader
 from groundwatch import keys
 from groundwatch.detections import TileResult
@@ -106,6 +107,7 @@ class Consumer:
             self.r, self.feed, self.group, self.name, ttl_s=settings.scene_ttl_s, clock_ms=self._now
         )
         self.stats = RunStats()
+        self.profiler = Profiler(self.r, self.feed, settings.profile_window_s, settings.profile_flush_s)
         self._stop = threading.Event()
         self._retry_own = False
         self._ahead: Started | None = None
@@ -178,6 +180,7 @@ class Consumer:
                 self._flush()  # stopped: finish the batch in flight
             except redis.RedisError:
                 self._abandon()
+            self.profiler.flush()
         finally:
             try:
                 self.lease.release()
@@ -499,6 +502,11 @@ class Consumer:
             self.stats.add(out)
             for e, why in out.dead:
                 log.warning("entry %s -> dead letters: %s", e.id, why)
+        if results:
+            try:
+                self.profiler.add(results)
+            except Exception:  # figures, not results: never a reason to stop or to fail a frame
+                log.exception("consumer %s: profiling a batch failed", self.name)
 
     def _commit_alone(self, e: Entry, commit: Callable[[], Outcome]) -> Outcome:
         try:

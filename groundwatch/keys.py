@@ -153,6 +153,14 @@ def alert_state(feed: str) -> str:
     return _feed(feed, "alerts", "active")
 
 
+def channel_pattern(kind: str) -> str:
+    """The PSUBSCRIBE pattern of one kind of channel (``scenes``, ``alerts``, ``detections``)
+    across every feed (Redis glob: the braces of the hash tag are literal)."""
+    if kind not in ("scenes", "alerts", "detections"):
+        raise ConfigError(f"no channel kind {kind!r}")
+    return f"{PREFIX}:{{*}}:{kind}"
+
+
 def quicklook(feed: str, scene_id: str) -> str:
     """Hash: a scene's quick-look PNG and footprint, written by ingest for the live view."""
     return _feed(feed, "quicklook", scene_id)

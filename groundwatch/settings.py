@@ -59,6 +59,15 @@ class Settings:
     watch_poll_s: float = 2.0  # ingest: drop-folder poll interval; a file must be unchanged over two polls
     ingest_memory_mb: float = 1024.0  # ingest: memory budget (MB); larger scenes are read twice, a file one row of tiles of which does not fit is refused
     log_level: str = "INFO"
+    # Monitoring (docs/monitoring.md): profiles per window, drift against a reference, alerts.
+    profile_window_s: int = 60  # consumers add their profiles to one hash per window
+    profile_flush_s: float = 5.0  # ... at most this often
+    baseline_frames: int = 500  # default reference: the first N frames a model version ran
+    drift_psi: float = 0.25  # population stability index above which a distribution has drifted
+    drift_rate: float = 0.5  # relative change of detections per tile that is drift
+    drift_min_tiles: int = 50  # fewer tiles than this in a window: not judged
+    quiet_s: float = 300.0  # a feed with frames waiting or recently active that sees none this long
+    dead_rate: float = 0.05  # dead letters / frames over a window above which an alert is raised
     # Object storage (s3:// locations). The conventional AWS variables are read too
     # (AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY, AWS_SESSION_TOKEN, AWS_REGION, AWS_ENDPOINT_URL);
     # the endpoint is for S3-compatible stores (MinIO, Ceph, a test server): http:// turns HTTPS off.

@@ -27,7 +27,7 @@ from groundwatch import keys
 from groundwatch.frames import Frame, FrameError, PixelWindow, check_scene_id
 from groundwatch.geometry import grid, is_all_nodata, pad
 from groundwatch.settings import Settings
-from ingest import objectstore, publisher
+from ingest import objectstore, publisher, quicklook
 from ingest.errors import InputError
 from ingest.rasters import open_raster
 
@@ -361,9 +361,12 @@ def ingest_file(
             raster.acquired = acquired.astimezone(UTC) if acquired.tzinfo else acquired.replace(tzinfo=UTC)
         if source is None:
             source = str(location) if isinstance(location, str) else name
-        return ingest_scene(
+        result = ingest_scene(
             client, settings, raster, scene, source=source, force=force, on_progress=on_progress
         )
+        if not result.duplicate:
+            quicklook.publish(client, settings.feed, scene, raster, settings.scene_ttl_s)
+        return result
 
 
 def publish_array(
