@@ -225,7 +225,6 @@ def _s3_rows(
     client: redis.Redis, settings: Settings, a: np.ndarray, tmpdir: Path, rounds: int
 ) -> list[dict[str, Any]]:
     """Local COG against the same COG on an S3 server: interleaved rounds, median and spread."""
-    import os
     import statistics
     import subprocess
 
@@ -256,7 +255,6 @@ def _s3_rows(
         [sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)],
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
-        env={**os.environ},
     )
     try:
         endpoint = f"http://127.0.0.1:{port}"

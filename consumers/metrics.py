@@ -86,6 +86,18 @@ def render(feeds: list[status.FeedStatus]) -> str:
         "recent end-to-end latency percentiles (frame published to result published)",
         [(feed(st, quantile=f"0.{q[1:]}"), v) for st in feeds for q, v in st.latency_ms.items()],
     )
+    metric(
+        "drift",
+        "gauge",
+        "the monitor's latest drift figure per measure (PSI, or relative change of detections per tile)",
+        [(feed(st, measure=m), v) for st in feeds for m, v in sorted(st.drift.items())],
+    )
+    metric(
+        "alert_active",
+        "gauge",
+        "1 for each alert active now (groundwatch monitor)",
+        [(feed(st, alert=a), 1.0) for st in feeds for a in sorted(st.alerts)],
+    )
     return "\n".join(out) + "\n"
 
 

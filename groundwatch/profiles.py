@@ -16,8 +16,9 @@ log-bucket histogram is 40 lines of NumPy, vectorised, and its Redis form is pla
 
 Drift is the population stability index (PSI) between the reference and the current
 distribution, over ten bins cut at the reference's deciles (bins the usual rule of thumb reads:
-< 0.1 stable, 0.1-0.25 moderate, > 0.25 a shift), plus the relative change of detections per
-tile. A measure needs at least ``min_tiles`` tiles on both sides to be judged.
+< 0.1 stable, 0.1-0.25 moderate, > 0.25 a shift), the relative change of each band's mean (PSI
+alone is blind to a gain change of a wide distribution: a 20% brighter speckled band moves PSI
+by only about 0.12), and the relative change of detections per tile. A measure needs at least ``min_tiles`` tiles on both sides to be judged.
 """
 
 from __future__ import annotations
@@ -62,9 +63,14 @@ def bucket_value(key: int) -> float:
     return v if key > 0 else -v
 
 
+_SPAN = 4500  # |key| < 4500 for every finite float64 of magnitude up to 1.8e308
+
+
 def count_buckets(values: np.ndarray) -> dict[int, int]:
-    keys, counts = np.unique(bucket_keys(values), return_counts=True)
-    return {int(k): int(c) for k, c in zip(keys, counts, strict=True)}
+    """Bucket counts (a bincount over the bounded key range: linear, no sort)."""
+    counts = np.bincount(bucket_keys(values) + _SPAN, minlength=2 * _SPAN + 1)
+    nz = np.flatnonzero(counts)
+    return {int(k) - _SPAN: int(counts[k]) for k in nz}
 
 
 def quantile(buckets: Mapping[int, int], q: float) -> float | None:
@@ -163,8 +169,8 @@ class Profile:
             for k, c in ob.buckets.items():
                 b.buckets[k] = b.buckets.get(k, 0) + c
         self.detections += other.detections
-        for c, n in other.classes.items():
-            self.classes[c] = self.classes.get(c, 0) + n
+        for name, n in other.classes.items():
+            self.classes[name] = self.classes.get(name, 0) + n
         self.scores = [a + b for a, b in zip(self.scores, other.scores, strict=True)]
         return self
 
@@ -202,8 +208,8 @@ def to_fields(p: Profile) -> tuple[dict[str, int], dict[str, float]]:
         floats[f"b{i}:sumsq"] = b.total_sq
         for k, c in b.buckets.items():
             ints[f"b{i}:k{k}"] = c
-    for c, n in p.classes.items():
-        ints[f"cls:{c}"] = n
+    for name, n in p.classes.items():
+        ints[f"cls:{name}"] = n
     for j, n in enumerate(p.scores):
         if n:
             ints[f"score:{j}"] = n
@@ -271,7 +277,8 @@ def psi(reference: Iterable[float], current: Iterable[float]) -> float:
 
 @dataclass(frozen=True)
 class Measure:
-    """One drift figure: what (``band:0``, ``scores``, ``classes``, ``detections_per_tile``),
+    """One drift figure: what (``band:0`` (PSI), ``band:0:mean``, ``scores``, ``classes``,
+    ``detections_per_tile``),
     its value, and the threshold it is judged against."""
 
     name: str
@@ -289,6 +296,7 @@ def drift(
     current: Profile,
     *,
     psi_threshold: float = 0.25,
+    mean_threshold: float = 0.1,
     rate_threshold: float = 0.5,
     min_tiles: int = 50,
 ) -> list[Measure]:
@@ -297,16 +305,22 @@ def drift(
         return []
     out: list[Measure] = []
     for i, (rb, cb) in enumerate(zip(reference.bands, current.bands, strict=False)):
+        means = f"band {i + 1} mean {_fmt(rb.mean)} -> {_fmt(cb.mean)}"
+        if rb.mean and cb.mean is not None:
+            out.append(
+                Measure(f"band:{i}:mean", abs(cb.mean - rb.mean) / abs(rb.mean), mean_threshold, means)
+            )
         v = psi_buckets(rb.buckets, cb.buckets)
         if v is not None:
-            out.append(
-                Measure(f"band:{i}", v, psi_threshold, f"band {i + 1} mean {_fmt(rb.mean)} -> {_fmt(cb.mean)}")
-            )
+            out.append(Measure(f"band:{i}", v, psi_threshold, means + " (distribution)"))
     if reference.detections and current.detections:
         out.append(
             Measure(
                 "scores",
-                psi(np.array(reference.scores) / reference.detections, np.array(current.scores) / current.detections),
+                psi(
+                    np.array(reference.scores) / reference.detections,
+                    np.array(current.scores) / current.detections,
+                ),
                 psi_threshold,
                 "score distribution",
             )

@@ -64,6 +64,7 @@ class Settings:
     profile_flush_s: float = 5.0  # ... at most this often
     baseline_frames: int = 500  # default reference: the first N frames a model version ran
     drift_psi: float = 0.25  # population stability index above which a distribution has drifted
+    drift_mean: float = 0.1  # relative change of a band's mean that is drift
     drift_rate: float = 0.5  # relative change of detections per tile that is drift
     drift_min_tiles: int = 50  # fewer tiles than this in a window: not judged
     quiet_s: float = 300.0  # a feed with frames waiting or recently active that sees none this long

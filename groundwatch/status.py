@@ -40,6 +40,8 @@ class FeedStatus:
     # what stops the feed now (keys.faults): consumer -> fault of the system it backs off on,
     # "model-fit" -> the last frame that did not fit the active model; values: (reason, at ms)
     faults: dict[str, tuple[str, int]] = field(default_factory=dict)
+    drift: dict[str, float] = field(default_factory=dict)  # the monitor's latest figures (keys.drift)
+    alerts: dict[str, str] = field(default_factory=dict)  # active alerts (keys.alert_state): name -> detail
 
 
 def percentiles(values: list[float], points: tuple[int, ...] = (50, 90, 99)) -> dict[str, float]:
@@ -115,6 +117,17 @@ def collect(client: redis.Redis, feed: str | None = None) -> list[FeedStatus]:
                 st.faults[_text(who)] = (str(doc["reason"]), int(doc["at"]))
             except (ValueError, KeyError, TypeError):
                 st.faults[_text(who)] = (_text(raw), 0)
+        for measure, raw in client.hgetall(keys.drift(name)).items():
+            try:
+                doc = json.loads(raw)
+                st.drift[_text(measure)] = float(doc["value"])
+            except (ValueError, KeyError, TypeError):
+                continue  # the version/window/history fields, or not ours
+        for alert, raw in client.hgetall(keys.alert_state(name)).items():
+            try:
+                st.alerts[_text(alert)] = str(json.loads(raw).get("detail", ""))
+            except (ValueError, AttributeError):
+                st.alerts[_text(alert)] = _text(raw)
         active = client.get(keys.active_model(name))
         if active:
             st.model = _text(active)
@@ -159,4 +172,6 @@ def render(feeds: list[FeedStatus]) -> str:
                 lines.append(f"  FAULT model fit: {reason} (last at {when})")
             else:
                 lines.append(f"  FAULT consumer {who}: {reason} (since {when})")
+        for alert, detail in sorted(st.alerts.items()):
+            lines.append(f"  ALERT {alert}: {detail}")
     return "\n".join(lines)

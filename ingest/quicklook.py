@@ -29,9 +29,9 @@ def render(raster: Any, max_px: int = MAX_PX) -> tuple[bytes, int, int]:
     scale = max(raster.width_px, raster.height_px) / max_px
     w, h = max(1, round(raster.width_px / max(scale, 1))), max(1, round(raster.height_px / max(scale, 1)))
     bands = list(raster.bands[:3]) if len(raster.bands) >= 3 else [raster.bands[0]]
-    a = raster.dataset.read(indexes=bands, out_shape=(len(bands), h, w), resampling=Resampling.nearest).astype(
-        np.float64
-    )
+    a = raster.dataset.read(
+        indexes=bands, out_shape=(len(bands), h, w), resampling=Resampling.nearest
+    ).astype(np.float64)
     valid = np.isfinite(a)
     if raster.nodata is not None and not np.isnan(raster.nodata):
         valid &= a != raster.nodata

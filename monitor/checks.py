@@ -13,6 +13,7 @@ Health: ``quiet`` (no frame published on a feed that had frames for ``quiet_s``)
 
 from __future__ import annotations
 
+import itertools
 import json
 import logging
 from dataclasses import dataclass, field
@@ -75,12 +76,16 @@ def set_reference(
     key = keys.profile_reference(feed, version)
     pipe = client.pipeline(transaction=True)
     pipe.delete(key)
-    pipe.hset(key, mapping={**ints, **floats, "meta:windows": ",".join(map(str, chosen)), "meta:source": source})
+    pipe.hset(
+        key, mapping={**ints, **floats, "meta:windows": ",".join(map(str, chosen)), "meta:source": source}
+    )
     pipe.execute()
     return ref
 
 
-def reference(client: redis.Redis, feed: str, version: str, baseline_frames: int) -> tuple[profiles.Profile, set[int]]:
+def reference(
+    client: redis.Redis, feed: str, version: str, baseline_frames: int
+) -> tuple[profiles.Profile, set[int]]:
     """The version's reference and its windows; the default (first `baseline_frames` frames)
     is made when there is none and enough frames have been profiled."""
     h = client.hgetall(keys.profile_reference(feed, version))
@@ -93,7 +98,9 @@ def reference(client: redis.Redis, feed: str, version: str, baseline_frames: int
         chosen.append(w)
         tiles += load(client, feed, version, w).tiles
         if tiles >= baseline_frames:
-            return set_reference(client, feed, version, chosen, f"first {baseline_frames} frames"), set(chosen)
+            return set_reference(client, feed, version, chosen, f"first {baseline_frames} frames"), set(
+                chosen
+            )
     return profiles.Profile(), set()
 
 
@@ -132,18 +139,28 @@ def _drift(client: redis.Redis, settings: Settings, report: Report, now_ms: int)
         ref,
         current,
         psi_threshold=settings.drift_psi,
+        mean_threshold=settings.drift_mean,
         rate_threshold=settings.drift_rate,
         min_tiles=settings.drift_min_tiles,
     )
     figures = {m.name: profiles.measure_json(m) for m in report.measures}
     if figures:
-        client.hset(keys.drift(feed), mapping={**figures, "version": version, "window": str(report.current_window)})
+        client.hset(
+            keys.drift(feed), mapping={**figures, "version": version, "window": str(report.current_window)}
+        )
     for m in report.measures:
         name = f"drift:{m.name}"
         detail = f"{m.detail}: PSI/change {m.value:.3f} (threshold {m.threshold:g}), window {report.current_window}"
         if m.drifted:
             e = alerts.raise_alert(
-                client, feed, name, value=m.value, threshold=m.threshold, version=version, now_ms=now_ms, detail=detail
+                client,
+                feed,
+                name,
+                value=m.value,
+                threshold=m.threshold,
+                version=version,
+                now_ms=now_ms,
+                detail=detail,
             )
         elif m.value < m.threshold * CLEAR_FACTOR:
             e = alerts.clear_alert(client, feed, name, value=m.value, now_ms=now_ms, detail=detail)
@@ -177,7 +194,9 @@ def _quiet(client: redis.Redis, settings: Settings, report: Report, now_ms: int)
             detail=f"no frame published for {silent_s:.0f} s; is the ground station or ingest running?",
         )
     else:
-        e = alerts.clear_alert(client, report.feed, "quiet", value=silent_s, now_ms=now_ms, detail="frames arrive again")
+        e = alerts.clear_alert(
+            client, report.feed, "quiet", value=silent_s, now_ms=now_ms, detail="frames arrive again"
+        )
     if e is not None:
         report.events.append(e)
 
@@ -225,7 +244,7 @@ def _lag(client: redis.Redis, settings: Settings, report: Report, now_ms: int) -
     history = json.loads(raw) if raw else []
     history = [*history, lag][-(LAG_CHECKS + 1) :]
     client.hset(keys.drift(report.feed), "lag:history", json.dumps(history))
-    growing = len(history) > LAG_CHECKS and all(b > a for a, b in zip(history, history[1:], strict=False))
+    growing = len(history) > LAG_CHECKS and all(b > a for a, b in itertools.pairwise(history))
     detail = f"consumer group lag {' -> '.join(map(str, history))} frames"
     if growing and lag > settings.max_lag:
         e = alerts.raise_alert(

@@ -15,15 +15,21 @@ if TYPE_CHECKING:
 
 
 def register(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("monitor", help="drift of inputs and outputs against a reference; raise and clear alerts")
+    p = sub.add_parser(
+        "monitor", help="drift of inputs and outputs against a reference; raise and clear alerts"
+    )
     p.add_argument("--feed", dest="feed", default=None, help="only this feed (default: every feed)")
     p.add_argument("--interval-s", type=float, default=10.0, help="seconds between checks (10)")
     p.add_argument("--burst", action="store_true", help="check once and exit")
     actions = p.add_subparsers(dest="action", metavar="ACTION")
     b = actions.add_parser("baseline", help="take the reference profile of a feed's model from a time range")
     b.add_argument("--feed", dest="feed", required=True, help="the feed")
-    b.add_argument("--model", default=None, metavar="NAME:VERSION", help="the version (default: the active one)")
-    b.add_argument("--from", dest="start", default=None, metavar="ISO-TIME", help="first moment (default: all)")
+    b.add_argument(
+        "--model", default=None, metavar="NAME:VERSION", help="the version (default: the active one)"
+    )
+    b.add_argument(
+        "--from", dest="start", default=None, metavar="ISO-TIME", help="first moment (default: all)"
+    )
     b.add_argument("--to", dest="end", default=None, metavar="ISO-TIME", help="last moment (default: now)")
     p.set_defaults(handler=cmd_monitor)
 
@@ -34,7 +40,9 @@ def _ms(text: str | None) -> float | None:
     try:
         return datetime.fromisoformat(text.replace("Z", "+00:00")).timestamp()
     except ValueError as e:
-        raise SystemExit(f"groundwatch monitor: {text!r} is not an ISO time (e.g. 2026-12-01T10:00:00Z)") from e
+        raise SystemExit(
+            f"groundwatch monitor: {text!r} is not an ISO time (e.g. 2026-12-01T10:00:00Z)"
+        ) from e
 
 
 def cmd_monitor(settings: Settings, args: argparse.Namespace) -> int:
@@ -45,7 +53,10 @@ def cmd_monitor(settings: Settings, args: argparse.Namespace) -> int:
     if args.action == "baseline":
         version = args.model or (client.get(keys.active_model(args.feed)) or b"").decode() or None
         if version is None:
-            print(f"groundwatch monitor: feed {args.feed} has no active model; give --model NAME:VERSION", file=sys.stderr)
+            print(
+                f"groundwatch monitor: feed {args.feed} has no active model; give --model NAME:VERSION",
+                file=sys.stderr,
+            )
             return 2
         start, end = _ms(args.start), _ms(args.end)
         w = settings.profile_window_s
@@ -55,7 +66,9 @@ def cmd_monitor(settings: Settings, args: argparse.Namespace) -> int:
             if (start is None or (x + 1) * w > start) and (end is None or x * w <= end)
         ]
         try:
-            ref = checks.set_reference(client, args.feed, version, chosen, f"baseline {args.start}..{args.end}")
+            ref = checks.set_reference(
+                client, args.feed, version, chosen, f"baseline {args.start}..{args.end}"
+            )
         except MonitorError as e:
             print(f"groundwatch monitor: {e}", file=sys.stderr)
             return 1
@@ -66,8 +79,8 @@ def cmd_monitor(settings: Settings, args: argparse.Namespace) -> int:
         now_ms = int(time.time() * 1000)
         for feed in feeds:
             report = checks.check(client, settings, feed, now_ms)
-            for e in report.events:
-                print(f"{feed}: {e.event} {e.alert}: {e.detail}", flush=True)
+            for ev in report.events:
+                print(f"{feed}: {ev.event} {ev.alert}: {ev.detail}", flush=True)
             if args.burst:
                 print(_describe(report))
         if args.burst:

@@ -117,7 +117,10 @@ def latest_scenes(client: redis.Redis, feed: str, count: int = SCENES_PER_FEED) 
 
 
 def _pubsub_thread(
-    settings: Settings, loop: asyncio.AbstractEventLoop, queue: asyncio.Queue[tuple[str, str]], stop: threading.Event
+    settings: Settings,
+    loop: asyncio.AbstractEventLoop,
+    queue: asyncio.Queue[tuple[str, str]],
+    stop: threading.Event,
 ) -> None:
     """PSUBSCRIBE every feed's channels; hand (event, JSON) to the event loop until stopped."""
     client = connection.connect(settings)
@@ -141,7 +144,12 @@ def _pubsub_thread(
                     continue
             elif kind == "detections":
                 h = doc.get("groundwatch", {}) if isinstance(doc, dict) else {}
-                payload = {"feed": h.get("feed"), "scene": h.get("scene"), "tile": h.get("tile"), "count": h.get("count")}
+                payload = {
+                    "feed": h.get("feed"),
+                    "scene": h.get("scene"),
+                    "tile": h.get("tile"),
+                    "count": h.get("count"),
+                }
             else:
                 payload = doc
             loop.call_soon_threadsafe(queue.put_nowait, (kind, json.dumps(payload)))
@@ -193,7 +201,9 @@ def create_app(settings: Settings) -> Starlette:
             finally:
                 stop.set()
 
-        return StreamingResponse(stream(), media_type="text/event-stream", headers={"Cache-Control": "no-cache"})
+        return StreamingResponse(
+            stream(), media_type="text/event-stream", headers={"Cache-Control": "no-cache"}
+        )
 
     return Starlette(
         routes=[

@@ -1,7 +1,7 @@
 """The layering, read from the source with `ast` (so a new import that breaks it fails here).
 
 - the core (groundwatch/) imports no role, and neither the composition roots;
-- a role (ingest, loaders, consumers, models) imports only the core and itself;
+- a role (ingest, loaders, consumers, models, monitor, web) imports only the core and itself;
 - demo/ and bench/ are the declared composition roots: they may import everything;
 - ``os.environ`` (and ``os.getenv``) is read only in groundwatch/settings.py and the server
   launcher groundwatch/server.py (the composition roots may copy it whole for a child process);
@@ -19,7 +19,7 @@ import pytest
 from groundwatch.settings import REPO_ROOT
 
 CORE = "groundwatch"
-ROLES = ("ingest", "loaders", "consumers", "models")
+ROLES = ("ingest", "loaders", "consumers", "models", "monitor", "web")
 ROOTS = ("demo", "bench")
 PACKAGES = (CORE, *ROLES, *ROOTS)
 
