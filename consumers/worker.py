@@ -183,6 +183,7 @@ class Consumer:
             self.profiler.flush()
         finally:
             try:
+                self._note_fault(None)  # a consumer that is gone backs off on nothing
                 self.lease.release()
             except redis.RedisError:
                 pass

@@ -238,6 +238,21 @@ def test_the_dag_timeout_is_inside_claim_idle_ms() -> None:
         Settings(claim_idle_ms=30000, dag_timeout_ms=20000)
 
 
+def test_redeliveries_that_never_ran_do_not_send_good_frames_to_the_dead_letters(engine: redis.Redis) -> None:
+    """The issue: crashes and reclaims raised XPENDING's delivery count, and after three of them
+    good frames went to the dead letters ("delivered 4 times") without ever running."""
+    install_model(engine, FEED)
+    engine.xgroup_create(keys.frames(FEED), "detectors", id="0", mkstream=True)
+    ids = publish(engine, FEED, good(3))
+    engine.xreadgroup("detectors", "crashed-0", {keys.frames(FEED): ">"}, count=10)
+    for n in range(1, 6):  # five more consumers took them and died before running them
+        engine.xclaim(keys.frames(FEED), "detectors", f"crashed-{n}", 0, ids)
+    [row] = engine.xpending_range(keys.frames(FEED), "detectors", ids[0], ids[0], 1)
+    assert row["times_delivered"] == 6
+    stats = burst(engine, claim_idle_ms=0)
+    assert stats.frames_done == 3 and stats.dead == 0
+
+
 # --- identity --------------------------------------------------------------------------------
 
 
