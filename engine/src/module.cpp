@@ -18,6 +18,7 @@
 #include "glue.h"
 #include "objects.h"
 #include "rm_api.h"
+#include "rdb_legacy.h"
 #include "serialization.h"
 #include "tensor.h"
 
@@ -89,10 +90,11 @@ bool io_loading(RedisModuleIO *io) {
   return ctx && (RedisModule_GetContextFlags(ctx) & REDISMODULE_CTX_FLAGS_LOADING);
 }
 
-bool supported_encver(RedisModuleIO *io, int encver, const char *type) {
-  if (encver == kEncodingVersion) return true;
-  RedisModule_LogIOError(io, "warning", "%s: encoding version %d is not supported (only %d)", type,
-                         encver, kEncodingVersion);
+/* Encodings 0-3 (RedisAI 1.0-1.2.4) go to the legacy decoders (rdb_legacy.h); above 4 a value
+ * is refused with RedisAI's message. */
+bool supported_encver(RedisModuleIO *io, int encver, const char *what) {
+  if (encver_known(encver)) return true;
+  RedisModule_LogIOError(io, "warning", "%s", encver_refusal(what).c_str());
   return false;
 }
 
@@ -111,12 +113,12 @@ RedisModuleString *mkstr(const char *p, size_t n) { return RedisModule_CreateStr
 /* ==== AI_TENSOR =============================================================================== */
 
 void *tensor_rdb_load(RedisModuleIO *io, int encver) {
-  if (!supported_encver(io, encver, "AI_TENSOR")) return nullptr;
+  if (!supported_encver(io, encver, "tensor")) return nullptr;
   IOReader r(io);
   std::string err;
   bool loading = io_loading(io);
   uint64_t limit = static_cast<uint64_t>(config.tensor_max_bytes);
-  Tensor *t = load_tensor(r, &err, loading ? kTensorBytesCeiling : limit);
+  Tensor *t = load_tensor_any(r, encver, &err, loading ? kTensorBytesCeiling : limit);
   if (!t) {
     RedisModule_LogIOError(io, "warning", "AI_TENSOR: %s", err.c_str());
   } else if (t->nbytes > limit) {
@@ -156,11 +158,11 @@ void *tensor_copy(RedisModuleString *fromkey, RedisModuleString *tokey, const vo
 /* ==== AI__MODEL =============================================================================== */
 
 void *model_rdb_load(RedisModuleIO *io, int encver) {
-  if (!supported_encver(io, encver, "AI__MODEL")) return nullptr;
+  if (!supported_encver(io, encver, "model")) return nullptr;
   IOReader r(io);
   ModelRecord rec;
   std::string err;
-  if (!load_model(r, &rec, &err)) {
+  if (!load_model_any(r, encver, &rec, &err)) {
     RedisModule_LogIOError(io, "warning", "AI__MODEL: %s", err.c_str());
     return nullptr;
   }
@@ -273,11 +275,11 @@ void model_free(void *value) { static_cast<Model *>(value)->release(); }
 /* ==== AI_SCRIPT =============================================================================== */
 
 void *script_rdb_load(RedisModuleIO *io, int encver) {
-  if (!supported_encver(io, encver, "AI_SCRIPT")) return nullptr;
+  if (!supported_encver(io, encver, "script")) return nullptr;
   IOReader r(io);
   ScriptRecord rec;
   std::string err;
-  if (!load_script(r, &rec, &err)) {
+  if (!load_script_any(r, encver, &rec, &err)) {
     RedisModule_LogIOError(io, "warning", "AI_SCRIPT: %s", err.c_str());
     return nullptr;
   }

@@ -98,8 +98,9 @@ void save_tensor(RdbWriter &w, const Tensor &t) {
   }
 }
 
+const char kRdbTruncated[] = "record is truncated or has a field of the wrong type";
 namespace {
-const char kTruncated[] = "record is truncated or has a field of the wrong type";
+const char *const kTruncated = kRdbTruncated;
 }  // namespace
 
 Tensor *load_tensor(RdbReader &r, std::string *err, uint64_t max_bytes) {
@@ -195,15 +196,14 @@ void save_model(RdbWriter &w, const ModelRecord &m, size_t chunk_size) {
 }
 
 namespace {
-/* RedisAI's counts of inputs, outputs and entry points are tiny; this is far above any real one
- * and keeps a crafted count from sizing anything. */
-constexpr uint64_t kMaxNames = 65536;
-constexpr size_t kMaxDevice = 256;
+constexpr uint64_t kMaxNames = kMaxRdbNames;
+constexpr size_t kMaxDevice = kMaxRdbDevice;
 }  // namespace
 
 bool load_model(RdbReader &r, ModelRecord *m, std::string *err) {
   uint64_t batchsize = 0, minbatchsize = 0, minbatchtimeout = 0;
-  if (!r.u64(&m->backend) || !r.str(&m->device, kMaxDevice) || !r.str(&m->tag) ||
+  /* The tag is a RedisModuleString, taken verbatim (a binary tag may end in NUL). */
+  if (!r.u64(&m->backend) || !r.str(&m->device, kMaxDevice) || !r.raw(&m->tag) ||
       !r.u64(&batchsize) || !r.u64(&minbatchsize) || !r.u64(&minbatchtimeout)) {
     *err = kTruncated;
     return false;
@@ -216,6 +216,10 @@ bool load_model(RdbReader &r, ModelRecord *m, std::string *err) {
   m->batchsize = static_cast<long long>(batchsize);
   m->minbatchsize = static_cast<long long>(minbatchsize);
   m->minbatchtimeout = static_cast<long long>(minbatchtimeout);
+  return load_model_names(r, m, err) && load_model_chunks(r, m, err);
+}
+
+bool load_model_names(RdbReader &r, ModelRecord *m, std::string *err) {
   for (std::vector<std::string> *names : {&m->inputs, &m->outputs}) {
     uint64_t n = 0;
     if (!r.count(&n, kMaxNames)) {
@@ -230,6 +234,10 @@ bool load_model(RdbReader &r, ModelRecord *m, std::string *err) {
       }
     }
   }
+  return true;
+}
+
+bool load_model_chunks(RdbReader &r, ModelRecord *m, std::string *err) {
   uint64_t total = 0, nchunks = 0;
   if (!r.u64(&total) || !r.u64(&nchunks)) {
     *err = kTruncated;
@@ -294,7 +302,7 @@ void save_script(RdbWriter &w, const ScriptRecord &s) {
 
 bool load_script(RdbReader &r, ScriptRecord *s, std::string *err) {
   uint64_t n = 0;
-  if (!r.str(&s->device, kMaxDevice) || !r.str(&s->tag) || !r.str(&s->source)) {
+  if (!r.str(&s->device, kMaxDevice) || !r.raw(&s->tag) || !r.str(&s->source)) {
     *err = kTruncated;
     return false;
   }

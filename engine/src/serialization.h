@@ -8,8 +8,8 @@
  *   script: device, tag, source, entry points
  * Field by field as RedisAI 1.2 wrote them: ndim and dims signed, the device, source, names
  * and entry points NUL-terminated (C strings), tags without a NUL (RedisModuleStrings), and
- * STRING tensors followed by each element's start offset. The reader accepts strings with or
- * without the NUL.
+ * STRING tensors followed by each element's start offset. The reader accepts C strings with or
+ * without the NUL and takes tags verbatim. Older encodings (0-3): rdb_legacy.h.
  * Written against small reader/writer interfaces so the layouts are independent of Redis.
  */
 #ifndef GROUNDWATCH_SERIALIZATION_H
@@ -111,6 +111,15 @@ Tensor *load_tensor(RdbReader &r, std::string *err, uint64_t max_bytes = kTensor
 
 void save_model(RdbWriter &w, const ModelRecord &m, size_t chunk_size);
 bool load_model(RdbReader &r, ModelRecord *m, std::string *err);
+/* The parts of load_model the legacy encodings share (rdb_legacy.cpp): the input and output name
+ * lists, and the blob as total length, chunk count and chunks. */
+bool load_model_names(RdbReader &r, ModelRecord *m, std::string *err);
+bool load_model_chunks(RdbReader &r, ModelRecord *m, std::string *err);
+/* RedisAI's counts of inputs, outputs and entry points are tiny; this is far above any real one
+ * and keeps a crafted count from sizing anything. */
+constexpr uint64_t kMaxRdbNames = 65536;
+constexpr size_t kMaxRdbDevice = 256;
+extern const char kRdbTruncated[];
 
 void save_script(RdbWriter &w, const ScriptRecord &s);
 bool load_script(RdbReader &r, ScriptRecord *s, std::string *err);

@@ -58,8 +58,11 @@ def string_claiming(length: int, b: bytes) -> bytes:
     return enc_len(OP_STRING) + enc_len(length) + b
 
 
-def payload(type_name: str, fields: Sequence[bytes], rdb_version: int = 9, eof: bool = True) -> bytes:
-    data = bytes([RDB_TYPE_MODULE_2]) + enc_len(module_id(type_name)) + b"".join(fields)
+def payload(
+    type_name: str, fields: Sequence[bytes], rdb_version: int = 9, eof: bool = True, encver: int = 4
+) -> bytes:
+    """A DUMP payload; encver is the encoding version inside the module id (0-3: RedisAI 1.0-1.2.4)."""
+    data = bytes([RDB_TYPE_MODULE_2]) + enc_len(module_id(type_name, encver)) + b"".join(fields)
     if eof:
         data += enc_len(OP_EOF)
     data += struct.pack("<H", rdb_version)

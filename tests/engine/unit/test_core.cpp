@@ -11,6 +11,7 @@
 #include <vector>
 
 #include "batching.h"
+#include "rdb_legacy.h"
 #include "serialization.h"
 #include "tensor.h"
 
@@ -379,7 +380,101 @@ static void test_hostile_records() {
   }
 }
 
+/* ==== Legacy encodings (0-3) ==================================================================
+ * The spec's example records, every truncation of them, and the fields that are dead data. */
+
+static void test_legacy() {
+  {
+    /* FLOAT [2] = 1, 2 in encver 0-3: U1 U0 U32 U2 U1 U1 U2 U1 U0 B(8 bytes). */
+    BufferWriter b;
+    for (uint64_t v : {1, 0, 32, 2, 1, 1, 2, 1, 0}) b.u64(v);
+    const float vals[2] = {1, 2};
+    b.bytes(reinterpret_cast<const char *>(vals), 8);
+    for (int encver = 0; encver < 4; encver++) {
+      BufferReader r(b.out.data(), b.out.size());
+      std::string err;
+      Tensor *t = load_tensor_any(r, encver, &err);
+      CHECK(t && r.at_end() && t->dtype == GW_DTYPE_FLOAT && t->shape == std::vector<int64_t>{2} &&
+            memcmp(t->data, vals, 8) == 0);
+      if (t) t->release();
+    }
+    for (size_t cut = 0; cut < b.out.size(); cut++) {
+      BufferReader r(b.out.data(), cut);
+      std::string err;
+      CHECK(load_tensor_legacy(r, &err, kTensorBytesCeiling) == nullptr && !err.empty());
+    }
+    /* The same bytes as a version-4 record are something else entirely (and refused). */
+    BufferReader r4(b.out.data(), b.out.size());
+    std::string err;
+    Tensor *t4 = load_tensor_any(r4, 4, &err);
+    CHECK(t4 == nullptr);
+    BufferReader r5(b.out.data(), b.out.size());
+    CHECK(load_tensor_any(r5, 5, &err) == nullptr &&
+          err == "Failed loading tensor, RedisAI version (10207) is not forward compatible.");
+  }
+  {
+    /* A 1.0 TORCH model: U2 B("CPU\0") B("v1\0") U0 U0 U0 U0 B(blob); version 1 chunked, no
+     * minbatchtimeout, tag verbatim. */
+    BufferWriter v0, v1;
+    v0.u64(2);
+    v0.bytes("CPU\0", 4);
+    v0.bytes("v1\0", 3);
+    for (uint64_t v : {7, 3, 0, 0}) v0.u64(v);
+    v0.bytes("blob-bytes", 10);
+    v1.u64(2);
+    v1.bytes("cpu\0", 4);
+    v1.bytes("t\0", 2);
+    for (uint64_t v : {8, 2, 1}) v1.u64(v);
+    v1.bytes("x\0", 2);
+    v1.u64(1);
+    v1.bytes("\0", 1);
+    v1.u64(10);
+    v1.u64(3);
+    v1.bytes("blob-", 5);
+    v1.bytes("bytes", 5);
+    v1.bytes("", 0);
+    ModelRecord m0, m1;
+    std::string err;
+    BufferReader r0(v0.out.data(), v0.out.size()), r1(v1.out.data(), v1.out.size());
+    CHECK(load_model_any(r0, 0, &m0, &err) && r0.at_end());
+    CHECK(m0.device == "CPU" && m0.tag == "v1" && m0.batchsize == 7 && m0.minbatchsize == 3 &&
+          m0.minbatchtimeout == 0 && m0.bloblen == 10 && memcmp(m0.blob, "blob-bytes", 10) == 0);
+    CHECK(load_model_any(r1, 1, &m1, &err) && r1.at_end());
+    CHECK(m1.device == "cpu" && m1.tag == std::string("t\0", 2) && m1.batchsize == 8 &&
+          m1.minbatchsize == 2 && m1.minbatchtimeout == 0 && m1.inputs == std::vector<std::string>{"x"} &&
+          m1.bloblen == 10 && memcmp(m1.blob, "blob-bytes", 10) == 0);
+    for (const std::string *rec : {&v0.out, &v1.out}) {
+      int encver = rec == &v0.out ? 0 : 1;
+      for (size_t cut = 0; cut < rec->size(); cut++) {
+        BufferReader r(rec->data(), cut);
+        ModelRecord m;
+        CHECK(!load_model_legacy(r, encver, &m, &err));
+      }
+    }
+  }
+  {
+    /* Scripts: encver 0 tag as a C string, 1-2 verbatim, no entry points either way. */
+    for (int encver = 0; encver < 3; encver++) {
+      BufferWriter b;
+      b.bytes("CPU\0", 4);
+      if (encver == 0) {
+        b.bytes("s\0", 2);
+      } else {
+        b.bytes("s", 1);
+      }
+      b.bytes("def f(a, b):\n    return a + b\n\0", 31);
+      BufferReader r(b.out.data(), b.out.size());
+      ScriptRecord s;
+      std::string err;
+      CHECK(load_script_any(r, encver, &s, &err) && r.at_end());
+      CHECK(s.device == "CPU" && s.tag == "s" && s.source == "def f(a, b):\n    return a + b\n" &&
+            s.entry_points.empty());
+    }
+  }
+}
+
 int main() {
+  test_legacy();
   test_invariants();
   test_hostile_records();
   test_picker();
