@@ -19,9 +19,11 @@ import pytest
 from groundwatch.settings import REPO_ROOT
 
 CORE = "groundwatch"
-ROLES = ("ingest", "loaders", "consumers", "models", "monitor", "web")
-ROOTS = ("demo", "bench")
-PACKAGES = (CORE, *ROLES, *ROOTS)
+ROOTS = ("demo", "bench")  # the declared composition roots
+# Every other top-level package of the repository is a role (found, not listed, so a new role is
+# held too); tests/ is not shipped and composes whatever it tests.
+PACKAGES = tuple(sorted(p.parent.name for p in REPO_ROOT.glob("*/__init__.py") if p.parent.name != "tests"))
+ROLES = tuple(p for p in PACKAGES if p != CORE and p not in ROOTS)
 
 ENV_READERS = {
     "groundwatch/settings.py",  # the one Settings object
@@ -59,6 +61,8 @@ def allowed_imports(rel: str) -> set[str]:
 def test_the_sources_are_found() -> None:
     found = {rel.split("/")[0] for rel, _ in sources()}
     assert found == set(PACKAGES)
+    assert CORE in PACKAGES and set(ROOTS) <= set(PACKAGES)
+    assert {"ingest", "loaders", "consumers", "models"} <= set(ROLES)
 
 
 @pytest.mark.parametrize("rel,tree", list(sources()), ids=lambda v: v if isinstance(v, str) else "")
