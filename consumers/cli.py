@@ -71,6 +71,12 @@ def register(sub: argparse._SubParsersAction) -> None:
         default=None,
         help="serve Prometheus metrics of the feed on this port (/metrics)",
     )
+    p.add_argument(
+        "--metrics-bind",
+        dest="metrics_bind",
+        default="127.0.0.1",
+        help="address the metrics endpoint listens on (default 127.0.0.1; 0.0.0.0 for every interface)",
+    )
     p.set_defaults(handler=cmd_consume)
 
 
@@ -92,7 +98,9 @@ def cmd_consume(settings: Settings, args: argparse.Namespace) -> int:
     if args.metrics_port is not None:
         from consumers import metrics
 
-        server = metrics.serve(connection.connect(settings), args.metrics_port, feed=consumer.feed)
+        server = metrics.serve(
+            connection.connect(settings), args.metrics_port, feed=consumer.feed, host=args.metrics_bind
+        )
         logging.getLogger("groundwatch.consumers").info(
             "metrics on http://%s:%d/metrics", *server.server_address[:2]
         )

@@ -102,9 +102,10 @@ def render(feeds: list[status.FeedStatus]) -> str:
 
 
 def serve(
-    client: redis.Redis, port: int, feed: str | None = None, host: str = "0.0.0.0"
+    client: redis.Redis, port: int, feed: str | None = None, host: str = "127.0.0.1"
 ) -> ThreadingHTTPServer:
-    """Serve /metrics on `port` (0: any free port, see server.server_address) in a daemon thread."""
+    """Serve /metrics on `host`:`port` (0: any free port, see server.server_address) in a daemon
+    thread. Loopback by default: the figures name feeds and models, so exposing them is a choice."""
 
     class Handler(BaseHTTPRequestHandler):
         def do_GET(self) -> None:

@@ -23,7 +23,7 @@ import redis
 
 from consumers.worker import Consumer
 from demo.quicklook import quicklook
-from groundwatch import geometry, keys
+from groundwatch import connection, geometry, keys
 from groundwatch.commands import embedded_server
 from groundwatch.detections import decode_scene
 from groundwatch.errors import GroundwatchError
@@ -154,15 +154,13 @@ def run_demo(
     workers: list[Consumer] = []
     try:
         s = settings.replace(redis_url=server.url, feed=FEED)
-        client = redis.Redis(port=server.port, socket_timeout=60)
+        client = connection.connect(s, timeout_s=60)
         record = load(client, detector_path(), LoadOptions(name=MODEL, feeds=(FEED,), batch=8))
         print(f"loaded {record.label}: classes {', '.join(record.classes)}, tile {record.tile_size} px")
         truth = _generate(station, drop, scenes, size_px, seed)
         print(f"{scenes} scenes of {size_px}x{size_px} px in the drop folder {drop}")
         for i in range(consumers):
-            worker = Consumer(
-                redis.Redis(port=server.port, socket_timeout=60), s.replace(consumer=f"demo-{i}")
-            )
+            worker = Consumer(connection.connect(s, timeout_s=60), s.replace(consumer=f"demo-{i}"))
             workers.append(worker)
             threads.append(threading.Thread(target=worker.run, name=f"consumer-{i}", daemon=True))
             worker.ensure_group()

@@ -17,6 +17,8 @@ from collections.abc import Callable, Sequence
 from importlib.metadata import entry_points
 from typing import Any
 
+import redis
+
 from groundwatch import __version__
 from groundwatch.errors import GroundwatchError
 from groundwatch.settings import Settings
@@ -79,6 +81,14 @@ def main(argv: Sequence[str] | None = None) -> int:
         return handler(settings, args)
     except GroundwatchError as e:
         print(f"groundwatch {args.command}: {e}", file=sys.stderr)
+        return 1
+    except redis.exceptions.NoPermissionError as e:
+        print(
+            f"groundwatch {args.command}: Redis refused: {e}. The ACL user this runs as may not do that "
+            "(roles: docs/security.md); run it as a user whose role may (REDIS_URL, or "
+            "GROUNDWATCH_REDIS_USER on the embedded server)",
+            file=sys.stderr,
+        )
         return 1
     except KeyboardInterrupt:
         return 130

@@ -5,7 +5,9 @@ hash tag ``{feed}``, so a feed's frames, its model copies, the tensors of its DA
 and its counters live in one Redis Cluster slot and every multi-key command stays legal. Keys
 that are not about one feed (the model registry) carry the registry's own tag.
 
-No other module spells a key name: they call these functions.
+No other module spells a key name: they call these functions. Passing :data:`ANY` for a feed,
+model, scene, frame or version gives the glob pattern of every such key instead (ACL rules,
+``groundwatch acl``): ``frames(ANY)`` is ``gw:{*}:frames``.
 """
 
 from __future__ import annotations
@@ -20,8 +22,22 @@ PREFIX = "gw"
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.\-]{0,63}$")
 
 
+class Wildcard(str):
+    """The glob `*` in place of a name. A str subclass, so no user input (a plain str) is ever one:
+    `--feed '*'` is still refused by check_name."""
+
+
+ANY = Wildcard("*")
+
+
 def check_name(kind: str, name: str) -> str:
-    """Feed, model and consumer names are short identifiers with no braces or colons."""
+    """Feed, model and consumer names are short identifiers with no braces or colons.
+
+    Names hold none of the glob characters ``*?[]\\``, so a key of a named feed, used as an ACL
+    pattern, matches that feed's keys only.
+    """
+    if isinstance(name, Wildcard):
+        return name
     if not _NAME.match(name):
         raise ConfigError(
             f"{kind} name {name!r} is not valid: use 1-64 letters, digits, '_', '.' or '-', "
@@ -174,7 +190,7 @@ def throughput(feed: str) -> str:
 # --- models --------------------------------------------------------------------------------
 
 
-def model(feed: str, name: str, version: int) -> str:
+def model(feed: str, name: str, version: int | Wildcard) -> str:
     """The AI model key of one version, copied into the feed's slot."""
     return _feed(feed, "model", check_name("model", name), f"v{version}")
 
@@ -238,3 +254,8 @@ def latency(feed: str) -> str:
 def scratch_model(token: str) -> str:
     """A temporary model copy (`groundwatch evaluate --engine` of a file), deleted after use."""
     return ":".join((PREFIX, "scratch", "model", check_name("scratch token", token)))
+
+
+def everything() -> str:
+    """Glob pattern of every groundwatch key and channel (ACL rules of the operator)."""
+    return PREFIX + ":*"

@@ -11,6 +11,7 @@ import os
 import shutil
 import signal
 import socket
+import ssl
 import subprocess
 import time
 from collections.abc import Sequence
@@ -18,6 +19,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from groundwatch.errors import ServerError
+from groundwatch.tls import TlsFiles
 
 INSTALL_HINT = (
     "redis-server was not found on PATH. Install Redis 7 (Debian/Ubuntu: "
@@ -39,6 +41,11 @@ class RedisServer:
     `module_args` follow `--loadmodule engine.so NAME VALUE ...`. `extra_config` are further
     `--name value` pairs (e.g. ("appendonly", "yes")). The data directory survives stop(), so
     a stopped server can be started again on the same RDB/AOF files.
+
+    With `tls`, the server listens on `port` with TLS only (no plain TCP port); with
+    `tls.mutual` it also demands a client certificate signed by the CA. `debug_command` is
+    Redis's enable-debug-command: "local" lets tests DEBUG RELOAD, `groundwatch up` says "no".
+    MODULE LOAD/UNLOAD stay off in every case (the engine is loaded at start).
     """
 
     data_dir: Path
@@ -48,6 +55,8 @@ class RedisServer:
     extra_config: Sequence[tuple[str, str]] = ()
     binary: str = "redis-server"
     env: dict[str, str] | None = None
+    tls: TlsFiles | None = None
+    debug_command: str = "local"
     process: subprocess.Popen[bytes] | None = field(default=None, init=False)
 
     @property
@@ -60,7 +69,8 @@ class RedisServer:
 
     @property
     def url(self) -> str:
-        return f"redis://127.0.0.1:{self.port}/0"
+        scheme = "rediss" if self.tls else "redis"
+        return f"{scheme}://127.0.0.1:{self.port}/0"
 
     def command_line(self) -> list[str]:
         exe = shutil.which(self.binary)
@@ -68,8 +78,7 @@ class RedisServer:
             raise ServerError(INSTALL_HINT)
         args = [
             exe,
-            "--port",
-            str(self.port),
+            *self._listen_args(),
             "--bind",
             "127.0.0.1",
             "--dir",
@@ -85,13 +94,33 @@ class RedisServer:
             "--protected-mode",
             "yes",
             "--enable-debug-command",
-            "local",
+            self.debug_command,
+            "--enable-module-command",
+            "no",
         ]
         for name, value in self.extra_config:
             args += [f"--{name}", value]
         if self.engine_module is not None:
             args += ["--loadmodule", str(self.engine_module), *self.module_args]
         return args
+
+    def _listen_args(self) -> list[str]:
+        if self.tls is None:
+            return ["--port", str(self.port)]
+        return [
+            "--port",
+            "0",
+            "--tls-port",
+            str(self.port),
+            "--tls-cert-file",
+            str(self.tls.server_cert),
+            "--tls-key-file",
+            str(self.tls.server_key),
+            "--tls-ca-cert-file",
+            str(self.tls.ca_cert),
+            "--tls-auth-clients",
+            "yes" if self.tls.mutual else "no",
+        ]
 
     def start(self, timeout_s: float = 30.0) -> RedisServer:
         """Start the process and wait until it answers PING; raises ServerError with the log."""
@@ -123,12 +152,30 @@ class RedisServer:
         )
 
     def _pings(self) -> bool:
+        """The server answers: PONG, or NOAUTH when the default user has a password."""
         try:
-            with socket.create_connection(("127.0.0.1", self.port), timeout=0.5) as s:
-                s.sendall(b"PING\r\n")
-                return s.recv(64).startswith(b"+PONG")
-        except OSError:
+            with socket.create_connection(("127.0.0.1", self.port), timeout=0.5) as raw:
+                conn = (
+                    raw
+                    if self.tls is None
+                    else self._tls_context().wrap_socket(raw, server_hostname="127.0.0.1")
+                )
+                with conn:
+                    conn.sendall(b"PING\r\n")
+                    return conn.recv(64).startswith((b"+PONG", b"-NOAUTH"))
+        except (OSError, ssl.SSLError):
             return False
+
+    def _tls_context(self) -> ssl.SSLContext:
+        assert self.tls is not None
+        # Only "does it answer?": nothing secret goes over it, and the certificate may name
+        # other hosts than 127.0.0.1. Clients verify (connection.tls_options).
+        context = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+        context.check_hostname = False
+        context.verify_mode = ssl.CERT_NONE
+        if self.tls.client_cert is not None and self.tls.client_key is not None:
+            context.load_cert_chain(str(self.tls.client_cert), str(self.tls.client_key))
+        return context
 
     def running(self) -> bool:
         return self.process is not None and self.process.poll() is None

@@ -27,11 +27,21 @@ class Settings:
 
     redis_url: where Redis is (``redis://``, ``rediss://`` for TLS, ACL user and password in
         the URL); None means the embedded server that `groundwatch up` started under data_dir.
+    redis_user: with the embedded server secured by `up --secure`, the ACL user (a role, see
+        docs/security.md) whose password the CLI takes from <data_dir>/credentials.json;
+        default operator.
+    tls_ca_cert: the CA that signed the server's certificate (``rediss://``: the certificate and
+        the host name are verified against it; default: the embedded server's CA, else the
+        system's CAs). tls_cert/tls_key: a client certificate for mutual TLS.
     data_dir: the embedded server's files (RDB, AOF, log, port file) and demo output.
     engine_module: the engine's shared object loaded into the embedded server.
     """
 
     redis_url: str | None = None
+    redis_user: str | None = None
+    tls_ca_cert: Path | None = None
+    tls_cert: Path | None = None
+    tls_key: Path | None = None
     data_dir: Path = Path(".groundwatch")
     engine_module: Path = REPO_ROOT / "engine" / "build" / "engine.so"
     threads_per_queue: int = 1
@@ -84,6 +94,11 @@ class Settings:
             raise ConfigError(
                 f"REDIS_URL {self.redis_url!r} is not a Redis URL; use redis://[user:password@]host:port/db, "
                 "rediss:// for TLS, or unix:///path/to/socket"
+            )
+        if (self.tls_cert is None) != (self.tls_key is None):
+            raise ConfigError(
+                "a client certificate needs both GROUNDWATCH_TLS_CERT and GROUNDWATCH_TLS_KEY "
+                "(the certificate and its private key, PEM)"
             )
         if self.tile_size <= 0 or not 0 <= self.tile_overlap < self.tile_size:
             raise ConfigError(

@@ -7,7 +7,7 @@ import redis
 
 from groundwatch.cli import build_parser, main
 
-CORE_COMMANDS = {"up", "down", "status"}
+CORE_COMMANDS = {"up", "down", "status", "subscribe", "acl"}
 
 
 def test_help_lists_every_subcommand_with_a_line() -> None:
