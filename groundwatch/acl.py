@@ -22,7 +22,7 @@ from typing import Any
 
 import redis
 
-from groundwatch import ai, keys
+from groundwatch import keys
 from groundwatch.errors import ConfigError, GroundwatchError
 
 ANY = keys.ANY
@@ -33,10 +33,10 @@ _CONNECTION = ("ping",)
 # that watches is left without EXEC (nothing to publish after all).
 _TRANSACTIONS = ("multi", "exec")
 
-# This engine reports a DAG's local tensor names as keys of AI.DAGEXECUTE, so a client that runs
-# DAGs needs them in its key patterns (plain names, outside every feed: a role allowed them could
-# write the keys `in` and `out`, nothing else). Drop them once the engine reports only real keys.
-_DAG_LOCALS = (ai.DAG_INPUT, ai.DAG_OUTPUT)
+# ingest.publisher.make_durable. WAITAOF exists from Redis 7.2: `acl apply` leaves out the
+# commands a server does not know (ACL SETUSER refuses them). CONFIG GET appendfsync is not
+# granted: make_durable reports the AOF policy as unknown instead.
+_DURABILITY = ("info", "wait", "waitaof")
 
 
 class AclError(GroundwatchError):
@@ -109,8 +109,9 @@ def publisher(feeds: Sequence[str] | None = None) -> Role:
         "retention; reads no results, stores no models, runs no AI.* command",
         (
             Grant(
-                "connection, transactions, the feed registry (SADD gw:feeds)",
-                (*_CONNECTION, *_TRANSACTIONS, "unwatch", "sadd"),
+                "connection, transactions, the feed registry (SADD gw:feeds); durable acknowledgement: "
+                "INFO (version, replicas, AOF), WAIT (replicas), WAITAOF (Redis >= 7.2)",
+                (*_CONNECTION, *_TRANSACTIONS, "unwatch", "sadd", *_DURABILITY),
                 (keys.feeds(),),
             ),
             Grant(
@@ -151,10 +152,7 @@ def consumer(feeds: Sequence[str] | None = None) -> Role:
             Grant(
                 "inference: the DAG on the feed's model copies (ROUTING key, DAG tensors), metadata, AI.INFO",
                 ("ai.dagexecute", "ai.modelget", "ai.info"),
-                (
-                    *_per_feed(feeds, lambda f: keys.model(f, ANY, ANY), keys.dag_routing),
-                    *_DAG_LOCALS,
-                ),
+                _per_feed(feeds, lambda f: keys.model(f, ANY, ANY), keys.dag_routing),
             ),
             Grant("the feed's active version", ("get",), _per_feed(feeds, keys.active_model)),
             Grant(
@@ -208,7 +206,7 @@ def loader() -> Role:
             Grant(
                 "model copies: store, warm up and compare (DAGs), metadata, AI.INFO, removal",
                 ("ai.modelstore", "ai.modelget", "ai.info", "ai.dagexecute", "exists", "del"),
-                (keys.model(ANY, ANY, ANY), keys.dag_routing(ANY), *_DAG_LOCALS),
+                (keys.model(ANY, ANY, ANY), keys.dag_routing(ANY)),
             ),
             Grant("the feeds' active versions", ("get", "set"), (keys.active_model(ANY),)),
             Grant(
@@ -303,7 +301,7 @@ def operator() -> Role:
         "operator",
         "everything groundwatch does on every groundwatch key and channel (all roles, ingest --force, "
         "removing consumer groups, INFO); no ACL, CONFIG, MODULE, DEBUG, FLUSH*, KEYS, SHUTDOWN",
-        (Grant("every groundwatch command", tuple(commands), (keys.everything(), *_DAG_LOCALS)),),
+        (Grant("every groundwatch command", tuple(commands), (keys.everything(),)),),
         channels=(keys.everything(),),
     )
 
@@ -400,9 +398,10 @@ def apply(client: redis.Redis, selected: Sequence[Role], passwords: Mapping[str,
 
     Returns whether the rules were saved to the server's ACL file.
     """
+    unknown = unknown_commands(client, {c for r in selected for c in r.commands})
     try:
         for role in selected:
-            client.execute_command(*role.setuser(passwords[role.name]))
+            client.execute_command(*without(role, unknown).setuser(passwords[role.name]))
     except redis.ResponseError as e:
         raise AclError(
             f"the server refused ACL SETUSER {role.name}: {e}. Apply as a user allowed to run ACL "
@@ -417,23 +416,31 @@ def apply(client: redis.Redis, selected: Sequence[Role], passwords: Mapping[str,
     return True
 
 
+def unknown_commands(client: redis.Redis, commands: set[str]) -> set[str]:
+    """The commands (`name` or `name|sub`) this server does not have, e.g. WAITAOF before 7.2."""
+    names = sorted({c.split("|")[0] for c in commands})
+    # "COMMAND INFO" as one name: redis-py sends it as two words but skips its COMMAND reply
+    # parser, which fails on the nil a server gives for a command it does not have.
+    replies = client.execute_command("COMMAND INFO", *names)
+    missing = {n for n, info in zip(names, replies, strict=True) if info is None}
+    return {c for c in commands if c.split("|")[0] in missing}
+
+
+def without(role: Role, commands: set[str]) -> Role:
+    """The role without `commands` (those its server does not know)."""
+    if not commands & role.commands:
+        return role
+    grants = tuple(
+        replace(g, commands=tuple(c for c in g.commands if c not in commands)) for g in role.grants
+    )
+    return replace(role, grants=grants)
+
+
 def default_user_line(password: str) -> str:
     """The ACL file line of Redis's default user with a password: the administrator."""
     import hashlib
 
     return f"user default on #{hashlib.sha256(password.encode()).hexdigest()} ~* &* +@all"
-
-
-def acl_file_lines(selected: Sequence[Role], passwords: Mapping[str, str]) -> list[str]:
-    """`user ...` lines of a Redis ACL file, passwords as SHA-256 hashes (#...)."""
-    import hashlib
-
-    out = []
-    for role in selected:
-        digest = hashlib.sha256(passwords[role.name].encode()).hexdigest()
-        rules = role.rules()
-        out.append(" ".join(["user", role.name, rules[0], "#" + digest, *rules[1:]]))
-    return out
 
 
 def renamed(role: Role, user: str) -> Role:

@@ -222,12 +222,6 @@ class Engine:
         return dag_result(self._call(*dag_command(model_key, route_key, array, timeout_ms)))
 
 
-# The DAG's local tensor names. They never reach the keyspace, but this engine still reports
-# them as keys of AI.DAGEXECUTE, so ACL rules must allow them (groundwatch/acl.py).
-DAG_INPUT = "in"
-DAG_OUTPUT = "out"
-
-
 def dag_command(
     model_key: str, route_key: str, array: np.ndarray, timeout_ms: int | None = None
 ) -> list[Any]:
@@ -240,9 +234,9 @@ def dag_command(
     args: list[Any] = ["AI.DAGEXECUTE", "ROUTING", route_key]
     if timeout_ms is not None:
         args += ["TIMEOUT", timeout_ms]
-    args += ["|>", "AI.TENSORSET", DAG_INPUT, type_name(data.dtype), *data.shape, "BLOB", data.tobytes()]
-    args += ["|>", "AI.MODELEXECUTE", model_key, "INPUTS", 1, DAG_INPUT, "OUTPUTS", 1, DAG_OUTPUT]
-    args += ["|>", "AI.TENSORGET", DAG_OUTPUT, "META", "BLOB"]
+    args += ["|>", "AI.TENSORSET", "in", type_name(data.dtype), *data.shape, "BLOB", data.tobytes()]
+    args += ["|>", "AI.MODELEXECUTE", model_key, "INPUTS", 1, "in", "OUTPUTS", 1, "out"]
+    args += ["|>", "AI.TENSORGET", "out", "META", "BLOB"]
     return args
 
 

@@ -117,23 +117,45 @@ def embedded_server(
     )
 
 
-def secure_users(settings: Settings) -> Path:
-    """The ACL file of a secured embedded server: made once (default user and every role, each
-    with a generated password saved in the credentials file), then kept: `groundwatch acl apply`
-    changes it with ACL SAVE."""
+def secure_admin(settings: Settings) -> tuple[Path, bool]:
+    """The ACL file of a secured embedded server and whether it is new. A new one holds only the
+    default user (the administrator), with a generated password saved in the credentials file;
+    `add_role_users` fills in the roles once the server runs. An existing one is kept as it is:
+    `groundwatch acl apply` changes it with ACL SAVE."""
     from groundwatch import acl
 
     path = settings.data_dir.resolve() / ACL_FILE
     if path.exists():
-        return path
+        return path, False
+    creds = connection.credentials_file(settings)
+    admin = connection.read_credentials(creds).get("default") or acl.new_password()
+    connection.write_credentials(creds, {"default": admin})
+    connection.write_private(path, acl.default_user_line(admin) + "\n")
+    return path, True
+
+
+def add_role_users(settings: Settings) -> None:
+    """ACL SETUSER the five roles as the default user, passwords kept or generated, and ACL SAVE
+    (the rules this server's Redis version knows: acl.apply leaves out newer commands)."""
+    from groundwatch import acl
+
     roles = acl.roles()
-    known = connection.read_credentials(connection.credentials_file(settings))
-    passwords, _ = acl.choose_passwords(roles, known)
-    admin = known.get("default") or acl.new_password()
-    connection.write_credentials(connection.credentials_file(settings), {"default": admin, **passwords})
-    lines = [acl.default_user_line(admin), *acl.acl_file_lines(roles, passwords)]
-    connection.write_private(path, "\n".join(lines) + "\n")
-    return path
+    creds = connection.credentials_file(settings)
+    passwords, _ = acl.choose_passwords(roles, connection.read_credentials(creds))
+    connection.write_credentials(creds, passwords)
+    client = connection.connect(settings.replace(redis_user="default"))
+    try:
+        acl.apply(client, roles, passwords)
+    finally:
+        client.close()
+    keep_private(settings)
+
+
+def keep_private(settings: Settings) -> None:
+    """ACL SAVE writes the ACL file world-readable (hashes only, but still): only ours again."""
+    path = settings.data_dir.resolve() / ACL_FILE
+    if path.exists():
+        path.chmod(0o600)
 
 
 def connect_hints(info: connection.EmbeddedInfo, settings: Settings) -> list[str]:
@@ -181,7 +203,9 @@ def cmd_up(settings: Settings, args: argparse.Namespace) -> int:
     elif args.new_certs:
         raise ConfigError("--new-certs makes TLS certificates: use it with --tls, --mtls or --secure")
     settings.data_dir.mkdir(parents=True, exist_ok=True)
-    acl_file = secure_users(settings) if args.secure else None
+    if args.secure:
+        settings.data_dir.chmod(0o700)  # credentials, ACL file, keys, data: the owner's alone
+    acl_file, new_users = secure_admin(settings) if args.secure else (None, False)
     server = embedded_server(settings, args.port, tls=tls_files, acl_file=acl_file)
     if not args.foreground:
         # Detach: the server outlives this command; `groundwatch down` stops it.
@@ -207,6 +231,8 @@ def cmd_up(settings: Settings, args: argparse.Namespace) -> int:
         client_key=tls_files.client_key if tls_files else None,
         secure=args.secure,
     )
+    if new_users:
+        add_role_users(settings)
     info = connection.read_embedded(settings)
     assert info is not None
     mode = "TLS only" if tls_files else "plain TCP"
@@ -384,6 +410,8 @@ def cmd_acl_apply(settings: Settings, args: argparse.Namespace) -> int:
     admin = settings if settings.redis_url or settings.redis_user else settings.replace(redis_user="default")
     client = connection.connect(admin)
     saved = acl.apply(client, roles, passwords)
+    if embedded:
+        keep_private(settings)
     if target is not None:
         connection.write_credentials(target, passwords)
     base = connection.without_credentials(connection.redis_url(admin))

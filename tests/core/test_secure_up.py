@@ -74,6 +74,7 @@ def test_up_secure_refuses_strangers_and_runs_the_whole_flow_through_the_cli(
         assert set(creds) == {"default", "publisher", "consumer", "loader", "viewer", "operator"}
         assert not any(pw in out for pw in creds.values()), "`up` printed a password"
         assert "--tls --cacert" in out and "rediss://" in out
+        assert stat.S_IMODE(data.stat().st_mode) == 0o700
         for private in ("credentials.json", "users.acl", "tls/ca.key", "tls/server.key"):
             assert stat.S_IMODE((data / private).stat().st_mode) == 0o600, private
         assert creds["default"] not in (data / "users.acl").read_text()  # hashes only
@@ -121,8 +122,10 @@ def test_up_secure_refuses_strangers_and_runs_the_whole_flow_through_the_cli(
         assert _cli(data, "viewer", "status", "--feed", FEED) == 0
         shown = capsys.readouterr().out
         assert "frames_done 4" in shown and "ship:1" in shown
-        # the viewer may not do the publisher's part; the CLI says why
+        # a role may not do another's part, and the CLI says why
         assert _cli(data, "viewer", "ingest", str(scene), "--feed", FEED, "--force", *tiles) == 1
+        assert "no permissions" in capsys.readouterr().err
+        assert _cli(data, "publisher", "status") == 1
         assert "docs/security.md" in capsys.readouterr().err
         # no user given: the CLI logs in as the operator
         assert main(["--data-dir", str(data), "model", "list"]) == 0
