@@ -16,12 +16,11 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import redis
 
 from bench import alternatives, common
 from bench import ingest as ingest_bench
 from bench import pipeline as pipeline_bench
-from groundwatch import ai
+from groundwatch import ai, connection
 from groundwatch.errors import ServerError
 from groundwatch.server import RedisServer
 from groundwatch.settings import Settings
@@ -46,7 +45,7 @@ def engine_rows(
         except ServerError as e:
             return [common.skipped("engine", str(e).splitlines()[0])]
         try:
-            engine = ai.Engine(redis.Redis(port=server.port, socket_timeout=120))
+            engine = ai.Engine(connection.connect(settings, url=server.url, timeout_s=120))
             blob = detector.read_bytes()
             engine.model_store(MODEL_KEY, blob)
             # MINBATCHTIMEOUT lets a batch fill up from clients whose requests are a moment apart.
@@ -54,7 +53,7 @@ def engine_rows(
 
             def make(key: str) -> Any:
                 def factory() -> Any:
-                    client = redis.Redis(port=server.port, socket_timeout=120)
+                    client = connection.connect(settings, url=server.url, timeout_s=120)
                     return lambda tile: ai.dag_result(
                         client.execute_command(*ai.dag_command(key, ROUTE, tile[np.newaxis]))
                     )

@@ -156,13 +156,14 @@ def consumer(feeds: Sequence[str] | None = None) -> Role:
             ),
             Grant("the feed's active version", ("get",), _per_feed(feeds, keys.active_model)),
             Grant(
-                "idempotency markers and scene state (WATCHed while publishing)",
-                ("watch", "mget", "set", "hset", "hkeys", "hgetall", "expire", "del"),
+                "idempotency markers and scene state (WATCHed while publishing); the consumer name's lease",
+                ("watch", "mget", "get", "exists", "set", "hset", "hkeys", "hgetall", "expire", "del"),
                 _per_feed(
                     feeds,
-                    lambda f: keys.frame_done(f, ANY, ANY),
+                    lambda f: keys.frame_done(f, ANY),
                     lambda f: keys.dead_marker(f, ANY),
                     lambda f: keys.scene_result(f, ANY),
+                    lambda f: keys.consumer_lease(f, ANY, ANY),
                 ),
             ),
             Grant(
@@ -171,9 +172,9 @@ def consumer(feeds: Sequence[str] | None = None) -> Role:
                 _per_feed(feeds, keys.detections, keys.scenes, keys.dead_letters),
             ),
             Grant(
-                "counters, latencies, throughput",
-                ("hincrby", "hgetall", "lpush", "ltrim", "lrange"),
-                _per_feed(feeds, keys.stats, keys.latency, keys.throughput),
+                "counters, latencies, throughput, attempts per frame, faults",
+                ("hincrby", "hgetall", "hget", "hset", "hdel", "lpush", "ltrim", "lrange"),
+                _per_feed(feeds, keys.stats, keys.latency, keys.throughput, keys.attempts, keys.faults),
             ),
         ),
         channels=_per_feed(feeds, keys.detections, keys.scenes),
@@ -264,9 +265,15 @@ def viewer() -> Role:
                 read_only=True,
             ),
             Grant(
-                "counters, latencies, throughput, active versions",
+                "counters, latencies, throughput, faults, active versions",
                 ("hgetall", "lrange", "get"),
-                (keys.stats(ANY), keys.latency(ANY), keys.throughput(ANY), keys.active_model(ANY)),
+                (
+                    keys.stats(ANY),
+                    keys.latency(ANY),
+                    keys.throughput(ANY),
+                    keys.faults(ANY),
+                    keys.active_model(ANY),
+                ),
                 read_only=True,
             ),
             Grant(

@@ -73,7 +73,7 @@ def _model(tmp_path: Path) -> Path:
 
 
 def _settings(**overrides: Any) -> Settings:
-    values: dict[str, Any] = {"feed": FEED, "tile_size": 64, "tile_overlap": 16, "consumer": "c1"}
+    values: dict[str, Any] = {"feed": FEED, "tile_size": 64, "tile_overlap": 16}  # default name: a lease
     return Settings(**{**values, **overrides})
 
 
