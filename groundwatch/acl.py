@@ -109,7 +109,7 @@ def publisher(feeds: Sequence[str] | None = None) -> Role:
         "retention; reads no results, stores no models, runs no AI.* command",
         (
             Grant(
-                "connection, transactions, the feed registry (SADD gw:feeds); durable acknowledgement: "
+                "connection, transactions, the feed registry (SADD of the feed set); durable acknowledgement: "
                 "INFO (version, replicas, AOF), WAIT (replicas), WAITAOF (Redis >= 7.2)",
                 (*_CONNECTION, *_TRANSACTIONS, "unwatch", "sadd", *_DURABILITY),
                 (keys.feeds(),),
