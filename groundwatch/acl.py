@@ -127,6 +127,11 @@ def publisher(feeds: Sequence[str] | None = None) -> Role:
                 ),
             ),
             Grant("ingest counters", ("hincrby",), _per_feed(feeds, keys.stats)),
+            Grant(
+                "scene quick-looks and footprints for the live view",
+                ("hset", "expire"),
+                _per_feed(feeds, lambda f: keys.quicklook(f, ANY)),
+            ),
         ),
         feeds=None if feeds is None else tuple(feeds),
     )
@@ -175,6 +180,17 @@ def consumer(feeds: Sequence[str] | None = None) -> Role:
                 "counters, latencies, throughput, attempts per frame, faults",
                 ("hincrby", "hgetall", "hget", "hset", "hdel", "lpush", "ltrim", "lrange"),
                 _per_feed(feeds, keys.stats, keys.latency, keys.throughput, keys.attempts, keys.faults),
+            ),
+            Grant(
+                "the monitor's figures, read for --metrics-port",
+                ("hgetall",),
+                _per_feed(feeds, keys.drift, keys.alert_state),
+                read_only=True,
+            ),
+            Grant(
+                "profiles of what flows, for the monitor",
+                ("hincrby", "hincrbyfloat", "expire", "zadd"),
+                _per_feed(feeds, lambda f: keys.profile(f, ANY, ANY), keys.profile_index),
             ),
         ),
         channels=_per_feed(feeds, keys.detections, keys.scenes),
@@ -242,19 +258,21 @@ def viewer() -> Role:
         "(keys are read-only: %R~), no frame data",
         (
             Grant(
-                "connection, clock, subscriptions, the feed list",
-                (*_CONNECTION, "time", "subscribe", "unsubscribe", "smembers"),
+                "connection, clock, subscriptions (the live view PSUBSCRIBEs every feed), the feed list",
+                (*_CONNECTION, "time", "subscribe", "unsubscribe", "psubscribe", "punsubscribe", "smembers"),
                 (keys.feeds(),),
                 read_only=True,
             ),
             Grant(
-                "results: per-tile and scene streams, scene results, dead letters",
-                ("xrange", "xrevrange", "xread", "xlen", "get", "hgetall"),
+                "results: per-tile and scene streams, scene results, dead letters, alerts, quick-looks",
+                ("xrange", "xrevrange", "xread", "xlen", "get", "hgetall", "hget", "hmget"),
                 (
                     keys.detections(ANY),
                     keys.scenes(ANY),
                     keys.dead_letters(ANY),
                     keys.scene_result(ANY, ANY),
+                    keys.alerts(ANY),
+                    keys.quicklook(ANY, ANY),
                 ),
                 read_only=True,
             ),
@@ -265,13 +283,15 @@ def viewer() -> Role:
                 read_only=True,
             ),
             Grant(
-                "counters, latencies, throughput, faults, active versions",
+                "counters, latencies, throughput, faults, drift and active alerts, active versions",
                 ("hgetall", "lrange", "get"),
                 (
                     keys.stats(ANY),
                     keys.latency(ANY),
                     keys.throughput(ANY),
                     keys.faults(ANY),
+                    keys.drift(ANY),
+                    keys.alert_state(ANY),
                     keys.active_model(ANY),
                 ),
                 read_only=True,
@@ -290,13 +310,15 @@ def viewer() -> Role:
                 read_only=True,
             ),
         ),
-        channels=(keys.detections(ANY), keys.scenes(ANY)),
+        # PSUBSCRIBE patterns must be these very patterns (keys.channel_pattern gives them)
+        channels=(keys.detections(ANY), keys.scenes(ANY), keys.alerts(ANY)),
     )
 
 
 # What only an operator does: ingest --force (SCAN for a scene's markers), removing a stale
-# consumer group or consumer (the backpressure message's fix), INFO (INFO MODULES in the README).
-_OPERATOR_EXTRA = ("scan", "xgroup|destroy", "xgroup|delconsumer", "info")
+# consumer group or consumer (the backpressure message's fix), INFO (INFO MODULES in the README),
+# and `groundwatch monitor` (reads profiles and the streams' pace, raises alerts).
+_OPERATOR_EXTRA = ("scan", "xgroup|destroy", "xgroup|delconsumer", "info", "zrange", "hsetnx")
 
 
 def operator() -> Role:
@@ -306,8 +328,8 @@ def operator() -> Role:
     commands = sorted({c for r in others for c in r.commands} | set(_OPERATOR_EXTRA))
     return Role(
         "operator",
-        "everything groundwatch does on every groundwatch key and channel (all roles, ingest --force, "
-        "removing consumer groups, INFO); no ACL, CONFIG, MODULE, DEBUG, FLUSH*, KEYS, SHUTDOWN",
+        "everything groundwatch does on every groundwatch key and channel (all roles, groundwatch monitor, "
+        "ingest --force, removing consumer groups, INFO); no ACL, CONFIG, MODULE, DEBUG, FLUSH*, KEYS, SHUTDOWN",
         (Grant("every groundwatch command", tuple(commands), (keys.everything(),)),),
         channels=(keys.everything(),),
     )

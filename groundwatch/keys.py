@@ -138,10 +138,10 @@ def consumer_lease(feed: str, group: str, name: str) -> str:
     return _feed(feed, "consumer", check_name("group", group), check_name("consumer", name))
 
 
-def profile(feed: str, version: str, window: int) -> str:
+def profile(feed: str, version: str, window: int | Wildcard) -> str:
     """Hash: the profile of what flowed through model `version` (``name:version``) in one
     time window (`window`: its start, seconds since the epoch / profile_window_s)."""
-    return _feed(feed, "profile", version, f"w{int(window)}")
+    return _feed(feed, "profile", version, f"w{window if isinstance(window, Wildcard) else int(window)}")
 
 
 def profile_reference(feed: str, version: str) -> str:

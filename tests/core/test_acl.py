@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import re
 import stat
+import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -21,6 +22,7 @@ from groundwatch.server import RedisServer
 from groundwatch.settings import REPO_ROOT, Settings
 from ingest.scene import ingest_file
 from loaders.loader import LoadOptions, activate, load, remove, rollback, stats
+from monitor.checks import check as monitor_check
 from tests import toymodels
 from tests.ingest.conftest import write_tif
 
@@ -115,6 +117,7 @@ def test_each_role_does_its_part_of_the_whole_flow(
     def subscribe(c: redis.Redis) -> Any:
         pubsub = c.pubsub(ignore_subscribe_messages=True)
         pubsub.subscribe(keys.detections(FEED), keys.scenes(FEED))
+        pubsub.psubscribe(keys.channel_pattern("alerts"))  # as the live view does (groundwatch web)
         pubsub.get_message(timeout=0.5)  # the subscription is confirmed before anything is published
         return pubsub
 
@@ -140,7 +143,7 @@ def test_each_role_does_its_part_of_the_whole_flow(
             messages.append(m["channel"])
     assert messages.count(keys.detections(FEED).encode()) == 8
     assert messages.count(keys.scenes(FEED).encode()) == 2
-    phase("viewer", lambda _: pubsub.unsubscribe())
+    phase("viewer", lambda _: (pubsub.unsubscribe(), pubsub.punsubscribe()))
     pubsub.close()
 
     def viewer_part(c: redis.Redis) -> None:
@@ -153,10 +156,16 @@ def test_each_role_does_its_part_of_the_whole_flow(
         ((_, entries),) = c.xread({keys.scenes(FEED): "0"}, count=5)
         assert len(entries) == 2
         assert [s.active for s in stats(c)] == [True]  # `groundwatch model list`
+        # the live view's reads: a scene's quick-look and footprint, alerts
+        assert c.hget(keys.quicklook(FEED, "scene-a"), "png")
+        assert c.hmget(keys.quicklook(FEED, "scene-a"), ["width", "footprint"])[0]
+        assert isinstance(c.xrevrange(keys.alerts(FEED), count=5), list)
 
     phase("viewer", viewer_part)
 
-    # The operator does what only operators do: publish a scene again from scratch.
+    # The operator does what only operators do: the monitor's checks (profiles, drift, alerts),
+    phase("operator", lambda c: monitor_check(c, _settings(), FEED, int(time.time() * 1000)))
+    # and publishing a scene again from scratch.
     again = phase("operator", lambda c: ingest_file(c, _settings(), _scene(tmp_path, "scene-a"), force=True))
     assert again.tiles == 4 and not again.duplicate
 
