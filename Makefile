@@ -13,8 +13,10 @@ FUZZ_BUILD := engine/build-fuzz
 FUZZ_SECONDS ?= 600
 FUZZ_TARGETS := $(patsubst engine/fuzz/fuzz_%.cpp,%,$(wildcard engine/fuzz/fuzz_*.cpp))
 PYTEST_ARGS ?=
+FUZZ_SERVER_COMMANDS ?= 100000
+FUZZ_SERVER_SEED ?= 20261125
 
-.PHONY: all setup venv redis engine engine-asan test test-asan fuzz fuzz-build demo bench soak lint clean
+.PHONY: all setup venv redis engine engine-asan test test-asan fuzz fuzz-build fuzz-server demo bench soak lint clean
 
 all: setup
 
@@ -75,6 +77,17 @@ fuzz: fuzz-build
 	  cp $(FUZZ_BUILD)/min/$$t/* engine/fuzz/corpus/$$t/; \
 	  echo "corpus kept: $$(ls engine/fuzz/corpus/$$t | wc -l) files"; \
 	done
+
+# The protocol fuzz campaign (tests/engine/test_fuzz.py) at length, against the ASan build:
+# FUZZ_SERVER_COMMANDS commands (commands, RESTORE payloads, scripts), then DEBUG RELOAD and
+# restarts from RDB, AOF and a rewritten AOF must bring back every key unchanged, with no
+# sanitizer report. The figures land in $(ASAN_BUILD)/fuzz-server.json.
+fuzz-server: engine-asan redis
+	GW_TEST_LD_PRELOAD="$$(gcc -print-file-name=libasan.so)" \
+	  GW_FUZZ_COMMANDS=$(FUZZ_SERVER_COMMANDS) GW_FUZZ_SEED=$(FUZZ_SERVER_SEED) \
+	  GW_FUZZ_REPORT=$(ASAN_BUILD)/fuzz-server.json \
+	  $(BIN)/python -m pytest -s -q tests/engine/test_fuzz.py -k campaign --engine $(ASAN_BUILD)/engine.so
+	@cat $(ASAN_BUILD)/fuzz-server.json
 
 demo: setup
 	$(BIN)/groundwatch demo
