@@ -16,11 +16,11 @@ PYTEST_ARGS ?=
 FUZZ_SERVER_COMMANDS ?= 100000
 FUZZ_SERVER_SEED ?= 20261125
 
-.PHONY: all setup venv redis engine engine-asan test test-asan fuzz fuzz-build fuzz-server demo bench soak lint clean
+.PHONY: all setup venv redis chromium engine engine-asan test test-asan fuzz fuzz-build fuzz-server demo bench soak lint clean
 
 all: setup
 
-setup: venv redis engine
+setup: venv redis chromium engine
 
 venv: $(STAMP)
 
@@ -32,6 +32,9 @@ $(STAMP): pyproject.toml
 
 redis:
 	@./scripts/ensure-redis.sh
+
+chromium:
+	@./scripts/ensure-chromium.sh
 
 # cmake decides what is stale; with nothing changed this is a second or two.
 engine: $(STAMP)

@@ -20,6 +20,7 @@ import numpy as np
 from bench import alternatives, common
 from bench import ingest as ingest_bench
 from bench import pipeline as pipeline_bench
+from bench import profiling as profiling_bench
 from groundwatch import ai, connection
 from groundwatch.errors import ServerError
 from groundwatch.server import RedisServer
@@ -110,6 +111,7 @@ def main(settings: Settings, *, quick: bool = False, out: str = "bench/results")
     reference = next((r["throughput"] for r in rows if r["name"] == "raw torch, batch 8"), None)
     common.add_ratios(rows, reference)
     ingest = ingest_bench.run(repeats=1 if quick else 3)
+    prof = profiling_bench.run(settings, frames=16 if quick else 64, rounds=3)
     result = {
         "machine": common.machine(),
         "model": str(detector),
@@ -119,6 +121,7 @@ def main(settings: Settings, *, quick: bool = False, out: str = "bench/results")
         "torch_threads": threads,
         "rows": rows,
         "ingest": ingest["rows"],
+        "profiling": {k: v for k, v in prof.items() if k != "table"},
         "wall_s": time.monotonic() - started,
     }
     table = common.markdown_table(rows)
@@ -126,7 +129,7 @@ def main(settings: Settings, *, quick: bool = False, out: str = "bench/results")
     text = (
         f"# groundwatch bench\n\n{m['cpu']} x {m['cores']} cores, torch {m['torch']}, {threads} torch threads; "
         f"detector on uint16 tiles {list(tiles.shape)}; {clients} clients; {seconds:.0f} s a row.\n\n"
-        f"{table}\n## Ingest\n\n{ingest['table']}\n"
+        f"{table}\n## Ingest\n\n{ingest['table']}\n\n## Monitoring's cost\n\n{prof['table']}"
     )
     folder = Path(out)
     folder.mkdir(parents=True, exist_ok=True)

@@ -14,6 +14,10 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--scenes", type=int, default=3, help="number of synthetic scenes (default 3)")
     p.add_argument("--size", type=int, default=2048, help="scene side in pixels (default 2048)")
     p.add_argument("--seed", type=int, default=9000, help="first scene seed (held out from training)")
+    p.add_argument(
+        "--web", action="store_true", help="serve the live view during the demo and keep it open until Ctrl-C"
+    )
+    p.add_argument("--web-port", type=int, default=8765, help="port of the live view (8765)")
     p.set_defaults(handler=cmd_demo)
 
     p = sub.add_parser("bench", help="benchmarks: raw torch, engine, pipeline and the usual alternatives")
@@ -25,7 +29,13 @@ def register(sub: argparse._SubParsersAction) -> None:
 def cmd_demo(settings: Settings, args: argparse.Namespace) -> int:
     from demo.run import main
 
-    return main(settings, scenes=args.scenes, size_px=args.size, seed=args.seed)
+    return main(
+        settings,
+        scenes=args.scenes,
+        size_px=args.size,
+        seed=args.seed,
+        web_port=args.web_port if args.web else None,
+    )
 
 
 def cmd_bench(settings: Settings, args: argparse.Namespace) -> int:

@@ -142,7 +142,10 @@ def run_demo(
     seed: int = 9000,
     consumers: int = 2,
     timeout_s: float = 600.0,
+    web_port: int | None = None,
 ) -> DemoSummary:
+    """Run the demo; with web_port, the live view is served during it and kept open after it
+    until Ctrl-C (the demo's server stays up while it is)."""
     out = settings.data_dir.resolve() / "demo"
     shutil.rmtree(out, ignore_errors=True)
     station, drop, results = out / "station", out / "drop", out / "results"
@@ -164,6 +167,10 @@ def run_demo(
             workers.append(worker)
             threads.append(threading.Thread(target=worker.run, name=f"consumer-{i}", daemon=True))
             worker.ensure_group()
+        web_server = None
+        if web_port is not None:
+            web_server = _live_view(s, web_port)
+            print(f"live view: http://127.0.0.1:{web_port}/ (open it now: scenes appear as they complete)")
         for t in threads:
             t.start()
         started = time.monotonic()
@@ -172,13 +179,39 @@ def run_demo(
         print(f"ingested {len(ingested)} scenes; {len(workers)} consumers at work")
         _wait_for_scenes(client, len(ingested), timeout_s)
         elapsed = time.monotonic() - started
-        return _summarise(client, truth, results, elapsed)
+        summary = _summarise(client, truth, results, elapsed)
+        if web_server is not None:
+            print(summary.render())
+            print(f"live view still at http://127.0.0.1:{web_port}/ : Ctrl-C stops it and the demo")
+            try:
+                while True:
+                    time.sleep(1)
+            except KeyboardInterrupt:
+                pass
+            web_server.should_exit = True
+        return summary
     finally:
         for w in workers:
             w.stop()
         for t in threads:
             t.join(timeout=30)
         server.stop()
+
+
+def _live_view(settings: Settings, port: int) -> Any:
+    """The web role's app (groundwatch web) in a thread of this process, on 127.0.0.1."""
+    import uvicorn
+
+    from web.app import create_app
+
+    server = uvicorn.Server(
+        uvicorn.Config(create_app(settings), host="127.0.0.1", port=port, log_level="warning")
+    )
+    threading.Thread(target=server.run, name="live-view", daemon=True).start()
+    deadline = time.monotonic() + 20
+    while not server.started and time.monotonic() < deadline:
+        time.sleep(0.05)
+    return server
 
 
 def _summarise(client: redis.Redis, truth: dict[str, Scene], results: Path, elapsed: float) -> DemoSummary:
@@ -233,6 +266,8 @@ def main(settings: Settings, **options: Any) -> int:
         "  .venv/bin/groundwatch consume --feed demo &   # a consumer (start two for more throughput)\n"
         "  .venv/bin/groundwatch watch DROP_DIR --feed demo\n"
         f"  redis-cli -p PORT SUBSCRIBE '{keys.scenes(FEED)}'   # scene results as they complete\n"
-        "  .venv/bin/groundwatch status; .venv/bin/groundwatch down"
+        "  .venv/bin/groundwatch status; .venv/bin/groundwatch down\n"
+        "  .venv/bin/groundwatch web                     # the live view on http://127.0.0.1:8765/\n"
+        "or run the demo with its live view kept open: .venv/bin/groundwatch demo --web"
     )
     return 0

@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import json
 import math
+from collections import Counter
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -35,7 +36,9 @@ ALPHA = 0.02  # relative accuracy of the quantiles
 GAMMA = (1 + ALPHA) / (1 - ALPHA)
 _LOG_GAMMA = math.log(GAMMA)
 _ZERO = 1e-9
+_SPAN = 4500  # |key| < 4500 for every finite float64 of magnitude up to 1.8e308
 SCORE_BINS = 20  # scores 0..1 in 0.05 bins
+SAMPLE_PX = 4096  # pixels a band profiled per tile (a systematic sample)
 PSI_FLOOR = 1e-4  # empty bins count as this fraction, so PSI stays finite
 
 
@@ -61,9 +64,6 @@ def bucket_value(key: int) -> float:
     k = abs(key) - 2000
     v = 2 * GAMMA**k / (GAMMA + 1)
     return v if key > 0 else -v
-
-
-_SPAN = 4500  # |key| < 4500 for every finite float64 of magnitude up to 1.8e308
 
 
 def count_buckets(values: np.ndarray) -> dict[int, int]:
@@ -93,11 +93,21 @@ def quantile(buckets: Mapping[int, int], q: float) -> float | None:
 
 @dataclass
 class BandProfile:
-    count: int = 0  # valid (not nodata, finite) pixels
+    count: int = 0  # valid (not nodata, finite) pixels sampled
     nodata: int = 0
     total: float = 0.0
     total_sq: float = 0.0
-    buckets: dict[int, int] = field(default_factory=dict)
+    hist: np.ndarray = field(default_factory=lambda: np.zeros(2 * _SPAN + 1, dtype=np.int64))
+
+    @property
+    def buckets(self) -> dict[int, int]:
+        """The sketch as {bucket key: count} (non-empty buckets only)."""
+        nz = np.flatnonzero(self.hist)
+        return {int(k) - _SPAN: int(self.hist[k]) for k in nz}
+
+    def add_bucket(self, key: int, count: int) -> None:
+        if -_SPAN <= key <= _SPAN:
+            self.hist[key + _SPAN] += count
 
     @property
     def mean(self) -> float | None:
@@ -132,13 +142,31 @@ class Profile:
         return self.bands[i]
 
     def add_tile(self, array: np.ndarray, nodata: float | None) -> None:
-        """One tile, (C, H, W) or (H, W), of any numeric dtype."""
-        a = np.asarray(array)
-        if a.ndim == 2:
-            a = a[np.newaxis]
-        self.tiles += 1
-        for i in range(a.shape[0]):
-            v = a[i].astype(np.float64, copy=False).ravel()
+        """One tile, (C, H, W) or (H, W), of any numeric dtype (see add_tiles)."""
+        self.add_tiles([array], nodata)
+
+    def add_tiles(self, arrays: Sequence[np.ndarray], nodata: float | None) -> None:
+        """Tiles of one nodata value, each (C, H, W) or (H, W), of any numeric dtype.
+
+        A systematic sample of about SAMPLE_PX pixels a band of each tile (every s-th row and
+        column) is profiled, not every pixel: the figures are estimates whose noise is far
+        below any drift worth an alert. The samples of all the tiles are profiled together, so
+        a batch costs one set of NumPy calls a band, not one a tile.
+        """
+        by_band: list[list[np.ndarray]] = []
+        for array in arrays:
+            a = np.asarray(array)
+            if a.ndim == 2:
+                a = a[np.newaxis]
+            self.tiles += 1
+            step = max(1, math.ceil(math.sqrt(a.shape[1] * a.shape[2] / SAMPLE_PX)))
+            sample = a[:, ::step, ::step]
+            for i in range(sample.shape[0]):
+                if len(by_band) <= i:
+                    by_band.append([])
+                by_band[i].append(sample[i].ravel())
+        for i, parts in enumerate(by_band):
+            v = np.concatenate(parts).astype(np.float64)
             valid = np.isfinite(v)
             if nodata is not None:
                 valid &= ~(np.isnan(v) if math.isnan(nodata) else (v == nodata))
@@ -148,15 +176,19 @@ class Profile:
             b.count += int(good.size)
             b.total += float(good.sum())
             b.total_sq += float(np.dot(good, good))
-            for k, c in count_buckets(good).items():
-                b.buckets[k] = b.buckets.get(k, 0) + c
+            b.hist += np.bincount(bucket_keys(good) + _SPAN, minlength=2 * _SPAN + 1)
 
     def add_detections(self, scores: Sequence[float], classes: Sequence[str]) -> None:
+        """The detections of any number of tiles: their scores and class names."""
         self.detections += len(scores)
-        for s in scores:
-            self.scores[min(int(float(s) * SCORE_BINS), SCORE_BINS - 1)] += 1
-        for c in classes:
-            self.classes[c] = self.classes.get(c, 0) + 1
+        if len(scores):
+            bins = np.minimum(
+                (np.asarray(scores, dtype=np.float64) * SCORE_BINS).astype(np.int64), SCORE_BINS - 1
+            )
+            counts = np.bincount(np.maximum(bins, 0), minlength=SCORE_BINS)
+            self.scores = [a + int(b) for a, b in zip(self.scores, counts, strict=True)]
+        for c, n in Counter(classes).items():
+            self.classes[c] = self.classes.get(c, 0) + n
 
     def merge(self, other: Profile) -> Profile:
         self.tiles += other.tiles
@@ -166,8 +198,7 @@ class Profile:
             b.nodata += ob.nodata
             b.total += ob.total
             b.total_sq += ob.total_sq
-            for k, c in ob.buckets.items():
-                b.buckets[k] = b.buckets.get(k, 0) + c
+            b.hist += ob.hist
         self.detections += other.detections
         for name, n in other.classes.items():
             self.classes[name] = self.classes.get(name, 0) + n
@@ -243,7 +274,7 @@ def from_fields(h: Mapping[Any, Any]) -> Profile:
                 elif what == "sumsq":
                     b.total_sq = float(text)
                 elif what.startswith("k"):
-                    b.buckets[int(what[1:])] = int(text)
+                    b.add_bucket(int(what[1:]), int(text))
         except (ValueError, IndexError):
             continue
     return p
