@@ -132,7 +132,7 @@ bool load_model_legacy(RdbReader &r, int encver, ModelRecord *m, std::string *er
 bool load_script_legacy(RdbReader &r, int encver, ScriptRecord *s, std::string *err) {
   if (encver < 0 || encver > 2) return load_script(r, s, err); /* 3 is 4's layout */
   bool ok = c_field(r, &s->device, kMaxRdbDevice) &&
-            (encver == 0 ? r.cstring(&s->tag) : r.raw(&s->tag)) && r.cstring(&s->source);
+            (encver == 0 ? r.cstring(&s->tag) : r.raw(&s->tag)) && c_field(r, &s->source);
   if (!ok) return fail(err, kRdbTruncated);
   /* No entry points before encoding 3: the script runs its functions in best-effort mode. */
   s->entry_points.clear();

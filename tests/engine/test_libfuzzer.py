@@ -37,7 +37,7 @@ def fuzzers() -> Path:
 
 
 def test_every_target_has_a_corpus() -> None:
-    assert TARGETS == ["dag", "rdb_model", "rdb_script", "rdb_tensor", "tensor"]
+    assert TARGETS == ["dag", "rdb_legacy", "rdb_model", "rdb_script", "rdb_tensor", "tensor"]
     for target in TARGETS:
         assert any((FUZZ_DIR / "corpus" / target).glob("seed-*")), target
 
