@@ -300,9 +300,9 @@ def rest_endpoint(
 
 def queue_worker(url: str, model_path: str, threads: int, max_batch: int) -> None:
     """BRPOP a request, RPOP up to max_batch-1 more, run them as one batch, answer each one."""
-    import redis
+    from groundwatch import connection
 
-    r = redis.Redis.from_url(url)
+    r = connection.client_for(url, timeout_s=None)
     module = common.load_model(model_path, threads)
     r.set(READY_KEY, "1")
     while True:
@@ -339,9 +339,9 @@ def _parse_request(raw: bytes) -> tuple[str, np.ndarray]:
 
 def queue_caller(url: str) -> Callable[[], Callable[[np.ndarray], Any]]:
     def make() -> Callable[[np.ndarray], Any]:
-        import redis
+        from groundwatch import connection
 
-        r = redis.Redis.from_url(url)
+        r = connection.client_for(url, timeout_s=None)
 
         def call(tile: np.ndarray) -> Any:
             req_id = uuid.uuid4().hex
@@ -367,8 +367,7 @@ def redis_queue(
     max_requests: int | None = None,
     max_batch: int = 8,
 ) -> dict[str, Any]:
-    import redis
-
+    from groundwatch import connection
     from groundwatch.errors import ServerError
     from groundwatch.server import RedisServer
 
@@ -397,7 +396,7 @@ def redis_queue(
                 cwd=REPO_ROOT,
                 log=log,
             )
-            r = redis.Redis.from_url(server.url)
+            r = connection.client_for(server.url, timeout_s=None)
             deadline = time.monotonic() + 60.0
             while not r.exists(READY_KEY):
                 if proc.poll() is not None or time.monotonic() > deadline:

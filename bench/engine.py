@@ -43,6 +43,7 @@ if __package__ in (None, ""):
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from bench import common
+from groundwatch import connection
 from groundwatch.errors import ServerError
 from groundwatch.server import RedisServer
 from groundwatch.settings import REPO_ROOT
@@ -202,7 +203,7 @@ def _dag_args(model_key: str, tag: str, blob: bytes) -> list[Any]:
 
 
 def _dag_caller(port: int, model_key: str, tag: str) -> Callable[[bytes], bytes]:
-    client = redis.Redis(port=port, socket_timeout=120)
+    client = connection.client_for(connection.local_url(port), timeout_s=120)
 
     def call(blob: bytes) -> bytes:
         reply = client.execute_command(*_dag_args(model_key, tag, blob))
@@ -262,7 +263,7 @@ def engine_batched(
 
 def _ai_info(port: int, key: str) -> dict[str, Any]:
     try:
-        reply = redis.Redis(port=port).execute_command("AI.INFO", key)
+        reply = connection.client_for(connection.local_url(port)).execute_command("AI.INFO", key)
     except redis.ResponseError:
         return {}
     items = list(reply)
@@ -275,7 +276,7 @@ def _ai_info(port: int, key: str) -> dict[str, Any]:
 def tiny_overhead(
     port: int, payload: np.ndarray, *, seconds: float, max_calls: int | None, label: str
 ) -> tuple[dict[str, Any], dict[str, Any]]:
-    client = redis.Redis(port=port, socket_timeout=120)
+    client = connection.client_for(connection.local_url(port), timeout_s=120)
     blob = np.ascontiguousarray(payload).tobytes()
     shape = [1, *payload.shape]
     dag = [
@@ -321,7 +322,7 @@ def _engine_rows(
     max_calls: int | None,
 ) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
     """The rows measured against a running server: (model rows, per-request overhead rows)."""
-    client = redis.Redis(port=port, socket_timeout=120)
+    client = connection.client_for(connection.local_url(port), timeout_s=120)
     blob = model_path.read_bytes()
     client.execute_command("AI.MODELSTORE", "detector", "TORCH", "CPU", "BLOB", blob)
     client.execute_command("AI.MODELSTORE", "detector_b", "TORCH", "CPU", "BATCHSIZE", clients, "BLOB", blob)
@@ -345,7 +346,7 @@ def engine_batch8(
     port: int, model_key: str, batch: np.ndarray, *, name: str, seconds: float, max_calls: int | None
 ) -> tuple[dict[str, Any], np.ndarray]:
     """One client, `len(batch)` samples per AI.DAGEXECUTE (same batch as the raw torch row)."""
-    client = redis.Redis(port=port, socket_timeout=120)
+    client = connection.client_for(connection.local_url(port), timeout_s=120)
     data = np.ascontiguousarray(batch)
     dtype = "UINT16" if data.dtype == np.uint16 else "FLOAT"
     args = [
@@ -373,7 +374,7 @@ def optimized_rows(
     max_calls: int | None,
 ) -> list[dict[str, Any]]:
     """The same model at batch 8 in one request: stored plainly, and stored with OPTIMIZE."""
-    client = redis.Redis(port=port, socket_timeout=120)
+    client = connection.client_for(connection.local_url(port), timeout_s=120)
     blob = model_path.read_bytes()
     client.execute_command("AI.MODELSTORE", "detector_p8", "TORCH", "CPU", "BLOB", blob)
     client.execute_command("AI.MODELSTORE", "detector_o8", "TORCH", "CPU", "OPTIMIZE", "BLOB", blob)
@@ -432,7 +433,7 @@ def detector_rows(
             _row(f"raw torch, batch 8, {name} detector", 8, lat, wall, note=f"in process, {path.name}")
         )
     if port is not None:
-        client = redis.Redis(port=port, socket_timeout=120)
+        client = connection.client_for(connection.local_url(port), timeout_s=120)
         engine_models = []
         if optimized:
             blob = detector.read_bytes()

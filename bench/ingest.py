@@ -34,7 +34,7 @@ import redis
 if __package__ in (None, ""):
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from groundwatch import keys
+from groundwatch import connection, keys
 from groundwatch.server import RedisServer
 from groundwatch.settings import Settings
 
@@ -110,7 +110,7 @@ def run(
             server = RedisServer(data_dir=tmpdir / "redis", engine_module=None).start()
             redis_url = server.url
         try:
-            client = redis.Redis.from_url(redis_url, socket_timeout=120)
+            client = connection.client_for(redis_url, timeout_s=120)
             variants = [
                 (
                     "file, tiled, raw",

@@ -36,7 +36,7 @@ if __package__ in (None, ""):
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from bench import common
-from groundwatch import ai, frames, keys
+from groundwatch import ai, connection, frames, keys
 from groundwatch.frames import Frame
 from groundwatch.server import RedisServer
 from groundwatch.settings import REPO_ROOT
@@ -87,7 +87,9 @@ def engine_throughput(
     stop = time.monotonic() + seconds
 
     def work(c: int) -> None:
-        own = redis.Redis(port=client.connection_pool.connection_kwargs["port"], socket_timeout=60)
+        own = connection.client_for(
+            connection.local_url(client.connection_pool.connection_kwargs["port"]), timeout_s=60
+        )
         i = c
         while time.monotonic() < stop:
             batch = [commands[(i + k) % len(commands)] for k in range(in_flight)]
@@ -269,7 +271,7 @@ def run(
             extra_config=(("appendonly", "yes"), ("appendfsync", "everysec"), ("save", "")),
         ).start()
         try:
-            client = redis.Redis(port=server.port, socket_timeout=120)
+            client = connection.client_for(server.url, timeout_s=120)
             model_key = keys.model(FEED, "bench", 1)
             ai.Engine(client).model_store(model_key, path.read_bytes(), tag="1", batch=batch)
             client.set(keys.active_model(FEED), "bench:1")

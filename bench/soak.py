@@ -31,7 +31,7 @@ from typing import Any
 
 import numpy as np
 
-from groundwatch import keys
+from groundwatch import connection, keys
 from groundwatch.settings import REPO_ROOT, Settings
 
 FEED = "soak"
@@ -84,7 +84,7 @@ def produce(url: str, index: int, stop_file: Path, rate: float) -> int:
     from ingest.errors import IngestError
     from ingest.scene import publish_array
 
-    client = redis.Redis.from_url(url, socket_timeout=60)
+    client = connection.client_for(url, timeout_s=60)
     settings = Settings(redis_url=url, feed=FEED, tile_size=TILE, tile_overlap=OVERLAP, max_lag=400)
     rng = np.random.default_rng(index)
     n = 0
@@ -112,7 +112,6 @@ def consumer_cmd(url: str) -> list[str]:
 
 
 def run(args: argparse.Namespace) -> int:
-    import redis
 
     from groundwatch.server import RedisServer
     from loaders.loader import LoadOptions, load
@@ -127,7 +126,7 @@ def run(args: argparse.Namespace) -> int:
     (out / "redis").mkdir(exist_ok=True)
     server.start()
     url = server.url
-    r = redis.Redis.from_url(url, socket_timeout=60)
+    r = connection.client_for(url, timeout_s=60)
     path = model_file(out / "soak.pt")
     load(r, path, LoadOptions(name=MODEL, feeds=(FEED,), batch=8))
     env = dict(os.environ, PYTHONPATH=str(REPO_ROOT))

@@ -177,19 +177,36 @@ def tls_options(settings: Settings, url: str) -> dict[str, Any]:
     return options
 
 
+def local_url(port: int) -> str:
+    """The URL of a plain server on this machine's loopback (a bench's or a test's own)."""
+    return f"redis://127.0.0.1:{port}/0"
+
+
+def client_for(
+    url: str,
+    *,
+    settings: Settings | None = None,
+    decode_responses: bool = False,
+    timeout_s: float | None = 30.0,
+) -> redis.Redis:
+    """A client of `url`, TLS verified as `settings` say, without connect()'s first PING (for
+    clients made in a loop or a child process against a server known to run)."""
+    return redis.Redis.from_url(
+        url,
+        decode_responses=decode_responses,
+        socket_timeout=timeout_s,
+        health_check_interval=30,
+        **tls_options(settings or Settings(), url),
+    )
+
+
 def connect(
     settings: Settings, *, decode_responses: bool = False, timeout_s: float = 30.0, url: str | None = None
 ) -> redis.Redis:
     """A client for the configured Redis (or `url`); raises ServerError with a fix when it is
     unreachable or refuses the credentials."""
     url = url or redis_url(settings)
-    client = redis.Redis.from_url(
-        url,
-        decode_responses=decode_responses,
-        socket_timeout=timeout_s,
-        health_check_interval=30,
-        **tls_options(settings, url),
-    )
+    client = client_for(url, settings=settings, decode_responses=decode_responses, timeout_s=timeout_s)
     try:
         client.ping()
     except redis.AuthenticationError as e:
