@@ -107,7 +107,13 @@ class Consumer:
             self.r, self.feed, self.group, self.name, ttl_s=settings.scene_ttl_s, clock_ms=self._now
         )
         self.stats = RunStats()
-        self.profiler = Profiler(self.r, self.feed, settings.profile_window_s, settings.profile_flush_s)
+        self.profiler = Profiler(
+            self.r,
+            self.feed,
+            settings.profile_window_s,
+            settings.profile_flush_s,
+            every=settings.profile_every,
+        )
         self._stop = threading.Event()
         self._retry_own = False
         self._ahead: Started | None = None

@@ -72,6 +72,7 @@ class Settings:
     # Monitoring (docs/monitoring.md): profiles per window, drift against a reference, alerts.
     profile_window_s: int = 60  # consumers add their profiles to one hash per window
     profile_flush_s: float = 5.0  # ... at most this often
+    profile_every: int = 4  # profile one tile in this many (by frame id); 1: every tile
     baseline_frames: int = 500  # default reference: the first N frames a model version ran
     drift_psi: float = 0.25  # population stability index above which a distribution has drifted
     drift_mean: float = 0.1  # relative change of a band's mean that is drift
@@ -118,7 +119,14 @@ class Settings:
                 f"s3 endpoint {self.s3_endpoint!r} must be a URL such as https://s3.example.com or "
                 "http://127.0.0.1:9000"
             )
-        for name in ("threads_per_queue", "read_count", "max_deliveries", "publish_batch", "max_frame_bytes"):
+        for name in (
+            "threads_per_queue",
+            "read_count",
+            "max_deliveries",
+            "publish_batch",
+            "max_frame_bytes",
+            "profile_every",
+        ):
             if getattr(self, name) < 1:
                 raise ConfigError(f"{name} must be at least 1, got {getattr(self, name)}")
 

@@ -153,7 +153,7 @@ def test_the_consumer_profiles_what_it_ran(engine: redis.Redis) -> None:
     spots = {(10, 10): 60000, (100, 100): 60001}
     arr = scene_array(160, 160, spots)
     publish(engine, feed, scene_frames("s1", arr))
-    s = Settings(feed=feed, consumer="c1", block_ms=100, claim_idle_ms=60000)
+    s = Settings(feed=feed, consumer="c1", block_ms=100, claim_idle_ms=60000, profile_every=1)
     Consumer(engine, s, burst=True).run()
     (member,) = engine.zrange(keys.profile_index(feed), 0, -1)
     window = int(member.decode().split("|")[0])
