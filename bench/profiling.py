@@ -27,7 +27,7 @@ if __package__ in (None, ""):
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from consumers.worker import Consumer
-from groundwatch import keys
+from groundwatch import connection, keys
 from groundwatch.commands import embedded_server
 from groundwatch.settings import Settings
 from ingest.scene import publish_array
@@ -63,7 +63,7 @@ def run(base: Settings, *, frames: int = 64, rounds: int = 3) -> dict[str, Any]:
     with tempfile.TemporaryDirectory(prefix="gw-bench-prof-") as tmp:
         server = embedded_server(base.replace(data_dir=Path(tmp), redis_url=None)).start()
         try:
-            client = redis.Redis(port=server.port, socket_timeout=300)
+            client = connection.client_for(server.url, timeout_s=300)
             settings = base.replace(redis_url=server.url, feed=FEED, max_lag=10**9, read_count=8, consumer="")
             load(client, detector_path(), LoadOptions(name="ship", feeds=(FEED,), batch=8))
             _round(client, settings, scene[:, :1024, :1024], 0, True)  # warm-up: TorchScript settles
