@@ -16,7 +16,7 @@ from typing import Any
 
 import redis
 
-from groundwatch import keys
+from groundwatch import connection, keys
 from groundwatch.frames import Frame
 
 log = logging.getLogger("groundwatch.consumers")
@@ -86,7 +86,7 @@ class Reader:
         except redis.ResponseError as e:
             if "BUSYGROUP" not in str(e):
                 raise
-        self.r.sadd(keys.feeds(), self.feed)
+        connection.on_slot(self.r, keys.feeds()).sadd(keys.feeds(), self.feed)  # its own slot
 
     def read(self, start: str, block_ms: int | None) -> list[Entry]:
         """XREADGROUP from `start` (``>``: new entries; an id: our own pending ones after it)."""

@@ -22,6 +22,7 @@ with warnings.catch_warnings():
     warnings.simplefilter("ignore", UserWarning)
     from redisai import command_builder as builder
 
+from groundwatch import connection
 from groundwatch.errors import GroundwatchError
 
 # Engine TYPE names <-> numpy dtypes (little-endian, C order on the wire).
@@ -137,14 +138,17 @@ class ModelInfo:
 
 
 class Engine:
-    """AI.* commands on one Redis client (bytes responses expected)."""
+    """AI.* commands on one Redis client (bytes responses expected). On a cluster each command
+    goes to the master of its key's slot (the ROUTING key's for a DAG)."""
 
     def __init__(self, client: redis.Redis) -> None:
         self.client = client
 
     def _call(self, *args: Any) -> Any:
         try:
-            return self.client.execute_command(*args)
+            # a key-first command's key, or a DAG's ROUTING key (dag_command puts it first)
+            key = args[2] if str(args[1]).upper() == "ROUTING" else args[1]
+            return connection.on_slot(self.client, str(key)).execute_command(*args)
         except redis.ResponseError as e:
             if "unknown command" in str(e).lower():
                 raise EngineError(

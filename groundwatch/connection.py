@@ -7,19 +7,37 @@ clients find it there and log in as ``settings.redis_user`` (default: operator).
 an ACL user and password (``redis://user:pw@host:port/0``) and ``rediss://`` selects TLS, with
 the server's certificate and host name verified against ``settings.tls_ca_cert`` (default: the
 embedded server's CA, else the system's CAs).
+
+Redis Cluster: when the URL names any node of a cluster, :func:`connect` returns a plain
+``redis.Redis`` bound to the master that holds one slot (its `home` key's). Every key of a feed
+shares the feed's hash tag, so everything a role does for one feed (MULTI/EXEC under WATCH,
+blocking XREADGROUP, one connection per in-flight DAG) runs unchanged on that one node. redis-py
+4.6's RedisCluster cannot do that (its pipelines have no MULTI/EXEC nor WATCH, and it has no
+single connection pool to lend connections from). :func:`on_slot` gives the client of another
+key's slot (the registry's, ``gw:feeds``, another feed's). A slot client follows its slot: a
+connection that fails, or a MOVED reply, refreshes the slot map (CLUSTER SLOTS of any node that
+answers), and a redirection (MOVED, ASK, TRYAGAIN, CLUSTERDOWN, MASTERDOWN) is raised as
+:class:`SlotMoved`, a ``redis.ConnectionError``: the command did nothing, and the roles' usual
+reconnect-with-backoff retries it on the slot's current master.
 """
 
 from __future__ import annotations
 
+import bisect
 import json
+import logging
 import os
+import threading
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 from urllib.parse import quote
 
 import redis
+from redis.crc import key_slot
 
+from groundwatch import keys
 from groundwatch.errors import ConfigError, ServerError
 from groundwatch.settings import Settings
 
@@ -201,14 +219,23 @@ def client_for(
 
 
 def connect(
-    settings: Settings, *, decode_responses: bool = False, timeout_s: float = 30.0, url: str | None = None
+    settings: Settings,
+    *,
+    decode_responses: bool = False,
+    timeout_s: float = 30.0,
+    url: str | None = None,
+    home: str | None = None,
 ) -> redis.Redis:
     """A client for the configured Redis (or `url`); raises ServerError with a fix when it is
-    unreachable or refuses the credentials."""
+    unreachable or refuses the credentials.
+
+    On a cluster the client serves the slot of `home` (a key; default: the keys of the settings'
+    feed), wherever that slot is served now; on one server `home` does not matter."""
     url = url or redis_url(settings)
     client = client_for(url, settings=settings, decode_responses=decode_responses, timeout_s=timeout_s)
     try:
         client.ping()
+        clustered = _cluster_enabled(client)
     except redis.AuthenticationError as e:
         raise ServerError(
             f"Redis at {redact(url)} refused the login: {e}. Check the user:password in REDIS_URL "
@@ -228,7 +255,11 @@ def connect(
         elif url.startswith("redis://") and "connection reset" in text:
             hint = "Does the server speak TLS only? Then use rediss://"
         raise ServerError(f"cannot reach Redis at {redact(url)}: {e}. {hint}") from e
-    return client
+    if not clustered:
+        return client
+    topology = Topology(client)
+    client.close()
+    return topology.client(home or keys.frames(settings.feed))
 
 
 def redact(url: str) -> str:
@@ -239,3 +270,276 @@ def redact(url: str) -> str:
     creds, host = rest.rsplit("@", 1)
     user = creds.split(":", 1)[0]
     return f"{scheme}://{user}:***@{host}"
+
+
+# --- Redis Cluster -----------------------------------------------------------------------------
+
+log = logging.getLogger("groundwatch.connection")
+
+# Replies that say the slot is not (or not only, or not yet) served where the command went; the
+# last is a blocked command (XREADGROUP BLOCK, a DAG) whose master just became a replica.
+REDIRECTIONS = ("MOVED ", "ASK ", "TRYAGAIN", "CLUSTERDOWN", "MASTERDOWN", "UNBLOCKED force unblock")
+REFRESH_MIN_S = 0.1  # CLUSTER SLOTS at most this often, however many connections fail at once
+
+
+class SlotMoved(redis.ConnectionError):
+    """The slot is served elsewhere now (MOVED), is being migrated (ASK, TRYAGAIN) or its shard is
+    failing over (CLUSTERDOWN, MASTERDOWN). The command did nothing: retry it after a pause."""
+
+
+def _text(value: Any) -> str:
+    return value.decode() if isinstance(value, bytes) else str(value)
+
+
+def _cluster_enabled(client: redis.Redis) -> bool:
+    try:
+        info = client.info("cluster")
+    except redis.exceptions.NoPermissionError:
+        return False  # an ACL user without INFO: a plain client (on a cluster its role needs +info)
+    return bool(int(info.get("cluster_enabled", 0)))
+
+
+@dataclass(frozen=True)
+class SlotRange:
+    first: int
+    last: int
+    master: tuple[str, int]
+    replicas: int
+
+
+class Topology:
+    """Which master serves which slot (CLUSTER SLOTS), and one client per slot in use.
+
+    Made from a client on any node; its connection settings (credentials, TLS, timeouts) are
+    used for every node."""
+
+    def __init__(self, seed: redis.Redis) -> None:
+        pool = seed.connection_pool
+        self._class = pool.connection_class
+        self._kwargs = {k: v for k, v in pool.connection_kwargs.items() if k not in ("host", "port")}
+        self._seed_host = str(pool.connection_kwargs.get("host", "127.0.0.1"))
+        self._nodes: list[tuple[str, int]] = [
+            (self._seed_host, int(pool.connection_kwargs.get("port", 6379)))
+        ]
+        self._ranges: list[SlotRange] = []
+        self._moved: dict[int, tuple[str, int]] = {}
+        self._lock = threading.Lock()
+        self._refreshed = 0.0
+        self._clients: dict[int, redis.Redis] = {}
+        self.refresh(force=True)
+        if not self._ranges:
+            raise ServerError(f"the cluster at {self._nodes[0][0]}:{self._nodes[0][1]} serves no slots yet")
+
+    # -- the slot map ----------------------------------------------------------------------------
+
+    def refresh(self, force: bool = False) -> None:
+        """Read CLUSTER SLOTS from the first node that answers; keep the old map if none does."""
+        with self._lock:
+            if not force and time.monotonic() - self._refreshed < REFRESH_MIN_S:
+                return
+            self._refreshed = time.monotonic()
+            for host, port in list(self._nodes):
+                try:
+                    reply = self._ask(host, port, "CLUSTER", "SLOTS")
+                except redis.RedisError:
+                    continue
+                ranges, nodes = [], []
+                for entry in reply:
+                    first, last, master, *replicas = entry
+                    owner = (_text(master[0]) or host, int(master[1]))
+                    ranges.append(SlotRange(int(first), int(last), owner, len(replicas)))
+                    nodes += [owner, *((_text(r[0]) or host, int(r[1])) for r in replicas)]
+                if not ranges:
+                    continue  # a node that does not know the cluster (yet)
+                self._ranges = sorted(ranges, key=lambda r: r.first)
+                self._moved.clear()
+                self._nodes = list(dict.fromkeys([*nodes, *self._nodes]))
+                return
+
+    def _ask(self, host: str, port: int, *command: Any) -> Any:
+        conn = self._class(**{**self._kwargs, "host": host, "port": port, "socket_connect_timeout": 2.0})
+        try:
+            conn.send_command(*command)
+            return conn.read_response()
+        finally:
+            conn.disconnect()
+
+    def _range(self, slot: int) -> SlotRange | None:
+        i = bisect.bisect_right([r.first for r in self._ranges], slot) - 1
+        if i >= 0 and self._ranges[i].first <= slot <= self._ranges[i].last:
+            return self._ranges[i]
+        return None
+
+    def owner(self, slot: int) -> tuple[str, int] | None:
+        """The master serving `slot` as far as we know; None when no master does."""
+        if slot in self._moved:
+            return self._moved[slot]
+        found = self._range(slot)
+        return None if found is None else found.master
+
+    def replicas(self, slot: int) -> int:
+        found = self._range(slot)
+        return 0 if found is None else found.replicas
+
+    def moved(self, reply: str, host: str) -> None:
+        """Record `MOVED <slot> <host>:<port>` (host may be empty: the node we asked)."""
+        try:
+            _, slot, where = reply.split()[:3]
+            new_host, _, port = where.rpartition(":")
+            self._moved[int(slot)] = (new_host or host, int(port))
+        except ValueError:
+            pass
+        self.refresh()
+
+    def masters(self) -> list[tuple[str, int]]:
+        return list(dict.fromkeys(r.master for r in self._ranges))
+
+    # -- clients -----------------------------------------------------------------------------------
+
+    def client(self, key: str) -> redis.Redis:
+        """The client of `key`'s slot (one per slot, shared)."""
+        slot = key_slot(key.encode())
+        with self._lock:
+            if slot not in self._clients:
+                pool = redis.ConnectionPool(
+                    connection_class=_slot_class(self._class),
+                    **self._kwargs,
+                    host=self._seed_host,
+                    port=self._nodes[0][1],
+                    gw_topology=self,
+                    gw_slot=slot,
+                )
+                self._clients[slot] = redis.Redis(connection_pool=pool)
+            return self._clients[slot]
+
+    def node_client(self, host: str, port: int) -> redis.Redis:
+        """A client on one node (for per-shard reads such as SCAN)."""
+        return redis.Redis(
+            connection_pool=redis.ConnectionPool(
+                connection_class=self._class, **self._kwargs, host=host, port=port
+            )
+        )
+
+
+class _SlotConnection:
+    """Mixed in before a redis-py connection class: connects to the master of one slot."""
+
+    host: str
+    port: int
+    _sock: Any
+    disconnect: Any  # these two are the connection class's
+    send_command: Any
+
+    def __init__(self, *, gw_topology: Topology, gw_slot: int, **kwargs: Any) -> None:
+        self._topology = gw_topology
+        self._slot = gw_slot
+        super().__init__(**kwargs)
+
+    def connect(self) -> None:
+        if self._sock:
+            return
+        owner = self._topology.owner(self._slot)
+        if owner is None:
+            self._topology.refresh()
+            raise SlotMoved(f"no master serves slot {self._slot} right now (a failover in progress?)")
+        self.host, self.port = owner
+        try:
+            super().connect()  # type: ignore[misc]
+        except (redis.ConnectionError, redis.TimeoutError):
+            self._topology.refresh()
+            raise
+        if self._migrating():
+            # Part of the slot's keys may be on the target already (ASK) and a MULTI over both
+            # halves fails (TRYAGAIN): every attempt would only re-read (and count as delivered
+            # again) the same pending frames. Wait until the migration is over instead.
+            self.disconnect()
+            raise SlotMoved(f"slot {self._slot} is being migrated away from {self.host}:{self.port}")
+
+    def _migrating(self) -> bool:
+        """Whether this node is migrating our slot to another (CLUSTER NODES: `[slot->-id]`)."""
+        self.send_command("CLUSTER", "NODES")
+        nodes = _text(self.read_response())
+        mine = next((line for line in nodes.splitlines() if " myself," in line), "")
+        return f"[{self._slot}->-" in mine
+
+    def send_packed_command(self, command: Any, check_health: bool = True) -> None:
+        if self._sock and self._topology.owner(self._slot) != (self.host, self.port):
+            # Not a silent reconnect: a WATCH sent on this connection would not hold over there.
+            self.disconnect()
+            raise SlotMoved(f"slot {self._slot} moved away from {self.host}:{self.port}")
+        super().send_packed_command(command, check_health)  # type: ignore[misc]
+
+    def read_response(self, *args: Any, **kwargs: Any) -> Any:
+        try:
+            return super().read_response(*args, **kwargs)  # type: ignore[misc]
+        except redis.ResponseError as e:
+            text = str(e)
+            if not text.startswith(REDIRECTIONS):
+                raise
+            if text.startswith("MOVED "):
+                self._topology.moved(text, self.host)
+            elif not text.startswith(("ASK ", "TRYAGAIN")):
+                self._topology.refresh()
+            self.disconnect()
+            raise SlotMoved(f"{text} (from {self.host}:{self.port}); retry after a pause") from e
+
+
+_slot_classes: dict[type, type] = {}
+
+
+def _slot_class(base: type) -> type:
+    if base not in _slot_classes:
+        _slot_classes[base] = type(f"Slot{base.__name__}", (_SlotConnection, base), {})
+    return _slot_classes[base]
+
+
+def _topology(client: redis.Redis) -> Topology | None:
+    found = client.connection_pool.connection_kwargs.get("gw_topology")
+    return found if isinstance(found, Topology) else None
+
+
+def is_cluster(client: redis.Redis) -> bool:
+    return _topology(client) is not None
+
+
+def on_slot(client: redis.Redis, key: str) -> redis.Redis:
+    """The client of the node holding `key`'s slot, with `client`'s settings: `client` itself on
+    one server (and when `key` is in `client`'s own slot)."""
+    topology = _topology(client)
+    if topology is None:
+        return client
+    return topology.client(key)
+
+
+def shards(client: redis.Redis) -> list[redis.Redis]:
+    """One client per master (for per-shard reads such as SCAN); [client] on one server."""
+    topology = _topology(client)
+    if topology is None:
+        return [client]
+    return [topology.node_client(host, port) for host, port in topology.masters()]
+
+
+def wait_for_replica(client: redis.Redis, stats_key: str, timeout_ms: int = 2000) -> int | None:
+    """After an acknowledged write in `client`'s slot: wait until a replica of the slot's master
+    has it, so a failover (replication is asynchronous) cannot lose it. WAIT counts the writes of
+    its own connection, and a pool hands out any connection, so one connection bumps the
+    `replica_syncs` counter of `stats_key` (a hash of the slot) and WAITs: a replica that has
+    that write has every earlier one. None on one server or without replicas; else how many
+    replicas have it (0: timed out, logged)."""
+    topology = _topology(client)
+    if topology is None:
+        return None
+    slot = int(client.connection_pool.connection_kwargs["gw_slot"])
+    if topology.replicas(slot) == 0:
+        return None
+    with client.pipeline(transaction=False) as pipe:
+        pipe.hincrby(stats_key, "replica_syncs", 1)
+        pipe.execute_command("WAIT", 1, timeout_ms)
+        got = int(pipe.execute()[1])
+    if got == 0:
+        log.warning(
+            "no replica of slot %d confirmed a write within %d ms: a failover now could lose it",
+            slot,
+            timeout_ms,
+        )
+    return got

@@ -21,7 +21,7 @@ from typing import Any
 
 import redis
 
-from groundwatch import keys
+from groundwatch import connection, keys
 from groundwatch.errors import GroundwatchError
 
 _REF = re.compile(r"^([A-Za-z0-9_.\-]+):v?(\d+)$")
@@ -100,7 +100,8 @@ class RegistryReader:
     """What is registered and what is active (no writes)."""
 
     def __init__(self, client: redis.Redis) -> None:
-        self.client = client
+        # Every registry key carries the tag {registry}: one slot, so its MULTIs are legal.
+        self.client = connection.on_slot(client, keys.registry_models())
 
     def names(self) -> list[str]:
         return sorted(_text(n) for n in self.client.smembers(keys.registry_models()))

@@ -13,6 +13,7 @@ import signal
 import socket
 import ssl
 import subprocess
+import threading
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -215,3 +216,144 @@ class RedisServer:
             text = self.log_path.read_text(errors="replace").splitlines()
             return "\n".join(text[-lines:])
         return "(no redis log)"
+
+
+# --- a local Redis Cluster -----------------------------------------------------------------------
+
+
+@dataclass
+class LocalCluster:
+    """`masters` masters with `replicas` replicas each, on free loopback ports, the engine loaded
+    on every node, created with `redis-cli --cluster create`. For trying it out (`groundwatch up
+    --cluster N`) and for the tests; node i's files are under data_dir/node<i>."""
+
+    data_dir: Path
+    masters: int = 3
+    replicas: int = 1
+    engine_module: Path | None = None
+    module_args: Sequence[str] = ()
+    extra_config: Sequence[tuple[str, str]] = ()
+    node_timeout_ms: int = 2000
+    env: dict[str, str] | None = None
+    nodes: list[RedisServer] = field(default_factory=list, init=False)
+
+    @property
+    def url(self) -> str:
+        return self.nodes[0].url
+
+    def start(self, timeout_s: float = 60.0) -> LocalCluster:
+        if self.masters < 1 or self.replicas < 0:
+            raise ServerError(f"a cluster needs at least 1 master (got {self.masters}) and replicas >= 0")
+        if shutil.which("redis-cli") is None:
+            raise ServerError(INSTALL_HINT.replace("redis-server was", "redis-cli was"))
+        config = [
+            ("cluster-enabled", "yes"),
+            ("cluster-config-file", "nodes.conf"),
+            ("cluster-node-timeout", str(self.node_timeout_ms)),
+            # a replica of a master that died long ago may still take over: the tests kill masters
+            ("cluster-replica-validity-factor", "0"),
+            ("appendonly", "yes"),
+            ("appendfsync", "everysec"),
+            ("repl-diskless-sync-delay", "0"),  # replicas in sync at once, not 5 s later
+            *self.extra_config,
+        ]
+        module = None if self.engine_module is None else Path(self.engine_module).resolve()
+        module_args = tuple(self.module_args)
+        backend = (
+            None if module is None else module.parent / "backends" / "redisai_torch" / "redisai_torch.so"
+        )
+        if backend is not None and backend.exists() and "TORCH" not in module_args:
+            # Loaded at start: loading libtorch on first use blocks a node's main thread for
+            # seconds, long enough for its replica to think it dead and take over.
+            module_args += ("TORCH", str(backend))
+        try:
+            for i in range(self.masters * (1 + self.replicas)):
+                node_dir = self.data_dir / f"node{i}"
+                node_dir.mkdir(parents=True, exist_ok=True)
+                ports_file = node_dir / "ports"  # nodes.conf names the ports: keep them over restarts
+                if not ports_file.exists():
+                    ports_file.write_text(f"{free_port()} {free_port()}")
+                port, bus_port = (int(p) for p in ports_file.read_text().split())
+                node = RedisServer(
+                    data_dir=node_dir,
+                    port=port,
+                    engine_module=module,
+                    module_args=module_args,
+                    extra_config=(*config, ("cluster-port", str(bus_port))),
+                    env=self.env,
+                )
+                self.nodes.append(node)
+            self._start_nodes(self.nodes)
+            if not (self.data_dir / "node0" / "created").exists():
+                self._create(timeout_s)
+            self.wait_ok(timeout_s)
+        except BaseException:
+            self.stop()
+            raise
+        return self
+
+    @staticmethod
+    def _start_nodes(nodes: Sequence[RedisServer]) -> None:
+        """All at once: each spends a second or two loading libtorch."""
+        errors: list[BaseException] = []
+
+        def start(node: RedisServer) -> None:
+            try:
+                node.start()
+            except BaseException as e:
+                errors.append(e)
+
+        threads = [threading.Thread(target=start, args=(n,)) for n in nodes]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        if errors:
+            raise errors[0]
+
+    def _create(self, timeout_s: float) -> None:
+        addresses = [f"127.0.0.1:{n.port}" for n in self.nodes]
+        cmd = ["redis-cli", "--cluster", "create", *addresses, "--cluster-replicas", str(self.replicas)]
+        done = subprocess.run([*cmd, "--cluster-yes"], capture_output=True, text=True, timeout=timeout_s)
+        if done.returncode != 0:
+            raise ServerError(f"`{' '.join(cmd)}` failed:\n{done.stdout}{done.stderr}")
+        (self.data_dir / "node0" / "created").write_text("")
+
+    def call(self, node: RedisServer, *args: str) -> str:
+        """One command on one node through redis-cli (no client library needed here)."""
+        done = subprocess.run(
+            ["redis-cli", "-p", str(node.port), *args], capture_output=True, text=True, timeout=30
+        )
+        return done.stdout
+
+    def wait_ok(self, timeout_s: float = 60.0) -> None:
+        """Until every running node says cluster_state:ok and sees every slot served, and every
+        replica is in sync with its master (a failover before that would lose data)."""
+        deadline = time.monotonic() + timeout_s
+        while True:
+            states = [self.call(n, "CLUSTER", "INFO") for n in self.nodes if n.running()]
+            links = [self.call(n, "INFO", "replication") for n in self.nodes if n.running()]
+            synced = all("role:master" in r or "master_link_status:up" in r for r in links)
+            if (
+                states
+                and synced
+                and all("cluster_state:ok" in s and "cluster_slots_ok:16384" in s for s in states)
+            ):
+                return
+            if time.monotonic() > deadline:
+                raise ServerError(f"the cluster did not reach cluster_state:ok in {timeout_s}s:\n{states}")
+            time.sleep(0.1)
+
+    def roles(self) -> dict[int, str]:
+        """Port -> 'master' or 'slave' of every running node."""
+        out = {}
+        for n in self.nodes:
+            if n.running():
+                role = self.call(n, "ROLE").split("\n", 1)[0].strip()
+                out[n.port] = role
+        return out
+
+    def stop(self) -> None:
+        for node in self.nodes:
+            with contextlib.suppress(ServerError, OSError):
+                node.stop()

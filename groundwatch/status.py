@@ -13,7 +13,7 @@ from typing import Any
 
 import redis
 
-from groundwatch import keys
+from groundwatch import connection, keys
 from groundwatch.ai import Engine, EngineError
 from groundwatch.registry import ModelRef, RegistryError
 
@@ -83,9 +83,12 @@ def _text(value: Any) -> str:
 
 
 def collect(client: redis.Redis, feed: str | None = None) -> list[FeedStatus]:
-    names = [feed] if feed else sorted(_text(f) for f in client.smembers(keys.feeds()))
+    """Every feed in keys.feeds() (or `feed`). On a cluster each feed is read on its own shard."""
+    everyone = connection.on_slot(client, keys.feeds())
+    names = [feed] if feed else sorted(_text(f) for f in everyone.smembers(keys.feeds()))
     out = []
     for name in names:
+        client = connection.on_slot(everyone, keys.frames(name))
         st = FeedStatus(
             feed=name,
             frames=int(client.xlen(keys.frames(name))),

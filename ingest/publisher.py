@@ -26,12 +26,13 @@ from typing import Any
 import numpy as np
 import redis
 
-from groundwatch import frames, keys
+from groundwatch import connection, frames, keys
 from groundwatch.frames import Frame, PixelWindow
 from groundwatch.settings import Settings
 from ingest.errors import BackpressureError, DurabilityError, IngestError, InputError
 
 log = logging.getLogger(__name__)
+RECONNECT_S = 60.0  # a producer retries a batch this long while Redis restarts or a cluster fails over
 
 
 def _s(value: Any) -> str:
@@ -101,7 +102,15 @@ def wait_for_room(
     start = clock()
     waited = False
     while True:
-        behind = [b for b in backlog(client, feed, limit) if b.lag >= limit or b.pending >= limit]
+        try:
+            behind = [b for b in backlog(client, feed, limit) if b.lag >= limit or b.pending >= limit]
+        except (redis.ConnectionError, redis.TimeoutError) as e:
+            # a failover or a moved slot: ask again (within the same time limit)
+            if clock() - start >= max(settings.backpressure_timeout_s, RECONNECT_S):
+                raise
+            log.warning("feed %s: checking the backlog: %s; retrying", feed, e)
+            sleep(poll_s)
+            continue
         if not behind:
             return clock() - start
         if not waited:
@@ -155,10 +164,10 @@ def trim_acknowledged(client: redis.Redis, feed: str) -> int:
         return 0
     needed: list[tuple[int, int]] = []
     for g in groups:
-        if int(g["pending"]) > 0:
-            summary = client.xpending(stream, g["name"])
+        summary = client.xpending(stream, g["name"]) if int(g["pending"]) > 0 else None
+        if summary and summary["min"] is not None:
             needed.append(_id(summary["min"]))
-        else:
+        else:  # nothing pending (by now: a consumer may have acknowledged in between)
             ms, seq = _id(g["last-delivered-id"])
             needed.append((ms, seq + 1))
     ms, seq = min(needed)
@@ -323,6 +332,8 @@ def publish_frames(
         keys.scene_progress(feed, scene),
         keys.stats(feed),
     )
+    backoff = 0.1
+    reconnect_until = time.monotonic() + RECONNECT_S
     while True:
         with client.pipeline(transaction=True) as pipe:
             try:
@@ -370,8 +381,20 @@ def publish_frames(
                 pipe.hincrby(stats, "frames_in", len(todo))
                 pipe.hincrby(stats, "bytes_in", nbytes)
                 replies = pipe.execute()
+                # On a cluster, not acknowledged (returned) before a replica has it: a failover
+                # keeps it. Should the master die first, the retry finds what made it.
+                connection.wait_for_replica(client, stats)
             except redis.WatchError:
                 continue  # another producer moved the scene on: look again
+            except (redis.ConnectionError, redis.TimeoutError) as e:
+                # Redis restarted, a cluster failover or a moved slot: the resume point says
+                # what made it, so trying the batch again never publishes a tile twice.
+                if time.monotonic() > reconnect_until:
+                    raise
+                log.warning("feed %s: publishing scene %s: %s; retrying in %.1fs", feed, scene, e, backoff)
+                time.sleep(backoff)
+                backoff = min(backoff * 2, 2.0)
+                continue
         return BatchResult([_s(i) for i in replies[: len(todo)]], complete=end == tiles, duplicate=False)
 
 
@@ -400,7 +423,7 @@ def forget_scene(client: redis.Redis, feed: str, scene: str) -> None:
 
 
 def register_feed(client: redis.Redis, feed: str) -> None:
-    client.sadd(keys.feeds(), feed)
+    connection.on_slot(client, keys.feeds()).sadd(keys.feeds(), feed)
 
 
 # --- arrays --------------------------------------------------------------------------------

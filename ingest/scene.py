@@ -203,12 +203,38 @@ def ingest_scene(
     pass and publishing; larger ones are read twice (once to count and check, once to publish),
     holding one row of tiles. A source whose single read does not fit the budget (one row of
     tiles plus one block as the file stores it) is refused with an InputError before any read.
+    A lost connection (Redis restarting, a cluster failover, a moved slot) is retried with
+    backoff for up to `publisher.RECONNECT_S`: the scene goes on from its resume point.
     """
-    t0 = time.perf_counter()
-    feed = settings.feed
     check_scene_id(scene)
     if force:
-        publisher.forget_scene(client, feed, scene)
+        _reconnecting(scene, lambda: publisher.forget_scene(client, settings.feed, scene))
+    return _reconnecting(scene, lambda: _ingest_scene(client, settings, src, scene, source, on_progress))
+
+
+def _reconnecting(scene: str, step: Callable[[], Any]) -> Any:
+    backoff, deadline = 0.1, time.monotonic() + publisher.RECONNECT_S
+    while True:
+        try:
+            return step()
+        except (redis.ConnectionError, redis.TimeoutError) as e:
+            if time.monotonic() > deadline:
+                raise
+            publisher.log.warning("scene %s: %s; trying again in %.1fs", scene, e, backoff)
+            time.sleep(backoff)
+            backoff = min(backoff * 2, 2.0)
+
+
+def _ingest_scene(
+    client: redis.Redis,
+    settings: Settings,
+    src: Source,
+    scene: str,
+    source: str | None,
+    on_progress: Progress | None,
+) -> SceneResult:
+    t0 = time.perf_counter()
+    feed = settings.feed
     done = publisher.scene_done(client, feed, scene)
     if done is not None:
         client.hincrby(keys.stats(feed), "scenes_duplicate", 1)

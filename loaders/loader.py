@@ -26,7 +26,7 @@ from typing import Any
 import numpy as np
 import redis
 
-from groundwatch import keys
+from groundwatch import connection, keys
 from groundwatch.ai import Engine, EngineError
 from groundwatch.modelmeta import ModelMetadata
 from loaders import LoaderError
@@ -248,16 +248,17 @@ def _provenance(
 
 
 def _delete_quietly(client: redis.Redis, stored: list[str]) -> None:
-    if stored:
+    for key in stored:  # one by one: on a cluster each feed's copy is on its feed's shard
         with contextlib.suppress(redis.RedisError):
-            client.delete(*stored)
+            connection.on_slot(client, key).delete(key)
 
 
 def activate(client: redis.Redis, name: str, version: int) -> VersionRecord:
     """Make an existing version active on its feeds (e.g. to roll forward again)."""
     registry = Registry(client)
     record = registry.get(name, version)
-    missing = [k for k in (keys.model(f, name, version) for f in record.feeds) if not client.exists(k)]
+    copies = [keys.model(f, name, version) for f in record.feeds]
+    missing = [k for k in copies if not connection.on_slot(client, k).exists(k)]
     if missing:
         raise LoaderError(
             f"{record.label} is registered but its copies {', '.join(missing)} are gone; load it again"
@@ -280,13 +281,18 @@ def remove(client: redis.Redis, name: str, version: int) -> VersionRecord:
     """Delete a version that no feed runs; the active version cannot be removed."""
     registry = Registry(client)
     record = registry.get(name, version)
-    busy = [f for f in record.feeds if _text(client.get(keys.active_model(f))) == record.label]
+    busy = [
+        f
+        for f in record.feeds
+        if _text(connection.on_slot(client, keys.active_model(f)).get(keys.active_model(f))) == record.label
+    ]
     if registry.active(name) == version or busy:
         raise LoaderError(
             f"{record.label} is active (feeds: {', '.join(busy) or ', '.join(record.feeds)}); activate another "
             f"version first (`groundwatch model rollback {name}` or `groundwatch load ...`)"
         )
-    client.delete(*(keys.model(f, name, version) for f in record.feeds))
+    for key in (keys.model(f, name, version) for f in record.feeds):
+        connection.on_slot(client, key).delete(key)
     registry.forget(record)
     return record
 

@@ -7,7 +7,7 @@ is one SET, so a feed switches atomically.
 
 from __future__ import annotations
 
-from groundwatch import keys
+from groundwatch import connection, keys
 from groundwatch.registry import RegistryError, RegistryReader, VersionRecord
 from loaders import LoaderError
 
@@ -38,12 +38,13 @@ class Registry(RegistryReader):
         pipe.execute()
 
     def activate(self, rec: VersionRecord) -> None:
-        """Point every feed of `rec`, then the registry, at it. Each pointer is one SET."""
+        """Point every feed of `rec`, then the registry, at it. Each pointer is one SET (on a
+        cluster, on its feed's shard)."""
         previous = self.active(rec.name)
-        pipe = self.client.pipeline(transaction=False)
         for feed in rec.feeds:
-            pipe.set(keys.active_model(feed), rec.label)
-            pipe.sadd(keys.feeds(), feed)
+            connection.on_slot(self.client, keys.active_model(feed)).set(keys.active_model(feed), rec.label)
+        connection.on_slot(self.client, keys.feeds()).sadd(keys.feeds(), *rec.feeds)
+        pipe = self.client.pipeline(transaction=False)
         pipe.set(keys.registry_active(rec.name), rec.version)
         if previous is not None and previous != rec.version:
             pipe.lpush(keys.registry_history(rec.name), previous)
