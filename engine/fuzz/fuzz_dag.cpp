@@ -154,6 +154,9 @@ int unblock_client(RedisModuleBlockedClient *bc, void *privdata) {
   return REDISMODULE_OK;
 }
 void *blocked_privdata(RedisModuleCtx *) { return g_privdata; }
+/* No maxmemory, and the caller is the default user. */
+float used_memory_ratio() { return 0; }
+RedisModuleString *current_user(RedisModuleCtx *) { return new RedisModuleString{"default"}; }
 
 void install_api() {
   RedisModule_Alloc = malloc;
@@ -190,6 +193,8 @@ void install_api() {
   RedisModule_BlockClient = block_client;
   RedisModule_UnblockClient = unblock_client;
   RedisModule_GetBlockedClientPrivateData = blocked_privdata;
+  RedisModule_GetUsedMemoryRatio = used_memory_ratio;
+  RedisModule_GetCurrentUserName = current_user;
 }
 
 /* The keyspace every input starts from: tensors "a" (FLOAT 2) and "s" (STRING 1), and a model

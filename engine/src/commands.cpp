@@ -303,23 +303,32 @@ std::string create_model(const std::string &device, const std::string &tag, long
   return {};
 }
 
+std::string script_unusable(const Script &s) {
+  if (s.load_error.empty()) return {};
+  return "ERR this script did not load and cannot run: " + s.load_error +
+         " (store it again with AI.SCRIPTSTORE)";
+}
+
 std::string create_script(const std::string &device, const std::string &tag,
                           const std::string &source, const std::vector<std::string> &entry_points,
-                          Script **out) {
+                          Script **out, bool keep_failed) {
   std::string err;
   const GwBackendApi *be = require_torch(&err);
-  if (!be) return err;
   void *handle = nullptr;
   std::string queue = device_queue(device);
-  char *e = be->script_compile(source.data(), source.size(), queue.c_str(), &handle);
-  if (e) return "ERR " + take_backend_error(e);
-  for (const std::string &fn : entry_points) {
-    std::string why = check_entry_point(be, handle, fn);
+  if (be) {
+    char *e = be->script_compile(source.data(), source.size(), queue.c_str(), &handle);
+    if (e) err = "ERR " + take_backend_error(e);
+  }
+  for (size_t i = 0; handle && i < entry_points.size(); i++) {
+    std::string why = check_entry_point(be, handle, entry_points[i]);
     if (!why.empty()) {
       be->script_free(handle);
-      return why;
+      handle = nullptr;
+      err = why;
     }
   }
+  if (!handle && !keep_failed) return err;
   Script *s = new Script();
   s->device = device;
   s->queue = queue;
@@ -327,8 +336,9 @@ std::string create_script(const std::string &device, const std::string &tag,
   s->source = source;
   s->entry_points = entry_points;
   s->handle = handle;
+  if (!handle) s->load_error = err.compare(0, 4, "ERR ") == 0 ? err.substr(4) : err;
   *out = s;
-  return {};
+  return err;
 }
 
 /* ==== Tensors ================================================================================= */
@@ -870,6 +880,9 @@ int script_store(RedisModuleCtx *ctx, RedisModuleString **argv, int argc, bool d
   /* The smallest SCRIPTSTORE: key device ENTRY_POINTS 1 fn SOURCE src. */
   if (argc < (deprecated ? 5 : 8)) return reply_arity(ctx, argv);
   Args a{argv, argc};
+  /* As model_store: replayed or replicated scripts that do not compile here are kept. */
+  bool trusted = RedisModule_GetContextFlags(ctx) &
+                 (REDISMODULE_CTX_FLAGS_LOADING | REDISMODULE_CTX_FLAGS_REPLICATED);
   std::string device = a.str(2);
   if (!valid_device(device)) return reply_err(ctx, "ERR Invalid DEVICE");
   int i = 3;
@@ -901,8 +914,10 @@ int script_store(RedisModuleCtx *ctx, RedisModuleString **argv, int argc, bool d
       return reply_err(ctx, kWrongType);
   }
   Script *s = nullptr;
-  std::string err = create_script(device, tag, source, entry_points, &s);
-  if (!err.empty()) return reply_err(ctx, err);
+  std::string err = create_script(device, tag, source, entry_points, &s, trusted);
+  if (!err.empty() && !s) return reply_err(ctx, err);
+  if (!err.empty())
+    RedisModule_Log(ctx, "warning", "script kept without compiling it: %s", err.c_str());
   set_value(ctx, argv[1], ScriptType, s);
   RedisModule_ReplicateVerbatim(ctx);
   return RedisModule_ReplyWithSimpleString(ctx, "OK");
@@ -925,7 +940,7 @@ int ScriptGet_Command(RedisModuleCtx *ctx, RedisModuleString **argv, int argc) {
   std::string err = get_script(ctx, argv[1], &s);
   if (!err.empty()) return reply_err(ctx, err);
   if (!meta) return RedisModule_ReplyWithStringBuffer(ctx, s->source.data(), s->source.size());
-  RedisModule_ReplyWithArray(ctx, source ? 8 : 6);
+  RedisModule_ReplyWithArray(ctx, (source ? 8 : 6) + (s->load_error.empty() ? 0 : 2));
   RedisModule_ReplyWithSimpleString(ctx, "device");
   RedisModule_ReplyWithSimpleString(ctx, s->device.c_str());
   RedisModule_ReplyWithSimpleString(ctx, "tag");
@@ -933,6 +948,11 @@ int ScriptGet_Command(RedisModuleCtx *ctx, RedisModuleString **argv, int argc) {
   RedisModule_ReplyWithSimpleString(ctx, "Entry Points");
   RedisModule_ReplyWithArray(ctx, static_cast<long>(s->entry_points.size()));
   for (const std::string &e : s->entry_points) RedisModule_ReplyWithStringBuffer(ctx, e.data(), e.size());
+  if (!s->load_error.empty()) {
+    /* After the standard entries, as for models. */
+    RedisModule_ReplyWithSimpleString(ctx, "load_error");
+    RedisModule_ReplyWithStringBuffer(ctx, s->load_error.data(), s->load_error.size());
+  }
   if (source) {
     RedisModule_ReplyWithSimpleString(ctx, "source");
     RedisModule_ReplyWithStringBuffer(ctx, s->source.data(), s->source.size());
@@ -1037,6 +1057,7 @@ std::string parse_scriptexecute(RedisModuleCtx *ctx, const Args &a, bool in_dag,
   if (a.argc < 3) return wrong_arity(a);
   Script *script = nullptr;
   std::string err = get_script(ctx, a.argv[1], &script);
+  if (err.empty()) err = script_unusable(*script);
   if (!err.empty()) return err;
   op->fn = a.str(2);
   /* Outside a DAG the script needs tensors or keys to work on, given first. */
@@ -1099,6 +1120,7 @@ std::string parse_scriptrun(RedisModuleCtx *ctx, const Args &a, bool in_dag, Op 
   if (a.argc < 4) return wrong_arity(a);
   Script *script = nullptr;
   std::string err = get_script(ctx, a.argv[1], &script);
+  if (err.empty()) err = script_unusable(*script);
   if (!err.empty()) return err;
   op->fn = a.str(2);
   /* Every argument is parsed before any tensor is fetched; RedisAI's texts, typos included. */
@@ -1537,7 +1559,8 @@ int Info_Command(RedisModuleCtx *ctx, RedisModuleString **argv, int argc) {
   /* Beyond RedisAI's 18 entries, models add their batching figures as further pairs;
    * clients read the reply as a flat key/value list, so the extra pairs are harmless. */
   RedisModule_ReplyWithArray(
-      ctx, m ? (m->optimize ? 28 : 24) + (m->load_error.empty() ? 0 : 2) : 18);
+      ctx, m ? (m->optimize ? 28 : 24) + (m->load_error.empty() ? 0 : 2)
+             : 18 + (s->load_error.empty() ? 0 : 2));
   RedisModule_ReplyWithSimpleString(ctx, "key");
   RedisModule_ReplyWithString(ctx, argv[1]);
   RedisModule_ReplyWithSimpleString(ctx, "type");
@@ -1570,6 +1593,9 @@ int Info_Command(RedisModuleCtx *ctx, RedisModuleString **argv, int argc) {
     RedisModule_ReplyWithLongLong(ctx, depth);
     if (m->optimize) reply_optimize_meta(ctx, *m);
     reply_load_error(ctx, *m);
+  } else if (!s->load_error.empty()) {
+    RedisModule_ReplyWithSimpleString(ctx, "load_error");
+    RedisModule_ReplyWithStringBuffer(ctx, s->load_error.data(), s->load_error.size());
   }
   return REDISMODULE_OK;
 }

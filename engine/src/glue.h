@@ -28,9 +28,12 @@ Model *failed_model(const std::string &device, const std::string &tag, long long
                     bool optimize, const std::string &err);
 /* The error reply for using a model that did not load, or "" when it can run. */
 std::string model_unusable(const Model &m);
+/* keep_failed: as create_model's (a script that does not compile is kept with load_error). */
 std::string create_script(const std::string &device, const std::string &tag,
                           const std::string &source, const std::vector<std::string> &entry_points,
-                          Script **out);
+                          Script **out, bool keep_failed = false);
+/* The error reply for using a script that did not load, or "" when it can run. */
+std::string script_unusable(const Script &s);
 
 /* RedisAI's device rule: CPU or GPU, optionally followed by ':' and digits (none allowed),
  * case-insensitive, under 10 characters in all. */

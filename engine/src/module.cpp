@@ -283,12 +283,31 @@ void *script_rdb_load(RedisModuleIO *io, int encver) {
     RedisModule_LogIOError(io, "warning", "AI_SCRIPT: %s", err.c_str());
     return nullptr;
   }
-  std::string device = valid_device(rec.device) ? rec.device : "CPU";
+  /* As models (model_rdb_load): at load, a script that does not compile here (another
+   * libtorch, a device this host lacks, no backend) is kept and reports why; RESTORE refuses it. */
+  bool loading = io_loading(io);
   Script *s = nullptr;
-  err = create_script(device, rec.tag, rec.source, rec.entry_points, &s);
-  if (!err.empty()) {
+  if (valid_device(rec.device)) {
+    err = create_script(rec.device, rec.tag, rec.source, rec.entry_points, &s, loading);
+  } else {
+    err = "ERR Invalid DEVICE " + rec.device;
+    if (loading) {
+      s = new Script();
+      s->tag = rec.tag;
+      s->source = rec.source;
+      s->entry_points = rec.entry_points;
+      s->load_error = err.substr(4);
+    }
+  }
+  if (!err.empty() && !s) {
     RedisModule_LogIOError(io, "warning", "AI_SCRIPT: %s", err.c_str());
     return nullptr;
+  }
+  if (!err.empty()) {
+    s->device = rec.device; /* verbatim, so it is saved back as it came */
+    RedisModule_LogIOError(io, "warning",
+                           "AI_SCRIPT: kept a script that cannot run (it reports why on use): %s",
+                           err.c_str());
   }
   return s;
 }

@@ -103,6 +103,9 @@ struct Script {
   std::string source;
   std::vector<std::string> entry_points;
   void *handle = nullptr; /* backend script */
+  /* As Model::load_error: loaded data the backend could not compile (no handle); every use
+   * answers this reason, and the script is saved back as it came. */
+  std::string load_error;
   RunStats stats;
 
   Script *retain() {

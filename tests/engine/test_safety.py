@@ -355,6 +355,7 @@ def test_unloadable_models_in_rdb_do_not_stop_the_server(server_factory) -> None
     r.execute_command("AI.MODELSTORE", "bad_dev", "TORCH", "CPU:7", "TAG", "dev", "BLOB", DOUBLE)
     r.execute_command("AI.MODELSTORE", "good", "TORCH", "CPU", "BLOB", DOUBLE)
     store_script(r)
+    r.execute_command("AI.SCRIPTSTORE", "bad_scr", "CPU:3", "ENTRY_POINTS", 1, "scalar", "SOURCE", SCRIPT)
     r.execute_command("AI.TENSORSET", "x", "FLOAT", 2, "VALUES", 1, 2)
     r.save()
     r.close()
@@ -366,7 +367,7 @@ def test_unloadable_models_in_rdb_do_not_stop_the_server(server_factory) -> None
     assert data.count(LINEAR) == 1 and data.count(b"CPU:7\x00") == 1
     garbage = bytes((b * 7 + 3) & 0xFF for b in LINEAR)
     data = data.replace(LINEAR, garbage)
-    data = data.replace(b"CPU:7\x00", b"GPU:7\x00")
+    data = data.replace(b"CPU:7\x00", b"GPU:7\x00").replace(b"CPU:3\x00", b"GPU:3\x00")
     rdb.write_bytes(data)
 
     server.start()
@@ -413,6 +414,14 @@ def test_unloadable_models_in_rdb_do_not_stop_the_server(server_factory) -> None
             )
         assert reasons[key] in err(e.value)
     assert "GPU" in reasons["bad_dev"]
+    # A script whose device this host lacks: the same, for scripts.
+    meta = r.execute_command("AI.SCRIPTGET", "bad_scr", "META")
+    assert meta[:6:2] == [b"device", b"tag", b"Entry Points"] and meta[1] == b"GPU:3"
+    assert meta[6] == b"load_error" and b"GPU" in meta[7]
+    assert r.execute_command("AI.INFO", "bad_scr")[-2:] == [b"load_error", meta[7]]
+    with pytest.raises(redis.ResponseError) as e:
+        r.execute_command("AI.SCRIPTEXECUTE", "bad_scr", "scalar", "INPUTS", 1, "x", "OUTPUTS", 1, "y")
+    assert meta[7].decode() in err(e.value)
     assert r.execute_command("AI.MODELGET", "bad_dev", "META")[3] == b"GPU:7"
     assert r.execute_command("AI.MODELGET", "bad_blob", "BLOB") == garbage
     # Saved back as it came: DEBUG RELOAD, SAVE + restart, and an AOF rewrite without the RDB
@@ -420,7 +429,7 @@ def test_unloadable_models_in_rdb_do_not_stop_the_server(server_factory) -> None
     assert r.execute_command("DEBUG", "RELOAD") == b"OK"
     r.save()
     saved = rdb.read_bytes()
-    assert garbage in saved and b"GPU:7\x00" in saved
+    assert garbage in saved and b"GPU:7\x00" in saved and b"GPU:3\x00" in saved
     r.config_set("aof-use-rdb-preamble", "no")
     r.config_set("appendonly", "yes")
     wait_rewrite(r)
@@ -435,6 +444,7 @@ def test_unloadable_models_in_rdb_do_not_stop_the_server(server_factory) -> None
         meta = r.execute_command("AI.MODELGET", key, "META", "BLOB")
         assert meta[16] == b"load_error", key
     assert r.execute_command("AI.MODELGET", "bad_blob", "BLOB") == garbage
+    assert r.execute_command("AI.SCRIPTGET", "bad_scr", "META")[6] == b"load_error"
     assert r.execute_command("AI.TENSORGET", "x", "VALUES") == [b"1", b"2"]
     r.close()
     aof_server.stop()
