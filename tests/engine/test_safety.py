@@ -14,7 +14,6 @@ import rdb_payloads as rp
 import redis
 from engine_helpers import DOUBLE, LINEAR, err
 
-
 SCRIPT = """
 def scalar(tensors: List[Tensor], keys: List[str], args: List[str]):
     return torch.tensor(7)
