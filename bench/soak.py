@@ -268,7 +268,16 @@ def check(r: Any) -> dict[str, Any]:
     dead = int(r.xlen(keys.dead_letters(FEED)))
     if dead:
         problems.append(f"{dead} dead letters")
+    # What Redis holds at the end, by design: the results (capped streams) and the idempotency
+    # markers (TTL scene_ttl_s); used_memory grows with them until the caps and TTLs apply.
+    retained = {
+        "keys": int(r.dbsize()),
+        "detections_stream_mb": round((r.memory_usage(keys.detections(FEED), samples=0) or 0) / 2**20, 2),
+        "scenes_stream_mb": round((r.memory_usage(keys.scenes(FEED), samples=0) or 0) / 2**20, 2),
+        "used_memory_mb": round(int(r.info("memory")["used_memory"]) / 2**20, 2),
+    }
     return {
+        "retained": retained,
         "frames_in": frames_in,
         "frames_with_one_result": sum(1 for n in per_frame.values() if n == 1),
         "scenes_in": scenes_in,
@@ -306,6 +315,7 @@ def render(rep: dict[str, Any]) -> str:
         f"drained {c['drained']}",
         f"- problems: {'; '.join(c['problems']) or 'none'}",
         f"- counters: {c['counters']}",
+        f"- retained in Redis at the end (results and idempotency markers, by design): {c['retained']}",
         "",
         *(f"- {e}" for e in rep["events"]),
         "",
