@@ -32,6 +32,14 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--port", type=int, default=0, help="port to listen on (default: a free one)")
     p.add_argument("--foreground", action="store_true", help="stay attached; Ctrl-C stops the server")
     p.add_argument(
+        "--cluster",
+        type=int,
+        default=0,
+        metavar="N",
+        help="a local Redis Cluster of N masters with a replica each, the engine on every node, "
+        "data under DATA_DIR/cluster/; stays attached, Ctrl-C stops it",
+    )
+    p.add_argument(
         "--tls", action="store_true", help="TLS only (no plain TCP port); certificates under DATA_DIR/tls"
     )
     p.add_argument(
@@ -190,6 +198,8 @@ def connect_hints(info: connection.EmbeddedInfo, settings: Settings) -> list[str
 
 
 def cmd_up(settings: Settings, args: argparse.Namespace) -> int:
+    if args.cluster:
+        return _up_cluster(settings, args.cluster)
     running = connection.read_embedded(settings)
     if running is not None:
         print(f"already running on port {running.port}, data in {running.data_dir}")
@@ -427,3 +437,35 @@ def cmd_acl_apply(settings: Settings, args: argparse.Namespace) -> int:
         else "the server has no ACL file: these users last until it restarts (apply again after each start)"
     )
     return 0
+
+
+def _up_cluster(settings: Settings, masters: int) -> int:
+    """`groundwatch up --cluster N`: for trying groundwatch on a cluster; in the foreground."""
+    import signal
+
+    from groundwatch.server import LocalCluster
+
+    def stop(signum: int, _frame: object) -> None:
+        raise KeyboardInterrupt
+
+    signal.signal(signal.SIGTERM, stop)
+    cluster = LocalCluster(
+        settings.data_dir.resolve() / "cluster",
+        masters=masters,
+        replicas=1,
+        engine_module=settings.engine_module,
+    )
+    cluster.start()
+    print(f"groundwatch: a Redis Cluster of {masters} masters with a replica each, the engine on every node")
+    print(f"  ports {', '.join(str(n.port) for n in cluster.nodes)}; data in {cluster.data_dir}")
+    print(f"  export REDIS_URL={cluster.url}   (any node will do)")
+    print("  Ctrl-C stops it; `groundwatch up --cluster N` again starts it on the same data")
+    try:
+        while all(n.running() for n in cluster.nodes):
+            time.sleep(1)
+        print("a node exited; stopping the cluster", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        return 0
+    finally:
+        cluster.stop()
