@@ -101,7 +101,7 @@ bench: setup
 lint: $(STAMP)
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
-	$(BIN)/mypy groundwatch ingest loaders consumers models demo bench tests
+	$(BIN)/mypy groundwatch ingest loaders consumers models monitor web demo bench tests
 
 clean:
 	rm -rf $(ENGINE_BUILD) $(ASAN_BUILD) $(FUZZ_BUILD) .groundwatch .pytest_cache .mypy_cache .ruff_cache
