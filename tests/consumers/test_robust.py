@@ -204,11 +204,13 @@ def test_an_engine_that_times_out_for_load_is_a_fault_not_the_frames(engine: red
     t = threading.Thread(target=c.run, daemon=True)
     t.start()
     wait_for(lambda: counters(engine).get("fault_waits", 0) >= 1)
+    wait_for(lambda: engine.hexists(keys.faults(FEED), "c1"))
+    assert "refused for load" in json.loads(engine.hget(keys.faults(FEED), "c1") or b"{}")["reason"]
     c.stop()
     t.join(30)
+    assert not engine.hexists(keys.faults(FEED), "c1")  # a consumer that stopped backs off on nothing
     assert c.stats.dead == 0 and c.stats.frames_done == 0 and c.stats.faults >= 1
     assert engine.xpending(keys.frames(FEED), "detectors")["pending"] == 3
-    assert "refused for load" in json.loads(engine.hget(keys.faults(FEED), "c1") or b"{}")["reason"]
     stats = burst(engine, dag_timeout_ms=10000, max_deliveries=1)  # charged attempts would kill them now
     assert stats.frames_done == 3 and stats.dead == 0
 
