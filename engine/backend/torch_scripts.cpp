@@ -261,9 +261,12 @@ void RunDeadline::check() const { check_deadline_now(); }
 bool deadline_was_hit() { return deadline_hit; }
 
 // Before the first run only: executors copy a function's graph when it is first called.
+// get_functions() keeps a null slot for every method removed with unsafeRemoveMethod, which
+// torch::jit::freeze does to the submodule methods it inlines: the unit of a frozen (OPTIMIZE)
+// model always has such holes.
 void add_interruption_points(torch::jit::CompilationUnit &unit) {
   for (torch::jit::Function *fn : unit.get_functions())
-    if (fn->isGraphFunction()) add_points(torch::jit::toGraphFunction(*fn).graph());
+    if (fn && fn->isGraphFunction()) add_points(torch::jit::toGraphFunction(*fn).graph());
 }
 
 void add_interruption_points(torch::jit::Module &module) {

@@ -307,3 +307,20 @@ def test_optimised_model_on_several_workers_and_batched(server_factory) -> None:
     assert info[b"optimized"] == 1 and info[b"samples"] == 60 and info[b"errors"] == 0, info
     r.close()
     server.stop()
+
+
+DETECTOR = Path(__file__).resolve().parents[2] / "models" / "artifacts" / "detector.pt"
+
+
+def test_optimize_the_shipped_detector_keeps_the_server_and_its_outputs(r: redis.Redis) -> None:
+    # Freezing the detector removes its submodules' methods from the shared compilation unit,
+    # leaving null slots that the interruption-point pass once dereferenced (redis-server died).
+    blob = DETECTOR.read_bytes()
+    r.execute_command("AI.MODELSTORE", "det_plain", "TORCH", "CPU", "BLOB", blob)
+    r.execute_command("AI.MODELSTORE", "det_opt", "TORCH", "CPU", "OPTIMIZE", "BLOB", blob)
+    assert r.ping()
+    x = np.random.default_rng(9).normal(size=(1, 1, 64, 64)).astype(np.float32)
+    plain, optimized = run(r, "det_plain", x), run(r, "det_opt", x)
+    assert plain.shape == (1, 100, 6)
+    np.testing.assert_allclose(optimized, plain, rtol=1e-4, atol=1e-4)
+    assert r.ping()
