@@ -90,6 +90,22 @@ def torch_backend_path(engine_module: Path) -> Path:
     return engine_module.parent / "backends" / "redisai_torch" / "redisai_torch.so"
 
 
+def engine_args(settings: Settings) -> tuple[str, ...]:
+    """The engine's load-time arguments from the settings (the engine reads no environment)."""
+    args = [
+        "THREADS_PER_QUEUE",
+        str(settings.threads_per_queue),
+        "INTRA_OP_PARALLELISM",
+        str(settings.intra_op_threads),
+        "BACKEND_MEMORY_LIMIT",
+        str(settings.backend_memory_limit_mb),
+    ]
+    if settings.torch_cpu_cache_mb is not None:  # else the engine's default, which follows maxmemory
+        args += ["TORCH_CPU_CACHE_MB", str(settings.torch_cpu_cache_mb)]
+    args += ["TORCH", str(torch_backend_path(settings.engine_module.resolve()))]
+    return tuple(args)
+
+
 def embedded_server(
     settings: Settings, port: int = 0, *, tls: TlsFiles | None = None, acl_file: Path | None = None
 ) -> RedisServer:
@@ -113,14 +129,7 @@ def embedded_server(
         tls=tls,
         debug_command="no",
         engine_module=settings.engine_module,
-        module_args=(
-            "THREADS_PER_QUEUE",
-            str(settings.threads_per_queue),
-            "INTRA_OP_PARALLELISM",
-            str(settings.intra_op_threads),
-            "TORCH",
-            str(torch_backend_path(settings.engine_module.resolve())),
-        ),
+        module_args=engine_args(settings),
         extra_config=extra,
     )
 
@@ -287,10 +296,11 @@ def cmd_down(settings: Settings, args: argparse.Namespace) -> int:
 
 
 def cmd_status(settings: Settings, args: argparse.Namespace) -> int:
-    from groundwatch import status
+    from groundwatch import enginestats, status
 
     client = connection.connect(settings, decode_responses=True)
     print(status.render(status.collect(client, feed=args.feed)))
+    print("\n".join(enginestats.render(enginestats.read(client))))
     return 0
 
 

@@ -46,6 +46,10 @@ class Settings:
     engine_module: Path = REPO_ROOT / "engine" / "build" / "engine.so"
     threads_per_queue: int = 1
     intra_op_threads: int = 0
+    # engine: MB of libtorch's block cache (None: the engine's default, 512 or maxmemory/4) and
+    # BACKEND_MEMORY_LIMIT in MB for TORCH runs (0: none); see docs/engine-limits.md.
+    torch_cpu_cache_mb: int | None = None
+    backend_memory_limit_mb: int = 0
     feed: str = "default"
     group: str = "detectors"
     consumer: str = ""  # consumers: the name in the group; empty: "<host>-<slot>", the first free slot
@@ -107,6 +111,12 @@ class Settings:
             )
         if self.score_threshold is not None and not 0.0 <= self.score_threshold <= 1.0:
             raise ConfigError(f"score threshold {self.score_threshold} must be between 0 and 1")
+        if self.torch_cpu_cache_mb is not None and self.torch_cpu_cache_mb < 0:
+            raise ConfigError(f"torch_cpu_cache_mb must be 0 (off) or more, got {self.torch_cpu_cache_mb}")
+        if self.backend_memory_limit_mb < 0:
+            raise ConfigError(
+                f"backend_memory_limit_mb must be 0 (no limit) or more, got {self.backend_memory_limit_mb}"
+            )
         if self.dag_timeout_ms < 0 or self.dag_timeout_ms * 2 > self.claim_idle_ms:
             raise ConfigError(
                 f"dag_timeout_ms {self.dag_timeout_ms} must be between 0 (claim_idle_ms // 3) and half of "

@@ -36,6 +36,12 @@ std::mutex fake_mutex;
 std::map<std::string, std::string> fake_redis;
 void *add_model = nullptr;
 void *const kCallCtx = reinterpret_cast<void *>(0x5eed);
+using GwMemory = GwBackendMemory;
+#if defined(__SANITIZE_ADDRESS__)
+constexpr bool kAsan = true;  // the backend caches nothing then
+#else
+constexpr bool kAsan = false;
+#endif
 
 void check(bool ok, const std::string &what) {
   if (!ok) {
@@ -583,6 +589,49 @@ def f(tensors: List[Tensor], keys: List[str], args: List[str]):
   api->script_free(script);
 }
 
+// ABI 5: the allocator's figures, the cache's cap and BACKEND_MEMORY_LIMIT.
+void test_memory() {
+  if (!add_model) return;
+  const size_t MiB = 1 << 20;
+  std::vector<int64_t> shape = {512, 512};  // 1 MiB of floats per tensor
+  std::vector<float> a(512 * 512, 1.0f), b(512 * 512, 2.0f);
+  GwTensor in[2] = {float_tensor(shape, a), float_tensor(shape, b)};
+  GwMemory m;
+  GwTensor out;
+
+  api->set_memory_limits(16 * MiB, 0);
+  std::string err = take_error(api->model_run(add_model, in, 2, &out, 1));
+  check(err.empty(), "memory: run under no limit " + err);
+  if (err.empty()) free_tensor(&out);
+  api->memory_stats(&m);
+  check(m.run_bytes == 0 && m.run_input_bytes == 0, "memory: nothing held by runs when idle");
+  check(m.run_peak_bytes >= MiB, "memory: the peak saw the 1 MiB output");
+  check(m.cache_limit_bytes == (kAsan ? 0 : 16 * MiB), "memory: cache cap as set");
+  check(m.cache_bytes <= m.cache_limit_bytes && (kAsan || m.cache_bytes >= MiB),
+        "memory: the output's block is cached, within the cap");
+
+  api->set_memory_limits(16 * MiB, MiB);  // the two inputs alone are 2 MiB
+  err = take_error(api->model_run(add_model, in, 2, &out, 1));
+  check(contains(err, "BACKEND_MEMORY_LIMIT of 1.0 MB reached") && contains(err, "for its inputs"),
+        "memory: inputs over the limit refused: " + err);
+  api->set_memory_limits(16 * MiB, 2 * MiB + MiB / 2);  // inputs fit, the output does not
+  err = take_error(api->model_run(add_model, in, 2, &out, 1));
+  check(contains(err, "BACKEND_MEMORY_LIMIT of 2.5 MB reached") && contains(err, "for a tensor"),
+        "memory: output over the limit refused: " + err);
+  api->memory_stats(&m);
+  check(m.refused_allocations == 2 && m.run_bytes == 0 && m.run_input_bytes == 0,
+        "memory: two refusals, nothing left held");
+  check(m.cache_bytes == 0, "memory: the refusal emptied the cache first");
+
+  api->set_memory_limits(0, 0);
+  err = take_error(api->model_run(add_model, in, 2, &out, 1));
+  check(err.empty(), "memory: runs again without a limit " + err);
+  if (err.empty()) free_tensor(&out);
+  api->memory_stats(&m);
+  check(m.cache_bytes == 0 && m.cache_limit_bytes == 0, "memory: cache off at cap 0");
+  api->set_memory_limits(512 * MiB, 0);
+}
+
 }  // namespace
 
 int main(int argc, char **argv) {
@@ -609,6 +658,7 @@ int main(int argc, char **argv) {
   test_models(argv[2]);
   test_scripts();
   test_no_growth();
+  test_memory();
   if (add_model) api->model_free(add_model);
   std::printf("%d failure(s)\n", failures);
   return failures ? 1 : 0;

@@ -16,9 +16,9 @@
 #include <c10/core/impl/alloc_cpu.h>
 
 #include <atomic>
-#include <cstdlib>
-#include <unordered_map>
+#include <cstdio>
 #include <cstring>
+#include <unordered_map>
 #include <exception>
 #include <functional>
 #include <mutex>
@@ -227,6 +227,17 @@ std::vector<at::Tensor> tensors_of(const c10::IValue &value, const char *what) {
   return out;
 }
 
+void for_each_tensor_constant(torch::jit::Block *block,
+                              const std::function<void(const at::Tensor &)> &fn) {
+  for (torch::jit::Node *node : block->nodes()) {
+    if (node->kind() == c10::prim::Constant &&
+        node->output()->type()->kind() == c10::TypeKind::TensorType) {
+      if (auto value = torch::jit::toIValue(node->output())) fn(value->toTensor());
+    }
+    for (torch::jit::Block *inner : node->blocks()) for_each_tensor_constant(inner, fn);
+  }
+}
+
 namespace {
 
 // ---------------------------------------------------------------------------------------------
@@ -254,16 +265,8 @@ size_t module_memory(const torch::jit::Module &module) {
   for (const at::Tensor &p : module.parameters(/*recurse=*/true)) add(p);
   for (const at::Tensor &b : module.buffers(/*recurse=*/true)) add(b);
   // A frozen model (torch.jit.freeze) holds its weights as graph constants instead.
-  std::function<void(torch::jit::Block *)> walk = [&](torch::jit::Block *block) {
-    for (torch::jit::Node *node : block->nodes()) {
-      if (node->kind() == c10::prim::Constant &&
-          node->output()->type()->kind() == c10::TypeKind::TensorType) {
-        if (auto value = torch::jit::toIValue(node->output())) add(value->toTensor());
-      }
-      for (torch::jit::Block *inner : node->blocks()) walk(inner);
-    }
-  };
-  for (const torch::jit::Method &method : module.get_methods()) walk(method.graph()->block());
+  for (const torch::jit::Method &method : module.get_methods())
+    for_each_tensor_constant(method.graph()->block(), add);
   return total;
 }
 
@@ -399,6 +402,8 @@ char *model_run(void *model, const GwTensor *inputs, size_t ninputs, GwTensor *o
       throw std::runtime_error("model returns " + count_word(m->noutputs, "output") + " but " +
                                std::to_string(noutputs) + " were expected");
     }
+    // Declared first so that it ends last, after every tensor of the run is gone.
+    RunScope run(input_bytes(inputs, ninputs));
     c10::InferenceMode guard;
     // GPU:n: make device n current for the kernels this thread launches.
     c10::OptionalDeviceGuard device_guard;
@@ -450,6 +455,240 @@ class LogWarnings : public c10::WarningHandler {
   std::unordered_set<std::string> seen_;
 };
 
+
+}  // namespace
+}  // namespace gw
+
+namespace gw {
+namespace {
+
+// libtorch's CPU allocator, replaced so that the engine's memory outside Redis's allocator can be
+// seen, cached and bounded.
+//
+// Seen: every live block is recorded with its size and whether a thread inside a run allocated
+// it, so INFO MODULES can split weights and the rest from the tensors of runs.
+//
+// Cached: the default allocator takes every block from glibc malloc, which maps blocks above
+// 32 MiB afresh and unmaps them on free (and, in the worker threads' arenas, gives freed heap
+// pages back too): a batch's big activations are then page-faulted in again on every run. Freed
+// blocks of 1 MiB and more are kept, by size, for the next run of the same shapes, up to the
+// cache's cap (TORCH_CPU_CACHE_MB, set by the module through set_memory_limits; 0 turns the cache
+// off). Smaller blocks go straight back to malloc.
+//
+// Bounded: with BACKEND_MEMORY_LIMIT set, the inputs of the runs in progress, the blocks runs
+// hold and the cache may not pass it together. An allocation inside a run that would pass it
+// first empties the cache, then throws: the run fails with that message, the process does not
+// grow. Allocations outside runs (loading weights) are not refused: MODELSTORE is bounded by
+// maxmemory through the blob, and the weights are reported apart.
+class CachingCpuAllocator final : public c10::Allocator {
+ public:
+  c10::DataPtr allocate(size_t n) override {
+    bool in_run = run_depth > 0;
+    size_t size = n < kMinCached ? n : (n + kGranule - 1) / kGranule * kGranule;
+    void *p = nullptr;
+    {
+      std::lock_guard<std::mutex> lock(mutex_);
+      if (size >= kMinCached) p = take_cached(size);
+      if (!p && in_run && limit_ && held_by_runs() + size > limit_) {
+        free_cached_until(0);
+        if (held_by_runs() + size > limit_) {
+          refused_++;
+          TORCH_CHECK(false, limit_message(size));
+        }
+      }
+      if (!p) p = c10::alloc_cpu(size);
+      if (p) {
+        live_[p] = Block{size, in_run};
+        allocated_ += size;
+        if (in_run) {
+          run_ += size;
+          if (run_ > run_peak_) run_peak_ = run_;
+        }
+      }
+    }
+    return {p, p, &release, c10::Device(c10::kCPU)};
+  }
+
+  c10::DeleterFnPtr raw_deleter() const override { return &release; }
+
+  void copy_data(void *dest, const void *src, std::size_t count) const override {
+    default_copy_data(dest, src, count);
+  }
+
+  static void release(void *p) {
+    if (p) instance->give_back(p);
+  }
+
+  // The inputs of a run count against the limit while it runs; a run whose inputs alone would
+  // pass it (the cache can always be emptied) is refused before anything is allocated.
+  void begin_run(size_t input_bytes) {
+    std::lock_guard<std::mutex> lock(mutex_);
+    if (limit_ && run_inputs_ + run_ + input_bytes > limit_) {
+      refused_++;
+      throw std::runtime_error(limit_message(input_bytes, "its inputs"));
+    }
+    run_inputs_ += input_bytes;
+    free_cached_until(limit_ ? limit_ - run_inputs_ - run_ : cache_cap_);
+  }
+  void end_run(size_t input_bytes) {
+    std::lock_guard<std::mutex> lock(mutex_);
+    run_inputs_ -= input_bytes;
+  }
+
+  void set_limits(size_t cache_bytes, size_t limit_bytes) {
+    std::lock_guard<std::mutex> lock(mutex_);
+    cache_cap_ = kCanCache ? cache_bytes : 0;
+    limit_ = limit_bytes;
+    size_t room = limit_ > run_inputs_ + run_ ? limit_ - run_inputs_ - run_ : 0;
+    free_cached_until(limit_ && room < cache_cap_ ? room : cache_cap_);
+  }
+
+  void stats(GwBackendMemory *out) {
+    std::lock_guard<std::mutex> lock(mutex_);
+    out->allocated_bytes = allocated_;
+    out->run_bytes = run_;
+    out->run_peak_bytes = run_peak_;
+    out->run_input_bytes = run_inputs_;
+    out->cache_bytes = cached_;
+    out->cache_limit_bytes = cache_cap_;
+    out->memory_limit_bytes = limit_;
+    out->refused_allocations = refused_;
+  }
+
+  static CachingCpuAllocator *instance;
+  // > 0 while the calling thread is inside model_run or script_run (nested: a script's
+  // redisAI.model_execute).
+  static thread_local int run_depth;
+
+ private:
+  static constexpr size_t kMinCached = 1 << 20;
+  static constexpr size_t kGranule = 64 << 10;
+#if defined(__SANITIZE_ADDRESS__)
+  static constexpr bool kCanCache = false;  // reusing blocks would hide use-after-free from ASan
+#else
+  static constexpr bool kCanCache = true;
+#endif
+  // Until the module sets it (a host older than ABI 5 never does): the old default.
+  static constexpr size_t kDefaultCache = kCanCache ? size_t(512) << 20 : 0;
+
+  struct Block {
+    size_t size;
+    bool in_run;
+  };
+
+  size_t held_by_runs() const { return run_inputs_ + run_ + cached_; }
+
+  static std::string mb(size_t bytes) {
+    char buf[32];
+    std::snprintf(buf, sizeof buf, "%.1f", static_cast<double>(bytes) / (1 << 20));
+    return buf;
+  }
+
+  std::string limit_message(size_t wanted, const char *what = "a tensor") const {
+    return "BACKEND_MEMORY_LIMIT of " + mb(limit_) + " MB reached: the run needed " + mb(wanted) +
+           " MB for " + what + " while runs held " + mb(run_inputs_ + run_) + " MB (inputs " +
+           mb(run_inputs_) + " MB, tensors " + mb(run_) + " MB) and the block cache " +
+           mb(cached_) + " MB; send smaller batches or raise the limit (AI.CONFIG " +
+           "BACKEND_MEMORY_LIMIT <MB>)";
+  }
+
+  void *take_cached(size_t size) {
+    auto it = free_.find(size);
+    if (it == free_.end() || it->second.empty()) return nullptr;
+    void *p = it->second.back();
+    it->second.pop_back();
+    if (it->second.empty()) free_.erase(it);
+    cached_ -= size;
+    return p;
+  }
+
+  void free_cached_until(size_t cap) {
+    while (cached_ > cap && !free_.empty()) {
+      auto it = free_.begin();
+      c10::free_cpu(it->second.back());
+      it->second.pop_back();
+      cached_ -= it->first;
+      if (it->second.empty()) free_.erase(it);
+    }
+  }
+
+  void give_back(void *p) {
+    {
+      std::lock_guard<std::mutex> lock(mutex_);
+      auto it = live_.find(p);
+      if (it != live_.end()) {
+        Block b = it->second;
+        live_.erase(it);
+        allocated_ -= b.size;
+        if (b.in_run) run_ -= b.size;
+        bool fits = cached_ + b.size <= cache_cap_ && (!limit_ || held_by_runs() + b.size <= limit_);
+        if (b.size >= kMinCached && fits) {
+          free_[b.size].push_back(p);
+          cached_ += b.size;
+          return;
+        }
+      }
+    }
+    c10::free_cpu(p);
+  }
+
+  std::mutex mutex_;
+  std::unordered_map<void *, Block> live_;                // every block in use
+  std::unordered_map<size_t, std::vector<void *>> free_;  // large blocks kept: by size
+  size_t cache_cap_ = kDefaultCache;
+  size_t limit_ = 0;
+  size_t cached_ = 0;
+  size_t allocated_ = 0;
+  size_t run_ = 0;
+  size_t run_peak_ = 0;
+  size_t run_inputs_ = 0;
+  uint64_t refused_ = 0;
+};
+
+CachingCpuAllocator *CachingCpuAllocator::instance = nullptr;
+thread_local int CachingCpuAllocator::run_depth = 0;
+
+void install_cpu_allocator() {
+  // Never destroyed: tensors may be freed during exit, after static destructors.
+  CachingCpuAllocator::instance = new CachingCpuAllocator();
+  c10::SetCPUAllocator(CachingCpuAllocator::instance, /*priority=*/1);
+}
+
+}  // namespace
+
+size_t input_bytes(const GwTensor *inputs, size_t ninputs) {
+  size_t n = 0;
+  for (size_t i = 0; i < ninputs; i++) n += inputs[i].nbytes;
+  return n;
+}
+
+RunScope::RunScope(size_t input_bytes) : inputs_(input_bytes) {
+  CachingCpuAllocator::instance->begin_run(inputs_);
+  CachingCpuAllocator::run_depth++;
+}
+
+RunScope::~RunScope() {
+  CachingCpuAllocator::run_depth--;
+  CachingCpuAllocator::instance->end_run(inputs_);
+}
+
+namespace {
+
+void memory_stats(GwBackendMemory *out) {
+  std::memset(out, 0, sizeof(*out));
+  CachingCpuAllocator::instance->stats(out);
+}
+
+void set_memory_limits(size_t cache_bytes, size_t limit_bytes) {
+  CachingCpuAllocator::instance->set_limits(cache_bytes, limit_bytes);
+}
+
+}  // namespace
+}  // namespace gw
+
+namespace gw {
+namespace {
+
 GwBackendApi api = {
     GW_BACKEND_ABI_VERSION,
     "TORCH",
@@ -469,104 +708,10 @@ GwBackendApi api = {
     model_optimize,
     set_execution_timeout,
     script_function_params,
+    memory_stats,
+    set_memory_limits,
+    script_memory,
 };
-
-}  // namespace
-}  // namespace gw
-
-namespace gw {
-namespace {
-
-// A cache of large CPU blocks for libtorch. Its default allocator takes every block from glibc
-// malloc, which maps blocks above 32 MiB afresh and unmaps them on free (and, in the worker
-// threads' arenas, gives back freed heap pages too): a batch's big activations are then
-// page-faulted in again on every run. Blocks of 1 MiB and more are kept here on free, by size,
-// for the next run of the same shapes, up to GW_TORCH_CPU_CACHE_MB in all (default 512; 0 turns
-// the cache off); beyond that they are freed. Smaller blocks go straight to malloc.
-class CachingCpuAllocator final : public c10::Allocator {
- public:
-  explicit CachingCpuAllocator(size_t capacity) : capacity_(capacity) {}
-
-  c10::DataPtr allocate(size_t n) override {
-    if (n < kMinCached) {
-      void *p = c10::alloc_cpu(n);
-      return {p, p, &release, c10::Device(c10::kCPU)};
-    }
-    size_t size = (n + kGranule - 1) / kGranule * kGranule;
-    void *p = nullptr;
-    {
-      std::lock_guard<std::mutex> lock(mutex_);
-      auto it = free_.find(size);
-      if (it != free_.end() && !it->second.empty()) {
-        p = it->second.back();
-        it->second.pop_back();
-        cached_ -= size;
-      }
-    }
-    if (!p) p = c10::alloc_cpu(size);
-    {
-      std::lock_guard<std::mutex> lock(mutex_);
-      live_[p] = size;
-    }
-    return {p, p, &release, c10::Device(c10::kCPU)};
-  }
-
-  c10::DeleterFnPtr raw_deleter() const override { return &release; }
-
-  void copy_data(void *dest, const void *src, std::size_t count) const override {
-    default_copy_data(dest, src, count);
-  }
-
-  static void release(void *p) {
-    if (p) instance->give_back(p);
-  }
-
-  static CachingCpuAllocator *instance;
-
- private:
-  static constexpr size_t kMinCached = 1 << 20;
-  static constexpr size_t kGranule = 64 << 10;
-
-  void give_back(void *p) {
-    {
-      std::lock_guard<std::mutex> lock(mutex_);
-      auto it = live_.find(p);
-      if (it != live_.end()) {
-        size_t size = it->second;
-        live_.erase(it);
-        if (cached_ + size <= capacity_) {
-          free_[size].push_back(p);
-          cached_ += size;
-          return;
-        }
-      }
-    }
-    c10::free_cpu(p);
-  }
-
-  const size_t capacity_;
-  std::mutex mutex_;
-  std::unordered_map<void *, size_t> live_;               // large blocks in use: size
-  std::unordered_map<size_t, std::vector<void *>> free_;  // large blocks kept: by size
-  size_t cached_ = 0;
-};
-
-CachingCpuAllocator *CachingCpuAllocator::instance = nullptr;
-
-void install_cpu_cache() {
-#if defined(__SANITIZE_ADDRESS__)
-  return;  // reusing blocks would hide use-after-free from AddressSanitizer
-#endif
-  const char *setting = std::getenv("GW_TORCH_CPU_CACHE_MB");
-  long mb = setting ? std::strtol(setting, nullptr, 10) : 512;
-  if (mb <= 0) return;
-  // Never destroyed: tensors may be freed during exit, after static destructors.
-  CachingCpuAllocator::instance = new CachingCpuAllocator(static_cast<size_t>(mb) << 20);
-  c10::SetCPUAllocator(CachingCpuAllocator::instance, /*priority=*/1);
-  host->log("verbose", ("TORCH backend: caching up to " + std::to_string(mb) +
-                        " MiB of large CPU blocks (GW_TORCH_CPU_CACHE_MB)")
-                           .c_str());
-}
 
 }  // namespace
 }  // namespace gw
@@ -576,8 +721,8 @@ extern "C" __attribute__((visibility("default"))) const GwBackendApi *gw_backend
   if (!host || !host->alloc || !host->free || !host->log) return nullptr;
   gw::host = host;
   try {
-    static std::once_flag cache_once;
-    std::call_once(cache_once, gw::install_cpu_cache);
+    static std::once_flag allocator_once;
+    std::call_once(allocator_once, gw::install_cpu_allocator);
     static gw::LogWarnings log_warnings;
     c10::WarningUtils::set_warning_handler(&log_warnings);
     gw::register_script_ops();

@@ -4,6 +4,7 @@
 
 #include <torch/script.h>
 
+#include <functional>
 #include <string>
 #include <vector>
 
@@ -66,6 +67,27 @@ std::string timeout_message();
 void add_interruption_points(torch::jit::Module &module);
 void add_interruption_points(torch::jit::CompilationUnit &unit);
 
+// Calls fn on every tensor constant of block and the blocks nested in it.
+void for_each_tensor_constant(torch::jit::Block *block,
+                              const std::function<void(const at::Tensor &)> &fn);
+
+// Bytes of the inputs given to a run.
+size_t input_bytes(const GwTensor *inputs, size_t ninputs);
+
+// Marks the calling thread as inside a run for the CPU allocator (torch_backend.cpp): what it
+// allocates meanwhile counts as tensors of runs, and the run's inputs count against
+// BACKEND_MEMORY_LIMIT. Throws when the inputs alone would pass the limit.
+class RunScope {
+ public:
+  explicit RunScope(size_t input_bytes);
+  ~RunScope();
+  RunScope(const RunScope &) = delete;
+  RunScope &operator=(const RunScope &) = delete;
+
+ private:
+  size_t inputs_;
+};
+
 // Scripts (torch_scripts.cpp). register_script_ops runs once, from gw_backend_init; throws on
 // failure.
 void register_script_ops();
@@ -74,6 +96,7 @@ void script_free(void *script);
 int script_has_function(const void *script, const char *name);
 long long script_function_params(const void *script, const char *name, int32_t *kinds,
                                  size_t max);
+size_t script_memory(const void *script);
 char *script_run(void *script, const char *fn, const GwTensor *inputs, size_t ninputs,
                  const char *const *keys, size_t nkeys, const char *const *args, size_t nargs,
                  void *call_ctx, GwTensor **outputs, size_t *noutputs);

@@ -15,6 +15,7 @@
 #include <c10/core/DeviceGuard.h>
 #include <c10/core/InferenceMode.h>
 #include <torch/csrc/jit/api/compilation_unit.h>
+#include <torch/csrc/jit/api/function_impl.h>
 #include <torch/csrc/jit/frontend/resolver.h>
 #include <torch/csrc/jit/runtime/custom_operator.h>
 #include <torch/csrc/jit/runtime/operator.h>
@@ -29,6 +30,7 @@
 #include <mutex>
 #include <stdexcept>
 #include <string>
+#include <unordered_set>
 #include <vector>
 
 #include "torch_backend.h"
@@ -494,6 +496,23 @@ int script_has_function(const void *script, const char *name) {
   }
 }
 
+size_t script_memory(const void *script) {
+  try {
+    const Script *s = static_cast<const Script *>(script);
+    std::unordered_set<const void *> seen;
+    size_t total = 0;
+    auto add = [&](const at::Tensor &t) {
+      if (t.defined() && seen.insert(t.storage().unsafeGetStorageImpl()).second)
+        total += t.storage().nbytes();
+    };
+    for (torch::jit::Function *f : s->unit->get_functions())
+      if (f->isGraphFunction()) for_each_tensor_constant(toGraphFunction(*f).graph()->block(), add);
+    return total;
+  } catch (...) {
+    return 0;
+  }
+}
+
 long long script_function_params(const void *script, const char *name, int32_t *kinds,
                                  size_t max) {
   try {
@@ -529,6 +548,8 @@ char *script_run(void *script, const char *fn, const GwTensor *inputs, size_t ni
     torch::jit::Function *function = fn ? s->unit->find_function(c10::QualifiedName(fn)) : nullptr;
     if (!function)
       throw std::runtime_error(std::string("Function does not exist: ") + (fn ? fn : ""));
+    // Declared first so that it ends last, after every tensor of the run is gone.
+    RunScope run(input_bytes(inputs, ninputs));
     ScriptContextGuard context(call_ctx);
     c10::InferenceMode guard;
     c10::OptionalDeviceGuard device_guard;

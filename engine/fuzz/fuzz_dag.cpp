@@ -7,7 +7,7 @@
  * key positions. Beyond no crash and no sanitizer report: every reported key position is inside
  * the arguments, every blocked client is unblocked, and every reply is one complete reply.
  *
- * fuzz-sources: commands.cpp exec.cpp backend.cpp batching.cpp rm_api.cpp
+ * fuzz-sources: commands.cpp exec.cpp backend.cpp batching.cpp rm_api.cpp memory.cpp
  */
 #include <charconv>
 #include <condition_variable>
@@ -24,6 +24,7 @@
 /* What module.cpp defines in the real module. */
 namespace gw {
 Config config;
+LoadedCounts torch_loaded;
 RedisModuleType *TensorType = nullptr;
 RedisModuleType *ModelType = nullptr;
 RedisModuleType *ScriptType = nullptr;

@@ -10,6 +10,7 @@
 #include <cstring>
 
 #include "exec.h"
+#include "memory.h"
 #include "objects.h"
 #include "rm_api.h"
 
@@ -132,6 +133,7 @@ std::string load_torch_backend(const std::string &given, bool trusted) {
                     api->abi_version);
   g_torch_dl = dl;
   g_torch = api;
+  apply_memory_limits();
   RedisModule_Log(nullptr, "notice", "loaded TORCH backend %s from %s", api->version(), path.c_str());
   return {};
 }
@@ -146,18 +148,46 @@ const GwBackendApi *require_torch(std::string *err) {
   return g_torch;
 }
 
+/* ==== Memory limits ========================================================================== */
+
+unsigned long long cpu_cache_bytes() {
+  if (config.torch_cpu_cache_mb >= 0) return static_cast<unsigned long long>(config.torch_cpu_cache_mb) << 20;
+  return default_cpu_cache_bytes(config.maxmemory);
+}
+
+void apply_memory_limits() {
+  if (!g_torch || g_torch->abi_version < 5) return;
+  g_torch->set_memory_limits(static_cast<size_t>(cpu_cache_bytes()),
+                             static_cast<size_t>(config.backend_memory_limit) << 20);
+}
+
+GwBackendMemory backend_memory() {
+  GwBackendMemory m;
+  memset(&m, 0, sizeof m);
+  if (g_torch && g_torch->abi_version >= 5) g_torch->memory_stats(&m);
+  return m;
+}
+
 /* ==== Model and script lifetime ================================================================ */
 
 void Model::release() {
   if (refs.fetch_sub(1, std::memory_order_acq_rel) != 1) return;
-  if (handle && g_torch) g_torch->model_free(handle);
+  if (handle && g_torch) {
+    g_torch->model_free(handle);
+    torch_loaded.models--;
+    torch_loaded.model_bytes -= static_cast<long long>(weights);
+  }
   if (blob) mem_free(blob);
   delete this;
 }
 
 void Script::release() {
   if (refs.fetch_sub(1, std::memory_order_acq_rel) != 1) return;
-  if (handle && g_torch) g_torch->script_free(handle);
+  if (handle && g_torch) {
+    g_torch->script_free(handle);
+    torch_loaded.scripts--;
+    torch_loaded.script_bytes -= static_cast<long long>(weights);
+  }
   delete this;
 }
 

@@ -22,6 +22,14 @@ std::string resolve_path(const std::string &path);
  * sets *err to the reply. */
 const GwBackendApi *require_torch(std::string *err);
 
+/* The block cache's cap in force: TORCH_CPU_CACHE_MB, or the default rule over maxmemory. */
+unsigned long long cpu_cache_bytes();
+/* Hands the block cache's cap and BACKEND_MEMORY_LIMIT to the backend (ABI 5; older ones
+ * neither cache under our control nor enforce). Call after either setting or maxmemory changes. */
+void apply_memory_limits();
+/* What the backend reports of its memory; zeros when none is loaded or it predates ABI 5. */
+GwBackendMemory backend_memory();
+
 /* A backend error message as a std::string; frees the backend's buffer. */
 std::string take_backend_error(char *msg);
 /* Frees what a backend handed back inside an output tensor. */

@@ -23,9 +23,10 @@
 extern "C" {
 #endif
 
-/* 2 appended model_optimize, 3 set_execution_timeout, 4 script_function_params; the module
- * still accepts version-1 to version-3 backends (without the later entries). */
-#define GW_BACKEND_ABI_VERSION 4
+/* 2 appended model_optimize, 3 set_execution_timeout, 4 script_function_params, 5 the
+ * memory figures and limits; the module still accepts version-1 to version-4 backends
+ * (without the later entries). */
+#define GW_BACKEND_ABI_VERSION 5
 #define GW_BACKEND_ABI_MIN_VERSION 1
 
 /* Element types, in the order of the protocol's TYPE names. */
@@ -97,6 +98,18 @@ typedef struct {
                          size_t ninputs, size_t noutputs, GwTensor *outputs);
 } GwHostApi;
 
+/* The backend's CPU memory outside Redis's allocator (ABI 5), for INFO MODULES. */
+typedef struct {
+  uint64_t allocated_bytes;   /* live CPU tensor storage: weights, tensors of runs, the rest */
+  uint64_t run_bytes;         /* of which allocated by threads inside model_run/script_run */
+  uint64_t run_peak_bytes;    /* the highest run_bytes since the backend started */
+  uint64_t run_input_bytes;   /* inputs of the runs in progress (module memory, borrowed) */
+  uint64_t cache_bytes;       /* freed large blocks kept for reuse (not in allocated_bytes) */
+  uint64_t cache_limit_bytes; /* the block cache's cap in force */
+  uint64_t memory_limit_bytes; /* BACKEND_MEMORY_LIMIT in force, 0: none */
+  uint64_t refused_allocations; /* allocations the limit refused since the backend started */
+} GwBackendMemory;
+
 /* What a backend offers the module. Every function pointer is set. Models and scripts may be
  * run concurrently from several worker threads. */
 typedef struct {
@@ -144,6 +157,16 @@ typedef struct {
    * the first min(number, max) into kinds; -1 when the script has no such function. */
   long long (*script_function_params)(const void *script, const char *name, int32_t *kinds,
                                       size_t max);
+
+  /* ABI 5 and later only. */
+  void (*memory_stats)(GwBackendMemory *out);
+  /* cache_bytes caps the block cache (0 turns it off; lowering it frees blocks at once);
+   * limit_bytes (0: none) bounds what runs hold: their inputs, the tensors they allocate and
+   * the block cache together. An allocation inside a run that would pass it first empties the
+   * cache, then fails the run with a message naming BACKEND_MEMORY_LIMIT. */
+  void (*set_memory_limits)(size_t cache_bytes, size_t limit_bytes);
+  /* Bytes of the tensor constants a compiled script holds. */
+  size_t (*script_memory)(const void *script);
 } GwBackendApi;
 
 /* The one symbol a backend exports. Returns NULL when it cannot start (the reason is logged). */

@@ -299,6 +299,9 @@ std::string create_model(const std::string &device, const std::string &tag, long
       RedisModule_Log(nullptr, "warning", "model stored unoptimised: %s",
                       m->optimize_status.c_str());
   }
+  m->weights = be->model_memory(handle);
+  torch_loaded.models++;
+  torch_loaded.model_bytes += static_cast<long long>(m->weights);
   *out = m;
   return {};
 }
@@ -337,6 +340,11 @@ std::string create_script(const std::string &device, const std::string &tag,
   s->entry_points = entry_points;
   s->handle = handle;
   if (!handle) s->load_error = err.compare(0, 4, "ERR ") == 0 ? err.substr(4) : err;
+  if (handle) {
+    s->weights = be->abi_version >= 5 ? be->script_memory(handle) : 0;
+    torch_loaded.scripts++;
+    torch_loaded.script_bytes += static_cast<long long>(s->weights);
+  }
   *out = s;
   return err;
 }
@@ -1623,8 +1631,29 @@ int Config_Command(RedisModuleCtx *ctx, RedisModuleString **argv, int argc) {
     config.model_chunk_size = n;
     return RedisModule_ReplyWithSimpleString(ctx, "OK");
   }
+  /* groundwatch extensions (RedisAI 1.2 takes these at load time only): the engine's memory
+   * bounds, in MB, changed at run time. TORCH_CPU_CACHE_MB AUTO goes back to the default rule. */
+  if (a.is(1, "BACKEND_MEMORY_LIMIT")) {
+    long long n;
+    if (!a.ll(2, &n) || n < 0 || n > kMaxMemoryMb)
+      return reply_err(ctx, "ERR BACKEND_MEMORY_LIMIT: expected megabytes, 0 or more (0: no limit)");
+    config.backend_memory_limit = n;
+    apply_memory_limits();
+    return RedisModule_ReplyWithSimpleString(ctx, "OK");
+  }
+  if (a.is(1, "TORCH_CPU_CACHE_MB")) {
+    long long n = -1;
+    if (!a.is(2, "AUTO") && (!a.ll(2, &n) || n < 0 || n > kMaxMemoryMb))
+      return reply_err(ctx, "ERR TORCH_CPU_CACHE_MB: expected megabytes, 0 or more, or AUTO");
+    config.torch_cpu_cache_mb = n;
+    apply_memory_limits();
+    return RedisModule_ReplyWithSimpleString(ctx, "OK");
+  }
   if (a.is(1, "GET")) {
     if (argc < 3) return reply_arity(ctx, argv);
+    if (a.is(2, "BACKEND_MEMORY_LIMIT")) return RedisModule_ReplyWithLongLong(ctx, config.backend_memory_limit);
+    if (a.is(2, "TORCH_CPU_CACHE_MB"))
+      return RedisModule_ReplyWithLongLong(ctx, static_cast<long long>(cpu_cache_bytes() >> 20));
     if (a.is(2, "BACKENDSPATH"))
       return RedisModule_ReplyWithStringBuffer(ctx, config.backends_path.data(),
                                                config.backends_path.size());

@@ -9,6 +9,8 @@
 
 #include <cstdio>
 
+#include <atomic>
+#include <cstdlib>
 #include <cstring>
 #include <string>
 #include <vector>
@@ -16,6 +18,7 @@
 #include "backend.h"
 #include "exec.h"
 #include "glue.h"
+#include "memory.h"
 #include "objects.h"
 #include "rm_api.h"
 #include "rdb_legacy.h"
@@ -31,6 +34,7 @@ namespace gw {
 /* ==== Globals ================================================================================= */
 
 Config config;
+LoadedCounts torch_loaded;
 RedisModuleType *TensorType = nullptr;
 RedisModuleType *ModelType = nullptr;
 RedisModuleType *ScriptType = nullptr;
@@ -360,6 +364,37 @@ std::string field_name(std::string s) {
   return s;
 }
 
+/* The engine's memory outside Redis's allocator (a groundwatch section; docs/engine-limits.md
+ * says how the figures relate to used_memory_rss). Every field is always present, 0 when it
+ * does not apply, so that readers need no special cases. */
+void info_memory(RedisModuleInfoCtx *ctx) {
+  ProcessMemory pm = process_memory();
+  GwBackendMemory bm = backend_memory();
+  auto u = [ctx](const char *name, unsigned long long v) { RedisModule_InfoAddFieldULongLong(ctx, name, v); };
+  auto n = [](const std::atomic<long long> &v) {
+    long long x = v.load();
+    return static_cast<unsigned long long>(x > 0 ? x : 0);
+  };
+  RedisModule_InfoAddSection(ctx, "memory");
+  u("process_rss_bytes", pm.rss_bytes);
+  u("malloc_is_libc", pm.malloc_is_libc ? 1 : 0);
+  u("malloc_in_use_bytes", pm.malloc_in_use_bytes);
+  u("malloc_free_bytes", pm.malloc_free_bytes);
+  u("torch_models", n(torch_loaded.models));
+  u("torch_model_weights_bytes", n(torch_loaded.model_bytes));
+  u("torch_scripts", n(torch_loaded.scripts));
+  u("torch_script_bytes", n(torch_loaded.script_bytes));
+  u("torch_cpu_allocated_bytes", bm.allocated_bytes);
+  u("torch_run_tensor_bytes", bm.run_bytes);
+  u("torch_run_tensor_peak_bytes", bm.run_peak_bytes);
+  u("torch_run_input_bytes", bm.run_input_bytes);
+  u("torch_cpu_cache_bytes", bm.cache_bytes);
+  u("torch_cpu_cache_limit_bytes", torch_backend() ? bm.cache_limit_bytes : cpu_cache_bytes());
+  u("torch_cpu_cache_follows_maxmemory", config.torch_cpu_cache_mb < 0 ? 1 : 0);
+  u("torch_memory_limit_bytes", static_cast<unsigned long long>(config.backend_memory_limit) << 20);
+  u("torch_refused_allocations", bm.refused_allocations);
+}
+
 /* Seconds with 6 decimals, as RedisAI prints CPU times. */
 std::string cpu_seconds(const struct timeval &tv) {
   char buf[64];
@@ -375,7 +410,6 @@ std::string cpu_seconds(double s) {
 
 /* RedisAI's sections, names and order first (clients and dashboards read them); ours after. */
 void info_func(RedisModuleInfoCtx *ctx, int for_crash_report) {
-  (void)for_crash_report;
   RedisModule_InfoAddSection(ctx, "versions");
   RedisModule_InfoAddFieldCString(ctx, "RedisAI_version", "1.2.7");
   RedisModule_InfoAddFieldCString(ctx, "low_level_API_version", "1");
@@ -420,6 +454,10 @@ void info_func(RedisModuleInfoCtx *ctx, int for_crash_report) {
       RedisModule_InfoAddFieldCString(ctx, f.c_str(), cpu_seconds(q.cpu_seconds[i]).c_str());
     }
   }
+
+  /* A crash report may run with an allocator lock held: mallinfo2 and the backend's allocator
+   * would wait on it for ever. */
+  if (!for_crash_report) info_memory(ctx);
 
   RedisModule_InfoAddSection(ctx, "queues");
   for (const QueueInfo &q : queues) {
@@ -479,7 +517,9 @@ bool parse_load_args(RedisModuleCtx *ctx, RedisModuleString **argv, int argc, st
     } else if (strcasecmp(n.c_str(), "MODEL_EXECUTION_TIMEOUT") == 0) {
       ok = num_arg(&config.model_execution_timeout, 0);
     } else if (strcasecmp(n.c_str(), "BACKEND_MEMORY_LIMIT") == 0) {
-      ok = num_arg(&config.backend_memory_limit, 0);
+      ok = num_arg(&config.backend_memory_limit, 0) && config.backend_memory_limit <= kMaxMemoryMb;
+    } else if (strcasecmp(n.c_str(), "TORCH_CPU_CACHE_MB") == 0) {
+      ok = num_arg(&config.torch_cpu_cache_mb, 0) && config.torch_cpu_cache_mb <= kMaxMemoryMb;
     } else if (strcasecmp(n.c_str(), "TENSOR_MAX_BYTES") == 0) {
       ok = num_arg(&config.tensor_max_bytes, 1);
       if (ok && static_cast<uint64_t>(config.tensor_max_bytes) > kTensorBytesCeiling) {
@@ -500,6 +540,33 @@ bool parse_load_args(RedisModuleCtx *ctx, RedisModuleString **argv, int argc, st
     if (!ok) return false;
   }
   return true;
+}
+
+/* ==== maxmemory ============================================================================== */
+
+/* Reads maxmemory with CONFIG GET; 0 when unset or unreadable. */
+unsigned long long read_maxmemory(RedisModuleCtx *ctx) {
+  RedisModuleCallReply *r = RedisModule_Call(ctx, "CONFIG", "cc", "GET", "maxmemory");
+  unsigned long long value = 0;
+  if (r && RedisModule_CallReplyType(r) == REDISMODULE_REPLY_ARRAY && RedisModule_CallReplyLength(r) == 2) {
+    size_t len;
+    const char *p = RedisModule_CallReplyStringPtr(RedisModule_CallReplyArrayElement(r, 1), &len);
+    if (p) value = std::strtoull(std::string(p, len).c_str(), nullptr, 10);
+  }
+  if (r) RedisModule_FreeCallReply(r);
+  return value;
+}
+
+/* The default block cache follows maxmemory, which CONFIG SET can change at any time. Any
+ * config change re-reads it: cheaper than decoding which names changed, and just as exact. */
+void on_config_change(RedisModuleCtx *ctx, RedisModuleEvent eid, uint64_t subevent, void *data) {
+  (void)eid;
+  (void)subevent;
+  (void)data;
+  unsigned long long now = read_maxmemory(ctx);
+  if (now == config.maxmemory) return;
+  config.maxmemory = now;
+  apply_memory_limits();
 }
 
 }  // namespace
@@ -563,6 +630,10 @@ extern "C" __attribute__((visibility("default"))) int RedisModule_OnLoad(RedisMo
   /* As RedisAI, the CPU queue and its workers exist from load (INFO lists them at once). */
   std::string queue_err = start_queue("CPU");
   if (!queue_err.empty()) RedisModule_Log(ctx, "warning", "%s", queue_err.c_str());
+  config.maxmemory = read_maxmemory(ctx);
+  if (RedisModule_SubscribeToServerEvent(ctx, RedisModuleEvent{REDISMODULE_EVENT_CONFIG, 1},
+                                         on_config_change) != REDISMODULE_OK)
+    RedisModule_Log(ctx, "warning", "cannot follow CONFIG SET maxmemory: the block cache keeps its load-time size");
 
   if (!torch.empty()) {
     std::string err = load_torch_backend(torch, true);

@@ -23,7 +23,11 @@ struct Config {
   long long inter_op_parallelism = 0;
   long long model_chunk_size = 511LL * 1024 * 1024;
   long long model_execution_timeout = 5000;
-  long long backend_memory_limit = 0;
+  long long backend_memory_limit = 0; /* MB, as in RedisAI; enforced for TORCH runs; 0: none */
+  /* MB of the TORCH block cache (a groundwatch argument); -1: the default rule of memory.h,
+   * which follows maxmemory (read at load and after every CONFIG SET). */
+  long long torch_cpu_cache_mb = -1;
+  unsigned long long maxmemory = 0; /* Redis's, as last read */
   /* TENSOR_MAX_BYTES: the largest tensor a client can make (see tensor.h's invariants). */
   long long tensor_max_bytes = static_cast<long long>(kDefaultTensorMaxBytes);
   /* Bounds (docs/engine-limits.md). Distinct device queues, each with threads_per_queue
@@ -37,6 +41,20 @@ struct Config {
   std::vector<std::string> backend_roots;
 };
 extern Config config;
+/* The largest MB value the memory settings take (1 PiB), so that bytes fit in 64 bits. */
+constexpr long long kMaxMemoryMb = 1LL << 30;
+
+/* ==== Loaded models and scripts ===============================================================
+ * How many the TORCH backend holds and the bytes it reports for them (weights; tensor constants
+ * of scripts), for INFO MODULES. Counted from creation to release: a model that a run still
+ * holds after MODELDEL counts until the run ends, which is when its memory goes. */
+struct LoadedCounts {
+  std::atomic<long long> models{0};
+  std::atomic<long long> model_bytes{0};
+  std::atomic<long long> scripts{0};
+  std::atomic<long long> script_bytes{0};
+};
+extern LoadedCounts torch_loaded;
 
 extern RedisModuleType *TensorType;
 extern RedisModuleType *ModelType;
@@ -75,6 +93,7 @@ struct Model {
   char *blob = nullptr; /* mem_alloc'd, so it counts against maxmemory */
   size_t bloblen = 0;
   void *handle = nullptr; /* backend model */
+  size_t weights = 0;     /* what the backend reported once loaded (and optimised) */
   /* Stored with OPTIMIZE (a groundwatch extension): the backend froze and optimised the loaded
    * module. optimize_status is "ok" or why the passes could not run (the model then runs as
    * loaded). The flag, not the status, persists: loading optimises again. */
@@ -106,6 +125,7 @@ struct Script {
   /* As Model::load_error: loaded data the backend could not compile (no handle); every use
    * answers this reason, and the script is saved back as it came. */
   std::string load_error;
+  size_t weights = 0;     /* tensor constants, as the backend reported them */
   RunStats stats;
 
   Script *retain() {

@@ -29,6 +29,12 @@ typedef struct RedisModuleInfoCtx RedisModuleInfoCtx;
 typedef struct RedisModuleUser RedisModuleUser;
 typedef struct RedisModuleServerInfoData RedisModuleServerInfoData;
 
+/* A server event, passed by value: its id and the version of the data it carries. */
+typedef struct RedisModuleEvent {
+  uint64_t id;
+  uint64_t dataver;
+} RedisModuleEvent;
+
 /* ---- Constants ------------------------------------------------------------------------------ */
 #define REDISMODULE_OK 0
 #define REDISMODULE_ERR 1
@@ -61,6 +67,9 @@ typedef struct RedisModuleServerInfoData RedisModuleServerInfoData;
 /* Key access flags of RedisModule_ACLCheckKeyPermissions (the key-spec flags of Redis 7.0). */
 #define REDISMODULE_CMD_KEY_ACCESS (1 << 4)
 
+/* Fired after CONFIG SET (Redis 7.0 and later). */
+#define REDISMODULE_EVENT_CONFIG 16
+
 /* Version 3 of the type methods: Redis reads the fields up to `defrag`. */
 #define REDISMODULE_TYPE_METHOD_VERSION_3 3
 
@@ -74,6 +83,8 @@ typedef size_t (*RedisModuleTypeMemUsageFunc)(const void *value);
 typedef void (*RedisModuleTypeDigestFunc)(RedisModuleDigest *digest, void *value);
 typedef void (*RedisModuleTypeFreeFunc)(void *value);
 typedef void (*RedisModuleInfoFunc)(RedisModuleInfoCtx *ctx, int for_crash_report);
+typedef void (*RedisModuleEventCallback)(RedisModuleCtx *ctx, RedisModuleEvent eid,
+                                         uint64_t subevent, void *data);
 typedef void (*RedisModuleFreePrivDataFunc)(RedisModuleCtx *ctx, void *privdata);
 typedef int (*RedisModuleTypeAuxLoadFunc)(RedisModuleIO *rdb, int encver, int when);
 typedef void (*RedisModuleTypeAuxSaveFunc)(RedisModuleIO *rdb, int when);
@@ -183,7 +194,11 @@ typedef struct RedisModuleTypeMethods {
   X(RedisModuleServerInfoData *, GetServerInfo, (RedisModuleCtx * ctx, const char *section))       \
   X(unsigned long long, ServerInfoGetFieldUnsigned,                                                \
     (RedisModuleServerInfoData * data, const char *field, int *out_err))                           \
-  X(void, FreeServerInfo, (RedisModuleCtx * ctx, RedisModuleServerInfoData * data))
+  X(void, FreeServerInfo, (RedisModuleCtx * ctx, RedisModuleServerInfoData * data))                \
+  X(int, InfoAddFieldULongLong,                                                                    \
+    (RedisModuleInfoCtx * ctx, const char *field, unsigned long long value))                      \
+  X(int, SubscribeToServerEvent,                                                                   \
+    (RedisModuleCtx * ctx, RedisModuleEvent event, RedisModuleEventCallback callback))
 
 #define GW_RM_DECLARE(ret, name, params) extern ret(*RedisModule_##name) params;
 GW_RM_API_LIST(GW_RM_DECLARE)

@@ -1,6 +1,6 @@
 /*
  * Unit tests of the engine's pure logic (no Redis): the batch picker, batch assembly, tensor
- * value rules and the v4 encodings. Built as engine/build/gw_core_tests and run by
+ * value rules, the v4 encodings and the memory figures. Built as engine/build/gw_core_tests and run by
  * tests/engine/test_core_units.py.
  */
 #include <cmath>
@@ -12,6 +12,7 @@
 
 #include "batching.h"
 #include "rdb_legacy.h"
+#include "memory.h"
 #include "serialization.h"
 #include "tensor.h"
 
@@ -473,8 +474,28 @@ static void test_legacy() {
   }
 }
 
+/* ==== Memory ================================================================================= */
+
+static void test_memory() {
+  const uint64_t MiB = 1 << 20;
+  CHECK(default_cpu_cache_bytes(0) == 512 * MiB);                 /* no maxmemory */
+  CHECK(default_cpu_cache_bytes(8192 * MiB) == 512 * MiB);        /* capped */
+  CHECK(default_cpu_cache_bytes(2048 * MiB) == 512 * MiB);        /* exactly a quarter */
+  CHECK(default_cpu_cache_bytes(1000 * MiB) == 250 * MiB);        /* a quarter */
+  CHECK(default_cpu_cache_bytes(1000 * MiB + 12345) == 250 * MiB); /* whole MiB */
+  CHECK(default_cpu_cache_bytes(3 * MiB) == 0);                    /* under 1 MiB: off */
+  ProcessMemory m = process_memory();
+  CHECK(m.rss_bytes > 0);
+  std::vector<char> big(8 * MiB, 1); /* the process holds at least what it just touched */
+  ProcessMemory now = process_memory();
+  CHECK(now.rss_bytes >= 8 * MiB && big[123] == 1);
+  /* This binary uses the C library's malloc, so mallinfo2 sees the vector. */
+  CHECK(now.malloc_is_libc && now.malloc_in_use_bytes >= 8 * MiB);
+}
+
 int main() {
   test_legacy();
+  test_memory();
   test_invariants();
   test_hostile_records();
   test_picker();
