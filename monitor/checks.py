@@ -117,6 +117,41 @@ def check(client: redis.Redis, settings: Settings, feed: str, now_ms: int) -> Re
     return report
 
 
+def _judge(
+    client: redis.Redis,
+    report: Report,
+    alert: str,
+    *,
+    raise_it: bool,
+    clear_it: bool,
+    value: float,
+    threshold: float,
+    now_ms: int,
+    detail: str,
+    clear_detail: str | None = None,
+) -> None:
+    """Raise `alert` when raise_it, clear it when clear_it (neither: leave it as it is)."""
+    if raise_it:
+        e = alerts.raise_alert(
+            client,
+            report.feed,
+            alert,
+            value=value,
+            threshold=threshold,
+            version=report.version,
+            now_ms=now_ms,
+            detail=detail,
+        )
+    elif clear_it:
+        e = alerts.clear_alert(
+            client, report.feed, alert, value=value, now_ms=now_ms, detail=clear_detail or detail
+        )
+    else:
+        e = None
+    if e is not None:
+        report.events.append(e)
+
+
 def _drift(client: redis.Redis, settings: Settings, report: Report, now_ms: int) -> None:
     feed, version = report.feed, report.version
     assert version is not None
@@ -149,25 +184,17 @@ def _drift(client: redis.Redis, settings: Settings, report: Report, now_ms: int)
             keys.drift(feed), mapping={**figures, "version": version, "window": str(report.current_window)}
         )
     for m in report.measures:
-        name = f"drift:{m.name}"
-        detail = f"{m.detail}: PSI/change {m.value:.3f} (threshold {m.threshold:g}), window {report.current_window}"
-        if m.drifted:
-            e = alerts.raise_alert(
-                client,
-                feed,
-                name,
-                value=m.value,
-                threshold=m.threshold,
-                version=version,
-                now_ms=now_ms,
-                detail=detail,
-            )
-        elif m.value < m.threshold * CLEAR_FACTOR:
-            e = alerts.clear_alert(client, feed, name, value=m.value, now_ms=now_ms, detail=detail)
-        else:
-            e = None
-        if e is not None:
-            report.events.append(e)
+        _judge(
+            client,
+            report,
+            f"drift:{m.name}",
+            raise_it=m.drifted,
+            clear_it=m.value < m.threshold * CLEAR_FACTOR,
+            value=m.value,
+            threshold=m.threshold,
+            now_ms=now_ms,
+            detail=f"{m.detail}: PSI/change {m.value:.3f} (threshold {m.threshold:g}), window {report.current_window}",
+        )
 
 
 def _stream_last_ms(client: redis.Redis, stream: str) -> int | None:
@@ -182,23 +209,18 @@ def _quiet(client: redis.Redis, settings: Settings, report: Report, now_ms: int)
     if last is None:
         return
     silent_s = (now_ms - last) / 1000
-    if silent_s > settings.quiet_s:
-        e = alerts.raise_alert(
-            client,
-            report.feed,
-            "quiet",
-            value=silent_s,
-            threshold=settings.quiet_s,
-            version=report.version,
-            now_ms=now_ms,
-            detail=f"no frame published for {silent_s:.0f} s; is the ground station or ingest running?",
-        )
-    else:
-        e = alerts.clear_alert(
-            client, report.feed, "quiet", value=silent_s, now_ms=now_ms, detail="frames arrive again"
-        )
-    if e is not None:
-        report.events.append(e)
+    _judge(
+        client,
+        report,
+        "quiet",
+        raise_it=silent_s > settings.quiet_s,
+        clear_it=True,
+        value=silent_s,
+        threshold=settings.quiet_s,
+        now_ms=now_ms,
+        detail=f"no frame published for {silent_s:.0f} s; is the ground station or ingest running?",
+        clear_detail="frames arrive again",
+    )
 
 
 def _count_since(client: redis.Redis, stream: str, since_ms: int, cap: int = 100_000) -> int:
@@ -213,23 +235,18 @@ def _dead_letters(client: redis.Redis, settings: Settings, report: Report, now_m
         return
     rate = dead / frames
     detail = f"{dead} dead letters for {frames} frames in the last {settings.profile_window_s} s"
-    if rate > settings.dead_rate:
-        e = alerts.raise_alert(
-            client,
-            report.feed,
-            "dead-letters",
-            value=rate,
-            threshold=settings.dead_rate,
-            version=report.version,
-            now_ms=now_ms,
-            detail=detail + "; see `groundwatch status` and the dead-letter reasons",
-        )
-    elif rate < settings.dead_rate * CLEAR_FACTOR:
-        e = alerts.clear_alert(client, report.feed, "dead-letters", value=rate, now_ms=now_ms, detail=detail)
-    else:
-        e = None
-    if e is not None:
-        report.events.append(e)
+    _judge(
+        client,
+        report,
+        "dead-letters",
+        raise_it=rate > settings.dead_rate,
+        clear_it=rate < settings.dead_rate * CLEAR_FACTOR,
+        value=rate,
+        threshold=settings.dead_rate,
+        now_ms=now_ms,
+        detail=detail + "; see `groundwatch status` and the dead-letter reasons",
+        clear_detail=detail,
+    )
 
 
 def _lag(client: redis.Redis, settings: Settings, report: Report, now_ms: int) -> None:
@@ -246,20 +263,15 @@ def _lag(client: redis.Redis, settings: Settings, report: Report, now_ms: int) -
     client.hset(keys.drift(report.feed), "lag:history", json.dumps(history))
     growing = len(history) > LAG_CHECKS and all(b > a for a, b in itertools.pairwise(history))
     detail = f"consumer group lag {' -> '.join(map(str, history))} frames"
-    if growing and lag > settings.max_lag:
-        e = alerts.raise_alert(
-            client,
-            report.feed,
-            "lag",
-            value=lag,
-            threshold=settings.max_lag,
-            version=report.version,
-            now_ms=now_ms,
-            detail=detail + "; add consumers or check the engine",
-        )
-    elif lag <= settings.max_lag or (len(history) > 1 and history[-1] < history[-2]):
-        e = alerts.clear_alert(client, report.feed, "lag", value=lag, now_ms=now_ms, detail=detail)
-    else:
-        e = None
-    if e is not None:
-        report.events.append(e)
+    _judge(
+        client,
+        report,
+        "lag",
+        raise_it=growing and lag > settings.max_lag,
+        clear_it=lag <= settings.max_lag or (len(history) > 1 and history[-1] < history[-2]),
+        value=lag,
+        threshold=settings.max_lag,
+        now_ms=now_ms,
+        detail=detail + "; add consumers or check the engine",
+        clear_detail=detail,
+    )

@@ -9,57 +9,16 @@ import struct
 
 import numpy as np
 import pytest
+import rdb_payloads as rp
 import redis
 from engine_helpers import DOUBLE
+from rdb_payloads import OP_EOF, OP_STRING, OP_UINT, RDB_TYPE_MODULE_2, crc64, module_id, string, uint
 
-CHARSET = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_"
-RDB_TYPE_MODULE_2 = 7
-OP_EOF, OP_UINT, OP_STRING = 0, 2, 5
-
-
-# ---- Redis serialization primitives ------------------------------------------------------------
-
-
-def crc64(data: bytes) -> int:
-    """Redis' CRC-64/Jones: reflected, polynomial 0xad93d23594c935a9, init 0, no final xor."""
-    poly = int(f"{0xAD93D23594C935A9:064b}"[::-1], 2)
-    crc = 0
-    for byte in data:
-        crc ^= byte
-        for _ in range(8):
-            crc = (crc >> 1) ^ (poly if crc & 1 else 0)
-    return crc
-
-
-def module_id(name: str, encver: int) -> int:
-    value = 0
-    for ch in name:
-        value = (value << 6) | CHARSET.index(ch)
-    return (value << 10) | encver
-
-
-def enc_len(n: int) -> bytes:
-    if n < 64:
-        return bytes([n])
-    if n < 16384:
-        return bytes([0x40 | (n >> 8), n & 0xFF])
-    if n <= 0xFFFFFFFF:
-        return b"\x80" + struct.pack(">I", n)
-    return b"\x81" + struct.pack(">Q", n)
-
-
-def uint(n: int) -> bytes:
-    return enc_len(OP_UINT) + enc_len(n & 0xFFFFFFFFFFFFFFFF)
-
-
-def string(b: bytes) -> bytes:
-    return enc_len(OP_STRING) + enc_len(len(b)) + b
+# The serialization primitives have one home, rdb_payloads (also used by the hostile-payload tests).
 
 
 def payload(type_name: str, body: bytes, rdb_version: int = 9) -> bytes:
-    data = bytes([RDB_TYPE_MODULE_2]) + enc_len(module_id(type_name, 4)) + body + enc_len(OP_EOF)
-    data += struct.pack("<H", rdb_version)
-    return data + struct.pack("<Q", crc64(data))
+    return rp.payload(type_name, [body], rdb_version)
 
 
 def lzf_decompress(data: bytes) -> bytes:
