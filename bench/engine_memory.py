@@ -19,10 +19,9 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import redis
 
 from bench import common
-from groundwatch import enginestats
+from groundwatch import connection, enginestats
 from groundwatch.commands import engine_args
 from groundwatch.server import RedisServer
 from groundwatch.settings import Settings
@@ -33,7 +32,7 @@ FIGURES = ("rss", "redis_used", "outside_redis", "unexplained", "torch_allocated
 
 def drive(port: int, model: str, batch: int, stop: threading.Event, counts: list[int], seed: int) -> None:
     """One client: MODELEXECUTE of `batch` tiles in a loop (a fresh input every call)."""
-    client = redis.Redis(port=port, socket_timeout=600)
+    client = connection.client_for(connection.local_url(port), timeout_s=600)
     tiles = common.make_tiles(n=batch * 4, seed=seed)
     i = 0
     while not stop.is_set():
@@ -82,7 +81,7 @@ def main(argv: list[str] | None = None) -> int:
             module_args=engine_args(settings),
         ).start()
         try:
-            r = redis.Redis(port=server.port, socket_timeout=600)
+            r = connection.client_for(connection.local_url(server.port), timeout_s=600)
             r.execute_command("AI.MODELSTORE", "m", "TORCH", "CPU", "BLOB", path.read_bytes())
             stop = threading.Event()
             counts = [0] * args.clients

@@ -82,8 +82,13 @@ def _int(info: dict[str, Any], name: str) -> int:
 
 
 def read(client: redis.Redis) -> EngineMemory | None:
-    """The figures now; None when the server has no engine with the `ai_memory` section."""
-    modules = client.info("modules")
+    """The figures now; None when the server has no engine with the `ai_memory` section, or
+    when this user may not run INFO (the viewer role may not: INFO shows the server's
+    configuration)."""
+    try:
+        modules = client.info("modules")
+    except redis.exceptions.NoPermissionError:
+        return None
     if "ai_process_rss_bytes" not in modules:
         return None
     memory = client.info("memory")
