@@ -79,23 +79,9 @@ Tensor *load_tensor_legacy(RdbReader &r, std::string *err, uint64_t max_bytes) {
     }
   }
   uint64_t elements = 0;
-  TensorFault f = check_shape(dtype, shape.data(), shape.size(), max_bytes, &elements);
-  if (f != TensorFault::None) {
-    *err = tensor_fault_text(f, max_bytes);
-    return nullptr;
-  }
   size_t n = 0;
-  char *data = r.bytes(&n);
-  if (!data) {
-    *err = kRdbTruncated;
-    return nullptr;
-  }
-  f = check_data(dtype, elements, data, n, max_bytes);
-  if (f != TensorFault::None) {
-    mem_free(data);
-    *err = tensor_fault_text(f, max_bytes);
-    return nullptr;
-  }
+  char *data = load_tensor_data(r, dtype, shape, max_bytes, &elements, &n, err);
+  if (!data) return nullptr;
   return tensor_adopt(dtype, std::move(shape), data, n);
 }
 

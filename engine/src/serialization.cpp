@@ -103,6 +103,28 @@ namespace {
 const char *const kTruncated = kRdbTruncated;
 }  // namespace
 
+char *load_tensor_data(RdbReader &r, int dtype, const std::vector<int64_t> &shape, uint64_t max_bytes,
+                       uint64_t *elements, size_t *n, std::string *err) {
+  /* The shape is checked before the data is read: no size derived from it can wrap. */
+  TensorFault f = check_shape(dtype, shape.data(), shape.size(), max_bytes, elements);
+  if (f != TensorFault::None) {
+    *err = tensor_fault_text(f, max_bytes);
+    return nullptr;
+  }
+  char *data = r.bytes(n);
+  if (!data) {
+    *err = kTruncated;
+    return nullptr;
+  }
+  f = check_data(dtype, *elements, data, *n, max_bytes);
+  if (f != TensorFault::None) {
+    mem_free(data);
+    *err = tensor_fault_text(f, max_bytes);
+    return nullptr;
+  }
+  return data;
+}
+
 Tensor *load_tensor(RdbReader &r, std::string *err, uint64_t max_bytes) {
   uint64_t code = 0, bits = 0;
   int64_t ndim = 0;
@@ -126,25 +148,10 @@ Tensor *load_tensor(RdbReader &r, std::string *err, uint64_t max_bytes) {
       return nullptr;
     }
   }
-  /* The shape is checked before the data is read: no size derived from it can wrap. */
   uint64_t elements = 0;
-  TensorFault f = check_shape(dtype, shape.data(), shape.size(), max_bytes, &elements);
-  if (f != TensorFault::None) {
-    *err = tensor_fault_text(f, max_bytes);
-    return nullptr;
-  }
   size_t n = 0;
-  char *data = r.bytes(&n);
-  if (!data) {
-    *err = kTruncated;
-    return nullptr;
-  }
-  f = check_data(dtype, elements, data, n, max_bytes);
-  if (f != TensorFault::None) {
-    mem_free(data);
-    *err = tensor_fault_text(f, max_bytes);
-    return nullptr;
-  }
+  char *data = load_tensor_data(r, dtype, shape, max_bytes, &elements, &n, err);
+  if (!data) return nullptr;
   if (dtype == GW_DTYPE_STRING) {
     /* Offsets are recomputed from the NULs but must be consumed. elements <= n here, and each
      * read consumes input, so a bogus record fails at its first missing field. */

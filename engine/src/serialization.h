@@ -108,6 +108,11 @@ struct ScriptRecord {
 void save_tensor(RdbWriter &w, const Tensor &t);
 /* max_bytes: the tensor size limit the record is held to (TENSOR_MAX_BYTES for RESTORE). */
 Tensor *load_tensor(RdbReader &r, std::string *err, uint64_t max_bytes = kTensorBytesCeiling);
+/* The data of a tensor record whose dtype and shape were read: the shape is checked first, then
+ * the bytes are read and checked against it (every encoding's loader ends this way). The data
+ * (mem_alloc'd, *n bytes, *elements elements), or nullptr with *err set. */
+char *load_tensor_data(RdbReader &r, int dtype, const std::vector<int64_t> &shape, uint64_t max_bytes,
+                       uint64_t *elements, size_t *n, std::string *err);
 
 void save_model(RdbWriter &w, const ModelRecord &m, size_t chunk_size);
 bool load_model(RdbReader &r, ModelRecord *m, std::string *err);
