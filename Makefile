@@ -16,7 +16,7 @@ PYTEST_ARGS ?=
 FUZZ_SERVER_COMMANDS ?= 100000
 FUZZ_SERVER_SEED ?= 20261125
 
-.PHONY: all setup venv redis chromium engine engine-asan test test-asan fuzz fuzz-build fuzz-server demo bench soak lint clean
+.PHONY: all setup venv redis chromium engine engine-asan test test-asan fuzz fuzz-build fuzz-server demo demo-cluster bench soak lint clean
 
 all: setup
 
@@ -94,6 +94,9 @@ fuzz-server: engine-asan redis
 
 demo: setup
 	$(BIN)/groundwatch demo
+
+demo-cluster: setup
+	$(BIN)/groundwatch demo --cluster 3
 
 bench: setup
 	$(BIN)/groundwatch bench

@@ -18,6 +18,16 @@ def register(sub: argparse._SubParsersAction) -> None:
         "--web", action="store_true", help="serve the live view during the demo and keep it open until Ctrl-C"
     )
     p.add_argument("--web-port", type=int, default=8765, help="port of the live view (8765)")
+    p.add_argument(
+        "--cluster",
+        type=int,
+        nargs="?",
+        const=3,
+        default=0,
+        metavar="N",
+        help="on a local Redis Cluster of N masters (3 when N is left out) with a replica each, "
+        "one feed per master",
+    )
     p.set_defaults(handler=cmd_demo)
 
     p = sub.add_parser("bench", help="benchmarks: raw torch, engine, pipeline and the usual alternatives")
@@ -35,6 +45,8 @@ def cmd_demo(settings: Settings, args: argparse.Namespace) -> int:
         size_px=args.size,
         seed=args.seed,
         web_port=args.web_port if args.web else None,
+        cluster_masters=args.cluster,
+        consumers=1 if args.cluster else 2,
     )
 
 

@@ -4,6 +4,11 @@ It starts its own redis-server with the engine (data under <data_dir>/demo), loa
 detector, drops synthetic scenes into a drop folder, ingests them with the watch folder, runs
 two consumers, and prints a summary with precision and recall against the scenes' ground truth.
 Everything it started is stopped before it returns.
+
+`groundwatch demo --cluster` runs it on a local Redis Cluster instead (3 masters with a replica
+each, data under <data_dir>/demo/cluster): one feed per master (`demo-<n>`, names chosen by
+their slot), the scenes dealt out over the feeds, a drop folder and consumers per feed, the same
+summary over all of them.
 """
 
 from __future__ import annotations
@@ -24,9 +29,10 @@ import redis
 from consumers.worker import Consumer
 from demo.quicklook import quicklook
 from groundwatch import connection, geometry, keys
-from groundwatch.commands import embedded_server
+from groundwatch.commands import embedded_server, local_cluster
 from groundwatch.detections import decode_scene
 from groundwatch.errors import GroundwatchError
+from groundwatch.server import LocalCluster, RedisServer
 from groundwatch.settings import Settings
 from groundwatch.status import percentiles
 from ingest.watch import watch
@@ -110,26 +116,31 @@ def score_scene(
     return out
 
 
-def _generate(station: Path, drop: Path, count: int, size_px: int, seed: int) -> dict[str, Scene]:
-    """Write scenes as a ground station would: elsewhere first, then a rename into the drop folder."""
+def _generate(station: Path, drops: Sequence[Path], count: int, size_px: int, seed: int) -> dict[str, Scene]:
+    """Write scenes as a ground station would: elsewhere first, then a rename into a drop folder
+    (scene i into drops[i % len(drops)], one folder per feed)."""
     scenes = {}
     for i in range(count):
         scene = generate_scene(seed + i, SceneConfig(width_px=size_px, height_px=size_px))
         name = f"S1-demo-{seed + i:06d}"
         tif, truth = write_scene(scene, station, name)
-        tif.rename(drop / tif.name)
+        tif.rename(drops[i % len(drops)] / tif.name)
         scenes[name] = scene
         truth.rename(station / f"{name}.truth.geojson")
     return scenes
 
 
-def _wait_for_scenes(client: redis.Redis, expected: int, timeout_s: float) -> None:
+def _wait_for_scenes(clients: dict[str, redis.Redis], expected: int, timeout_s: float) -> None:
     deadline = time.monotonic() + timeout_s
-    while client.xlen(keys.scenes(FEED)) < expected:
+
+    def done() -> int:
+        return sum(int(c.xlen(keys.scenes(f))) for f, c in clients.items())
+
+    while done() < expected:
         if time.monotonic() > deadline:
             raise GroundwatchError(
-                f"only {client.xlen(keys.scenes(FEED))} of {expected} scene results after {timeout_s:.0f} s; "
-                f"see `groundwatch status` and the dead letters on {keys.dead_letters(FEED)}"
+                f"only {done()} of {expected} scene results after {timeout_s:.0f} s; see `groundwatch "
+                f"status` and the dead letters on {', '.join(keys.dead_letters(f) for f in clients)}"
             )
         time.sleep(0.1)
 
@@ -143,43 +154,68 @@ def run_demo(
     consumers: int = 2,
     timeout_s: float = 600.0,
     web_port: int | None = None,
+    cluster_masters: int = 0,
+    cluster: LocalCluster | None = None,
 ) -> DemoSummary:
     """Run the demo; with web_port, the live view is served during it and kept open after it
-    until Ctrl-C (the demo's server stays up while it is)."""
+    until Ctrl-C (the demo's server stays up while it is).
+
+    cluster_masters > 0: on a Redis Cluster of that many masters (a replica each) that the demo
+    starts, with one feed per master and `consumers` consumers per feed; `cluster`: on that one,
+    already running (left running). Otherwise on one redis-server, feed `demo`."""
     out = settings.data_dir.resolve() / "demo"
     shutil.rmtree(out, ignore_errors=True)
-    station, drop, results = out / "station", out / "drop", out / "results"
-    for d in (station, drop, results):
+    station, results = out / "station", out / "results"
+    for d in (station, results):
         d.mkdir(parents=True)
-    # The same server `groundwatch up` starts (AOF on), with its files under the demo folder.
-    server = embedded_server(settings.replace(data_dir=out / "redis")).start()
+    server: RedisServer | LocalCluster | None = None
+    if cluster is None and cluster_masters > 0:
+        server = cluster = local_cluster(settings, out / "cluster", cluster_masters)
+        cluster.start()
+        print(f"a Redis Cluster of {cluster_masters} masters with a replica each: {cluster.url}")
+    elif cluster is None:
+        # The same server `groundwatch up` starts (AOF on), with its files under the demo folder.
+        server = embedded_server(settings.replace(data_dir=out / "redis")).start()
+    url = cluster.url if cluster is not None else server.url  # type: ignore[union-attr]
     threads: list[threading.Thread] = []
     workers: list[Consumer] = []
     try:
-        s = settings.replace(redis_url=server.url, feed=FEED)
-        client = connection.connect(s, timeout_s=60)
-        record = load(client, detector_path(), LoadOptions(name=MODEL, feeds=(FEED,), batch=8))
+        base = settings.replace(redis_url=url, feed=FEED)
+        client = connection.connect(base, timeout_s=60)
+        feeds = connection.feeds_on_every_shard(client, f"{FEED}-") if cluster is not None else [FEED]
+        # each feed's client is bound to the master of the feed's slot
+        clients = {f: connection.connect(base.replace(feed=f), timeout_s=60) for f in feeds}
+        record = load(client, detector_path(), LoadOptions(name=MODEL, feeds=tuple(feeds), batch=8))
         print(f"loaded {record.label}: classes {', '.join(record.classes)}, tile {record.tile_size} px")
-        truth = _generate(station, drop, scenes, size_px, seed)
-        print(f"{scenes} scenes of {size_px}x{size_px} px in the drop folder {drop}")
-        for i in range(consumers):
-            worker = Consumer(connection.connect(s, timeout_s=60), s.replace(consumer=f"demo-{i}"))
-            workers.append(worker)
-            threads.append(threading.Thread(target=worker.run, name=f"consumer-{i}", daemon=True))
-            worker.ensure_group()
+        if cluster is not None:
+            print(f"feeds {', '.join(feeds)}: one on each master")
+        drops = {f: out / "drop" / f for f in feeds}
+        for d in drops.values():
+            d.mkdir(parents=True)
+        truth = _generate(station, list(drops.values()), scenes, size_px, seed)
+        print(f"{scenes} scenes of {size_px}x{size_px} px in the drop folder(s) under {out / 'drop'}")
+        for f in feeds:
+            for i in range(consumers):
+                s = base.replace(feed=f, consumer=f"demo-{i}")
+                worker = Consumer(connection.connect(s, timeout_s=60), s)
+                workers.append(worker)
+                threads.append(threading.Thread(target=worker.run, name=f"consumer-{f}-{i}", daemon=True))
+                worker.ensure_group()
         web_server = None
         if web_port is not None:
-            web_server = _live_view(s, web_port)
+            web_server = _live_view(base, web_port)
             print(f"live view: http://127.0.0.1:{web_port}/ (open it now: scenes appear as they complete)")
         for t in threads:
             t.start()
         started = time.monotonic()
-        outcomes = watch(client, s.replace(watch_poll_s=0.2), drop, burst=True)
-        ingested = [o for o in outcomes if o.status == "done"]
+        ingested = []
+        for f in feeds:
+            s = base.replace(feed=f, watch_poll_s=0.2)
+            ingested += [o for o in watch(clients[f], s, drops[f], burst=True) if o.status == "done"]
         print(f"ingested {len(ingested)} scenes; {len(workers)} consumers at work")
-        _wait_for_scenes(client, len(ingested), timeout_s)
+        _wait_for_scenes(clients, len(ingested), timeout_s)
         elapsed = time.monotonic() - started
-        summary = _summarise(client, truth, results, elapsed)
+        summary = _summarise(clients, truth, results, elapsed)
         if web_server is not None:
             print(summary.render())
             print(f"live view still at http://127.0.0.1:{web_port}/ : Ctrl-C stops it and the demo")
@@ -195,7 +231,8 @@ def run_demo(
             w.stop()
         for t in threads:
             t.join(timeout=30)
-        server.stop()
+        if server is not None:
+            server.stop()
 
 
 def _live_view(settings: Settings, port: int) -> Any:
@@ -214,21 +251,29 @@ def _live_view(settings: Settings, port: int) -> Any:
     return server
 
 
-def _summarise(client: redis.Redis, truth: dict[str, Scene], results: Path, elapsed: float) -> DemoSummary:
+def _summarise(
+    clients: dict[str, redis.Redis], truth: dict[str, Scene], results: Path, elapsed: float
+) -> DemoSummary:
+    """The figures of every feed together; each scene's result is read on its feed's client."""
     from models.scenes import CLASSES
 
-    stats = {k.decode(): float(v) for k, v in client.hgetall(keys.stats(FEED)).items()}
-    latencies = [float(v) for v in client.lrange(keys.latency(FEED), 0, -1)]
+    tiles, dead, latencies = 0, 0, []
+    for f, c in clients.items():
+        tiles += int(float(c.hget(keys.stats(f), "frames_done") or 0))
+        dead += int(c.xlen(keys.dead_letters(f)))
+        latencies += [float(v) for v in c.lrange(keys.latency(f), 0, -1)]
     summary = DemoSummary(
         scenes=len(truth),
-        tiles=int(stats.get("frames_done", 0)),
+        tiles=tiles,
         seconds=elapsed,
         latency_ms=percentiles(latencies),
-        dead_letters=int(client.xlen(keys.dead_letters(FEED))),
+        dead_letters=dead,
         per_class={c: _empty() for c in CLASSES},
     )
     for name, scene in truth.items():
-        raw = client.get(keys.scene_result(FEED, name))
+        raw = next(
+            (r for f, c in clients.items() if (r := c.get(keys.scene_result(f, name))) is not None), None
+        )
         if raw is None:
             continue
         result = decode_scene(raw)
@@ -268,6 +313,7 @@ def main(settings: Settings, **options: Any) -> int:
         f"  redis-cli -p PORT SUBSCRIBE '{keys.scenes(FEED)}'   # scene results as they complete\n"
         "  .venv/bin/groundwatch status; .venv/bin/groundwatch down\n"
         "  .venv/bin/groundwatch web                     # the live view on http://127.0.0.1:8765/\n"
-        "or run the demo with its live view kept open: .venv/bin/groundwatch demo --web"
+        "or run the demo with its live view kept open: .venv/bin/groundwatch demo --web\n"
+        "On a cluster: .venv/bin/groundwatch up --cluster 3 (prints a REDIS_URL), then the same commands"
     )
     return 0

@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING
 
 from groundwatch import connection
 from groundwatch.errors import ConfigError, ServerError
-from groundwatch.server import RedisServer
+from groundwatch.server import LocalCluster, RedisServer
 from groundwatch.settings import Settings
 from groundwatch.tls import TlsFiles
 
@@ -449,23 +449,27 @@ def cmd_acl_apply(settings: Settings, args: argparse.Namespace) -> int:
     return 0
 
 
+def local_cluster(settings: Settings, data_dir: Path, masters: int) -> LocalCluster:
+    """The cluster of `groundwatch up --cluster N` and `groundwatch demo --cluster` (not started):
+    `masters` masters with a replica each, the engine on every node with the settings' arguments."""
+    return LocalCluster(
+        data_dir,
+        masters=masters,
+        replicas=1,
+        engine_module=settings.engine_module,
+        module_args=engine_args(settings),
+    )
+
+
 def _up_cluster(settings: Settings, masters: int) -> int:
     """`groundwatch up --cluster N`: for trying groundwatch on a cluster; in the foreground."""
     import signal
-
-    from groundwatch.server import LocalCluster
 
     def stop(signum: int, _frame: object) -> None:
         raise KeyboardInterrupt
 
     signal.signal(signal.SIGTERM, stop)
-    cluster = LocalCluster(
-        settings.data_dir.resolve() / "cluster",
-        masters=masters,
-        replicas=1,
-        engine_module=settings.engine_module,
-    )
-    cluster.start()
+    cluster = local_cluster(settings, settings.data_dir.resolve() / "cluster", masters).start()
     print(f"groundwatch: a Redis Cluster of {masters} masters with a replica each, the engine on every node")
     print(f"  ports {', '.join(str(n.port) for n in cluster.nodes)}; data in {cluster.data_dir}")
     print(f"  export REDIS_URL={cluster.url}   (any node will do)")

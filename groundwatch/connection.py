@@ -519,6 +519,25 @@ def shards(client: redis.Redis) -> list[redis.Redis]:
     return [topology.node_client(host, port) for host, port in topology.masters()]
 
 
+def feeds_on_every_shard(client: redis.Redis, prefix: str, per_shard: int = 1) -> list[str]:
+    """Feed names `<prefix><n>` (n = 0, 1, ...), the first `per_shard` whose slot each master
+    serves, masters in slot order; on one server the first `per_shard` names. For spreading
+    feeds over a cluster (the demo); names only, nothing is written."""
+    topology = _topology(client)
+    if topology is None:
+        return [keys.check_name("feed", f"{prefix}{n}") for n in range(per_shard)]
+    masters = topology.masters()
+    found: dict[tuple[str, int], list[str]] = {m: [] for m in masters}
+    for n in range(100_000):  # 16384 slots: a few thousand names reach every master
+        name = keys.check_name("feed", f"{prefix}{n}")
+        got = found.get(topology.owner(key_slot(keys.frames(name).encode())) or ("", 0))
+        if got is not None and len(got) < per_shard:
+            got.append(name)
+            if all(len(v) == per_shard for v in found.values()):
+                return [f for m in masters for f in found[m]]
+    raise ServerError(f"no feed names {prefix}<n> reach every master: {found}")
+
+
 def wait_for_replica(client: redis.Redis, stats_key: str, timeout_ms: int = 2000) -> int | None:
     """After an acknowledged write in `client`'s slot: wait until a replica of the slot's master
     has it, so a failover (replication is asynchronous) cannot lose it. WAIT counts the writes of
