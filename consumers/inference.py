@@ -52,16 +52,6 @@ class Started:
 Failed = tuple[Entry, str, bool]
 
 
-class SystemFault(ConsumerError):
-    """A fault of the system, not of the frames: the model key is gone, the engine is overloaded
-    (TIMEDOUT), Redis refuses (OOM, loading). Frames stay pending and are not charged an attempt."""
-
-
-def is_system_fault(err: ai.DagError) -> bool:
-    """The engine or Redis cannot take the work now, whatever the frame (ai.FAILURES says which)."""
-    return err.kind.system_fault
-
-
 class Models:
     """The feed's active model pointer and what each model's metadata says (cached per key)."""
 
@@ -239,7 +229,7 @@ def infer(
                         f"{keys.active_model(feed)} at a version that exists",
                     )
                 )
-            elif is_system_fault(out):
+            elif out.system_fault:  # ai.FAILURES decides; the consumer only asks
                 faults.append((todo[i], f"engine refused for load: {out}"))
             else:
                 failed.append((todo[i], f"engine: {out}", out.poison))

@@ -119,6 +119,8 @@ class Consumer:
         self._ahead: Started | None = None
         self._fault: str | None = None  # the fault of the system this consumer is backing off on
         self._fault_backoff = RETRY_DELAY_S
+        self._fit_model: ActiveModel | None = None  # the model the last batch was checked against
+        self._fit_cleared_ms: int | None = None  # when this consumer last cleared keys.MODEL_FIT
 
     def _now(self) -> int:
         return self.clock_ms()
@@ -360,7 +362,8 @@ class Consumer:
 
     def _fit(self, started: Started) -> None:
         """Frames that do not fit the active model go to the dead letters now, not after
-        max_deliveries engine failures; the feed's status shows the last one."""
+        max_deliveries engine failures; the feed's status shows the last one until a batch whose
+        frames all fit, or a change of the active model, clears it (whichever consumer sees it)."""
         assert started.model is not None
         meta = self.metadata(started.model)
         keep: list[Entry] = []
@@ -376,15 +379,29 @@ class Consumer:
             else:
                 started.dead.append((e, f"does not fit the model: {why}"))
                 last = why
+        changed = started.model != self._fit_model
+        self._fit_model = started.model
         if last is not None:
             self.r.hset(
                 keys.faults(self.feed),
-                "model-fit",
+                keys.MODEL_FIT,
                 json.dumps(
-                    {"reason": f"frames do not fit the active model: {last}"[:500], "at": self.clock_ms()}
+                    {
+                        "reason": f"frames do not fit the active model: {last}"[:500],
+                        "at": self.clock_ms(),
+                        "model": started.model.version,
+                    }
                 ),
             )
             self.r.hincrby(keys.stats(self.feed), "misfits", len(started.todo) - len(keep))
+            self._fit_cleared_ms = None
+        else:
+            # Cleared at most once a second per consumer (one HDEL, off the engine's path), and
+            # at once when the model changed: the entry judged frames against another model.
+            now = self.clock_ms()
+            if changed or self._fit_cleared_ms is None or now - self._fit_cleared_ms >= 1000:
+                self.r.hdel(keys.faults(self.feed), keys.MODEL_FIT)
+                self._fit_cleared_ms = now
         started.todo = keep
 
     def _charge(self, started: Started) -> None:

@@ -70,6 +70,8 @@ FAILURES: tuple[tuple[frozenset[int] | None, str, Failure], ...] = (
     (None, "timed out", Failure.TIMEOUT),
     (None, "oom ", Failure.OVERLOAD),  # Redis: "OOM command not allowed when used memory > 'maxmemory'"
     (None, "busy", Failure.OVERLOAD),  # a script or module keeps Redis busy
+    # the engine's MAX_QUEUE_LENGTH refusal: "the queue of device CPU is full (MAX_QUEUE_LENGTH ...)"
+    (None, "(max_queue_length", Failure.OVERLOAD),
     (None, "queue is full", Failure.OVERLOAD),
     (None, "queue full", Failure.OVERLOAD),
     (None, "is loading the dataset", Failure.UNAVAILABLE),  # Redis's LOADING reply
@@ -101,12 +103,29 @@ def classify(message: str, op: int = -1) -> Failure:
 
 
 class EngineError(GroundwatchError):
-    """The engine refused a command, or is not loaded; `kind` classifies it (FAILURES)."""
+    """The engine refused a command, or is not loaded; `kind` classifies it (FAILURES). Callers
+    ask the error what it is (`kind`, `system_fault`, `poison`, `model_missing`); none matches
+    messages of its own."""
 
     def __init__(self, message: str, op: int = -1) -> None:
         super().__init__(message)
         self.op = op
         self.kind = classify(message, op)
+
+    @property
+    def system_fault(self) -> bool:
+        """Not the input's fault (the model key is gone, the engine or Redis refuses for load or
+        memory): the same input may well succeed later, so it is not charged an attempt."""
+        return self.kind.system_fault
+
+    @property
+    def model_missing(self) -> bool:
+        return self.kind is Failure.MODEL_MISSING
+
+    @property
+    def poison(self) -> bool:
+        """The engine refused the input itself: no retry will change that."""
+        return self.kind is Failure.POISON_INPUT
 
 
 def type_name(dtype: np.dtype[Any] | type) -> str:
@@ -260,15 +279,6 @@ def _pairs(reply: Sequence[Any]) -> dict[str, Any]:
 class DagError(EngineError):
     """One DAG failed. `op` is the failing op's index (0 TENSORSET, 1 MODELEXECUTE, 2 TENSORGET),
     or -1 when the engine refused the whole command (e.g. ``model key is empty``)."""
-
-    @property
-    def model_missing(self) -> bool:
-        return self.kind is Failure.MODEL_MISSING
-
-    @property
-    def poison(self) -> bool:
-        """The engine refused the tile itself: no retry will change that."""
-        return self.kind is Failure.POISON_INPUT
 
 
 def dag_result(reply: Any) -> np.ndarray:

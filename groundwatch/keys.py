@@ -19,7 +19,8 @@ from groundwatch.errors import ConfigError
 LAYOUT_VERSION = 1
 PREFIX = "gw"
 
-_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.\-]{0,63}$")
+# fullmatch, not a $ anchor: "$" also matches before a trailing newline ("feed\n" must be refused)
+_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.\-]{0,63}", re.ASCII)
 
 
 class Wildcard(str):
@@ -38,7 +39,7 @@ def check_name(kind: str, name: str) -> str:
     """
     if isinstance(name, Wildcard):
         return name
-    if not _NAME.match(name):
+    if not isinstance(name, str) or not _NAME.fullmatch(name):
         raise ConfigError(
             f"{kind} name {name!r} is not valid: use 1-64 letters, digits, '_', '.' or '-', "
             "starting with a letter or digit"
@@ -125,10 +126,14 @@ def attempts(feed: str) -> str:
     return _feed(feed, "attempts")
 
 
+MODEL_FIT = "model-fit"  # the field of keys.faults for frames that do not fit the active model
+
+
 def faults(feed: str) -> str:
     """Hash of what stops the feed now, for `groundwatch status`: consumer name -> JSON
-    {"reason", "at"} while that consumer backs off on a fault of the system, and "model-fit" ->
-    the last frame that did not fit the active model."""
+    {"reason", "at"} while that consumer backs off on a fault of the system, and MODEL_FIT ->
+    {"reason", "at", "model"}: the last frame that did not fit the active model, until a batch
+    whose frames all fit or a change of the active model clears it."""
     return _feed(feed, "faults")
 
 

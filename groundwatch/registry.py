@@ -24,7 +24,9 @@ import redis
 from groundwatch import connection, keys
 from groundwatch.errors import GroundwatchError
 
-_REF = re.compile(r"^([A-Za-z0-9_.\-]+):v?(\d+)$")
+# ASCII digits and fullmatch: "$" would take "ship:1\n", and \d (like str.isdigit) takes digits int() refuses
+_REF = re.compile(r"([A-Za-z0-9_.\-]+):v?([0-9]{1,18})")
+_VERSION = re.compile(r"[0-9]{1,18}")
 
 
 class RegistryError(GroundwatchError):
@@ -44,11 +46,11 @@ class ModelRef:
     @classmethod
     def parse(cls, text: str | bytes, default_name: str | None = None) -> ModelRef:
         """``NAME:VERSION`` (``NAME:vVERSION`` too), or a bare ``VERSION`` with `default_name`."""
-        raw = text.decode() if isinstance(text, bytes) else str(text)
-        m = _REF.match(raw)
+        raw = text.decode(errors="replace") if isinstance(text, bytes) else str(text)
+        m = _REF.fullmatch(raw)
         if m:
             return cls(m.group(1), int(m.group(2)))
-        if default_name is not None and raw.isdigit():
+        if default_name is not None and _VERSION.fullmatch(raw):
             return cls(default_name, int(raw))
         raise RegistryError(f"{raw!r} is not a model version NAME:VERSION (e.g. ship:1)")
 

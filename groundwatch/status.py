@@ -171,7 +171,7 @@ def render(feeds: list[FeedStatus]) -> str:
             lines.append(f"  model            {st.model} {stats}")
         for who, (reason, at) in sorted(st.faults.items()):
             when = time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime(at / 1000)) + "Z" if at else "?"
-            if who == "model-fit":
+            if who == keys.MODEL_FIT:
                 lines.append(f"  FAULT model fit: {reason} (last at {when})")
             else:
                 lines.append(f"  FAULT consumer {who}: {reason} (since {when})")

@@ -17,7 +17,6 @@ import pytest
 import redis
 
 from consumers.identity import Lease, host_name
-from consumers.inference import is_system_fault
 from consumers.worker import Consumer, RunStats
 from groundwatch import ai, frames, keys, status
 from groundwatch.errors import ConfigError
@@ -51,6 +50,21 @@ def wire(f: frames.Frame) -> dict[bytes, bytes]:
 
 def good(n: int, scene: str = "g") -> list[frames.Frame]:
     return scene_frames(scene, scene_array(64, 64 + 48 * (n - 1), {(20, 20): 60000}))[:n]
+
+
+def one_tile(array: np.ndarray, scene: str) -> frames.Frame:
+    """A one-tile scene of `array` (C, H, W), whatever its shape and dtype."""
+    return frames.Frame.from_array(
+        array,
+        scene=scene,
+        tile=0,
+        tiles=1,
+        window=(0, 0, 8, 8),
+        transform=(10, 0, 500000, 0, -10, 6000000),
+        crs="EPSG:32631",
+        acquired=frames.parse_time("2026-11-25T10:31:07Z"),
+        published_ms=1,
+    )
 
 
 def dead_reasons(r: redis.Redis) -> list[str]:
@@ -126,25 +140,10 @@ def test_a_model_with_damaged_metadata_still_runs(engine: redis.Redis) -> None:
 
 def test_frames_that_do_not_fit_the_model_are_dead_at_once_and_shown_in_status(engine: redis.Redis) -> None:
     install_model(engine, FEED)  # metadata: 1 band, uint16, tile_size 64
-    acquired = frames.parse_time("2026-11-25T10:31:07Z")
-
-    def frame(array: np.ndarray, scene: str) -> frames.Frame:
-        return frames.Frame.from_array(
-            array,
-            scene=scene,
-            tile=0,
-            tiles=1,
-            window=(0, 0, 8, 8),
-            transform=(10, 0, 500000, 0, -10, 6000000),
-            crs="EPSG:32631",
-            acquired=acquired,
-            published_ms=1,
-        )
-
     bad = [
-        frame(np.zeros((2, 64, 64), np.uint16), "bands"),
-        frame(np.zeros((1, 64, 64), np.int32), "dtype"),
-        frame(np.zeros((1, 300, 64), np.uint16), "big"),
+        one_tile(np.zeros((2, 64, 64), np.uint16), "bands"),
+        one_tile(np.zeros((1, 64, 64), np.int32), "dtype"),
+        one_tile(np.zeros((1, 300, 64), np.uint16), "big"),
     ]
     publish(engine, FEED, [*bad, *good(1)])
     stats = burst(engine)
@@ -156,6 +155,43 @@ def test_frames_that_do_not_fit_the_model_are_dead_at_once_and_shown_in_status(e
     [st] = status.collect(engine, FEED)
     assert "model-fit" in st.faults and "FAULT model fit" in status.render([st])
     assert counters(engine)["misfits"] == 3
+
+
+def test_the_model_fit_fault_clears_on_a_batch_that_fits_and_on_a_model_switch(engine: redis.Redis) -> None:
+    install_model(engine, FEED)  # 1 band
+    two_bands = one_tile(np.zeros((2, 64, 64), np.uint16), "bands")
+
+    def fit_fault() -> str | None:
+        [st] = status.collect(engine, FEED)
+        return st.faults.get(keys.MODEL_FIT, (None, 0))[0]
+
+    publish(engine, FEED, [two_bands])
+    burst(engine)
+    assert "2 band(s)" in (fit_fault() or "")
+    publish(engine, FEED, good(2))  # the producer was fixed: the next batch fits
+    stats = burst(engine)
+    assert (
+        stats.frames_done == 2
+        and fit_fault() is None
+        and "FAULT model fit" not in status.render(status.collect(engine, FEED))
+    )
+    # Another consumer meets a misfit again; a consumer whose clock stands still clears the
+    # entry at most once a second on fitting batches, but at once when the active model changed.
+    now = int(time.time() * 1000)
+    a = Consumer(engine, settings(consumer="a"), burst=True, clock_ms=lambda: now)
+    publish(engine, FEED, good(1, scene="a1"))
+    a.run()
+    publish(engine, FEED, [two_bands])
+    burst(engine, consumer="b")
+    assert fit_fault() is not None
+    publish(engine, FEED, good(1, scene="a2"))
+    a.run()
+    assert fit_fault() is not None  # within the second, same model: left for the next clear
+    install_model(engine, FEED, 2)
+    publish(engine, FEED, good(1, scene="a3"))
+    a.run()
+    assert fit_fault() is None
+    assert len(detections(engine, FEED)) == 5
 
 
 def test_a_frame_over_max_frame_bytes_is_a_dead_letter(engine: redis.Redis) -> None:
@@ -191,8 +227,8 @@ def test_a_missing_model_key_leaves_frames_pending_and_the_consumer_resumes(
 
 
 def test_an_engine_that_times_out_for_load_is_a_fault_not_the_frames(engine: redis.Redis) -> None:
-    assert is_system_fault(ai.DagError("TIMEDOUT: the engine timed out the request", -1))
-    assert not is_system_fault(ai.DagError("poison pixel", 1))
+    assert ai.DagError("TIMEDOUT: the engine timed out the request", -1).system_fault
+    assert not ai.DagError("poison pixel", 1).system_fault
     # The engine holds requests until 64 are queued or 5 s pass: with a 200 ms DAG TIMEOUT, each
     # frame is answered TIMEDOUT. Nothing is dead, nothing charged; later they run.
     ai.Engine(engine).model_store(
@@ -213,6 +249,42 @@ def test_an_engine_that_times_out_for_load_is_a_fault_not_the_frames(engine: red
     assert engine.xpending(keys.frames(FEED), "detectors")["pending"] == 3
     stats = burst(engine, dag_timeout_ms=10000, max_deliveries=1)  # charged attempts would kill them now
     assert stats.frames_done == 3 and stats.dead == 0
+
+
+def test_a_full_engine_queue_is_a_fault_not_the_frames(
+    server_factory: Callable[..., RedisServer], background: Callable[[Consumer], threading.Thread]
+) -> None:
+    """The engine loaded with MAX_QUEUE_LENGTH 2 refuses the DAGs past the second of a batch
+    ("queue ... is full"): those frames stay pending, uncharged (max_deliveries 1 would send a
+    charged retry to the dead letters), the fault is in status, and every frame runs later."""
+    server = server_factory(module_args=("MAX_QUEUE_LENGTH", "2"))
+    r = redis.Redis(port=server.port, socket_timeout=60)
+    # Requests wait in the queue for company (8) up to 1.5 s: two sit there, the rest are refused.
+    ai.Engine(r).model_store(
+        keys.model(FEED, "m", 1), spots_model(), batch=8, min_batch=8, min_batch_timeout_ms=1500
+    )
+    r.set(keys.active_model(FEED), "m:1")
+    publish(r, FEED, good(6))
+    c = Consumer(r, settings(max_deliveries=1))
+    background(c)
+    seen: list[str] = []
+
+    def fault_shown() -> bool:
+        [st] = status.collect(r, FEED)
+        if "c1" in st.faults:
+            seen.append(st.faults["c1"][0])
+            seen.append(status.render([st]))
+        return bool(seen)
+
+    wait_for(fault_shown)
+    assert "refused for load" in seen[0] and "MAX_QUEUE_LENGTH 2" in seen[0]
+    assert "FAULT consumer c1" in seen[1]
+    wait_for(lambda: len(detections(r, FEED)) == 6, 60)
+    wait_for(lambda: not r.hexists(keys.faults(FEED), "c1"))  # cleared by itself
+    assert r.xlen(keys.dead_letters(FEED)) == 0 and c.stats.dead == 0 and c.stats.faults >= 1
+    assert sorted(d[b"frame"] for d in detections(r, FEED)) == sorted(f.frame_id.encode() for f in good(6))
+    assert r.xpending(keys.frames(FEED), "detectors")["pending"] == 0
+    assert counters(r)["fault_waits"] >= 1 and "retries" not in counters(r)
 
 
 def test_redis_oom_is_waited_out(

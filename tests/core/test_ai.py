@@ -19,6 +19,11 @@ from tests import toymodels
         ("ERR model key is empty", -1, Failure.MODEL_MISSING),
         ("TIMEDOUT: the engine timed out the request", -1, Failure.TIMEOUT),
         ("OOM command not allowed when used memory > 'maxmemory'.", -1, Failure.OVERLOAD),
+        (
+            "ERR the queue of device CPU is full (MAX_QUEUE_LENGTH 2 requests); retry later",
+            -1,
+            Failure.OVERLOAD,
+        ),
         ("Redis is loading the dataset in memory", -1, Failure.UNAVAILABLE),
         ("You can't write against a read only replica.", -1, Failure.UNAVAILABLE),
         ("ERR [enforce fail] DefaultCPUAllocator: can't allocate memory", 1, Failure.OUT_OF_MEMORY),
@@ -33,6 +38,7 @@ def test_one_table_classifies_engine_failures(message: str, op: int, kind: Failu
     assert classify(message, op) is kind
     err = DagError(message, op)
     assert err.kind is kind and err.poison is (kind is Failure.POISON_INPUT)
+    assert err.model_missing is (kind is Failure.MODEL_MISSING)
     faults = {
         Failure.MODEL_MISSING,
         Failure.TIMEOUT,
@@ -40,7 +46,7 @@ def test_one_table_classifies_engine_failures(message: str, op: int, kind: Failu
         Failure.UNAVAILABLE,
         Failure.OUT_OF_MEMORY,
     }
-    assert kind.system_fault is (kind in faults)
+    assert kind.system_fault is (kind in faults) and err.system_fault is kind.system_fault
 
 
 def test_run_of_a_refused_command_is_an_engine_error_with_the_engines_message(engine: redis.Redis) -> None:

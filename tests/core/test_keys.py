@@ -38,7 +38,38 @@ def test_registry_keys_share_the_registry_tag() -> None:
     } == {"registry"}
 
 
-@pytest.mark.parametrize("bad", ["", "a{b}", "a:b", "x" * 65, "-lead", "sp ace"])
+@pytest.mark.parametrize(
+    "bad",
+    [
+        "",
+        "a{b}",
+        "a:b",
+        "x" * 65,
+        "-lead",
+        "sp ace",
+        "feed\n",  # a "$" anchor matched before a trailing newline
+        "feed\r",
+        "feed\r\n",
+        "\nfeed",
+        "feed ",
+        " feed",
+        "fe\ted",
+        "feed\x00",
+        "f\u00e9ed",  # letters outside ASCII
+        "\u0661",  # an Arabic-Indic digit
+        "a*",
+        "a?",
+        "a[b]",
+        "a\\b",
+    ],
+)
 def test_bad_names_are_refused(bad: str) -> None:
     with pytest.raises(ConfigError, match="not valid"):
         keys.frames(bad)
+    with pytest.raises(ConfigError, match="not valid"):
+        keys.check_name("model", bad)
+
+
+@pytest.mark.parametrize("good", ["s1", "sentinel-1", "A.b_c-9", "x" * 64, "7"])
+def test_good_names_are_kept_as_they_are(good: str) -> None:
+    assert keys.check_name("feed", good) == good

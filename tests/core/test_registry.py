@@ -15,9 +15,25 @@ def test_model_ref_parses_and_formats() -> None:
     assert ModelRef.parse("7", default_name="ship") == ModelRef("ship", 7)
     assert str(ModelRef("ship", 3)) == "ship:3"
     assert ModelRef("ship", 3).key("s1") == keys.model("s1", "ship", 3)
-    for bad in ("ship", "ship:x", ":3", "a:b:3", "7"):
+    for bad in (
+        "ship",
+        "ship:x",
+        ":3",
+        "a:b:3",
+        "7",
+        "ship:3\n",
+        "ship:3\r",
+        " ship:3",
+        "ship:3 ",
+        "ship:\u0663",
+    ):
         with pytest.raises(RegistryError, match="NAME:VERSION"):
             ModelRef.parse(bad)
+    for bad in ("7\n", "\u00b2", "\u0663", "9" * 5000):  # isdigit() took these; int() refuses some
+        with pytest.raises(RegistryError, match="NAME:VERSION"):
+            ModelRef.parse(bad, default_name="ship")
+    with pytest.raises(RegistryError, match="NAME:VERSION"):
+        ModelRef.parse(b"ship:\xff3")
 
 
 def test_reader_and_active_pointer(r: redis.Redis) -> None:
