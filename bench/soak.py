@@ -5,14 +5,19 @@ One redis-server with the engine (AOF on), 2 producers publishing synthetic scen
 and slot), a model switch every `--switch-min` minutes (a new version loaded and activated with
 the loaders) and one consumer SIGKILLed and restarted every `--kill-min` minutes (always the
 same one, so the other two live the whole run). Every `--sample-s` seconds it records the
-resident memory of redis-server and of each consumer, Redis's used_memory, and the engine's
-figures from INFO MODULES when the engine reports any memory there.
+resident memory of redis-server and of each consumer, Redis's used_memory, what the data holds
+(result and frame stream lengths and bytes, keys and keys with a TTL: the idempotency markers)
+and the engine's own figures (INFO MODULES ai_memory via groundwatch.enginestats: heap outside
+Redis, weights, tensors of runs, block cache), so growth of data and growth of the engine can be
+told apart.
 
 At the end the producers stop, the consumers drain, and the run is checked: every published
 frame has exactly one per-tile result, every scene exactly one scene result, no dead letters.
-The report (soak.md, soak.json) gives the memory samples and, for redis-server and each
-long-lived consumer, the change from the end of warm-up (a quarter of the run) to the end.
-Exit status 1 when a check fails.
+The report (soak.md, soak.json) gives the memory samples and, after warm-up (a quarter of the
+run): redis-server RSS first/last/max and %, used_memory growth (data), the engine's figures,
+each long-lived consumer's RSS %. Results are retained by design (see growth()), so the memory
+criterion for redis-server is RSS growth beyond used_memory growth within 5 %; for consumers,
+RSS within 5 %. Exit status 1 when a check or the memory criterion fails.
 """
 
 from __future__ import annotations
@@ -31,7 +36,7 @@ from typing import Any
 
 import numpy as np
 
-from groundwatch import connection, keys
+from groundwatch import connection, enginestats, keys
 from groundwatch.settings import REPO_ROOT, Settings
 
 FEED = "soak"
@@ -145,6 +150,7 @@ def run(args: argparse.Namespace) -> int:
         )
         for i in range(2)
     ]
+    load_start = os.getloadavg()
     t0 = time.monotonic()
     end = t0 + args.minutes * 60
     next_switch = t0 + args.switch_min * 60
@@ -197,9 +203,12 @@ def run(args: argparse.Namespace) -> int:
                 os.killpg(p.pid, signal.SIGKILL)
     checks = check(r)
     checks["drained"] = drained
+    load_end = os.getloadavg()
     server.stop()
     report = {
         "minutes": args.minutes,
+        "load_start": [round(x, 2) for x in load_start],
+        "load_end": [round(x, 2) for x in load_end],
         "versions": versions,
         "kills": kills,
         "events": events,
@@ -213,26 +222,51 @@ def run(args: argparse.Namespace) -> int:
     print(text)
     print(f"(files in {out})")
     ok = drained and checks["frames_in"] > 0 and not checks["problems"]
+    ok = ok and bool(report["growth"].get("memory_ok"))
     return 0 if ok else 1
 
 
+# The engine's figures a sample keeps (EngineMemory fields and derived ones), in MB.
+ENGINE_FIGURES = ("outside_redis", "model_weights", "run_tensors", "cache", "torch_allocated", "unexplained")
+
+
 def sample(r: Any, server: Any, consumers: list[subprocess.Popen[bytes]], t: float) -> dict[str, Any]:
+    """One point of the memory record: the process (RSS), Redis's data (used_memory, what the
+    streams and keys hold) and the engine (INFO MODULES ai_memory), so that growth of one can be
+    told from growth of the others."""
     info = r.info("memory")
+    space = r.info("keyspace").get("db0", {})
     s: dict[str, Any] = {
         "t_min": round(t / 60, 2),
         "redis_rss_mb": rss_mb(server.process.pid) if server.process else None,
         "used_memory_mb": round(int(info["used_memory"]) / 2**20, 2),
         "consumers_rss_mb": [rss_mb(c.pid) for c in consumers],
         "frames_done": int(r.hget(keys.stats(FEED), "frames_done") or 0),
+        # Data retained by design: result streams (capped at RESULTS_MAXLEN entries), the frames
+        # stream (trimmed by the producers to what a group still needs) and keys with a TTL (the
+        # per-frame idempotency markers, scene results and tile sets, scene_ttl_s).
+        "data": {
+            "detections_len": int(r.xlen(keys.detections(FEED))),
+            "scenes_len": int(r.xlen(keys.scenes(FEED))),
+            "frames_len": int(r.xlen(keys.frames(FEED))),
+            "streams_mb": round(
+                sum(
+                    int(r.memory_usage(k, samples=0) or 0)
+                    for k in (keys.detections(FEED), keys.scenes(FEED), keys.frames(FEED))
+                )
+                / 2**20,
+                2,
+            ),
+            "keys": int(space.get("keys", 0)),
+            "keys_with_ttl": int(space.get("expires", 0)),
+        },
     }
-    # The engine's own memory figures, where it reports any (ai_*mem* fields other than limits).
-    engine = {
-        k: v
-        for k, v in r.info("modules").items()
-        if k.startswith("ai_") and "mem" in k and not k.endswith("_limit")
-    }
-    if engine:
-        s["engine_memory"] = engine
+    m = enginestats.read(r)
+    if m is not None:
+        figures = m.as_dict()
+        s["engine_mb"] = {k: round(figures[k] / 2**20, 2) for k in ENGINE_FIGURES}
+        s["engine_mb"]["rss"] = round(m.rss / 2**20, 2)
+        s["engine_models"] = m.models
     return s
 
 
@@ -266,6 +300,9 @@ def check(r: Any) -> dict[str, Any]:
             f"{scenes_in} scenes published, {len(per_scene)} scene results, {sum(per_scene.values())} entries"
         )
     dead = int(r.xlen(keys.dead_letters(FEED)))
+    pending = sum(int(g["pending"]) for g in r.xinfo_groups(keys.frames(FEED)))
+    if pending:
+        problems.append(f"{pending} frames still pending")
     if dead:
         problems.append(f"{dead} dead letters")
     # What Redis holds at the end, by design: the results (capped streams) and the idempotency
@@ -283,56 +320,143 @@ def check(r: Any) -> dict[str, Any]:
         "scenes_in": scenes_in,
         "scene_results": len(per_scene),
         "dead_letters": dead,
+        "pending_end": pending,
         "counters": stats,
         "problems": problems,
     }
 
 
-def growth(samples: list[dict[str, Any]]) -> dict[str, float | None]:
-    """Change from the end of warm-up (the first sample past a quarter of the run) to the end, %."""
+MEMORY_TOLERANCE_PCT = 5.0
+
+
+def _pct(a: float | None, b: float | None) -> float | None:
+    return None if not a or b is None else round(100.0 * (b - a) / a, 1)
+
+
+def growth(samples: list[dict[str, Any]]) -> dict[str, Any]:
+    """What changed from the end of warm-up (the first sample past a quarter of the run) to the
+    last sample, and the memory verdict.
+
+    The results (detections and scenes streams) and the per-frame idempotency markers are
+    retained by design: the streams are capped at RESULTS_MAXLEN (100,000) entries and the
+    markers expire after scene_ttl_s (7 days), so in an hour at 18 frames/s neither bound is
+    reached and `used_memory` grows with the data all along. The redis-server criterion is
+    therefore about what is not data: RSS growth beyond the growth of used_memory, within 5 % of
+    the RSS at warm-up (RSS growth as such is reported next to it, not judged). Each consumer
+    that lives the whole run (1 and 2; consumer 0 is the one killed) keeps its RSS within 5 %."""
     if len(samples) < 2:
         return {}
     start = next(s for s in samples if s["t_min"] >= samples[-1]["t_min"] / 4)
+    after = samples[samples.index(start) :]
     last = samples[-1]
-
-    def pct(a: float | None, b: float | None) -> float | None:
-        return None if not a or b is None else round(100.0 * (b - a) / a, 1)
-
-    out = {"redis_rss": pct(start["redis_rss_mb"], last["redis_rss_mb"])}
-    out["used_memory"] = pct(start["used_memory_mb"], last["used_memory_mb"])
-    for i in (1, 2):  # consumer 0 is the one killed: 1 and 2 live the whole run
-        out[f"consumer_{i}_rss"] = pct(start["consumers_rss_mb"][i], last["consumers_rss_mb"][i])
+    rss = [s["redis_rss_mb"] for s in after if s["redis_rss_mb"] is not None]
+    out: dict[str, Any] = {"from_min": start["t_min"], "to_min": last["t_min"]}
+    if rss:
+        out["redis_rss_mb"] = {
+            "first": rss[0],
+            "last": rss[-1],
+            "max": max(rss),
+            "pct": _pct(rss[0], rss[-1]),
+        }
+    used = (start["used_memory_mb"], last["used_memory_mb"])
+    out["used_memory_mb"] = {"first": used[0], "last": used[1], "growth": round(used[1] - used[0], 1)}
+    out["data"] = {k: (start["data"][k], last["data"][k]) for k in start.get("data", {})}
+    if rss:
+        beyond = (rss[-1] - rss[0]) - (used[1] - used[0])
+        out["redis_rss_beyond_data_mb"] = round(beyond, 1)
+        out["redis_rss_beyond_data_pct"] = round(100.0 * beyond / rss[0], 1)
+    if "engine_mb" in start and "engine_mb" in last:
+        out["engine_mb"] = {
+            k: {
+                "first": start["engine_mb"][k],
+                "last": last["engine_mb"][k],
+                "max": max(s["engine_mb"][k] for s in after if "engine_mb" in s),
+            }
+            for k in start["engine_mb"]
+        }
+    out["consumers_rss"] = {}
+    for i in (1, 2):
+        series = [s["consumers_rss_mb"][i] for s in after if s["consumers_rss_mb"][i] is not None]
+        if series:
+            out["consumers_rss"][f"consumer_{i}"] = {
+                "first": series[0],
+                "last": series[-1],
+                "max": max(series),
+                "pct": _pct(series[0], series[-1]),
+            }
+    verdicts = []
+    if "redis_rss_beyond_data_pct" in out:
+        verdicts.append(abs(out["redis_rss_beyond_data_pct"]) <= MEMORY_TOLERANCE_PCT)
+    verdicts += [abs(c["pct"] or 0.0) <= MEMORY_TOLERANCE_PCT for c in out["consumers_rss"].values()]
+    out["memory_ok"] = bool(verdicts) and all(verdicts)
     return out
 
 
 def render(rep: dict[str, Any]) -> str:
     c = rep["checks"]
+    g = rep["growth"]
     lines = [
         f"# soak: {rep['minutes']} min, {rep['versions']} model versions, {rep['kills']} consumer kills",
         "",
         f"- frames published {c['frames_in']}, with exactly one result {c['frames_with_one_result']}; "
         f"scenes {c['scenes_in']}, scene results {c['scene_results']}; dead letters {c['dead_letters']}; "
-        f"drained {c['drained']}",
+        f"drained {c['drained']}; pending at the end {c.get('pending_end')}",
         f"- problems: {'; '.join(c['problems']) or 'none'}",
         f"- counters: {c['counters']}",
         f"- retained in Redis at the end (results and idempotency markers, by design): {c['retained']}",
+        f"- load average at the start {rep.get('load_start')}, at the end {rep.get('load_end')}",
         "",
         *(f"- {e}" for e in rep["events"]),
         "",
-        "| t (min) | redis RSS MB | used_memory MB | consumer 0 (killed) | consumer 1 | consumer 2 | frames done |",
-        "|---|---|---|---|---|---|---|",
+        "| t (min) | redis RSS | used_memory | streams | keys (TTL) | detections | engine heap | weights | "
+        "run tensors | cache | RSS not heaps | consumer 0 (killed) | consumer 1 | consumer 2 | frames done |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
+
+    def mb(v: float | None) -> str:
+        return "-" if v is None else f"{v:.1f}"
+
     for s in rep["samples"]:
-        cs = [("-" if v is None else f"{v:.1f}") for v in s["consumers_rss_mb"]]
-        redis_rss = "-" if s["redis_rss_mb"] is None else f"{s['redis_rss_mb']:.1f}"
+        d = s.get("data", {})
+        e = s.get("engine_mb", {})
+        cs = " | ".join(mb(v) for v in s["consumers_rss_mb"])
         lines.append(
-            f"| {s['t_min']:.1f} | {redis_rss} | {s['used_memory_mb']:.1f} | {' | '.join(cs)} | {s['frames_done']} |"
+            f"| {s['t_min']:.1f} | {mb(s['redis_rss_mb'])} | {s['used_memory_mb']:.1f} | {mb(d.get('streams_mb'))} | "
+            f"{d.get('keys', '-')} ({d.get('keys_with_ttl', '-')}) | {d.get('detections_len', '-')} | "
+            f"{mb(e.get('outside_redis'))} | {mb(e.get('model_weights'))} | {mb(e.get('run_tensors'))} | "
+            f"{mb(e.get('cache'))} | {mb(e.get('unexplained'))} | {cs} | {s['frames_done']} |"
         )
-    lines += ["", f"Growth after warm-up (a quarter of the run) to the end, %: {rep['growth']}"]
-    engine = [s.get("engine_memory") for s in rep["samples"] if s.get("engine_memory")]
-    lines.append(
-        f"Engine memory from INFO: {engine[-1] if engine else 'the engine reports no memory figures in INFO'}"
-    )
+    lines += ["", "(MB; engine figures from INFO MODULES ai_memory via groundwatch/enginestats.py)", ""]
+    if g:
+        lines.append(f"## After warm-up ({g['from_min']:.1f} min) to the end ({g['to_min']:.1f} min)")
+        lines.append("")
+        if "redis_rss_mb" in g:
+            x = g["redis_rss_mb"]
+            lines.append(
+                f"- redis-server RSS: first {x['first']:.1f} MB, last {x['last']:.1f} MB, max {x['max']:.1f} MB, "
+                f"{x['pct']:+.1f} %"
+            )
+        u = g["used_memory_mb"]
+        lines.append(
+            f"- used_memory (Redis's data): {u['first']:.1f} -> {u['last']:.1f} MB ({u['growth']:+.1f} MB); "
+            f"data first -> last: {g['data']}"
+        )
+        if "redis_rss_beyond_data_mb" in g:
+            lines.append(
+                f"- redis-server RSS growth beyond the growth of used_memory: {g['redis_rss_beyond_data_mb']:+.1f} MB "
+                f"= {g['redis_rss_beyond_data_pct']:+.1f} % of the RSS at warm-up (criterion: within "
+                f"{MEMORY_TOLERANCE_PCT:.0f} %)"
+            )
+        for k, x in g.get("engine_mb", {}).items():
+            lines.append(
+                f"- engine {k}: first {x['first']:.1f} MB, last {x['last']:.1f} MB, max {x['max']:.1f} MB"
+            )
+        for k, x in g["consumers_rss"].items():
+            lines.append(
+                f"- {k} RSS: first {x['first']:.1f} MB, last {x['last']:.1f} MB, max {x['max']:.1f} MB, "
+                f"{x['pct']:+.1f} % (criterion: within {MEMORY_TOLERANCE_PCT:.0f} %)"
+            )
+        lines.append(f"- memory verdict: {'ok' if g['memory_ok'] else 'OVER the criterion'}")
     return "\n".join(lines) + "\n"
 
 
