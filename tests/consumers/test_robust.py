@@ -287,6 +287,34 @@ def test_a_full_engine_queue_is_a_fault_not_the_frames(
     assert counters(r)["fault_waits"] >= 1 and "retries" not in counters(r)
 
 
+def test_an_engine_slower_than_claim_idle_ms_gets_no_frame_reclaimed_run_twice_or_charged(
+    engine: redis.Redis, background: Callable[[Consumer], threading.Thread]
+) -> None:
+    """The issue: DAGs slower than claim_idle_ms (the DAG socket timeout was 300 s) got healthy
+    frames reclaimed by a second consumer, run twice and counted as failures. Now the DAG's
+    engine TIMEOUT (claim_idle_ms // 3) answers first: a fault of the system, nothing charged,
+    nothing run twice; when the engine is fast again every frame is published once."""
+    slow = keys.model(FEED, "m", 1)
+    # every request waits 6 s in the engine for company that never comes: twice claim_idle_ms
+    ai.Engine(engine).model_store(slow, spots_model(), batch=64, min_batch=64, min_batch_timeout_ms=6000)
+    engine.set(keys.active_model(FEED), "m:1")
+    publish(engine, FEED, good(3))
+    fleet = [Consumer(engine, settings(consumer=name, claim_idle_ms=3000)) for name in ("a", "b")]
+    assert fleet[0].settings.dag_timeout == 1000
+    for c in fleet:
+        background(c)
+    time.sleep(7.0)  # more than twice claim_idle_ms
+    assert detections(engine, FEED) == [] and engine.xlen(keys.dead_letters(FEED)) == 0
+    assert counters(engine).get("fault_waits", 0) >= 1 and "retries" not in counters(engine)
+    assert ai.Engine(engine).model_info(slow).calls == 0  # timed out in the queue, never run
+    install_model(engine, FEED, 2)  # a fast engine again
+    wait_for(lambda: len(detections(engine, FEED)) == 3)
+    time.sleep(0.5)
+    assert sorted(d[b"frame"] for d in detections(engine, FEED)) == [b"g/0", b"g/1", b"g/2"]
+    assert engine.xlen(keys.dead_letters(FEED)) == 0 and sum(c.stats.retries for c in fleet) == 0
+    assert sum(c.stats.duplicates for c in fleet) == 0
+
+
 def test_redis_oom_is_waited_out(
     server_factory: Callable[..., RedisServer], background: Callable[[Consumer], threading.Thread]
 ) -> None:
@@ -385,3 +413,27 @@ def test_one_result_per_frame_when_a_reclaimed_frame_runs_under_two_versions(eng
     publish(engine, FEED, items[:1])
     burst(engine, consumer="late")
     assert len(detections(engine, FEED)) == 4 and engine.xlen(keys.scenes(FEED)) == 1
+
+
+def test_a_one_tile_scene_reclaimed_across_a_switch_has_one_tile_result_and_one_scene_result(
+    engine: redis.Redis,
+) -> None:
+    """The issue's other case: a one-tile scene completes with its only tile, so each version's
+    commit would also have published the scene result."""
+    install_model(engine, FEED, 1)
+    [only] = scene_frames("one", scene_array(64, 64, {(20, 20): 60000}))
+    assert only.tiles == 1
+    publish(engine, FEED, [only])
+    slow = Consumer(engine, settings(consumer="slow"))
+    slow.ensure_group()
+    started = slow._start(slow._read(">", None))
+    assert started is not None and started.model is not None and started.model.version == "m:1"
+    install_model(engine, FEED, 2)
+    fast = burst(engine, consumer="fast", claim_idle_ms=0)
+    assert fast.frames_done == 1 and fast.scenes_done == 1
+    slow._finish(started)
+    assert slow.stats.frames_done == 0 and slow.stats.duplicates == 1
+    assert [d[b"frame"] for d in detections(engine, FEED)] == [b"one/0"]
+    [(_id, scene)] = engine.xrange(keys.scenes(FEED))
+    assert scene[b"scene"] == b"one" and scene[b"models"] == b"m:2"
+    assert engine.xpending(keys.frames(FEED), "detectors")["pending"] == 0
