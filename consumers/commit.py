@@ -1,16 +1,25 @@
-"""The commit transaction: a batch's results, dead letters and XACK in one MULTI/EXEC.
+"""The commit: a batch's results, dead letters and XACKs, without WATCHing any scene-wide key.
 
-A frame's result is published in the same MULTI/EXEC that acknowledges it and sets its marker
+A frame's result is published in one MULTI/EXEC that also sets its marker
 ``keys.frame_done(feed, frame)`` (one per frame, whatever the model version: the first version
-to commit wins, a later one's result is only acknowledged and counted); the transaction runs
-under WATCH of those markers, of the dead-letter markers and of the scenes' tile hashes and
-result keys, so two consumers racing on the same frame (a reclaimed entry whose first consumer
-was only slow, maybe with another model version) or on the last two tiles of a scene cannot both
-publish: one EXEC aborts and the retry sees the other's work.
+to commit wins, a later one's result is only acknowledged and counted). That transaction runs
+under WATCH of the batch's own markers (and dead-letter markers) only, so it conflicts only
+with another consumer committing the very same frame (a reclaimed entry whose first consumer
+was only slow); consumers committing other tiles of the same scene never make it abort.
 
-One attempt, in order: read which markers are set (idempotency), find the scenes this batch
-completes (:mod:`consumers.scenes`), then in MULTI: publish the tiles, publish the scenes, write
-the dead letters, XACK, count.
+Scene completion needs no WATCH either: the same transaction HSETs the batch's tiles into the
+scene's tile hash and then reads its HLEN, atomically, so of two batches racing on a scene's
+last tiles exactly one EXEC sees every tile there. That consumer merges the scene and publishes
+its result in a second transaction (under WATCH of the scene's result key and tile hash, so a
+recovering consumer and it cannot both publish), which also acknowledges the scene's frames of
+the batch; the batch's other result frames are acknowledged right after the first EXEC. Until
+a frame is acknowledged it stays pending: a consumer that dies between the two finds, when the
+frame comes back, its marker set (a duplicate, only acknowledged) and its scene complete
+without a result, and publishes that scene then. Dead letters and deleted entries are
+acknowledged in the first transaction.
+
+Round trips per batch: WATCH and MGET of the markers (one), the MULTI/EXEC (one), the XACK of
+the result frames (one, or the scene's transaction: two).
 """
 
 from __future__ import annotations
@@ -19,13 +28,14 @@ import itertools
 import logging
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
+from functools import partial
 from typing import Any
 
 import redis
 
 from consumers import scenes
 from consumers.reading import Entry, text
-from groundwatch import keys
+from groundwatch import connection, keys
 from groundwatch.detections import SceneResult, TileResult, encode_scene, encode_tile, scene_json, tile_json
 from groundwatch.status import THROUGHPUT_SAMPLES
 
@@ -75,22 +85,48 @@ class Committer:
         dead: Sequence[tuple[Entry, str]],
         deleted: Sequence[str],
     ) -> Outcome:
-        """Publish, dead-letter and XACK the batch in one MULTI/EXEC (under WATCH; retried on conflict)."""
-        conflicts = 0
-        for attempt in itertools.count():
+        """Publish and dead-letter the batch, publish the scenes it completes, XACK it all."""
+        (out, complete), _ = self._retrying(
+            lambda pipe, conflicts: self._attempt(pipe, results, dead, deleted, conflicts)
+        )
+        tiles: dict[str, dict[int, TileResult]] = {}
+        for _, r in out.fresh:
+            tiles.setdefault(r.scene, {})[r.tile] = r
+        acked: set[str] = set()
+        for scene, count in complete:
+            ids = [e.id for e, r in results if r.scene == scene]
+            published, conflicts = self._retrying(
+                partial(self._publish_scene, scene=scene, count=count, ours=tiles.get(scene, {}), ids=ids)
+            )
+            out.conflicts += conflicts
+            acked.update(ids)
+            if published is not None:
+                out.scenes.append(published)
+        rest = [e.id for e, _ in results if e.id not in acked]
+        if rest:
+            with self.r.pipeline(transaction=False) as pipe:
+                self._ack(pipe, rest)
+                pipe.execute()
+        return out
+
+    def _retrying(self, attempt: Callable[[Any, int], Any]) -> Any:
+        """attempt(pipe, conflicts so far) until no WATCH conflict; (its value, conflicts)."""
+        for conflicts in itertools.count():
             with self.r.pipeline(transaction=True) as pipe:
                 try:
-                    outcome = self._attempt(pipe, results, dead, deleted)
+                    value = attempt(pipe, conflicts)
                 except redis.WatchError:
-                    conflicts += 1
-                    if attempt and attempt % 50 == 0:
+                    if conflicts and conflicts % 50 == 0:
                         log.warning(
-                            "consumer %s: %d WATCH conflicts publishing one batch", self.name, attempt
+                            "consumer %s: %d WATCH conflicts publishing one batch", self.name, conflicts
                         )
                     continue
-            outcome.conflicts = conflicts
-            return outcome
+            return value, conflicts
         raise AssertionError("unreachable")
+
+    def _ack(self, pipe: Any, ids: Sequence[str]) -> None:
+        pipe.xack(self.stream, self.group, *ids)
+        pipe.hdel(keys.attempts(self.feed), *ids, *(f"{i}:error" for i in ids))
 
     def _attempt(
         self,
@@ -98,21 +134,17 @@ class Committer:
         results: Sequence[tuple[Entry, TileResult]],
         dead: Sequence[tuple[Entry, str]],
         deleted: Sequence[str],
-    ) -> Outcome:
+        conflicts: int,
+    ) -> tuple[Outcome, list[tuple[str, int]]]:
+        """The batch's transaction; returns its outcome and the scenes found complete without a
+        result (with their tile counts)."""
         feed = self.feed
         markers = [keys.frame_done(feed, r.frame) for _, r in results]
         dead_markers = [keys.dead_marker(feed, e.id) for e, _ in dead]
-        scene_names = sorted({r.scene for _, r in results})
-        watched = [
-            *markers,
-            *dead_markers,
-            *(keys.scene_tiles(feed, s) for s in scene_names),
-            *(keys.scene_result(feed, s) for s in scene_names),
-        ]
-        if watched:
-            pipe.watch(*watched)
-        already = _set_markers(pipe, markers + dead_markers)
-        out = Outcome()
+        watched = markers + dead_markers
+        flags = connection.watch_and_read(pipe, watched, ("MGET", *watched)) if watched else [[]]
+        already = {k: text(v) for k, v in zip(watched, flags[0], strict=True) if v is not None}
+        out = Outcome(conflicts=conflicts)
         seen: dict[str, str] = {}
         now = self.clock_ms()
         for (e, r), marker in zip(results, markers, strict=True):
@@ -125,44 +157,83 @@ class Committer:
                 seen[marker] = r.model
                 out.fresh.append((e, replace(r, done_ms=now)))
         out.dead = [(e, why) for (e, why), m in zip(dead, dead_markers, strict=True) if m not in already]
-        out.scenes = scenes.completions(pipe, feed, [r for _, r in out.fresh], now)
+        # Every scene the batch touches, duplicates' too: a duplicate may be the redelivery of a
+        # frame whose consumer died before publishing the scene it completed.
+        counts: dict[str, int] = {}
+        for _, r in results:
+            counts[r.scene] = max(counts.get(r.scene, 0), r.tiles)
 
         pipe.multi()
         out.detections = self._publish_tiles(pipe, out.fresh, now)
-        self._publish_scenes(pipe, out.scenes)
         self._dead_letters(pipe, out.dead, now)
-        ids = [e.id for e, _ in results] + [e.id for e, _ in dead] + list(deleted)
+        ids = [e.id for e, _ in dead] + list(deleted)
         if ids:
-            pipe.xack(self.stream, self.group, *ids)
-            pipe.hdel(keys.attempts(feed), *ids, *(f"{i}:error" for i in ids))
+            self._ack(pipe, ids)
         self._count(pipe, out, len(deleted), now)
+        for scene in counts:
+            pipe.hlen(keys.scene_tiles(feed, scene))
+            pipe.exists(keys.scene_result(feed, scene))
+        replies = pipe.execute()
+        tail = replies[len(replies) - 2 * len(counts) :] if counts else []
+        complete = [
+            (scene, n)
+            for (scene, n), have, done in zip(counts.items(), tail[::2], tail[1::2], strict=True)
+            if int(have) >= n and not int(done)
+        ]
+        return out, complete
+
+    def _publish_scene(
+        self,
+        pipe: Any,
+        conflicts: int,
+        *,
+        scene: str,
+        count: int,
+        ours: dict[int, TileResult],
+        ids: Sequence[str],
+    ) -> SceneResult | None:
+        """The scene's result, once (under WATCH of its result key and tile hash), and the XACK of
+        the batch's frames of it; None when another consumer published it first, or its tile hash
+        does not hold every tile after all (a field someone wrote by hand)."""
+        feed = self.feed
+        result_key, tiles_key = keys.scene_result(feed, scene), keys.scene_tiles(feed, scene)
+        exists, stored = connection.watch_and_read(
+            pipe, [result_key, tiles_key], ("EXISTS", result_key), ("HGETALL", tiles_key)
+        )
+        made = None if int(exists) else scenes.complete(feed, scene, count, stored, ours, self.clock_ms())
+        pipe.multi()
+        if made is not None:
+            doc = scene_json(made)
+            pipe.set(result_key, doc, ex=self.ttl_s)
+            pipe.xadd(keys.scenes(feed), encode_scene(made, doc), maxlen=RESULTS_MAXLEN, approximate=True)
+            pipe.publish(keys.scenes(feed), doc)
+            pipe.delete(tiles_key)
+            pipe.hincrby(keys.stats(feed), "scenes_done", 1)
+        if conflicts:
+            pipe.hincrby(keys.stats(feed), "conflicts", conflicts)
+        if ids:
+            self._ack(pipe, ids)
         pipe.execute()
-        return out
+        return made
 
     def _publish_tiles(self, pipe: Any, fresh: Sequence[tuple[Entry, TileResult]], now: int) -> int:
         """Each tile result: its marker, the detections stream and channel, the scene's tile hash."""
         feed, ttl = self.feed, self.ttl_s
         detections = 0
+        by_scene: dict[str, dict[str, str]] = {}
         for e, r in fresh:
             doc = tile_json(r)
             pipe.set(keys.frame_done(feed, r.frame), f"{r.model} {e.id}", ex=ttl)
             pipe.xadd(keys.detections(feed), encode_tile(r, doc), maxlen=RESULTS_MAXLEN, approximate=True)
             pipe.publish(keys.detections(feed), doc)
-            pipe.hset(keys.scene_tiles(feed, r.scene), str(r.tile), doc)
-            pipe.expire(keys.scene_tiles(feed, r.scene), ttl)
-            pipe.lpush(keys.latency(feed), max(0, now - r.published_ms))
+            by_scene.setdefault(r.scene, {})[str(r.tile)] = doc
             detections += len(r.detections)
+        for scene, docs in by_scene.items():
+            pipe.hset(keys.scene_tiles(feed, scene), mapping=docs)
+            pipe.expire(keys.scene_tiles(feed, scene), ttl)
+        if fresh:
+            pipe.lpush(keys.latency(feed), *(max(0, now - r.published_ms) for _, r in fresh))
         return detections
-
-    def _publish_scenes(self, pipe: Any, completed: Sequence[SceneResult]) -> None:
-        """Each completed scene: its result key, the scenes stream and channel; its tile hash goes."""
-        feed = self.feed
-        for s in completed:
-            doc = scene_json(s)
-            pipe.set(keys.scene_result(feed, s.scene), doc, ex=self.ttl_s)
-            pipe.xadd(keys.scenes(feed), encode_scene(s, doc), maxlen=RESULTS_MAXLEN, approximate=True)
-            pipe.publish(keys.scenes(feed), doc)
-            pipe.delete(keys.scene_tiles(feed, s.scene))
 
     def _dead_letters(self, pipe: Any, dead: Sequence[tuple[Entry, str]], now: int) -> None:
         """Each dead frame: copied to the dead-letter stream with its reason, and its marker set."""
@@ -188,10 +259,10 @@ class Committer:
             ("frames_done", len(out.fresh)),
             ("detections", out.detections),
             ("dead", len(out.dead)),
-            ("scenes_done", len(out.scenes)),
             ("duplicates", len(out.duplicates)),
             ("superseded", out.superseded),
             ("deleted", deleted),
+            ("conflicts", out.conflicts),
         ):
             if n:
                 pipe.hincrby(stats, name, n)
@@ -199,12 +270,3 @@ class Committer:
             pipe.ltrim(keys.latency(self.feed), 0, LATENCY_SAMPLES - 1)
             pipe.lpush(keys.throughput(self.feed), f"{now} {len(out.fresh)}")
             pipe.ltrim(keys.throughput(self.feed), 0, THROUGHPUT_SAMPLES - 1)
-
-
-def _set_markers(pipe: Any, markers: Sequence[str]) -> dict[str, str]:
-    """The markers that are set, with their values (read under WATCH: idempotency of results and
-    dead letters)."""
-    if not markers:
-        return {}
-    flags = pipe.mget(list(markers))
-    return {k: text(v) for k, v in zip(markers, flags, strict=True) if v is not None}

@@ -1,12 +1,13 @@
-"""The consumer loop: frames in, one AI.DAGEXECUTE per frame, results and XACK in one MULTI.
+"""The consumer loop: frames in, one AI.DAGEXECUTE per frame, results published, then XACK.
 
 Delivery: at least once from the stream, exactly once in the results. The parts:
 :mod:`consumers.reading` (XREADGROUP of new and own pending entries, XAUTOCLAIM of idle ones),
 :mod:`consumers.inference` (the active model, the DAGs, georeferencing),
-:mod:`consumers.commit` (publish + dead letters + XACK in one MULTI/EXEC under WATCH) and
-:mod:`consumers.scenes` (scene completion and the overlap merge). A crash before EXEC leaves
-the entry pending, and it is processed again (by this consumer on restart, or by another
-through XAUTOCLAIM); a crash after EXEC leaves nothing to do.
+:mod:`consumers.commit` (publish + dead letters in one MULTI/EXEC under WATCH of the batch's
+own markers, then XACK) and :mod:`consumers.scenes` (scene completion and the overlap merge).
+An entry is pending until its result is published (and its scene's, when it completed one):
+a crash leaves it to be processed again (by this consumer on restart, or by another through
+XAUTOCLAIM), and done again it is only acknowledged.
 
 The loop reads ahead: the next batch's DAGs go to the engine before this batch is committed.
 """
@@ -440,7 +441,7 @@ class Consumer:
             pipe.execute()
 
     def _finish(self, started: Started) -> None:
-        """Collect the engine's replies, georeference, then publish and XACK (one MULTI)."""
+        """Collect the engine's replies, georeference, then publish and XACK (consumers.commit)."""
         results: list[tuple[Entry, TileResult]] = []
         dead = started.dead
         faults: list[tuple[Entry, str]] = []

@@ -162,7 +162,7 @@ def consumer(feeds: Sequence[str] | None = None) -> Role:
             Grant("the feed's active version", ("get",), _per_feed(feeds, keys.active_model)),
             Grant(
                 "idempotency markers and scene state (WATCHed while publishing); the consumer name's lease",
-                ("watch", "mget", "get", "exists", "set", "hset", "hkeys", "hgetall", "expire", "del"),
+                ("watch", "mget", "get", "exists", "set", "hset", "hlen", "hgetall", "expire", "del"),
                 _per_feed(
                     feeds,
                     lambda f: keys.frame_done(f, ANY),

@@ -29,6 +29,7 @@ import logging
 import os
 import threading
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -562,3 +563,39 @@ def wait_for_replica(client: redis.Redis, stats_key: str, timeout_ms: int = 2000
             timeout_ms,
         )
     return got
+
+
+def watch_and_read(pipe: Any, watched: Sequence[str], *commands: Sequence[Any]) -> list[Any]:
+    """WATCH `watched` on a transaction pipeline and run `commands` (reads) after it, in one round
+    trip; returns their replies (callbacks applied, as the pipeline's own immediate commands).
+
+    redis-py sends WATCH and every command after it one round trip each; a commit that reads a
+    handful of keys under WATCH spent most of its time waiting for those. Afterwards the pipeline
+    is in its watching state, on the connection the WATCH went on: ``pipe.multi()`` and
+    ``pipe.execute()`` go on as usual (a WatchError when a watched key changed). An error reply
+    raises once every reply has been read, so the connection stays usable."""
+    if pipe.watching or pipe.command_stack:
+        raise RuntimeError("watch_and_read starts a pipeline's transaction: call it first")
+    names = [str(c[0]) for c in commands]
+    cmds = [("WATCH", *watched), *commands] if watched else list(commands)
+    conn = pipe.connection or pipe.connection_pool.get_connection("WATCH", pipe.shard_hint)
+    pipe.connection = conn
+    pipe.watching = bool(watched)
+    try:
+        conn.send_packed_command(conn.pack_commands(cmds))
+        replies: list[Any] = []
+        for name in (["WATCH"] if watched else []) + names:
+            try:
+                replies.append(pipe.parse_response(conn, name))
+            except redis.ResponseError as e:
+                replies.append(e)
+    except (redis.ConnectionError, redis.TimeoutError):
+        conn.disconnect()
+        pipe.reset()
+        raise
+    out = replies[1:] if watched else replies
+    for reply in replies:
+        if isinstance(reply, redis.ResponseError):
+            pipe.reset()
+            raise reply
+    return out

@@ -11,6 +11,7 @@ import redis
 from rasterio.warp import transform as warp
 
 from consumers import ConsumerError
+from consumers import commit as commit_module
 from consumers.worker import ActiveModel, Consumer, Entry, RunStats
 from groundwatch import detections as wire
 from groundwatch import frames, keys
@@ -201,6 +202,73 @@ def test_two_consumers_share_a_feed_and_complete_each_scene_once(engine: redis.R
     assert sorted(done) == scenes
     for s in scenes:
         assert len(wire.decode_scene(engine.get(keys.scene_result(FEED, s))).detections) == len(SPOTS)
+
+
+def test_consumers_committing_tiles_of_one_scene_do_not_conflict(
+    engine: redis.Redis, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Consumer a reads under WATCH, then b commits the scene's other tiles before a's EXEC: a's
+    transaction must not abort (it watches only its own frames), and the scene is published
+    once, by whichever EXEC saw every tile."""
+    install_model(engine, FEED)
+    publish(engine, FEED, scene_frames("k", scene_array(160, 160, SPOTS)))
+    a = Consumer(engine, settings(consumer="a", read_count=5), burst=True)
+    b = Consumer(engine, settings(consumer="b", read_count=5), burst=True)
+    a.ensure_group()
+    first = a._start(a._read(">", None))
+    second = b._start(b._read(">", None))
+    assert first is not None and second is not None
+    real = commit_module.connection.watch_and_read
+    calls = {"n": 0}
+
+    def between(pipe: Any, watched: Any, *commands: Any) -> Any:
+        replies = real(pipe, watched, *commands)
+        calls["n"] += 1
+        if calls["n"] == 1:  # a is between its WATCH and its EXEC: b commits the rest of the scene
+            b._finish(second)
+        return replies
+
+    monkeypatch.setattr(commit_module.connection, "watch_and_read", between)
+    a._finish(first)
+    monkeypatch.undo()
+    assert a.stats.conflicts == 0 and b.stats.conflicts == 0
+    assert a.stats.frames_done + b.stats.frames_done == 9
+    assert a.stats.scenes_done + b.stats.scenes_done == 1
+    assert engine.xlen(keys.scenes(FEED)) == 1
+    assert not engine.exists(keys.scene_tiles(FEED, "k"))
+    assert engine.xpending(keys.frames(FEED), "detectors")["pending"] == 0
+    assert int(engine.hget(keys.stats(FEED), "conflicts") or 0) == 0
+
+
+def test_a_consumer_dying_between_its_commit_and_the_scene_result_leaves_it_to_the_redelivery(
+    engine: redis.Redis, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The batch with a scene's last tiles is committed (results and markers published) and its
+    consumer dies before the scene result: the frames stay pending, and when they come back they
+    are duplicates that complete the scene, once."""
+    install_model(engine, FEED)
+    publish(engine, FEED, scene_frames("z", scene_array(160, 160, SPOTS)))
+
+    def dies(*_args: Any, **_kwargs: Any) -> Any:
+        raise redis.ConnectionError("killed")
+
+    c = Consumer(engine, settings(), burst=True)
+    c.ensure_group()
+    monkeypatch.setattr(commit_module.Committer, "_publish_scene", dies)
+    with pytest.raises(redis.ConnectionError):
+        c._process(c._read(">", None))
+    monkeypatch.undo()
+    assert len(detections(engine, FEED)) == 9
+    assert engine.xlen(keys.scenes(FEED)) == 0
+    assert engine.xpending(keys.frames(FEED), "detectors")["pending"] == 9
+    stats = burst(engine)  # the same name: its own pending entries first
+    assert stats.frames_done == 0 and stats.duplicates == 9 and stats.scenes_done == 1
+    assert len(detections(engine, FEED)) == 9
+    assert engine.xlen(keys.scenes(FEED)) == 1
+    scene = wire.decode_scene(engine.get(keys.scene_result(FEED, "z")))
+    assert len(scene.detections) == len(SPOTS) and scene.tiles == 9
+    assert engine.xpending(keys.frames(FEED), "detectors")["pending"] == 0
+    assert burst(engine).scenes_done == 0
 
 
 def test_no_active_model_means_wait_not_poison(engine: redis.Redis) -> None:
