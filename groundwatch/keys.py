@@ -140,6 +140,8 @@ def faults(feed: str) -> str:
 def consumer_lease(feed: str, group: str, name: str) -> str:
     """A consumer's claim on its name (value "<host> <pid>", short TTL, refreshed while it runs),
     so default names are stable per host and slot and never shared by two live consumers."""
+    if name == MODEL_FIT:  # a consumer's field of faults(feed) would be the model-fit entry's
+        raise ConfigError(f"consumer name {name!r} is reserved (a field of {faults(feed)}); choose another")
     return _feed(feed, "consumer", check_name("group", group), check_name("consumer", name))
 
 

@@ -73,3 +73,9 @@ def test_bad_names_are_refused(bad: str) -> None:
 @pytest.mark.parametrize("good", ["s1", "sentinel-1", "A.b_c-9", "x" * 64, "7"])
 def test_good_names_are_kept_as_they_are(good: str) -> None:
     assert keys.check_name("feed", good) == good
+
+
+def test_the_model_fit_field_is_no_consumer_name() -> None:
+    with pytest.raises(ConfigError, match="reserved"):
+        keys.consumer_lease("s1", "detectors", keys.MODEL_FIT)
+    assert keys.consumer_lease("s1", "detectors", "model-fit-2").endswith(":model-fit-2")
