@@ -27,7 +27,8 @@ venv: $(STAMP)
 $(STAMP): pyproject.toml
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install -q --upgrade pip >/dev/null
-	$(BIN)/python -m pip install -q -e '.[dev,bench]'
+	$(BIN)/python -m pip install -q -e '.[dev,bench,onnx]'
+	$(BIN)/python -m pip install -q --no-deps 'onnx2torch==1.5.15'
 	@touch $@
 
 redis:

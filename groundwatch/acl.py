@@ -205,6 +205,7 @@ def _registry_keys() -> tuple[str, ...]:
         keys.registry_active(ANY),
         keys.registry_counter(ANY),
         keys.registry_history(ANY),
+        keys.registry_originals(ANY),
     )
 
 

@@ -235,6 +235,11 @@ def registry_history(name: str) -> str:
     return ":".join((PREFIX, REGISTRY_TAG, "model", check_name("model", name), "history"))
 
 
+def registry_originals(name: str) -> str:
+    """Hash version -> the original file of a version converted at load time (an ONNX model's bytes)."""
+    return ":".join((PREFIX, REGISTRY_TAG, "model", check_name("model", name), "originals"))
+
+
 def registry_models() -> str:
     """Set of model names known to the registry."""
     return ":".join((PREFIX, REGISTRY_TAG, "models"))

@@ -6,6 +6,8 @@ Layout (all under the registry's hash tag; see groundwatch/keys.py):
   registry_history(name)   list  previously active versions, newest first
   registry_counter(name)   counter for new version numbers
   registry_models()        set of model names
+  registry_originals(name) hash  version -> the original bytes of a version converted at load
+                           time (ONNX import); its record's provenance has their sha256
 Each feed a version serves has its own pointer, keys.active_model(feed) = "name:version", which
 is what consumers read; changing it is one SET, so a feed switches atomically.
 
@@ -121,6 +123,12 @@ class RegistryReader:
 
     def exists(self, name: str, version: int) -> bool:
         return bool(self.client.hexists(keys.registry_versions(name), str(version)))
+
+    def original(self, name: str, version: int) -> bytes | None:
+        """The file a version was converted from (an ONNX model), as it was given; None for a
+        version stored as it came."""
+        raw = self.client.hget(keys.registry_originals(name), str(version))
+        return None if raw is None else bytes(raw)
 
     def active(self, name: str) -> int | None:
         """The model's active version number (the registry's own pointer)."""

@@ -31,6 +31,20 @@ def read_model_file(path: str | Path) -> ModelFile:
     return ModelFile(str(path), blob, hashlib.sha256(blob).hexdigest(), read_metadata(blob, str(path)))
 
 
+def is_onnx(path: str | Path) -> bool:
+    """A `.onnx` file, or one that is not a zip (TorchScript) and opens like an ONNX ModelProto
+    (protobuf field 1, ir_version, as every exporter writes it first)."""
+    p = Path(path)
+    if p.suffix.lower() == ".onnx":
+        return True
+    try:
+        with p.open("rb") as f:
+            head = f.read(4)
+    except OSError:
+        return False
+    return len(head) >= 2 and not head.startswith(b"PK") and head[0] == 0x08
+
+
 def read_metadata(blob: bytes, name: str = "model") -> ModelMetadata:
     try:
         return modelmeta.read(blob, name)

@@ -10,8 +10,14 @@ from groundwatch.settings import Settings
 
 
 def register(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("load", help="register a TorchScript model version in the engine and activate it")
-    p.add_argument("file", help="TorchScript file (torch.jit.save) with groundwatch.json metadata")
+    p = sub.add_parser(
+        "load", help="register a TorchScript (or ONNX) model version in the engine and activate it"
+    )
+    p.add_argument(
+        "file",
+        help="TorchScript file (torch.jit.save) with groundwatch.json metadata, or an ONNX model "
+        "(.onnx), converted to TorchScript at load time (docs/models.md, ONNX import)",
+    )
     p.add_argument("--name", required=True, help="model name, e.g. ship")
     p.add_argument("--version", type=int, default=None, help="version number (default: the next one)")
     p.add_argument("--device", default="CPU", help="CPU, GPU, CPU:n or GPU:n")
@@ -64,6 +70,21 @@ def register(sub: argparse._SubParsersAction) -> None:
         default=8,
         help="frames taken from the feed for the comparison (default 8)",
     )
+    p.add_argument(
+        "--metadata",
+        type=Path,
+        default=None,
+        metavar="FILE.json",
+        help="groundwatch.json for an ONNX file whose metadata_props carry none (docs/models.md)",
+    )
+    p.add_argument(
+        "--parity-tolerance",
+        type=float,
+        default=None,
+        metavar="ABS",
+        help="ONNX import: the largest absolute difference from ONNX Runtime accepted on the sample "
+        "tiles, in output units (pixels, score) (default 0.001)",
+    )
     p.set_defaults(handler=cmd_load)
 
     m = sub.add_parser("model", help="list, activate, roll back or remove registered model versions")
@@ -98,6 +119,19 @@ def _samples(path: Path | None) -> Any:
         raise LoaderError(f"--compare-samples {path}: not a readable .npy array ({e})") from e
 
 
+def _metadata(path: Path | None) -> Any:
+    if path is None:
+        return None
+    import json
+
+    from loaders import LoaderError
+
+    try:
+        return json.loads(path.read_text())
+    except (OSError, ValueError) as e:
+        raise LoaderError(f"--metadata {path}: not a readable JSON file ({e})") from e
+
+
 def cmd_load(settings: Settings, args: argparse.Namespace) -> int:
     from groundwatch.connection import connect
     from loaders.loader import LoadOptions, load
@@ -118,6 +152,8 @@ def cmd_load(settings: Settings, args: argparse.Namespace) -> int:
         max_score_delta=args.max_score_delta,
         compare_tiles=args.compare_tiles,
         compare_samples=_samples(args.compare_samples),
+        metadata=_metadata(args.metadata),
+        parity_tolerance=args.parity_tolerance,
     )
     record = load(connect(settings), args.file, opts)
     state = "active" if opts.activate else "stored, not active"
@@ -126,6 +162,14 @@ def cmd_load(settings: Settings, args: argparse.Namespace) -> int:
         f"{record.bands} band(s) {record.dtype}, tile {record.tile_size}, sha256 {record.sha256[:12]}"
     )
     prov = record.provenance
+    if prov.get("format") == "onnx":
+        parity = prov.get("parity", {})
+        print(
+            f"converted from ONNX ({prov.get('method')}; sha256 {str(prov.get('onnx_sha256'))[:12]}, "
+            f"{prov.get('onnx_bytes')} bytes kept): max abs difference from ONNX Runtime "
+            f"{parity.get('max_abs_diff', float('nan')):.3g} on {parity.get('tiles')} tiles (tolerance "
+            f"{parity.get('tolerance')})"
+        )
     if args.optimize:
         print(
             f"optimized in the engine: {'yes' if prov.get('optimized') else 'no'} ({prov.get('optimize_status')})"

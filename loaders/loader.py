@@ -18,7 +18,7 @@ from __future__ import annotations
 import contextlib
 import logging
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -30,7 +30,7 @@ from groundwatch import connection, keys
 from groundwatch.ai import Engine, EngineError
 from groundwatch.modelmeta import ModelMetadata
 from loaders import LoaderError
-from loaders.archive import ModelFile, read_model_file
+from loaders.archive import ModelFile, is_onnx, read_model_file
 from loaders.registry import Registry, VersionRecord
 from loaders.variants import OPTIMIZE_METHOD, Agreement, compare_in_engine, feed_samples, find_source
 
@@ -56,6 +56,10 @@ class LoadOptions:
     max_score_delta: float = 0.05  # maximum mean |score difference| of matched detections
     compare_tiles: int = 8  # frames taken from the feed when compare_samples is None
     compare_samples: np.ndarray | None = None  # [N, C, S, S] tiles a variant is compared on
+    # ONNX import (loaders/onnx_import.py): metadata for a file that carries none, and the largest
+    # difference from ONNX Runtime accepted (None: onnx_import.DEFAULT_PARITY_TOLERANCE)
+    metadata: dict[str, Any] | None = None
+    parity_tolerance: float | None = None
 
 
 def warmup_input(meta: ModelMetadata, batch: int = WARMUP_BATCH) -> np.ndarray:
@@ -103,8 +107,28 @@ def warm_up(engine: Engine, model_key: str, route_key: str, meta: ModelMetadata)
 
 
 def load(client: redis.Redis, source: str | Path | ModelFile, opts: LoadOptions) -> VersionRecord:
-    """Store, warm up, record and (by default) activate one new version. Returns its record."""
-    model = source if isinstance(source, ModelFile) else read_model_file(source)
+    """Store, warm up, record and (by default) activate one new version. Returns its record.
+
+    An ONNX file is converted to TorchScript first and its original bytes are kept with the record
+    (loaders/onnx_import.py)."""
+    original: bytes | None = None
+    if isinstance(source, ModelFile):
+        model = source
+    elif is_onnx(source):
+        from loaders import onnx_import  # torch, onnx and onnx2torch: only for ONNX files
+
+        imported = onnx_import.read_onnx_file(
+            source,
+            tolerance=onnx_import.DEFAULT_PARITY_TOLERANCE
+            if opts.parity_tolerance is None
+            else opts.parity_tolerance,
+            samples=opts.compare_samples,
+            metadata=opts.metadata,
+        )
+        model, original = imported.model, imported.onnx_blob
+        opts = replace(opts, provenance={**imported.provenance(), **(opts.provenance or {})})
+    else:
+        model = read_model_file(source)
     keys.check_name("model", opts.name)
     for feed in opts.feeds:
         keys.check_name("feed", feed)
@@ -190,6 +214,8 @@ def load(client: redis.Redis, source: str | Path | ModelFile, opts: LoadOptions)
         min_batch_timeout_ms=opts.min_batch_timeout_ms,
         provenance=_provenance(opts, file_provenance, origin, optimize_state, compared),
     )
+    if original is not None:
+        registry.record_original(record, original)  # first: a record never lacks its original
     registry.record(record)
     if compared is not None and opts.activate and not _agrees(compared, opts):
         raise LoaderError(

@@ -60,8 +60,13 @@ class Registry(RegistryReader):
                 return self.get(name, version)
         return None
 
+    def record_original(self, rec: VersionRecord, blob: bytes) -> None:
+        """Keep the file `rec` was converted from (an ONNX model's bytes) beside its record."""
+        self.client.hset(keys.registry_originals(rec.name), str(rec.version), blob)
+
     def forget(self, rec: VersionRecord) -> None:
         pipe = self.client.pipeline(transaction=True)
         pipe.hdel(keys.registry_versions(rec.name), str(rec.version))
+        pipe.hdel(keys.registry_originals(rec.name), str(rec.version))
         pipe.lrem(keys.registry_history(rec.name), 0, rec.version)
         pipe.execute()

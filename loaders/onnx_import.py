@@ -1,0 +1,494 @@
+"""ONNX import: an ONNX model file becomes a contract-1 TorchScript version at load time.
+
+The engine runs TorchScript only (its ONNX backend is absent, as RedisAI's is without ONNX
+Runtime; docs/models.md says why). So `groundwatch load model.onnx`:
+
+1. reads the ONNX bytes and their sha256, checks the graph (onnx.checker) and its interface: one
+   input ``[B, C, H, W]`` (B free or 1, C the metadata's bands, H and W free or the tile size), one
+   float output;
+2. takes the metadata from the file's ``metadata_props["groundwatch.json"]`` (the same JSON a
+   TorchScript file carries) or from ``--metadata FILE.json``;
+3. lists every node whose operator onnx2torch cannot convert at the file's opset and refuses the
+   file naming them all, before converting anything;
+4. converts with onnx2torch, traces the result on one tile ``[1, C, T, T]`` and wraps it in a scripted
+   module that casts the input to the ONNX input's type and runs the batch tile by tile (a trace
+   freezes the shapes the ONNX graph computes, so it is only valid for the shape it was traced
+   at; per-tile keeps any batch the engine forms correct);
+5. saves that with ``groundwatch.json`` (the metadata plus ``provenance``) and runs the saved bytes,
+   reloaded, against ONNX Runtime on the same sample tiles (a deterministic warm-up batch, plus
+   ``--compare-samples`` tiles when given). The output rows are paired as the contract defines
+   them (sorted by score; rows whose scores tie within the tolerance may come in either order, and
+   a near-tie at the K-th row may pick either candidate) and the maximum absolute difference of
+   any paired value must be within the tolerance, else the file is refused with the figures.
+
+The loader stores the converted blob like any TorchScript version and keeps the original ONNX
+bytes beside its registry record (keys.registry_originals).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import functools
+import hashlib
+import importlib
+import io
+import json
+import sys
+import types
+import warnings
+from collections.abc import Iterator
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import Tensor, nn
+
+from groundwatch import modelmeta
+from groundwatch.modelmeta import ModelMetadata
+from loaders import LoaderError
+from loaders.archive import ModelFile, read_metadata
+
+# Absolute, in the output's own units: tile pixels for the box columns, probability for scores.
+# ONNX Runtime and libtorch differ by ~6e-5 px on the shipped detector's 512 px boxes (float32
+# rounding of different convolution kernels); a wrong conversion is off by whole pixels.
+DEFAULT_PARITY_TOLERANCE = 1e-3
+METADATA_PROP = modelmeta.METADATA_FILE
+IMPORT_METHOD = "onnx2torch"
+PARITY_BATCH = 2
+# Operators onnx2torch converts into torchvision calls: with no loadable torchvision (no CPU build
+# for torch 2.13) they are reported as unsupported instead of failing at run time.
+_TORCHVISION_OPS = frozenset({"NonMaxSuppression", "RoiAlign"})
+
+
+@dataclass(frozen=True)
+class Parity:
+    """How closely the converted TorchScript reproduces ONNX Runtime on the sample tiles."""
+
+    tiles: int
+    rows: int  # rows paired and compared
+    max_abs_diff: float
+    max_box_diff: float
+    max_score_diff: float
+    class_mismatches: int
+    tolerance: float
+
+    @property
+    def passed(self) -> bool:
+        return self.max_abs_diff <= self.tolerance
+
+    def as_dict(self) -> dict[str, Any]:
+        return {**asdict(self), "passed": self.passed}
+
+    def describe(self) -> str:
+        return (
+            f"max abs difference {self.max_abs_diff:.3g} (boxes {self.max_box_diff:.3g} px, scores "
+            f"{self.max_score_diff:.3g}, {self.class_mismatches} class mismatches) over {self.rows} rows of "
+            f"{self.tiles} tiles, tolerance {self.tolerance:g}"
+        )
+
+
+@dataclass(frozen=True)
+class OnnxImport:
+    """A converted ONNX file: `model` is what the engine stores; the original bytes are kept."""
+
+    model: ModelFile
+    onnx_blob: bytes
+    onnx_sha256: str
+    opset: int
+    parity: Parity
+
+    def provenance(self) -> dict[str, Any]:
+        """The version record's account of the import (beside the original bytes' key)."""
+        return {
+            "format": "onnx",
+            "method": f"{IMPORT_METHOD} {_version('onnx2torch')} import, traced per tile",
+            "onnx_sha256": self.onnx_sha256,
+            "onnx_bytes": len(self.onnx_blob),
+            "onnx_opset": self.opset,
+            "onnxruntime": _version("onnxruntime"),
+            "parity": self.parity.as_dict(),
+        }
+
+
+def read_onnx_file(
+    path: str | Path,
+    *,
+    tolerance: float = DEFAULT_PARITY_TOLERANCE,
+    samples: np.ndarray | None = None,
+    metadata: dict[str, Any] | None = None,
+) -> OnnxImport:
+    """Convert, check against ONNX Runtime and package one ONNX file (module docstring).
+
+    LoaderError names what is wrong: an unreadable or invalid graph, missing metadata, an
+    interface that is not contract 1, the unconvertible operators, or the parity figures."""
+    if not tolerance >= 0:
+        raise LoaderError(f"--parity-tolerance must be >= 0, got {tolerance}")
+    try:
+        blob = Path(path).read_bytes()
+    except OSError as e:
+        raise LoaderError(f"cannot read model file {path}: {e}") from e
+    onnx = _import("onnx")
+    try:
+        proto = onnx.load_model_from_string(blob)
+        onnx.checker.check_model(proto)
+    except Exception as e:  # protobuf DecodeError, onnx ValidationError: both mean "not a valid model"
+        raise LoaderError(f"{path} is not a valid ONNX model: {e}") from e
+    meta = _metadata(proto, metadata, str(path))
+    in_dtype = _check_interface(proto, meta, str(path))
+    opset = next((o.version for o in proto.opset_import if o.domain in ("", "ai.onnx")), 0)
+    _normalise(proto)
+    unsupported = unsupported_ops(proto)
+    if unsupported:
+        raise LoaderError(
+            f"{path} cannot be converted: onnx2torch {_version('onnx2torch')} has no converter for "
+            f"{'; '.join(unsupported)}. Export the model without them (e.g. leave NMS and box decoding "
+            "out of the graph and use an adapter), or at an opset that has them"
+        )
+    module = _convert(proto, in_dtype, meta, str(path))
+    sha = hashlib.sha256(blob).hexdigest()
+    # The blob says where it came from, so a copy fetched with AI.MODELGET BLOB still does.
+    scripted_blob = _save(module, {**meta.as_dict(), "provenance": {"format": "onnx", "onnx_sha256": sha}})
+    tiles = _sample_tiles(meta, samples)
+    parity = check_parity(scripted_blob, blob, tiles, tolerance)
+    if not parity.passed:
+        raise LoaderError(
+            f"{path} was converted, but the TorchScript result does not reproduce ONNX Runtime: "
+            f"{parity.describe()}. Nothing was stored. Report the operators of this graph to onnx2torch, "
+            "or raise --parity-tolerance if the difference is acceptable"
+        )
+    model = ModelFile(
+        str(path), scripted_blob, hashlib.sha256(scripted_blob).hexdigest(), read_metadata(scripted_blob)
+    )
+    return OnnxImport(model=model, onnx_blob=blob, onnx_sha256=sha, opset=opset, parity=parity)
+
+
+def _import(name: str) -> Any:
+    try:
+        return importlib.import_module(name)
+    except ImportError as e:
+        raise LoaderError(
+            f"ONNX import needs the packages onnx, onnxruntime and onnx2torch ({e}): "
+            "pip install 'groundwatch[onnx]' && pip install --no-deps onnx2torch==1.5.15 (docs/models.md)"
+        ) from e
+
+
+def _version(name: str) -> str:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version(name)
+    except PackageNotFoundError:
+        return "unknown"
+
+
+def _metadata(proto: Any, given: dict[str, Any] | None, what: str) -> ModelMetadata:
+    raw: Any = given
+    if raw is None:
+        props = {p.key: p.value for p in proto.metadata_props}
+        if METADATA_PROP not in props:
+            raise LoaderError(
+                f"{what} carries no {METADATA_PROP} in its metadata_props: give the metadata with "
+                f"--metadata FILE.json, or add it to the file (onnx.helper.set_model_props(model, "
+                f"{{'{METADATA_PROP}': json.dumps(meta)}})); the keys are those of docs/models.md"
+            )
+        try:
+            raw = json.loads(props[METADATA_PROP])
+        except ValueError as e:
+            raise LoaderError(f"{what}: metadata_props[{METADATA_PROP!r}] is not valid JSON: {e}") from e
+    try:
+        return ModelMetadata.from_dict(raw)
+    except modelmeta.MetadataError as e:
+        raise LoaderError(f"{what}: {e}") from e
+
+
+def _dims(value_info: Any) -> list[int | None]:
+    """A graph value's dimensions; None for a symbolic or unknown one."""
+    shape = value_info.type.tensor_type.shape
+    return [d.dim_value if d.HasField("dim_value") else None for d in shape.dim]
+
+
+def _check_interface(proto: Any, meta: ModelMetadata, what: str) -> Any:
+    """Contract 1's interface on the graph; returns the input's numpy dtype."""
+    onnx = _import("onnx")
+    initializers = {i.name for i in proto.graph.initializer}
+    inputs = [i for i in proto.graph.input if i.name not in initializers]
+    outputs = list(proto.graph.output)
+    if len(inputs) != 1 or len(outputs) != 1:
+        raise LoaderError(
+            f"{what} has {len(inputs)} input(s) and {len(outputs)} output(s); a contract-1 model has one "
+            "tile batch [B, C, H, W] in and one [B, K, 6] out (docs/models.md)"
+        )
+    dims = _dims(inputs[0])
+    b, c, h, w = dims if len(dims) == 4 else (None,) * 4
+    if len(dims) != 4 or b not in (None, 1) or c not in (None, meta.bands):
+        raise LoaderError(
+            f"{what}: its input {inputs[0].name!r} has shape {_shape_text(dims)}; contract 1 takes "
+            f"[B, {meta.bands}, H, W] with B free (or 1) and {meta.bands} band(s) as the metadata says"
+        )
+    if any(d not in (None, meta.tile_size) for d in (h, w)):
+        raise LoaderError(
+            f"{what}: its input is fixed at {_shape_text(dims)}, but the metadata's tile_size is "
+            f"{meta.tile_size}; export it for {meta.tile_size} px tiles or with free H and W"
+        )
+    out_type = outputs[0].type.tensor_type.elem_type
+    if out_type != onnx.TensorProto.FLOAT:
+        raise LoaderError(
+            f"{what}: its output is {onnx.TensorProto.DataType.Name(out_type)}; contract 1 returns float32"
+        )
+    try:
+        return np.dtype(onnx.helper.tensor_dtype_to_np_dtype(inputs[0].type.tensor_type.elem_type))
+    except (KeyError, TypeError) as e:
+        raise LoaderError(f"{what}: its input's element type is not a numeric tensor type") from e
+
+
+def _shape_text(dims: list[int | None]) -> str:
+    return "[" + ", ".join("?" if d is None else str(d) for d in dims) + "]"
+
+
+def _normalise(proto: Any) -> None:
+    """Drop trailing empty optional inputs (``Clip(x, min, "")``, as torch.onnx writes clamp(min=)):
+    ONNX allows leaving them out, and onnx2torch takes "" for a tensor name."""
+    for node in _all_nodes(proto.graph):
+        while node.input and node.input[-1] == "":
+            node.input.pop()
+
+
+def _all_nodes(graph: Any) -> Iterator[Any]:
+    for node in graph.node:
+        yield node
+        for attr in node.attribute:
+            if attr.HasField("g"):
+                yield from _all_nodes(attr.g)
+            for sub in attr.graphs:
+                yield from _all_nodes(sub)
+
+
+def unsupported_ops(proto: Any) -> list[str]:
+    """Every operator of the graph (subgraphs included) onnx2torch cannot convert at the file's
+    opsets, as "Op (domain, opset N): nodes a, b" entries; [] when all can be."""
+    registry, have_torchvision = _onnx2torch_registry()
+    opsets = {o.domain or "ai.onnx": o.version for o in proto.opset_import}
+    missing: dict[tuple[str, str, int], list[str]] = {}
+    for node in _all_nodes(proto.graph):
+        domain = node.domain or "ai.onnx"
+        version = opsets.get(domain)
+        ok = version is not None and not (node.op_type in _TORCHVISION_OPS and not have_torchvision)
+        if ok:
+            try:
+                registry.get_converter(node.op_type, version, "" if domain == "ai.onnx" else domain)
+            except NotImplementedError:
+                ok = False
+        if not ok:
+            missing.setdefault((node.op_type, domain, version or 0), []).append(node.name or "(unnamed)")
+    return [
+        f"{op} ({domain}, opset {version}{', needs torchvision' if op in _TORCHVISION_OPS else ''}): "
+        f"{len(names)} node(s) {', '.join(names[:3])}{', ...' if len(names) > 3 else ''}"
+        for (op, domain, version), names in sorted(missing.items())
+    ]
+
+
+@functools.cache
+def _onnx2torch_registry() -> tuple[Any, bool]:
+    """onnx2torch's converter registry, and whether a working torchvision backs it.
+
+    onnx2torch imports torchvision at import time for two converters (NMS, RoiAlign), and no
+    torchvision build loads beside the CPU torch 2.13; without it onnx2torch is imported over a
+    placeholder that is removed again, and those two operators count as unsupported."""
+    have = True
+    try:
+        import torchvision  # noqa: F401  # type: ignore[import-not-found,unused-ignore]
+    except Exception:  # a CUDA build raises RuntimeError ("operator torchvision::nms does not exist")
+        have = False
+        for name in [n for n in sys.modules if n == "torchvision" or n.startswith("torchvision.")]:
+            del sys.modules[name]
+    if "onnx2torch" not in sys.modules and not have:
+        with _torchvision_placeholder():
+            _import("onnx2torch")
+    return _import("onnx2torch.node_converters.registry"), have
+
+
+@contextlib.contextmanager
+def _torchvision_placeholder() -> Iterator[None]:
+    def unavailable(*_args: Any, **_kwargs: Any) -> Any:
+        raise LoaderError("this operator needs torchvision, which is not installed")
+
+    tv, ops = types.ModuleType("torchvision"), types.ModuleType("torchvision.ops")
+    for fn in ("nms", "box_convert", "roi_align"):
+        setattr(ops, fn, unavailable)
+    tv.ops = ops  # type: ignore[attr-defined]
+    sys.modules.update({"torchvision": tv, "torchvision.ops": ops})
+    try:
+        yield
+    finally:
+        sys.modules.pop("torchvision", None)
+        sys.modules.pop("torchvision.ops", None)
+
+
+def _convert(proto: Any, in_dtype: np.dtype, meta: ModelMetadata, what: str) -> Any:
+    """onnx2torch's GraphModule, traced at [1, C, T, T] and wrapped for contract 1 (scripted)."""
+    _onnx2torch_registry()
+    onnx2torch = _import("onnx2torch")
+    try:
+        graph_module = onnx2torch.convert(proto)
+    except Exception as e:  # a converter refusing one node's form (e.g. a Clip bound computed at run time)
+        raise LoaderError(
+            f"{what}: onnx2torch could not convert the graph: {_failing_nodes(proto, e)}"
+        ) from e
+    graph_module.eval()
+    example = torch.from_numpy(_warmup_tiles(meta, 1, in_dtype))
+    try:
+        with warnings.catch_warnings(), torch.no_grad():
+            warnings.simplefilter("ignore")  # TracerWarnings about shapes: the trace is for one shape
+            traced = torch.jit.trace(graph_module, example, check_trace=False)
+        return torch.jit.script(PerTile(traced, _torch_dtype(in_dtype), meta.bands, meta.tile_size))
+    except Exception as e:
+        raise LoaderError(
+            f"{what}: the converted graph does not run on a [1, {meta.bands}, {meta.tile_size}, "
+            f"{meta.tile_size}] tile in torch: {e}"
+        ) from e
+
+
+def _failing_nodes(proto: Any, error: Exception) -> str:
+    """Which nodes onnx2torch refuses, and why: each converter is tried alone on its node."""
+    onnx2torch_graph = _import("onnx2torch.onnx_graph")
+    registry, _ = _onnx2torch_registry()
+    opsets = {o.domain or "ai.onnx": o.version for o in proto.opset_import}
+    try:
+        graph = onnx2torch_graph.OnnxGraph(proto.graph)
+        failures = []
+        for name, node in graph.nodes.items():
+            domain = node.domain or "ai.onnx"
+            try:
+                registry.get_converter(node.operation_type, opsets[domain], node.domain)(node, graph)
+            except Exception as e:
+                failures.append(f"node {name} ({node.operation_type}): {e}")
+    except Exception:
+        failures = []
+    return "; ".join(failures[:5]) if failures else str(error)
+
+
+def _torch_dtype(dtype: np.dtype) -> torch.dtype:
+    return torch.from_numpy(np.zeros(1, dtype)).dtype
+
+
+class PerTile(nn.Module):
+    """Contract 1 around a graph traced for one [1, C, T, T] tile: the input cast to the ONNX
+    input's type, each tile of the batch run alone, the rows stacked back in batch order."""
+
+    def __init__(self, traced: nn.Module, dtype: torch.dtype, bands: int, tile: int) -> None:
+        super().__init__()
+        self.graph = traced
+        self.dtype = dtype
+        self.bands = bands
+        self.tile = tile
+
+    def forward(self, x: Tensor) -> Tensor:
+        if x.dim() != 4:
+            raise ValueError("expected input [B, C, H, W]")
+        if x.shape[1] != self.bands or x.shape[2] != self.tile or x.shape[3] != self.tile:
+            raise ValueError("an imported ONNX model takes [B, bands, tile_size, tile_size] tiles only")
+        x = x.to(self.dtype)
+        return torch.cat([self.graph(x[i : i + 1]) for i in range(x.shape[0])], dim=0)
+
+
+def _save(module: Any, meta: dict[str, Any]) -> bytes:
+    buf = io.BytesIO()
+    torch.jit.save(module, buf, _extra_files={modelmeta.METADATA_FILE: json.dumps(meta, sort_keys=True)})
+    return buf.getvalue()
+
+
+def _warmup_tiles(meta: ModelMetadata, batch: int, dtype: np.dtype | None = None) -> np.ndarray:
+    from loaders.loader import warmup_input
+
+    tiles = warmup_input(meta, batch)
+    return tiles if dtype is None else tiles.astype(dtype)
+
+
+def _sample_tiles(meta: ModelMetadata, samples: np.ndarray | None) -> np.ndarray:
+    """The warm-up batch (the same noise every load) and the caller's sample tiles, if any."""
+    from loaders.variants import check_samples
+
+    tiles = _warmup_tiles(meta, PARITY_BATCH)
+    if samples is not None:
+        tiles = np.concatenate([tiles, check_samples(samples, meta)])
+    return tiles
+
+
+def check_parity(scripted_blob: bytes, onnx_blob: bytes, tiles: np.ndarray, tolerance: float) -> Parity:
+    """Run the saved TorchScript bytes (as the engine will get them) and ONNX Runtime on `tiles`
+    and compare the contract-1 outputs row by row (module docstring)."""
+    ort = _import("onnxruntime")
+    options = ort.SessionOptions()
+    options.log_severity_level = 3
+    session = ort.InferenceSession(onnx_blob, options, providers=["CPUExecutionProvider"])
+    inp = session.get_inputs()[0]
+    in_dtype = np.dtype(_ORT_TYPES.get(inp.type, "float32"))
+    batch_free = not isinstance(inp.shape[0], int)
+    x = tiles.astype(in_dtype)
+    steps = [x] if batch_free else [x[i : i + 1] for i in range(len(x))]
+    want = np.concatenate([session.run(None, {inp.name: s})[0] for s in steps])
+    module = torch.jit.load(io.BytesIO(scripted_blob))
+    with torch.no_grad():
+        got = module(torch.from_numpy(np.ascontiguousarray(tiles))).numpy()
+    if got.shape != want.shape:
+        raise LoaderError(
+            f"the converted model returns {list(got.shape)} where ONNX Runtime returns {list(want.shape)}"
+        )
+    return compare_rows(want, got, tolerance)
+
+
+_ORT_TYPES = {
+    "tensor(float)": "float32",
+    "tensor(double)": "float64",
+    "tensor(float16)": "float16",
+    "tensor(uint8)": "uint8",
+    "tensor(uint16)": "uint16",
+    "tensor(int8)": "int8",
+    "tensor(int16)": "int16",
+    "tensor(int32)": "int32",
+    "tensor(int64)": "int64",
+}
+
+
+def compare_rows(want: np.ndarray, got: np.ndarray, tolerance: float) -> Parity:
+    """Two [N, K, 6] contract-1 outputs of the same tiles, paired row by row.
+
+    Row i of `want` is paired with the unused row of `got` closest to it (max abs difference)
+    among those whose score is within `tolerance` of its own; the order of rows with tied scores
+    carries no meaning. A row with no such partner counts in full unless its score is within
+    `tolerance` of the tile's K-th score (a near-tie for the last place may pick either
+    candidate). Returns the largest difference of any paired value, by column group."""
+    if want.ndim != 3 or want.shape[2] != 6 or got.shape != want.shape:
+        raise LoaderError(f"cannot compare outputs {list(want.shape)} and {list(got.shape)}: not [N, K, 6]")
+    box = score = cls = 0.0
+    rows = mismatched = 0
+    for a, b in zip(want.astype(np.float64), got.astype(np.float64), strict=True):
+        distance = np.abs(a[:, None, :] - b[None, :, :]).max(axis=2)  # [K, K]
+        tied = np.abs(a[:, None, 4] - b[None, :, 4]) <= tolerance
+        used = np.zeros(len(b), bool)
+        last = min(a[-1, 4], b[-1, 4])
+        for i in range(len(a)):
+            free = tied[i] & ~used
+            if not free.any():
+                if a[i, 4] - last <= tolerance:
+                    continue
+                free = ~used  # no partner: the closest row there is, and its whole difference counts
+            j = int(np.flatnonzero(free)[np.argmin(distance[i, free])])
+            used[j] = True
+            rows += 1
+            box = max(box, float(np.abs(a[i, :4] - b[j, :4]).max()))
+            score = max(score, abs(float(a[i, 4] - b[j, 4])))
+            cls = max(cls, abs(float(a[i, 5] - b[j, 5])))
+            mismatched += int(a[i, 5] != b[j, 5])
+    worst = max(box, score, cls)
+    return Parity(
+        tiles=len(want),
+        rows=rows,
+        max_abs_diff=worst,
+        max_box_diff=box,
+        max_score_diff=score,
+        class_mismatches=mismatched,
+        tolerance=tolerance,
+    )

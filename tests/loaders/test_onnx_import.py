@@ -1,0 +1,257 @@
+"""ONNX import against the real engine: the shipped detector exported with torch.onnx.export,
+loaded with `groundwatch load model.onnx`, served through ingest and consumers, compared with
+the original TorchScript model run in process; unconvertible operators and parity refusals."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import re
+import warnings
+from pathlib import Path
+
+import numpy as np
+import onnx
+import pytest
+import redis
+import torch
+from onnx import TensorProto, helper
+
+from consumers.worker import Consumer
+from groundwatch import detections as wire
+from groundwatch import keys
+from groundwatch.ai import Engine
+from groundwatch.cli import main
+from groundwatch.settings import REPO_ROOT, Settings
+from loaders import LoaderError
+from loaders.loader import LoadOptions, load, remove
+from loaders.onnx_import import DEFAULT_PARITY_TOLERANCE, compare_rows, unsupported_ops
+from loaders.registry import Registry
+
+DETECTOR = REPO_ROOT / "models" / "artifacts" / "detector.pt"
+FEED = "onnxfeed"
+# Served path (scene pixels, after the overlap merge) of the converted model in the engine vs the
+# original TorchScript model in process: float32 rounding of different kernels (ONNX Runtime is
+# not involved); boxes in pixels, scores in [0, 1].
+BOX_TOLERANCE_PX = 1e-2
+SCORE_TOLERANCE = 1e-4
+
+pytestmark = pytest.mark.skipif(
+    not DETECTOR.exists(), reason="models/artifacts/detector.pt is not built yet (make model)"
+)
+
+
+def original() -> tuple[torch.jit.ScriptModule, dict]:
+    from models.archive import load_model
+
+    module, meta = load_model(DETECTOR)
+    return module, meta
+
+
+def export_detector(path: Path, *, with_metadata: bool = True) -> Path:
+    """The shipped detector as a user would export it: its weights in the eager module, the
+    legacy (TorchScript-based) exporter, free batch and tile size."""
+    from models.detector import CenterNet
+
+    scripted, meta = original()
+    eager = CenterNet(
+        num_classes=len(meta["classes"]), bands=meta["bands"], max_detections=meta["max_detections"]
+    )
+    eager.load_state_dict(scripted.state_dict())
+    eager.eval()
+    example = torch.zeros(1, meta["bands"], meta["tile_size"], meta["tile_size"])
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        torch.onnx.export(
+            eager,
+            (example,),
+            str(path),
+            dynamo=False,
+            opset_version=17,
+            input_names=["tiles"],
+            output_names=["detections"],
+            dynamic_axes={"tiles": {0: "batch", 2: "height", 3: "width"}, "detections": {0: "batch"}},
+        )
+    if with_metadata:
+        model = onnx.load(str(path))
+        helper.set_model_props(model, {"groundwatch.json": json.dumps(meta)})
+        onnx.save(model, str(path))
+    return path
+
+
+@pytest.fixture(scope="module")
+def exported(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return export_detector(tmp_path_factory.mktemp("onnx") / "detector.onnx")
+
+
+def url(client: redis.Redis) -> str:
+    kw = client.connection_pool.connection_kwargs
+    return f"redis://{kw['host']}:{kw['port']}/0"
+
+
+def test_the_onnx_detector_serves_what_the_torch_model_computes(
+    engine: redis.Redis, exported: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from ingest.scene import ingest_file
+    from models.evaluate import detect_scene, in_process
+    from models.scenes import SceneConfig, generate_scene, write_scene
+
+    args = ["load", str(exported), "--name", "ship", "--feeds", FEED, "--batch", "4"]
+    assert main(["--redis-url", url(engine), *args]) == 0
+    out = capsys.readouterr().out
+    assert "ship:1 (active)" in out and "converted from ONNX" in out
+    record = Registry(engine).get("ship", 1)
+    parity = record.provenance["parity"]
+    assert parity["passed"] and parity["max_abs_diff"] <= DEFAULT_PARITY_TOLERANCE and parity["rows"] > 0
+
+    # Raw tile outputs first: the engine's copy against the original module in process.
+    module, meta = original()
+    rng = np.random.default_rng(7)
+    tiles = rng.integers(0, 3000, (3, 1, 512, 512), dtype=np.uint16)
+    served = Engine(engine).run(keys.model(FEED, "ship", 1), tiles, keys.dag_routing(FEED))
+    with torch.no_grad():
+        direct = module(torch.from_numpy(tiles)).numpy()
+    assert compare_rows(direct, served, SCORE_TOLERANCE).max_abs_diff <= BOX_TOLERANCE_PX
+
+    # Then whole scenes through the pipeline: GeoTIFFs, ingest, consumers, scene results.
+    threshold = float(meta["score_threshold_hint"])
+    settings = Settings(feed=FEED, consumer="c1", score_threshold=threshold)
+    scenes = {}
+    for seed in (1, 2):
+        scene = generate_scene(seed, SceneConfig(width_px=1024, height_px=1024))
+        tif, _truth = write_scene(scene, tmp_path, f"scene-{seed}")
+        assert not ingest_file(engine, settings, tif, scene=f"scene-{seed}").duplicate
+        scenes[f"scene-{seed}"] = scene
+    stats = Consumer(engine, settings, burst=True).run()
+    assert stats.scenes_done == len(scenes) and stats.dead == 0
+
+    found = 0
+    for name, scene in scenes.items():
+        result = wire.decode_scene(engine.get(keys.scene_result(FEED, name)))
+        assert result.models == ("ship:1",)
+        want, _tiles = detect_scene(in_process(module), scene.image, threshold=threshold)
+        got = sorted(result.detections, key=lambda d: (-d.score, d.scene_box_px))
+        want = want[np.lexsort((want[:, 0], -want[:, 4]))]
+        assert len(got) == len(want) > 0, name
+        for d, w in zip(got, want, strict=True):
+            assert d.class_id == int(w[5])
+            assert abs(d.score - w[4]) <= SCORE_TOLERANCE
+            assert np.abs(np.asarray(d.scene_box_px) - w[:4]).max() <= BOX_TOLERANCE_PX
+        found += len(got)
+    assert found >= 5  # the scenes hold ships and platforms the detector finds
+
+
+def test_the_record_keeps_the_original_bytes_and_their_sha256(engine: redis.Redis, exported: Path) -> None:
+    blob = exported.read_bytes()
+    record = load(engine, exported, LoadOptions(name="ship", feeds=(FEED,), activate=False))
+    registry = Registry(engine)
+    assert registry.original("ship", 1) == blob
+    assert record.provenance["format"] == "onnx"
+    assert record.provenance["onnx_sha256"] == hashlib.sha256(blob).hexdigest()
+    assert record.provenance["onnx_bytes"] == len(blob)
+    # What the engine stores is the converted TorchScript, hashed as such.
+    stored = Engine(engine).model_blob(keys.model(FEED, "ship", 1))
+    assert record.sha256 == hashlib.sha256(stored).hexdigest() != record.provenance["onnx_sha256"]
+    remove(engine, "ship", 1)
+    assert registry.original("ship", 1) is None
+
+
+def test_metadata_comes_from_the_flag_when_the_file_has_none(
+    engine: redis.Redis, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    bare = export_detector(tmp_path / "bare.onnx", with_metadata=False)
+    args = ["--redis-url", url(engine), "load", str(bare), "--name", "ship", "--feeds", FEED]
+    assert main(args) == 1
+    assert "--metadata FILE.json" in capsys.readouterr().err
+    meta = tmp_path / "groundwatch.json"
+    meta.write_text(json.dumps(original()[1]))
+    assert main([*args, "--metadata", str(meta)]) == 0
+    assert Registry(engine).get("ship", 1).classes == original()[1]["classes"]
+
+
+def test_a_parity_failure_refuses_the_version_with_the_figures(engine: redis.Redis, exported: Path) -> None:
+    # ONNX Runtime and libtorch round differently (~1e-5 px here): a tolerance below that refuses.
+    with pytest.raises(LoaderError, match="does not reproduce ONNX Runtime") as err:
+        load(engine, exported, LoadOptions(name="ship", feeds=(FEED,), parity_tolerance=1e-9))
+    figure = re.search(r"max abs difference ([0-9.e+-]+) \(boxes ([0-9.e+-]+) px", str(err.value))
+    assert figure and float(figure.group(1)) > 1e-9, str(err.value)
+    assert "tolerance 1e-09" in str(err.value)
+    assert not engine.exists(keys.model(FEED, "ship", 1))
+    assert Registry(engine).versions("ship") == []
+
+
+def graph_with(nodes: list[onnx.NodeProto], opsets: dict[str, int]) -> onnx.ModelProto:
+    x = helper.make_tensor_value_info("x", TensorProto.FLOAT, ["b", 1, 64, 64])
+    y = helper.make_tensor_value_info("y", TensorProto.FLOAT, ["b", 4, 6])
+    model = helper.make_model(
+        helper.make_graph(nodes, "g", [x], [y]),
+        opset_imports=[helper.make_opsetid(d, v) for d, v in opsets.items()],
+    )
+    meta = {
+        "contract": 1,
+        "classes": ["ship"],
+        "bands": 1,
+        "dtype": "uint16",
+        "tile_size": 64,
+        "max_detections": 4,
+    }
+    helper.set_model_props(model, {"groundwatch.json": json.dumps(meta)})
+    return model
+
+
+def test_unconvertible_operators_are_named_before_converting(
+    engine: redis.Redis, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # Two operators onnx2torch has no converter for: a standard one (Det) and a custom domain's.
+    model = graph_with(
+        [
+            helper.make_node("Reshape", ["x", "shape"], ["m"], name="square"),
+            helper.make_node("Det", ["m"], ["d"], name="determinant"),
+            helper.make_node("Frobnicate", ["d"], ["y"], name="mystery", domain="com.example"),
+        ],
+        {"": 17, "com.example": 1},
+    )
+    model.graph.initializer.append(helper.make_tensor("shape", TensorProto.INT64, [3], [-1, 64, 64]))
+    assert unsupported_ops(model) == [
+        "Det (ai.onnx, opset 17): 1 node(s) determinant",
+        "Frobnicate (com.example, opset 1): 1 node(s) mystery",
+    ]
+    path = tmp_path / "odd.onnx"
+    onnx.save(model, str(path))
+    assert main(["--redis-url", url(engine), "load", str(path), "--name", "odd", "--feeds", FEED]) == 1
+    err = capsys.readouterr().err
+    assert (
+        "cannot be converted" in err and "Det (ai.onnx, opset 17)" in err and "Frobnicate (com.example" in err
+    )
+    assert Registry(engine).versions("odd") == []
+
+
+def test_an_interface_that_is_not_contract_1_is_refused(tmp_path: Path) -> None:
+    model = graph_with(
+        [helper.make_node("Identity", ["x"], ["y"]), helper.make_node("Identity", ["x"], ["z"])], {"": 17}
+    )
+    model.graph.output.append(helper.make_tensor_value_info("z", TensorProto.FLOAT, ["b", 4, 6]))
+    path = tmp_path / "two.onnx"
+    onnx.save(model, str(path))
+    from loaders.onnx_import import read_onnx_file
+
+    with pytest.raises(LoaderError, match=r"1 input\(s\) and 2 output\(s\)"):
+        read_onnx_file(path)
+
+
+def test_rows_are_paired_across_near_ties_but_real_differences_count() -> None:
+    rng = np.random.default_rng(0)
+    a = np.zeros((1, 5, 6), np.float32)
+    a[0, :, :4] = rng.uniform(0, 500, (5, 4))
+    a[0, :, 4] = [0.9, 0.5, 0.5000001, 0.3, 0.1]
+    a[0] = a[0][np.argsort(-a[0, :, 4], kind="stable")]
+    swapped = a.copy()
+    swapped[0, [1, 2]] = swapped[0, [2, 1]]  # tied scores in the other order
+    assert compare_rows(a, swapped, 1e-3).max_abs_diff < 1e-6
+    moved = a.copy()
+    moved[0, 3, 0] += 2.0  # a box two pixels off
+    parity = compare_rows(a, moved, 1e-3)
+    assert parity.max_box_diff == pytest.approx(2.0, abs=1e-4) and not parity.passed
+    relabelled = a.copy()
+    relabelled[0, 0, 5] = 1.0
+    assert compare_rows(a, relabelled, 1e-3).class_mismatches == 1
