@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import redis
 
-from consumers import ConsumerError
+from consumers import ConsumerError, segment
 from consumers.geo import check_crs, georeference
 from consumers.reading import Entry, id_key
 from groundwatch import ai, frames, geometry, keys, modelmeta, registry
@@ -55,10 +55,13 @@ Failed = tuple[Entry, str, bool]
 class Models:
     """The feed's active model pointer and what each model's metadata says (cached per key)."""
 
-    def __init__(self, client: redis.Redis, feed: str, score_threshold: float | None) -> None:
+    def __init__(
+        self, client: redis.Redis, feed: str, score_threshold: float | None, simplify_px: float = 1.0
+    ) -> None:
         self.r = client
         self.feed = feed
         self.score_threshold = score_threshold
+        self.simplify_px = simplify_px
         self._meta: dict[str, ModelMetadata | None] = {}
 
     def active(self) -> ActiveModel | None:
@@ -218,6 +221,7 @@ def infer(
     failed: list[Failed] = []
     faults: list[tuple[Entry, str]] = []
     ok: list[tuple[int, np.ndarray]] = []
+    segmented: list[tuple[int, np.ndarray]] = []
     for i, out in enumerate(outs):
         if isinstance(out, ai.DagError):
             if out.model_missing:
@@ -234,6 +238,10 @@ def infer(
             else:
                 failed.append((todo[i], f"engine: {out}", out.poison))
             continue
+        meta = models.metadata(per_frame[i])
+        if meta is not None and meta.segmentation:
+            segmented.append((i, out))
+            continue
         try:
             ok.append((i, geometry.decode_rows(out, models.threshold(per_frame[i]))))
         except geometry.OutputContractError as err:
@@ -247,6 +255,14 @@ def infer(
                 )
             )
     results, unlocated = locate(feed, todo, ok, per_frame, models)
+    for i, out in segmented:  # contract 2: regions instead of boxes (consumers/segment.py)
+        seg_meta = models.metadata(per_frame[i])
+        assert seg_meta is not None
+        outcome = segment.tile_result(feed, todo[i], out, seg_meta, per_frame[i].version, models.simplify_px)
+        if isinstance(outcome, TileResult):
+            results.append((todo[i], outcome))
+        else:
+            unlocated.append((todo[i], *outcome))
     results.sort(key=lambda pair: id_key(pair[0].id))
     return results, failed + unlocated, faults
 

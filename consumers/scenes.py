@@ -12,7 +12,9 @@ import logging
 from collections.abc import Mapping, Sequence
 from typing import Any
 
+from consumers import ConsumerError
 from consumers.reading import text
+from consumers.segment import merge_scene
 from groundwatch.detections import DetectionFormatError, SceneResult, TileResult, decode_tile
 from groundwatch.geometry import merge
 
@@ -48,6 +50,11 @@ def complete(
 def scene_result(feed: str, scene: str, tiles: int, parts: Sequence[TileResult], now: int) -> SceneResult:
     """The scene result of its tile results: every detection, tile overlaps merged."""
     dets = [d for p in parts for d in p.detections]
+    try:
+        regions = tuple(merge_scene(parts))
+    except ConsumerError as e:  # results written by hand without a transform: published unmerged
+        log.error("scene %s: regions not merged (%s)", scene, e)
+        regions = tuple(g for p in parts for g in p.regions)
     return SceneResult(
         feed=feed,
         scene=scene,
@@ -59,4 +66,5 @@ def scene_result(feed: str, scene: str, tiles: int, parts: Sequence[TileResult],
         detections_in=len(dets),
         detections=tuple(merge(dets)),
         source=parts[0].source,
+        regions=regions,
     )

@@ -103,7 +103,7 @@ class Consumer:
         self.r = self.reader.r
         self.stream = self.reader.stream
         self.route = keys.dag_routing(self.feed)
-        self.models = inference.Models(self.r, self.feed, settings.score_threshold)
+        self.models = inference.Models(self.r, self.feed, settings.score_threshold, settings.simplify_px)
         self.committer = Committer(
             self.r, self.feed, self.group, self.name, ttl_s=settings.scene_ttl_s, clock_ms=self._now
         )

@@ -1,4 +1,4 @@
-"""The detection wire format, version 1: per-tile detections and merged scene results.
+"""The detection wire format, versions 1 and 2: per-tile detections and merged scene results.
 
 Pure translation between Python objects and what consumers publish; no Redis, no GDAL. The
 format is documented, with redis-cli examples, in ``docs/protocol.md`` ("Detections and scene
@@ -24,6 +24,15 @@ properties:
     cut         true when the box touches an inner tile edge (the object may continue in the
                 neighbouring tile; merging prefers boxes that are not cut)
 
+Version 2 adds *region* features (contract-2 segmentation models): ``properties.kind`` is
+``"region"``, the geometry is a Polygon (exterior ring counter-clockwise, holes clockwise) of the
+simplified outline in lon/lat, and the properties are ``class``, ``class_id``, ``score`` (mean
+probability of the class over the region's pixels; 1 for a model that returns class ids),
+``pixels``, ``area_m2``, ``model``, ``scene``, ``tile``, ``frame``, ``tiles`` (scene results) and
+``rings_px`` (the exact outline in SCENE pixels, pixel edges, exterior first: what the scene's
+merge unites). A result holding any region is written as version 2; one without is version 1,
+unchanged, so readers of version 1 keep working on detector feeds. This reader reads both.
+
 A per-tile result goes to the stream ``gw:{feed}:detections`` as the fields of
 :func:`encode_tile` (``v``, ``frame``, ``scene``, ``tile``, ``tiles``, ``model``, ``count``,
 ``published``, ``done`` and ``geojson``), and the ``geojson`` text alone is PUBLISHed on the
@@ -41,8 +50,11 @@ from typing import Any
 from groundwatch.errors import GroundwatchError
 
 VERSION = 1
+REGIONS_VERSION = 2  # results that hold region features (segmentation, contract 2)
+VERSIONS = (VERSION, REGIONS_VERSION)
 
 Box = tuple[float, float, float, float]
+Ring = tuple[tuple[float, float], ...]
 
 
 class DetectionFormatError(GroundwatchError):
@@ -73,6 +85,27 @@ class Detection:
 
 
 @dataclass(frozen=True)
+class Region:
+    """One segmented area of one class (contract 2), georeferenced.
+
+    `rings_px` is exact (pixel edges in scene pixels, exterior then holes, not closed); `rings` is
+    the simplified outline in lon/lat that the GeoJSON geometry holds."""
+
+    class_id: int
+    label: str
+    score: float  # mean probability of the class over the region's pixels
+    pixels: int
+    area_m2: float
+    rings_px: tuple[Ring, ...]
+    rings: tuple[Ring, ...]
+    model: str = ""
+    scene: str = ""
+    tile: int = 0
+    frame: str = ""
+    tiles: tuple[int, ...] = ()  # scene results: every tile the region lies in
+
+
+@dataclass(frozen=True)
 class TileResult:
     """What one frame yielded: zero or more detections."""
 
@@ -89,6 +122,11 @@ class TileResult:
     done_ms: int
     detections: tuple[Detection, ...] = field(default_factory=tuple)
     source: str | None = None  # the frame's source: a file name, an s3:// URL, a STAC item's href
+    regions: tuple[Region, ...] = field(default_factory=tuple)
+    # the scene's affine transform (a..f), carried by results with regions: the scene's merge
+    # places the polygons it unites with it
+    transform: tuple[float, ...] | None = None
+    simplify_px: float | None = None  # the tolerance its outlines were simplified at (and the scene's)
 
 
 @dataclass(frozen=True)
@@ -105,6 +143,7 @@ class SceneResult:
     detections_in: int  # per-tile detections before merging
     detections: tuple[Detection, ...] = field(default_factory=tuple)
     source: str | None = None  # where the scene came from (its first tile's source)
+    regions: tuple[Region, ...] = field(default_factory=tuple)
 
 
 def _r(x: float, digits: int) -> float:
@@ -180,6 +219,84 @@ def from_feature(f: Any) -> Detection:
         raise DetectionFormatError(f"not a groundwatch detection feature ({e!r}): {str(f)[:200]}") from e
 
 
+def _closed_ring(ring: Ring, digits: int, counter_clockwise: bool) -> list[list[float]]:
+    pts = [[_r(x, digits), _r(y, digits)] for x, y in ring]
+    if pts and (_signed_area(pts) > 0) != counter_clockwise:
+        pts = [pts[0], *pts[:0:-1]]
+    return [*pts, list(pts[0])] if pts else []
+
+
+def region_feature(g: Region) -> dict[str, Any]:
+    rings = [_closed_ring(r, 7, i == 0) for i, r in enumerate(g.rings)]
+    lons = [p[0] for p in rings[0]] if rings else [0.0]
+    lats = [p[1] for p in rings[0]] if rings else [0.0]
+    props: dict[str, Any] = {
+        "kind": "region",
+        "class": g.label,
+        "class_id": g.class_id,
+        "score": _r(g.score, 6),
+        "pixels": g.pixels,
+        "area_m2": _r(g.area_m2, 1),
+        "model": g.model,
+        "scene": g.scene,
+        "tile": g.tile,
+        "frame": g.frame,
+        "rings_px": [[[_r(x, 3), _r(y, 3)] for x, y in r] for r in g.rings_px],
+    }
+    if g.tiles:
+        props["tiles"] = list(g.tiles)
+    return {
+        "type": "Feature",
+        "bbox": [min(lons), min(lats), max(lons), max(lats)],
+        "geometry": {"type": "Polygon", "coordinates": rings},
+        "properties": props,
+    }
+
+
+def _ring(v: Any, closed: bool) -> Ring:
+    if not isinstance(v, list | tuple):
+        raise TypeError(f"a ring is a list of points, got {v!r}"[:200])
+    pts = tuple((_float(p[0]), _float(p[1])) for p in v)
+    if closed and len(pts) > 1 and pts[0] == pts[-1]:
+        pts = pts[:-1]
+    return pts
+
+
+def from_region_feature(f: Any) -> Region:
+    try:
+        p = f["properties"]
+        return Region(
+            class_id=_int(p["class_id"]),
+            label=_str(p["class"]),
+            score=_float(p["score"]),
+            pixels=_int(p["pixels"]),
+            area_m2=_float(p["area_m2"]),
+            rings_px=tuple(_ring(r, False) for r in p["rings_px"]),
+            rings=tuple(_ring(r, True) for r in f["geometry"]["coordinates"]),
+            model=_str(p["model"]),
+            scene=_str(p["scene"]),
+            tile=_int(p["tile"]),
+            frame=_str(p["frame"]),
+            tiles=tuple(_int(t) for t in p.get("tiles", ())),
+        )
+    except _DECODE_ERRORS as e:
+        raise DetectionFormatError(f"not a groundwatch region feature ({e!r}): {str(f)[:200]}") from e
+
+
+def _is_region(f: Any) -> bool:
+    return (
+        isinstance(f, dict)
+        and isinstance(f.get("properties"), dict)
+        and f["properties"].get("kind") == "region"
+    )
+
+
+def _split(features: list[Any]) -> tuple[tuple[Detection, ...], tuple[Region, ...]]:
+    dets = tuple(from_feature(f) for f in features if not _is_region(f))
+    regions = tuple(from_region_feature(f) for f in features if _is_region(f))
+    return dets, regions
+
+
 # What malformed JSON documents raise on the way in; each becomes a DetectionFormatError.
 _DECODE_ERRORS = (KeyError, TypeError, ValueError, IndexError, AttributeError, OverflowError, RecursionError)
 
@@ -223,7 +340,7 @@ def tile_geojson(t: TileResult) -> dict[str, Any]:
     return {
         "type": "FeatureCollection",
         "groundwatch": {
-            "v": VERSION,
+            "v": REGIONS_VERSION if t.regions else VERSION,
             "kind": "tile",
             "feed": t.feed,
             "frame": t.frame,
@@ -236,10 +353,12 @@ def tile_geojson(t: TileResult) -> dict[str, Any]:
             "acquired": t.acquired,
             "published_ms": t.published_ms,
             "done_ms": t.done_ms,
-            "count": len(t.detections),
+            "count": len(t.detections) + len(t.regions),
             **({"source": t.source} if t.source is not None else {}),
+            **({"transform": list(t.transform)} if t.transform is not None else {}),
+            **({"simplify_px": t.simplify_px} if t.simplify_px is not None else {}),
         },
-        "features": [feature(d) for d in t.detections],
+        "features": [feature(d) for d in t.detections] + [region_feature(g) for g in t.regions],
     }
 
 
@@ -251,13 +370,13 @@ def tile_json(t: TileResult) -> str:
 def encode_tile(t: TileResult, text: str | None = None) -> dict[str, str]:
     """The XADD field map of a per-tile result on ``gw:{feed}:detections`` (`text`: its tile_json)."""
     return {
-        "v": str(VERSION),
+        "v": str(REGIONS_VERSION if t.regions else VERSION),
         "frame": t.frame,
         "scene": t.scene,
         "tile": str(t.tile),
         "tiles": str(t.tiles),
         "model": t.model,
-        "count": str(len(t.detections)),
+        "count": str(len(t.detections) + len(t.regions)),
         "published": str(t.published_ms),
         "done": str(t.done_ms),
         "geojson": tile_json(t) if text is None else text,
@@ -278,9 +397,10 @@ def _load(text: str | bytes, kind: str) -> dict[str, Any]:
             raise TypeError("a result has a 'features' list")
     except _DECODE_ERRORS as e:
         raise DetectionFormatError(f"not a groundwatch {kind} result: {e!r}"[:300]) from e
-    if header.get("v") != VERSION:
+    if header.get("v") not in VERSIONS or isinstance(header.get("v"), bool):
         raise DetectionFormatError(
-            f"unsupported detection format version {header.get('v')!r}; this reads {VERSION}"
+            f"unsupported detection format version {header.get('v')!r}; this reads "
+            f"{', '.join(map(str, VERSIONS))}"
         )
     if header.get("kind") != kind:
         raise DetectionFormatError(f"expected a {kind} result, got kind {header.get('kind')!r}")
@@ -300,6 +420,7 @@ def decode_tile(source: str | bytes | Mapping[Any, Any]) -> TileResult:
     doc = _load(source, "tile")  # type: ignore[arg-type]
     h = doc["groundwatch"]
     try:
+        dets, regions = _split(doc["features"])
         return TileResult(
             feed=_str(h["feed"]),
             frame=_str(h["frame"]),
@@ -312,8 +433,11 @@ def decode_tile(source: str | bytes | Mapping[Any, Any]) -> TileResult:
             acquired=_str(h["acquired"]),
             published_ms=_int(h["published_ms"]),
             done_ms=_int(h["done_ms"]),
-            detections=tuple(from_feature(f) for f in doc["features"]),
+            detections=dets,
             source=None if h.get("source") is None else _str(h["source"]),
+            regions=regions,
+            transform=None if h.get("transform") is None else tuple(_float(x) for x in h["transform"][:6]),
+            simplify_px=None if h.get("simplify_px") is None else _float(h["simplify_px"]),
         )
     except _DECODE_ERRORS as e:
         raise DetectionFormatError(f"tile result header is incomplete: {e!r}") from e
@@ -332,7 +456,7 @@ def scene_geojson(s: SceneResult) -> dict[str, Any]:
     return {
         "type": "FeatureCollection",
         "groundwatch": {
-            "v": VERSION,
+            "v": REGIONS_VERSION if s.regions else VERSION,
             "kind": "scene",
             "feed": s.feed,
             "scene": s.scene,
@@ -342,10 +466,10 @@ def scene_geojson(s: SceneResult) -> dict[str, Any]:
             "acquired": s.acquired,
             "done_ms": s.done_ms,
             "detections_in": s.detections_in,
-            "count": len(s.detections),
+            "count": len(s.detections) + len(s.regions),
             **({"source": s.source} if s.source is not None else {}),
         },
-        "features": [feature(d) for d in s.detections],
+        "features": [feature(d) for d in s.detections] + [region_feature(g) for g in s.regions],
     }
 
 
@@ -356,11 +480,11 @@ def scene_json(s: SceneResult) -> str:
 def encode_scene(s: SceneResult, text: str | None = None) -> dict[str, str]:
     """The XADD field map of a scene result on ``gw:{feed}:scenes`` (`text`: its scene_json)."""
     return {
-        "v": str(VERSION),
+        "v": str(REGIONS_VERSION if s.regions else VERSION),
         "scene": s.scene,
         "tiles": str(s.tiles),
         "models": ",".join(s.models),
-        "count": str(len(s.detections)),
+        "count": str(len(s.detections) + len(s.regions)),
         "done": str(s.done_ms),
         "geojson": scene_json(s) if text is None else text,
     }
@@ -379,6 +503,7 @@ def decode_scene(source: str | bytes | Mapping[Any, Any]) -> SceneResult:
     doc = _load(source, "scene")  # type: ignore[arg-type]
     h = doc["groundwatch"]
     try:
+        dets, regions = _split(doc["features"])
         return SceneResult(
             feed=_str(h["feed"]),
             scene=_str(h["scene"]),
@@ -388,8 +513,9 @@ def decode_scene(source: str | bytes | Mapping[Any, Any]) -> SceneResult:
             acquired=_str(h["acquired"]),
             done_ms=_int(h["done_ms"]),
             detections_in=_int(h["detections_in"]),
-            detections=tuple(from_feature(f) for f in doc["features"]),
+            detections=dets,
             source=None if h.get("source") is None else _str(h["source"]),
+            regions=regions,
         )
     except _DECODE_ERRORS as e:
         raise DetectionFormatError(f"scene result header is incomplete: {e!r}") from e

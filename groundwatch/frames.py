@@ -35,6 +35,9 @@ Optional fields:
     nodata     the nodata value of every band ("nan" allowed for FLOAT/DOUBLE); absent: none
     bands      the 1-based source band numbers the C channels came from, e.g. "4,3,2"
     source     where the scene came from (a file name), for people reading the stream
+    grid       "width,height,tile,overlap": the scene's size in pixels and the tile grid it was cut
+               by (``groundwatch.geometry.grid``), so a consumer knows which pixels of the tile it
+               owns (``geometry.core_window``: segmentation vectorises each pixel once)
 
 Decoders ignore fields they do not know, so later versions may add optional fields without
 changing ``v``; anything a version-1 consumer would misread needs a new version.
@@ -82,7 +85,7 @@ REQUIRED = (
     "acquired",
     "published",
 )
-OPTIONAL = ("nodata", "bands", "source")
+OPTIONAL = ("nodata", "bands", "source", "grid")
 
 _SCENE = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.\-]{0,127}")
 _INT = re.compile(r"[0-9]{1,18}")  # below 10**18: fits an int64 and far from int()'s digit limit
@@ -105,6 +108,15 @@ class PixelWindow(NamedTuple):
     row_off: int
     width: int
     height: int
+
+
+class TileGrid(NamedTuple):
+    """How a scene was cut: its size in pixels, the tile edge and the overlap of neighbours."""
+
+    width_px: int
+    height_px: int
+    tile_px: int
+    overlap_px: int
 
 
 def engine_dtype(dtype: Any) -> str:
@@ -171,6 +183,7 @@ class Frame:
     bands: tuple[int, ...] | None = None
     source: str | None = None
     extra: Mapping[str, bytes] = field(default_factory=dict, compare=False, repr=False)
+    grid: TileGrid | None = None
 
     @property
     def frame_id(self) -> str:
@@ -206,6 +219,7 @@ class Frame:
         nodata: float | None = None,
         bands: tuple[int, ...] | None = None,
         source: str | None = None,
+        grid: TileGrid | tuple[int, int, int, int] | None = None,
     ) -> Frame:
         """A frame from a (C, H, W) or (H, W) array (converted to little-endian C order), validated."""
         arr = np.asarray(array)
@@ -231,6 +245,7 @@ class Frame:
             nodata=None if nodata is None else float(nodata),
             bands=None if bands is None else tuple(int(b) for b in bands),
             source=source,
+            grid=None if grid is None else TileGrid(*(int(n) for n in grid)),
         )
         return _validated(frame)
 
@@ -276,6 +291,8 @@ def encode(frame: Frame) -> dict[str, str | bytes]:
         fields["bands"] = ",".join(str(b) for b in frame.bands)
     if frame.source is not None:
         fields["source"] = frame.source
+    if frame.grid is not None:
+        fields["grid"] = ",".join(str(n) for n in frame.grid)
     return fields
 
 
@@ -363,6 +380,11 @@ def decode(entry: Mapping[Any, Any]) -> Frame:
             raise FrameError(f"field 'nodata' must be a number, got {text[:80]!r}", "nodata") from e
     bands = _ints(fields, "bands", None, "comma-separated band numbers") if "bands" in fields else None
     source = _text(fields, "source") if "source" in fields else None
+    grid = (
+        TileGrid(*_ints(fields, "grid", 4, "width,height,tile,overlap (four integers)"))
+        if "grid" in fields
+        else None
+    )
     frame = Frame(
         scene=scene,
         tile=tile,
@@ -379,6 +401,7 @@ def decode(entry: Mapping[Any, Any]) -> Frame:
         bands=bands,
         source=source,
         extra={k: v for k, v in fields.items() if k not in REQUIRED and k not in OPTIONAL},
+        grid=grid,
     )
     _validated(frame)
     given = _text(fields, "frame")
@@ -437,6 +460,14 @@ def _validated(f: Frame) -> Frame:
             integral = math.isfinite(f.nodata) and f.nodata == int(f.nodata)
             if not (integral and info.min <= f.nodata <= info.max):
                 raise FrameError(f"nodata {f.nodata} is not a value of {f.dtype}", "nodata")
+    if f.grid is not None:
+        gw, gh, gt, go = f.grid
+        if min(gw, gh, gt) < 1 or not 0 <= go < gt or col + width > gw or row + height > gh:
+            raise FrameError(
+                f"grid {gw},{gh},{gt},{go} must be the scene's width and height (holding the window "
+                f"{col},{row},{width},{height}), a tile size >= 1 and 0 <= overlap < tile size",
+                "grid",
+            )
     if f.bands is not None and (len(f.bands) != c or min(f.bands) < 1):
         raise FrameError(
             f"bands {','.join(map(str, f.bands))} must list {c} band numbers (>= 1), one per channel", "bands"

@@ -2,6 +2,8 @@
 
 - **The tile grid** (:func:`grid`, :func:`pad`, :func:`is_all_nodata`): how a scene is cut into
   tiles. Ingest publishes these tiles; evaluation scores the model on the very same tiles.
+  :func:`core_window` is a tile's *owned core*: the pixels whose nearest tile centre is its own,
+  so the cores of a grid cover the scene once (segmentation vectorises each pixel once).
 - **Placing a tile's detections in the scene** (:func:`decode_rows`, :func:`place`): which rows
   of a model output are reported, boxes clipped to the tile's valid window, moved to scene
   pixels, and flagged *cut* when they touch an inner tile edge.
@@ -135,6 +137,34 @@ def tiles_of(
         else:
             kept.append((w, np.ascontiguousarray(pad(part, tile_px, nodata))))
     return kept, skipped
+
+
+def _owned_axis(start: int, length_px: int, tile_px: int, overlap_px: int) -> tuple[int, int]:
+    """[lo, hi) of the pixels along one axis whose nearest tile centre is the tile at `start`."""
+    offsets = offsets_px(length_px, tile_px, overlap_px)
+    if start not in offsets:
+        raise ValueError(f"offset {start} is not a tile of the grid {offsets} (length {length_px})")
+    i = offsets.index(start)
+    # Centres a + t/2 and b + t/2 are equidistant from pixel x (centre x + 0.5) when
+    # x + 0.5 = (a + b + t) / 2; such a tie goes to the first tile, so b owns x from
+    # floor((a + b + t - 1) / 2) + 1 on.
+    t = min(tile_px, length_px)
+    lo = 0 if i == 0 else (offsets[i - 1] + start + t - 1) // 2 + 1
+    hi = length_px if i == len(offsets) - 1 else (start + offsets[i + 1] + t - 1) // 2 + 1
+    return lo, hi
+
+
+def core_window(
+    window: PixelWindow, width_px: int, height_px: int, tile_px: int, overlap_px: int
+) -> PixelWindow:
+    """The tile's owned core in scene pixels: the pixels of `window` whose nearest tile centre (of
+    the grid of a `width_px` x `height_px` scene) is this tile's (ties to the tile above / left).
+
+    The cores of a grid's tiles cover the scene exactly once; with no overlap a core is its window.
+    ValueError when `window` is not a tile of that grid."""
+    x0, x1 = _owned_axis(window.col_off, width_px, tile_px, overlap_px)
+    y0, y1 = _owned_axis(window.row_off, height_px, tile_px, overlap_px)
+    return PixelWindow(x0, y0, x1 - x0, y1 - y0)
 
 
 def window_bounds(window: PixelWindow, transform: tuple[float, ...]) -> MapBounds:

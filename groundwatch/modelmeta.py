@@ -4,7 +4,8 @@
 `<archive>/extra/groundwatch.json` in the zip archive, so it can be read here with zipfile alone,
 without torch, from a file or from a blob fetched with AI.MODELGET. Contract 1 is documented in
 docs/models.md; models write it, loaders check it, consumers read class names and the score
-threshold from it.
+threshold from it. Contract 2 (segmentation: per-pixel class scores or class ids) is declared by
+``"contract": 2``; it needs no ``max_detections`` and adds ``output`` and ``background``.
 """
 
 from __future__ import annotations
@@ -22,8 +23,13 @@ from groundwatch.errors import GroundwatchError
 
 METADATA_FILE = "groundwatch.json"
 CONTRACT_VERSION = 1
+SEGMENTATION_CONTRACT = 2
+CONTRACTS = (CONTRACT_VERSION, SEGMENTATION_CONTRACT)
 DTYPES = ("uint8", "uint16", "float32")
 REQUIRED = ("contract", "classes", "bands", "dtype", "tile_size", "max_detections")
+REQUIRED_SEGMENTATION = ("contract", "classes", "bands", "dtype", "tile_size")
+# Contract 2's outputs: per-pixel class probabilities [B, K, H, W], or class ids [B, 1, H, W].
+SEGMENTATION_OUTPUTS = ("scores", "class_ids")
 # A model's groundwatch.json is a few hundred bytes; the cap keeps a hostile archive (a zip bomb
 # of a member, or a blob fetched from the engine) from costing the reader more than this.
 MAX_METADATA_BYTES = 1 << 20
@@ -35,39 +41,51 @@ class MetadataError(GroundwatchError):
 
 @dataclass(frozen=True)
 class ModelMetadata:
-    """What a model declares about itself (contract 1). `extra` keeps the keys not listed here."""
+    """What a model declares about itself. `extra` keeps the keys not listed here.
+
+    Contract 2 (segmentation) has ``max_detections`` 0; its ``output`` says what the model returns
+    and ``background`` is the class index that is never vectorised."""
 
     classes: tuple[str, ...]
     bands: int
     dtype: str
     tile_size: int
-    max_detections: int
+    max_detections: int = 0
     score_threshold_hint: float | None = None
     contract: int = CONTRACT_VERSION
     extra: dict[str, Any] = field(default_factory=dict, compare=False)
+    output: str = "scores"
+    background: int = 0
+
+    @property
+    def segmentation(self) -> bool:
+        return self.contract == SEGMENTATION_CONTRACT
 
     @classmethod
     def from_dict(cls, meta: Any) -> ModelMetadata:
         if not isinstance(meta, dict):
             raise MetadataError(f"{METADATA_FILE} must hold a JSON object, got {type(meta).__name__}")
-        missing = [k for k in REQUIRED if k not in meta]
+        if "contract" in meta and (type(meta["contract"]) is not int or meta["contract"] not in CONTRACTS):
+            raise MetadataError(
+                f"model contract {meta['contract']!r} is not supported (this groundwatch knows contracts "
+                f"{', '.join(map(str, CONTRACTS))}); export the model again with one of them"
+            )
+        segmentation = meta.get("contract") == SEGMENTATION_CONTRACT
+        required = REQUIRED_SEGMENTATION if segmentation else REQUIRED
+        missing = [k for k in required if k not in meta]
         if missing:
             raise MetadataError(
-                f"{METADATA_FILE} lacks {', '.join(missing)}; it needs {', '.join(REQUIRED)} (docs/models.md)"
-            )
-        if type(meta["contract"]) is not int or meta["contract"] != CONTRACT_VERSION:
-            raise MetadataError(
-                f"model contract {meta['contract']!r} is not supported (this groundwatch knows contract "
-                f"{CONTRACT_VERSION}); export the model again with this version"
+                f"{METADATA_FILE} lacks {', '.join(missing)}; it needs {', '.join(required)} (docs/models.md)"
             )
         classes = meta["classes"]
         if not isinstance(classes, list) or not classes or not all(isinstance(c, str) for c in classes):
             raise MetadataError(
                 f"{METADATA_FILE}: classes must be a non-empty list of names, got {classes!r}"
             )
-        for key in ("bands", "tile_size", "max_detections"):
+        for key in ("bands", "tile_size") if segmentation else ("bands", "tile_size", "max_detections"):
             if not isinstance(meta[key], int) or isinstance(meta[key], bool) or meta[key] < 1:
                 raise MetadataError(f"{METADATA_FILE}: {key} must be a positive integer, got {meta[key]!r}")
+        output, background = _segmentation_fields(meta, len(classes)) if segmentation else ("scores", 0)
         if meta["dtype"] not in DTYPES:
             raise MetadataError(
                 f"{METADATA_FILE}: dtype must be one of {', '.join(DTYPES)}, got {meta['dtype']!r}"
@@ -75,16 +93,18 @@ class ModelMetadata:
         hint = meta.get("score_threshold_hint")
         if hint is not None and not (isinstance(hint, int | float) and 0 <= hint <= 1):
             raise MetadataError(f"{METADATA_FILE}: score_threshold_hint must be in [0, 1], got {hint!r}")
-        known = {*REQUIRED, "score_threshold_hint"}
+        known = {*REQUIRED, "score_threshold_hint", *(("output", "background") if segmentation else ())}
         return cls(
             classes=tuple(classes),
             bands=meta["bands"],
             dtype=meta["dtype"],
             tile_size=meta["tile_size"],
-            max_detections=meta["max_detections"],
+            max_detections=0 if segmentation else meta["max_detections"],
             contract=meta["contract"],
             score_threshold_hint=None if hint is None else float(hint),
             extra={k: v for k, v in meta.items() if k not in known},
+            output=output,
+            background=background,
         )
 
     def as_dict(self) -> dict[str, Any]:
@@ -95,11 +115,35 @@ class ModelMetadata:
             bands=self.bands,
             dtype=self.dtype,
             tile_size=self.tile_size,
-            max_detections=self.max_detections,
         )
+        if self.segmentation:
+            out.update(output=self.output, background=self.background)
+        else:
+            out["max_detections"] = self.max_detections
         if self.score_threshold_hint is not None:
             out["score_threshold_hint"] = self.score_threshold_hint
         return out
+
+
+def _segmentation_fields(meta: dict[str, Any], classes: int) -> tuple[str, int]:
+    """Contract 2's ``output`` (default "scores") and ``background`` (default 0), checked."""
+    output = meta.get("output", "scores")
+    if output not in SEGMENTATION_OUTPUTS:
+        raise MetadataError(
+            f"{METADATA_FILE}: output must be one of {', '.join(SEGMENTATION_OUTPUTS)} for contract 2, "
+            f"got {output!r}"
+        )
+    background = meta.get("background", 0)
+    if type(background) is not int or not 0 <= background < classes:
+        raise MetadataError(
+            f"{METADATA_FILE}: background must be a class index 0..{classes - 1}, got {background!r}"
+        )
+    if classes < 2 and output == "scores":
+        raise MetadataError(
+            f"{METADATA_FILE}: a contract-2 model with output scores needs at least 2 classes "
+            "(the background and one to vectorise)"
+        )
+    return output, background
 
 
 def read_raw(source: str | Path | bytes, what: str | None = None) -> dict[str, Any]:

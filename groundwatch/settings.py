@@ -57,6 +57,9 @@ class Settings:
     max_frame_bytes: int = 64_000_000  # consumers: frames with more tensor data are dead letters at once
     # None: the model's own score_threshold_hint (docs/models.md), else DEFAULT_SCORE_THRESHOLD.
     score_threshold: float | None = None
+    # consumers, segmentation models (contract 2): Douglas-Peucker tolerance of published outlines
+    # in pixels (0: the exact pixel outlines); the merge of a scene always uses the exact ones.
+    simplify_px: float = 1.0
     tile_size: int = 512
     tile_overlap: int = 64
     read_count: int = 16
@@ -111,6 +114,10 @@ class Settings:
             )
         if self.score_threshold is not None and not 0.0 <= self.score_threshold <= 1.0:
             raise ConfigError(f"score threshold {self.score_threshold} must be between 0 and 1")
+        if not 0.0 <= self.simplify_px <= 1000.0:
+            raise ConfigError(
+                f"simplify_px {self.simplify_px} must be between 0 (exact outlines) and 1000 pixels"
+            )
         if self.torch_cpu_cache_mb is not None and self.torch_cpu_cache_mb < 0:
             raise ConfigError(f"torch_cpu_cache_mb must be 0 (off) or more, got {self.torch_cpu_cache_mb}")
         if self.backend_memory_limit_mb < 0:

@@ -24,7 +24,7 @@ import numpy as np
 import redis
 
 from groundwatch import keys
-from groundwatch.frames import Frame, FrameError, PixelWindow, check_scene_id
+from groundwatch.frames import Frame, FrameError, PixelWindow, TileGrid, check_scene_id
 from groundwatch.geometry import grid, is_all_nodata, pad
 from groundwatch.settings import Settings
 from ingest import objectstore, publisher, quicklook
@@ -284,6 +284,7 @@ def _ingest_scene(
                 nodata=src.nodata,
                 bands=src.bands,
                 source=source,
+                grid=TileGrid(src.width_px, src.height_px, size, overlap),
             )
         except FrameError as e:
             raise InputError(f"{source or scene}: cannot be made into frames: {e}") from e

@@ -26,8 +26,9 @@ from typing import Any
 import numpy as np
 import redis
 
-from groundwatch import connection, keys
+from groundwatch import connection, keys, regions
 from groundwatch.ai import Engine, EngineError
+from groundwatch.geometry import OutputContractError
 from groundwatch.modelmeta import ModelMetadata
 from loaders import LoaderError
 from loaders.archive import ModelFile, is_onnx, read_model_file
@@ -75,6 +76,18 @@ def warmup_input(meta: ModelMetadata, batch: int = WARMUP_BATCH) -> np.ndarray:
 
 def check_output(out: np.ndarray, meta: ModelMetadata, batch: int) -> None:
     """The model contract on one output (docs/models.md); LoaderError says what is off."""
+    if meta.segmentation:  # contract 2: each sample's mask must decode as the consumers decode it
+        if out.ndim != 4 or out.shape[0] != batch:
+            raise LoaderError(
+                f"the model returned {out.dtype} {list(out.shape)} for a batch of {batch}; contract 2 is "
+                f"[B, K, H, W] class probabilities or [B, 1, H, W] class ids with B = {batch}"
+            )
+        for i in range(batch):
+            try:
+                regions.decode_mask(out[i : i + 1], meta, meta.tile_size, meta.tile_size)
+            except OutputContractError as e:
+                raise LoaderError(f"the model's output on warm-up tile {i}: {e}") from e
+        return
     if out.dtype != np.float32 or out.ndim != 3 or out.shape[0] != batch or out.shape[2] != 6:
         raise LoaderError(
             f"the model returned {out.dtype} {list(out.shape)} for a batch of {batch}; the contract is "

@@ -48,7 +48,7 @@ def register(subparsers: Any) -> None:
     p.set_defaults(handler=_train)
 
     p = subparsers.add_parser(
-        "evaluate", help="AP@0.5 per class of a TorchScript detector on held-out scenes"
+        "evaluate", help="AP@0.5 per class of a detector, or IoU per class of a segmenter, on held-out scenes"
     )
     p.add_argument(
         "model_path",
@@ -68,8 +68,10 @@ def register(subparsers: Any) -> None:
         action="store_true",
         help="with a file: store it in the engine with OPTIMIZE and evaluate it there (implies --engine)",
     )
-    p.add_argument("--scenes", type=int, default=4, help="held-out scenes (default 4)")
-    p.add_argument("--size", type=int, default=2048, help="scene size in pixels (default 2048)")
+    p.add_argument("--scenes", type=int, default=None, help="held-out scenes (default 4; a segmenter: 8)")
+    p.add_argument(
+        "--size", type=int, default=None, help="scene size in pixels (default 2048; a segmenter: 1024)"
+    )
     p.add_argument("--seed", type=int, default=None, help="first held-out seed (default 1)")
     p.add_argument(
         "--score-threshold",
@@ -91,6 +93,17 @@ def register(subparsers: Any) -> None:
     )
     p.add_argument("--json", action="store_true", help="print the result as JSON instead of a table")
     p.set_defaults(handler=_evaluate)
+
+    p = subparsers.add_parser(
+        "train-segmenter",
+        help="train the small segmentation model (contract 2: sea / land / slick) and export TorchScript",
+    )
+    p.add_argument("--out", type=Path, default=None, help="model file (default DATA_DIR/models/segmenter.pt)")
+    p.add_argument("--steps", type=int, default=None, help="optimiser steps (default 1000)")
+    p.add_argument("--tiles", type=int, default=None, help="training tiles generated (default 1200)")
+    p.add_argument("--seed", type=int, default=None, help="torch/numpy seed (default 0)")
+    p.add_argument("--threads", type=int, default=None, help="torch threads (default 1)")
+    p.set_defaults(handler=_train_segmenter)
 
     p = subparsers.add_parser(
         "quantize", help="int8 variant of a detector (post-training static quantisation)"
@@ -184,7 +197,7 @@ def _evaluate(settings: Settings, args: argparse.Namespace) -> int:
     torch.set_num_threads(settings.intra_op_threads or 2)  # 0 means the default: 2 threads
     if args.feed is not None or args.truth is not None:
         return _evaluate_feed(settings, args)
-    if args.scenes < 1 or args.size < 32:
+    if (args.scenes is not None and args.scenes < 1) or (args.size is not None and args.size < 32):
         raise ModelsError(
             f"need at least 1 scene of at least 32 px, got --scenes {args.scenes} --size {args.size}"
         )
@@ -246,12 +259,14 @@ def _evaluate_with(
 ) -> int:
     from models.evaluate import HELD_OUT_SEED_BASE, EvalConfig, evaluate_model, format_table
 
+    if meta.get("contract") == modelmeta.SEGMENTATION_CONTRACT:
+        return _evaluate_segmenter(settings, args, path, module, meta, runs_in)
     # what the consumers would publish: the operator's threshold, else the model's hint, else the
     # default (only P/R use it, not AP)
     threshold = modelmeta.score_threshold(settings.score_threshold, meta.get("score_threshold_hint"))
     config = EvalConfig(
-        scenes=args.scenes,
-        size_px=args.size,
+        scenes=4 if args.scenes is None else args.scenes,
+        size_px=2048 if args.size is None else args.size,
         bands=int(meta["bands"]),
         seed_base=HELD_OUT_SEED_BASE if args.seed is None else args.seed,
         tile_px=int(meta["tile_size"]),
@@ -268,6 +283,65 @@ def _evaluate_with(
     else:
         print(f"model {path} ({runs_in})")
         print(format_table(result))
+    return 0
+
+
+def _evaluate_segmenter(
+    settings: Settings, args: argparse.Namespace, path: str, module: Any, meta: dict[str, Any], runs_in: str
+) -> int:
+    from models.segeval import HELD_OUT_SEED_BASE, SegEvalConfig, evaluate_segmenter
+
+    defaults = SegEvalConfig()
+    config = SegEvalConfig(
+        scenes=defaults.scenes if args.scenes is None else args.scenes,
+        size_px=defaults.size_px if args.size is None else args.size,
+        bands=int(meta["bands"]),
+        seed_base=HELD_OUT_SEED_BASE if args.seed is None else args.seed,
+        tile_px=int(meta["tile_size"]),
+        overlap_px=settings.tile_overlap,  # as ingest tiles (GROUNDWATCH_TILE_OVERLAP)
+        simplify_px=settings.simplify_px,  # as the consumers publish (GROUNDWATCH_SIMPLIFY_PX)
+    )
+    result = evaluate_segmenter(module, modelmeta.ModelMetadata.from_dict(meta), config)
+    result["model"] = str(path)
+    result["runs_in"] = runs_in
+    if args.json:
+        print(json.dumps(result, indent=2))
+        return 0
+    print(
+        f"model {path} ({runs_in}): {result['scenes']} scenes of {result['size_px']} px, seeds "
+        f"{result['seeds'][0]}-{result['seeds'][1]}, {result['tiles']} tiles, simplified at "
+        f"{result['simplify_px']} px"
+    )
+    print(f"{'class':<10} {'IoU':>7} {'truth px':>10} {'polygons':>9}")
+    for name, row in result["per_class"].items():
+        iou = "-" if row["iou"] is None else f"{row['iou']:.4f}"
+        print(f"{name:<10} {iou:>7} {row['truth_pixels']:>10} {row['polygons']:>9}")
+    print(f"mean IoU of the foreground classes: {result['mean_iou_foreground']}")
+    return 0
+
+
+def _train_segmenter(settings: Settings, args: argparse.Namespace) -> int:
+    import dataclasses
+
+    from models.errors import ModelsError
+    from models.segmenter import SegTrainConfig, train_and_export
+
+    overrides = {
+        k: getattr(args, k) for k in ("steps", "tiles", "seed", "threads") if getattr(args, k) is not None
+    }
+    config = dataclasses.replace(SegTrainConfig(), **overrides)
+    if config.steps < 1 or config.tiles < 1 or config.threads < 1:
+        raise ModelsError(
+            f"cannot train with steps={config.steps}, tiles={config.tiles}, threads={config.threads}: each "
+            "must be at least 1"
+        )
+    out = args.out or settings.data_dir / "models" / "segmenter.pt"
+    summary = train_and_export(config, out)
+    print(
+        f"wrote {out} ({out.stat().st_size / 1e6:.2f} MB, {summary['parameters']} parameters, "
+        f"trained in {summary['train_seconds']} s + {summary['data_seconds']} s data); "
+        f"measure it: groundwatch evaluate {out}"
+    )
     return 0
 
 

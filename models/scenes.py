@@ -22,6 +22,10 @@ from typing import Any
 import numpy as np
 
 CLASSES: tuple[str, ...] = ("ship", "platform")
+# The segmentation target's classes, in the order of its mask values (0 = sea, the background).
+SEG_CLASSES: tuple[str, ...] = ("sea", "land", "slick")
+# A slick's truth is where its damping is at least half its peak (the half-maximum contour).
+SLICK_HALF_DAMPING = 0.5
 PIXEL_SIZE_M = 10.0
 DEFAULT_CRS = "EPSG:32631"  # UTM zone 31N (North Sea)
 DN_PER_SIGMA0 = 1000.0  # digital number = linear backscatter x 1000, clipped to uint16
@@ -71,6 +75,7 @@ class Scene:
     crs: str = DEFAULT_CRS
     land_fraction: float = 0.0
     extra: dict[str, Any] = field(default_factory=dict)
+    mask: np.ndarray | None = None  # [H, W] uint8 index into SEG_CLASSES (the segmentation truth)
 
     @property
     def boxes_px(self) -> np.ndarray:
@@ -285,6 +290,17 @@ def _free(box: tuple[int, int, int, int], taken: list[tuple[int, int, int, int]]
 
 def draw_scene(seed: int, config: SceneConfig) -> tuple[np.ndarray, list[TruthObject], float]:
     """The scene's digital numbers [bands, H, W] uint16, its objects and its land fraction."""
+    image, objects, land_fraction, _mask = draw_scene_with_mask(seed, config)
+    return image, objects, land_fraction
+
+
+def draw_scene_with_mask(
+    seed: int, config: SceneConfig
+) -> tuple[np.ndarray, list[TruthObject], float, np.ndarray]:
+    """:func:`draw_scene` plus its segmentation truth: [H, W] uint8 indices into SEG_CLASSES.
+
+    Land is the coast mask; a slick is the half-maximum contour of its damping, at sea only. The
+    mask draws no random numbers, so the pixels are those of :func:`draw_scene`, bit for bit."""
     rng = np.random.default_rng(seed)
     h, w = config.height_px, config.width_px
     area_km2 = h * w * (PIXEL_SIZE_M / 1000.0) ** 2
@@ -294,6 +310,7 @@ def draw_scene(seed: int, config: SceneConfig) -> tuple[np.ndarray, list[TruthOb
     if has_land:
         sigma0 = np.where(land, land_sigma0(rng, h, w), sigma0)
     sea_level = float(np.median(sigma0[~land])) if (~land).any() else 0.1
+    slick = np.zeros((h, w), dtype=bool)
 
     bright = np.zeros((h, w), dtype=np.float32)  # point-like additive targets (before speckle)
     if config.distractors:
@@ -317,13 +334,10 @@ def draw_scene(seed: int, config: SceneConfig) -> tuple[np.ndarray, list[TruthOb
             blob = gaussian_blob(
                 rng.uniform(3, 12), rng.uniform(0.4, 0.8), rng.uniform(3, 10), rng.uniform(0, math.pi)
             )
-            _paste(
-                sigma0,
-                int(rng.integers(0, h)) - blob.shape[0] // 2,
-                int(rng.integers(0, w)) - blob.shape[1] // 2,
-                1.0 - blob,
-                "mul",
-            )
+            y0 = int(rng.integers(0, h)) - blob.shape[0] // 2
+            x0 = int(rng.integers(0, w)) - blob.shape[1] // 2
+            _paste(sigma0, y0, x0, 1.0 - blob, "mul")
+            _paste(slick, y0, x0, blob >= SLICK_HALF_DAMPING * float(blob.max()), "max")
         if has_land:
             for y0, x0, patch in land_scatterers(rng, land, rng.poisson(area_km2 / 3.0) + 2):
                 _paste(bright, y0, x0, patch, "max")
@@ -389,7 +403,8 @@ def draw_scene(seed: int, config: SceneConfig) -> tuple[np.ndarray, list[TruthOb
         bands.append(scene * gain * speckle(rng, (h, w)))
     image = np.clip(np.stack(bands) * DN_PER_SIGMA0, 0, 65535).astype(np.uint16)
     objects.sort(key=lambda o: (o.box_px[1], o.box_px[0]))
-    return image, objects, float(land.mean())
+    mask = np.where(land, 1, np.where(slick, 2, 0)).astype(np.uint8)
+    return image, objects, float(land.mean()), mask
 
 
 # ---------------------------------------------------------------------------------------------
@@ -410,13 +425,14 @@ def scene_transform(seed: int, width_px: int, height_px: int) -> Any:
 def generate_scene(seed: int, config: SceneConfig | None = None) -> Scene:
     """The scene for `seed` (same seed and config: the same pixels and truth, bit for bit)."""
     config = config or SceneConfig()
-    image, objects, land_fraction = draw_scene(seed, config)
+    image, objects, land_fraction, mask = draw_scene_with_mask(seed, config)
     return Scene(
         seed,
         image,
         objects,
         scene_transform(seed, config.width_px, config.height_px),
         land_fraction=land_fraction,
+        mask=mask,
     )
 
 

@@ -198,7 +198,7 @@ def test_tile_and_scene_results_round_trip() -> None:
     with pytest.raises(wire.DetectionFormatError, match="expected a scene"):
         wire.decode_scene(wire.tile_json(t))
     with pytest.raises(wire.DetectionFormatError, match="version"):
-        wire.decode_tile(wire.tile_json(t).replace('"v":1', '"v":2'))
+        wire.decode_tile(wire.tile_json(t).replace('"v":1', '"v":3'))  # 2: results with regions
 
 
 @pytest.mark.parametrize("e", [-10.0, 10.0])  # north-up and south-up scenes

@@ -1,0 +1,227 @@
+"""A small segmentation network (U-Net shaped) for contract 2, its training and its export.
+
+TorchScript contract 2 (docs/models.md): ``forward(x: Tensor[B, C, H, W]) -> Tensor[B, K, H, W]``,
+per-pixel class probabilities (softmax over K inside the model), K = the metadata's classes
+(``models.scenes.SEG_CLASSES``: sea, land, slick; class 0 is the background). The input is raw
+digital numbers like the detector's (log1p, then a fixed affine, inside the model); H and W must be
+multiples of :data:`STRIDE` (a stride-2 stem and three 2x poolings). The network works at half
+resolution and its logits are upsampled bilinearly to the tile's pixels: on a CPU shared by many
+jobs that is what keeps training within minutes, and the masks' boundaries are smooth anyway.
+
+Trained on tiles of the synthetic scenes' segmentation truth (``draw_scene_with_mask``), seeds
+``TRAIN_SEED_BASE + i`` (neither the detector's 1,000,000+ nor the held-out 1..), everything seeded.
+"""
+
+import logging
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from models.scenes import SEG_CLASSES, SceneConfig, draw_scene_with_mask
+
+log = logging.getLogger(__name__)
+
+STRIDE = 16
+CONTRACT = 2
+TRAIN_SEED_BASE = 2_000_000
+SHIPPED_SEGMENTER = Path(__file__).resolve().parent / "artifacts" / "segmenter.pt"
+
+
+def _conv(c_in: int, c_out: int, dilation: int = 1) -> nn.Sequential:
+    return nn.Sequential(
+        nn.Conv2d(c_in, c_out, 3, padding=dilation, dilation=dilation, bias=False),
+        nn.BatchNorm2d(c_out),
+        nn.ReLU(inplace=True),
+    )
+
+
+class TinyUNet(nn.Module):
+    """A stride-2 stem, an encoder at 1/2, 1/4, 1/8, a dilated bottleneck at 1/16, a decoder with
+    skips back to 1/2, logits upsampled to the tile."""
+
+    log_dn_mean: Tensor
+    log_dn_std: Tensor
+
+    def __init__(
+        self,
+        num_classes: int = len(SEG_CLASSES),
+        bands: int = 1,
+        width: int = 8,
+        log_dn_mean: float = 5.0,
+        log_dn_std: float = 1.5,
+    ) -> None:
+        super().__init__()
+        self.num_classes = num_classes
+        self.bands = bands
+        self.stride = STRIDE
+        self.register_buffer("log_dn_mean", torch.tensor(float(log_dn_mean)))
+        self.register_buffer("log_dn_std", torch.tensor(float(log_dn_std)))
+        w = width
+        self.stem = nn.Sequential(
+            nn.Conv2d(bands, w, 3, stride=2, padding=1, bias=False), nn.BatchNorm2d(w), nn.ReLU(inplace=True)
+        )
+        self.enc1 = _conv(w, w)
+        self.enc2 = nn.Sequential(_conv(w, 2 * w), _conv(2 * w, 2 * w))
+        self.enc3 = nn.Sequential(_conv(2 * w, 4 * w), _conv(4 * w, 4 * w))
+        self.mid = nn.Sequential(_conv(4 * w, 4 * w, dilation=2), _conv(4 * w, 4 * w, dilation=4))
+        self.dec3 = _conv(8 * w, 4 * w)
+        self.dec2 = _conv(6 * w, 2 * w)
+        self.dec1 = _conv(3 * w, w)
+        self.head = nn.Conv2d(w, num_classes, 1)
+
+    def logits(self, x: Tensor) -> Tensor:
+        """Class logits [B, K, H, W] (training uses these; serving takes their softmax)."""
+        if x.dim() != 4 or x.shape[1] != self.bands:
+            raise ValueError(f"expected [B, {self.bands}, H, W], got {list(x.shape)}")
+        if x.shape[2] % self.stride != 0 or x.shape[3] % self.stride != 0:
+            raise ValueError(f"H and W must be multiples of {self.stride}, got {x.shape[2]} x {x.shape[3]}")
+        x = (torch.log1p(x.to(torch.float32).clamp(min=0.0)) - self.log_dn_mean) / self.log_dn_std
+        e1 = self.enc1(self.stem(x))
+        e2 = self.enc2(F.max_pool2d(e1, 2))
+        e3 = self.enc3(F.max_pool2d(e2, 2))
+        m = self.mid(F.max_pool2d(e3, 2))
+        d3 = self.dec3(torch.cat([F.interpolate(m, scale_factor=2.0, mode="nearest"), e3], 1))
+        d2 = self.dec2(torch.cat([F.interpolate(d3, scale_factor=2.0, mode="nearest"), e2], 1))
+        d1 = self.dec1(torch.cat([F.interpolate(d2, scale_factor=2.0, mode="nearest"), e1], 1))
+        return F.interpolate(
+            self.head(d1), size=(x.shape[2], x.shape[3]), mode="bilinear", align_corners=False
+        )
+
+    def forward(self, x: Tensor) -> Tensor:
+        return torch.softmax(self.logits(x), dim=1)
+
+
+@dataclass(frozen=True)
+class SegTrainConfig:
+    tiles: int = 1200
+    tile_px: int = 128
+    bands: int = 1
+    steps: int = 1000
+    batch_size: int = 8
+    lr: float = 6e-3
+    weight_decay: float = 1e-4
+    width: int = 8
+    seed: int = 0
+    threads: int = 1  # one thread: on a shared CPU two spin against other jobs (10x slower measured)
+
+
+def make_tiles(config: SegTrainConfig) -> list[tuple[np.ndarray, np.ndarray]]:
+    """(image [C, S, S] uint16, mask [S, S] uint8) of scenes with seeds TRAIN_SEED_BASE + i; land in
+    every other one so both classes are well represented."""
+    out = []
+    for i in range(config.tiles):
+        scene = SceneConfig(
+            width_px=config.tile_px,
+            height_px=config.tile_px,
+            bands=config.bands,
+            n_ships=i % 3,
+            n_platforms=i % 2,
+            land=i % 2 == 0,
+        )
+        image, _objects, _land, mask = draw_scene_with_mask(TRAIN_SEED_BASE + i, scene)
+        out.append((image, mask))
+    return out
+
+
+def _augment(image: np.ndarray, mask: np.ndarray, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+    if rng.random() < 0.5:
+        image, mask = image[:, :, ::-1], mask[:, ::-1]
+    if rng.random() < 0.5:
+        image, mask = image[:, ::-1, :], mask[::-1, :]
+    if rng.random() < 0.5:
+        image, mask = image.transpose(0, 2, 1), mask.T
+    return np.ascontiguousarray(image), np.ascontiguousarray(mask)
+
+
+def soft_dice(logits: Tensor, target: Tensor, num_classes: int) -> Tensor:
+    """1 - mean Dice over the classes present in the batch (IoU is what the card reports)."""
+    p = torch.softmax(logits, 1)
+    onehot = F.one_hot(target, num_classes).permute(0, 3, 1, 2).to(p.dtype)
+    inter = (p * onehot).sum((0, 2, 3))
+    total = p.sum((0, 2, 3)) + onehot.sum((0, 2, 3))
+    present = onehot.sum((0, 2, 3)) > 0
+    dice = (2 * inter + 1.0) / (total + 1.0)
+    return 1.0 - dice[present].mean()
+
+
+def train(config: SegTrainConfig) -> tuple[TinyUNet, dict[str, Any]]:
+    """Train the network; return it in eval mode and a summary of the run."""
+    torch.set_num_threads(config.threads)
+    torch.manual_seed(config.seed)
+    rng = np.random.default_rng(config.seed)
+    t0 = time.monotonic()
+    tiles = make_tiles(config)
+    t_data = time.monotonic() - t0
+    logs = np.concatenate([np.log1p(img[:, ::4, ::4].astype(np.float32)).ravel() for img, _ in tiles[:200]])
+    mean, std = float(logs.mean()), float(logs.std())
+    model = TinyUNet(len(SEG_CLASSES), config.bands, config.width, mean, std)
+    opt = torch.optim.AdamW(model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
+    sched = torch.optim.lr_scheduler.OneCycleLR(
+        opt, max_lr=config.lr, total_steps=config.steps, pct_start=0.1
+    )
+    model.train()
+    t1 = time.monotonic()
+    running = 0.0
+    for step in range(config.steps):
+        idx = rng.integers(0, len(tiles), size=config.batch_size)
+        pairs = [_augment(tiles[i][0], tiles[i][1], rng) for i in idx]
+        x = torch.from_numpy(np.stack([p[0].astype(np.float32) for p in pairs]))
+        y = torch.from_numpy(np.stack([p[1].astype(np.int64) for p in pairs]))
+        logits = model.logits(x)
+        loss = F.cross_entropy(logits, y) + soft_dice(logits, y, len(SEG_CLASSES))
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        sched.step()
+        running = 0.98 * running + 0.02 * loss.item() if step else loss.item()
+        if step % 100 == 0 or step == config.steps - 1:
+            log.info("step %d/%d loss %.3f %.0f s", step, config.steps, running, time.monotonic() - t1)
+    model.eval()
+    summary = {
+        "config": asdict(config),
+        "parameters": sum(p.numel() for p in model.parameters()),
+        "data_seconds": round(t_data, 1),
+        "train_seconds": round(time.monotonic() - t1, 1),
+        "final_loss": round(running, 4),
+        "log_dn_mean": round(mean, 4),
+        "log_dn_std": round(std, 4),
+    }
+    return model, summary
+
+
+def metadata_for(config: SegTrainConfig, summary: dict[str, Any]) -> dict[str, Any]:
+    return {
+        "contract": CONTRACT,
+        "classes": list(SEG_CLASSES),
+        "background": 0,
+        "output": "scores",
+        "bands": config.bands,
+        "dtype": "uint16",
+        "tile_size": 512,
+        "stride": STRIDE,
+        "trained_on": (
+            f"synthetic SAR-like scenes' segmentation truth (models.scenes.draw_scene_with_mask), "
+            f"{config.tiles} tiles of {config.tile_px} px, seeds {TRAIN_SEED_BASE}.."
+            f"{TRAIN_SEED_BASE + config.tiles - 1}, {config.steps} steps"
+        ),
+        "training": {k: summary[k] for k in ("parameters", "train_seconds", "final_loss")},
+    }
+
+
+def train_and_export(config: SegTrainConfig, out: Path) -> dict[str, Any]:
+    """Train, script and save with its metadata; return the summary (with path and metadata)."""
+    from models.archive import save_model
+
+    model, summary = train(config)
+    torch.save(model.state_dict(), out.with_suffix(".state.pt"))  # kept if scripting fails
+    meta = metadata_for(config, summary)
+    save_model(torch.jit.script(model), out, meta)
+    summary["path"] = str(out)
+    summary["metadata"] = meta
+    return summary
