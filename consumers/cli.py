@@ -65,6 +65,13 @@ def register(sub: argparse._SubParsersAction) -> None:
         help="drop detections scoring below this (default: the model's score_threshold_hint, else 0.3)",
     )
     p.add_argument(
+        "--simplify-px",
+        dest="simplify_px",
+        type=float,
+        default=None,
+        help="segmentation models: simplify published outlines at this tolerance in pixels (1; 0: exact)",
+    )
+    p.add_argument(
         "--metrics-port",
         dest="metrics_port",
         type=int,
