@@ -7,6 +7,7 @@ from pathlib import Path
 from typing import Any
 
 from groundwatch.settings import Settings
+from loaders import adapterspec
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -85,6 +86,7 @@ def register(sub: argparse._SubParsersAction) -> None:
         help="ONNX import: the largest absolute difference from ONNX Runtime accepted on the sample "
         "tiles, in output units (pixels, score) (default 0.001)",
     )
+    adapterspec.add_arguments(p)
     p.set_defaults(handler=cmd_load)
 
     m = sub.add_parser("model", help="list, activate, roll back or remove registered model versions")
@@ -137,6 +139,14 @@ def cmd_load(settings: Settings, args: argparse.Namespace) -> int:
     from loaders.loader import LoadOptions, load
 
     feeds = tuple(f.strip() for f in (args.feeds or settings.feed).split(",") if f.strip())
+    spec = adapterspec.from_args(args, settings.tile_size)
+    source: Any = args.file
+    provenance = None
+    if spec is not None:
+        from loaders.adapters import adapt_file
+
+        source = adapt_file(args.file, spec)
+        provenance = {"adapter": source.metadata.extra["adapter"]}
     opts = LoadOptions(
         name=args.name,
         feeds=feeds,
@@ -154,8 +164,9 @@ def cmd_load(settings: Settings, args: argparse.Namespace) -> int:
         compare_samples=_samples(args.compare_samples),
         metadata=_metadata(args.metadata),
         parity_tolerance=args.parity_tolerance,
+        provenance=provenance,
     )
-    record = load(connect(settings), args.file, opts)
+    record = load(connect(settings), source, opts)
     state = "active" if opts.activate else "stored, not active"
     print(
         f"{record.label} ({state}) on feeds {', '.join(record.feeds)}: classes {', '.join(record.classes)}, "
@@ -169,6 +180,12 @@ def cmd_load(settings: Settings, args: argparse.Namespace) -> int:
             f"{prov.get('onnx_bytes')} bytes kept): max abs difference from ONNX Runtime "
             f"{parity.get('max_abs_diff', float('nan')):.3g} on {parity.get('tiles')} tiles (tolerance "
             f"{parity.get('tolerance')})"
+        )
+    if "adapter" in prov:
+        a = prov["adapter"]
+        print(
+            f"adapted ({a['adapter']}): replaced {', '.join(a['replaced_ops']) or 'no operators'}; "
+            f"operator check: {a['op_check']['status']}"
         )
     if args.optimize:
         print(

@@ -1,0 +1,113 @@
+"""Detectors of the kinds people bring, built here with random weights (nothing downloaded).
+
+`TwoStage` has torchvision's detection interface and operators: a list of [C, H, W] images in, a
+list of dicts (boxes, scores, labels; labels from 1) out, with proposals pruned by
+`torch.ops.torchvision.nms` and pooled by `torch.ops.torchvision.roi_align`, as Faster R-CNN does.
+Scripted, its graphs call `torchvision::nms` / `torchvision::roi_align` like a scripted
+torchvision detector's. (torchvision 0.28.0, the build for torch 2.13 on PyPI, links CUDA
+libraries and does not load beside the CPU torch, so its own models cannot be built here.)
+
+`YoloHead` is a YOLO-style single-stage net: [B, 4 + K, N] raw predictions (centre x, centre y,
+width, height in input pixels, then per-class probabilities) over a stride-8 grid, no NMS.
+
+Both weigh the input's local contrast (log DN minus its blurred self) heavily, so with random
+weights their scores still follow the bright objects of a scene, and are distinct.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor, nn
+
+
+def _contrast(x: Tensor) -> Tensor:
+    v = torch.log1p(x.clamp(min=0.0))
+    return v - nn.functional.avg_pool2d(v, 9, stride=1, padding=4, count_include_pad=False)
+
+
+class TwoStage(nn.Module):
+    """Region proposals at stride 4, NMS, RoIAlign, a box classifier, per-class NMS."""
+
+    def __init__(
+        self, in_channels: int = 3, num_classes: int = 3, proposals: int = 64, seed: int = 0
+    ) -> None:
+        super().__init__()
+        torch.manual_seed(seed)
+        self.backbone = nn.Sequential(
+            nn.Conv2d(in_channels, 16, 3, stride=2, padding=1),
+            nn.ReLU(),
+            nn.Conv2d(16, 16, 3, stride=2, padding=1),
+            nn.ReLU(),
+        )
+        self.objectness = nn.Conv2d(16, 1, 1)
+        self.sizes = nn.Conv2d(16, 2, 1)
+        self.classifier = nn.Linear(16 * 7 * 7, num_classes)
+        self.deltas = nn.Linear(16 * 7 * 7, 4)
+        self.proposals = proposals
+        self.num_classes = num_classes
+
+    def forward(self, images: list[Tensor]) -> list[dict[str, Tensor]]:
+        x = torch.stack(images)
+        c = _contrast(x).mean(dim=1, keepdim=True)
+        features = self.backbone(x * 0.001)
+        cell = nn.functional.max_pool2d(c, 4)
+        obj = torch.sigmoid(self.objectness(features) + 1.5 * cell - 1.0)
+        size = 6.0 + 20.0 * torch.sigmoid(self.sizes(features))
+        h, w = features.shape[2], features.shape[3]
+        out: list[dict[str, Tensor]] = []
+        for i in range(x.shape[0]):
+            scores, idx = obj[i, 0].flatten().topk(min(self.proposals, h * w))
+            cy = (torch.div(idx, w, rounding_mode="floor").to(torch.float32) + 0.5) * 4.0
+            cx = (idx % w).to(torch.float32) * 4.0 + 2.0
+            sw, sh = size[i, 0].flatten()[idx], size[i, 1].flatten()[idx]
+            boxes = torch.stack([cx - sw / 2, cy - sh / 2, cx + sw / 2, cy + sh / 2], dim=1)
+            keep = torch.ops.torchvision.nms(boxes, scores, 0.7)
+            boxes, scores = boxes[keep], scores[keep]
+            rois = torch.cat([torch.full_like(boxes[:, :1], float(i)), boxes], dim=1)
+            pooled = torch.ops.torchvision.roi_align(features, rois, 0.25, 7, 7, 2, False)
+            flat = pooled.flatten(1)
+            probs = torch.softmax(self.classifier(flat), dim=1)
+            delta = torch.tanh(self.deltas(flat)) * 2.0
+            boxes = boxes + delta
+            labels = probs[:, 1:].argmax(dim=1) + 1
+            final = scores * probs[:, 1:].max(dim=1)[0]
+            keep = self._per_class_nms(boxes, final, labels)
+            out.append({"boxes": boxes[keep], "scores": final[keep], "labels": labels[keep]})
+        return out
+
+    def _per_class_nms(self, boxes: Tensor, scores: Tensor, labels: Tensor) -> Tensor:
+        # torchvision.ops.batched_nms's coordinate trick: classes never overlap after the shift.
+        shift = labels.to(boxes.dtype) * (boxes.max() + 1.0)
+        return torch.ops.torchvision.nms(boxes + shift[:, None], scores, 0.5)
+
+
+class YoloHead(nn.Module):
+    """A YOLO-like anchor-free head: [B, 4 + K, N] over a stride-8 grid."""
+
+    def __init__(self, in_channels: int = 3, num_classes: int = 2, seed: int = 0) -> None:
+        super().__init__()
+        torch.manual_seed(seed)
+        self.body = nn.Sequential(
+            nn.Conv2d(in_channels, 16, 3, stride=2, padding=1),
+            nn.SiLU(),
+            nn.Conv2d(16, 16, 3, stride=2, padding=1),
+            nn.SiLU(),
+            nn.Conv2d(16, 16, 3, stride=2, padding=1),
+            nn.SiLU(),
+        )
+        self.box = nn.Conv2d(16, 4, 1)
+        self.cls = nn.Conv2d(16, num_classes, 1)
+
+    def forward(self, x: Tensor) -> Tensor:
+        f = self.body(x)
+        c = nn.functional.max_pool2d(_contrast(x * 1000.0).mean(dim=1, keepdim=True), 8)
+        b, _, h, w = f.shape
+        gy, gx = torch.meshgrid(torch.arange(h, dtype=x.dtype), torch.arange(w, dtype=x.dtype), indexing="ij")
+        d = self.box(f)
+        cx = (gx + torch.sigmoid(d[:, 0])) * 8.0
+        cy = (gy + torch.sigmoid(d[:, 1])) * 8.0
+        bw = 8.0 + 16.0 * torch.sigmoid(d[:, 2])
+        bh = 8.0 + 16.0 * torch.sigmoid(d[:, 3])
+        cls = torch.sigmoid(self.cls(f) + 1.5 * c - 2.0)
+        out = torch.cat([torch.stack([cx, cy, bw, bh], dim=1), cls], dim=1)
+        return out.reshape(b, out.shape[1], h * w)
