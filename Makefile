@@ -99,8 +99,11 @@ demo: setup
 demo-cluster: setup
 	$(BIN)/groundwatch demo --cluster 3
 
+# Every row in a fresh process, BENCH_ROUNDS interleaved rounds (bench/harness.py); about 10-15
+# minutes on 2 idle cores. The table: bench/results/results.md.
+BENCH_ROUNDS ?= 3
 bench: setup
-	$(BIN)/groundwatch bench
+	$(BIN)/groundwatch bench --rounds $(BENCH_ROUNDS) $(BENCH_ARGS)
 
 lint: $(STAMP)
 	$(BIN)/ruff check .

@@ -42,7 +42,7 @@ import numpy as np
 if __package__ in (None, ""):  # run as `python bench/alternatives.py`
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from bench import common
+from bench import common, harness
 
 ALTERNATIVES = ("torch", "rest", "queue", "torchserve")
 QUEUE_KEY = "bench:queue"
@@ -101,7 +101,9 @@ def raw_torch(
     threads: int,
     max_requests: int | None = None,
 ) -> dict[str, Any]:
-    """The model called in this process, `batch` tiles a call, back to back for `seconds`."""
+    """The model called in this process, `batch` tiles a call, back to back for `seconds` after
+    warm-up (`harness.settle`). The run's reference is bench/engine.py's `reference` row, in a
+    fresh process; this one serves the module's own table."""
     import torch
 
     before = torch.get_num_threads()
@@ -111,31 +113,24 @@ def raw_torch(
         batches = [
             np.ascontiguousarray(tiles[[(s + j) % n for j in range(batch)]]) for s in range(0, n, batch)
         ] or [tiles]
-        for b in batches[:2]:  # warm-up (TorchScript profiles its first calls)
-            common.infer(module, b)
-        latencies: list[float] = []
-        count = 0
+        warm = harness.settle(lambda: common.infer(module, batches[0]), max_calls=10 if max_requests else 40)
         cpu0 = common.cpu_seconds()
-        t0 = time.perf_counter()
-        deadline = t0 + seconds
-        while time.perf_counter() < deadline and (max_requests is None or count < max_requests):
-            b = batches[count % len(batches)]
-            t1 = time.perf_counter()
-            common.infer(module, b)
-            latencies.append(time.perf_counter() - t1)
-            count += 1
-        wall = time.perf_counter() - t0
+        latencies, wall = harness.timed_loop(
+            lambda i: common.infer(module, batches[i % len(batches)]), seconds, max_calls=max_requests
+        )
         cpu = common.cpu_seconds() - cpu0
     finally:
         torch.set_num_threads(before)
-    return common.row(
+    r = common.row(
         f"raw torch, batch {batch}",
-        tiles=count * batch,
+        tiles=len(latencies) * batch,
         wall_s=wall,
         latencies_s=latencies,
         cpu_s=cpu,
         note=f"in process, {threads} threads; latency per batch of {batch}",
     )
+    r["warmup_calls"] = warm
+    return r
 
 
 # --------------------------------------------------------------------------- HTTP client
@@ -178,12 +173,12 @@ def _measure(
 ) -> dict[str, Any]:
     """Warm up (answers checked against `expected`), then the timed closed loop. CPU is counted
     for this process (the clients) and `server_pids` with all their descendants."""
-    warm = common.closed_loop(
+    warm = harness.closed_loop(
         make_client,
         tiles,
         clients=clients,
         seconds=60.0,
-        max_requests=max(clients * 2, len(tiles)),
+        max_requests=max(clients * 6, len(tiles)),
         check=checker(expected),
         max_errors=3,
     )
@@ -192,11 +187,11 @@ def _measure(
         r["throughput"] = None
         return r
     cpu0 = common.cpu_seconds(server_pids)
-    res = common.closed_loop(make_client, tiles, clients=clients, seconds=seconds, max_requests=max_requests)
+    res = harness.closed_loop(make_client, tiles, clients=clients, seconds=seconds, max_requests=max_requests)
     cpu = common.cpu_seconds(server_pids) - cpu0
     if res.first_error:
         note = f"{note}; first error: {res.first_error}"
-    return common.row(
+    r = common.row(
         name,
         tiles=res.tiles,
         wall_s=res.wall_s,
@@ -205,6 +200,8 @@ def _measure(
         note=note,
         cpu_s=cpu,
     )
+    r["warmup_calls"] = len(warm.latencies_s)
+    return r
 
 
 # --------------------------------------------------------------------------- 2. REST endpoint
@@ -606,6 +603,49 @@ def torchserve(
             return common.skipped(name, f"server failed: {exc}")
         finally:
             common.kill_group(proc, timeout_s=15.0)
+
+
+# --------------------------------------------------------------------------- on the harness
+
+SERVERS = {"rest": "rest_endpoint", "queue": "redis_queue", "torchserve": "torchserve"}
+
+
+def served(
+    kind: str, model: str, clients: int, seconds: float, threads: int, n_tiles: int = 16
+) -> dict[str, Any]:
+    """One alternative (`kind` in SERVERS) as a harness row: its server started here, answers
+    checked against in-process torch in its warm-up, then the closed loop. A row that could not
+    run comes back as {"failed": why}."""
+    tiles = common.make_tiles(n_tiles, bands=1)
+    expected = expected_outputs(model, tiles, threads)
+    measure = globals()[SERVERS[kind]]
+    r = measure(model, tiles, clients=clients, seconds=seconds, threads=threads, expected=expected)
+    if r.get("throughput") is None:
+        return {"failed": str(r.get("note", ""))}
+    return {k: v for k, v in r.items() if k not in ("name", "ratio")}
+
+
+ROWS = {
+    "rest": "FastAPI REST, per request",
+    "queue": "Redis list queue + Python batching worker",
+    "torchserve": "TorchServe, batch <= 8",
+}
+
+
+def specs(
+    model: str,
+    *,
+    clients: int = 8,
+    seconds: float = 3.0,
+    threads: int = 2,
+    only: Sequence[str] = tuple(SERVERS),
+) -> list[harness.Spec]:
+    """The served alternatives as harness rows (the in-process rows are bench/engine.py's)."""
+    params = {"model": model, "clients": clients, "seconds": seconds, "threads": threads}
+    return [
+        harness.Spec(ROWS[k], "bench.alternatives:served", {"kind": k, **params}, timeout_s=420.0)
+        for k in only
+    ]
 
 
 # --------------------------------------------------------------------------- all of it

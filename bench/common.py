@@ -1,9 +1,8 @@
-"""Shared benchmark helpers: the stand-in model, tiles, a closed-loop client driver, timing
-summaries, a markdown table writer, and process-group handling for servers the bench starts.
+"""Shared benchmark helpers: the stand-in model, tiles, CPU accounting from /proc, process-group
+handling and the engine server the bench starts, a markdown table for in-process row lists.
 
-Every row of every benchmark is a dict with the same keys (see `ROW_KEYS`), so the `make bench`
-driver can merge rows from bench/alternatives.py, bench/engine.py and bench/pipeline.py into
-one table and one JSON file.
+How rows are measured (fresh processes, warm-up, interleaved rounds, medians) is bench/harness.py;
+this module holds what the rows are made of.
 """
 
 from __future__ import annotations
@@ -16,12 +15,10 @@ import signal
 import socket
 import subprocess
 import tempfile
-import threading
 import time
 import urllib.request
 import warnings
-from collections.abc import Callable, Iterator, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -180,14 +177,7 @@ def tile_from_bytes(body: bytes, dtype: str, shape: str) -> np.ndarray:
     return np.frombuffer(body, dtype=np.dtype(dtype)).reshape(dims)
 
 
-# --------------------------------------------------------------------------- timing
-
-
-def percentile(values: Sequence[float], q: float) -> float:
-    """The q-th percentile (0..100, linear interpolation); NaN for no values."""
-    if not values:
-        return float("nan")
-    return float(np.percentile(np.asarray(values, dtype=np.float64), q))
+# --------------------------------------------------------------------------- rows of the in-process tables
 
 
 def row(
@@ -201,20 +191,21 @@ def row(
     note: str = "",
     cpu_s: float | None = None,
 ) -> dict[str, Any]:
-    """A result row: throughput in tiles/s, latency percentiles in ms (per request), and, when
-    `cpu_s` (CPU seconds all the row's processes used in the window) is given, CPU ms per tile."""
-    return {
-        "name": name,
-        "throughput": tiles / wall_s if wall_s > 0 and tiles else 0.0,
-        "p50_ms": percentile(latencies_s, 50) * 1000.0,
-        "p99_ms": percentile(latencies_s, 99) * 1000.0,
-        "ratio": None,
-        "requests": len(latencies_s) if requests is None else requests,
-        "tiles": tiles,
-        "errors": errors,
-        "note": note,
-        "cpu_ms_per_tile": cpu_s * 1000.0 / tiles if cpu_s is not None and tiles else None,
-    }
+    """A named result row: `harness.sample`'s figures (tiles/s, latency percentiles in ms per
+    request, CPU ms per tile when `cpu_s` is given) with a `name` and a `ratio` to fill in."""
+    from bench import harness
+
+    r: dict[str, Any] = {"name": name, "ratio": None}
+    r.update(
+        harness.sample(
+            tiles=tiles, wall_s=wall_s, latencies_s=latencies_s, cpu_s=cpu_s, errors=errors, note=note
+        )
+    )
+    if requests is not None:
+        r["requests"] = requests
+    if not tiles:
+        r["throughput"] = 0.0
+    return r
 
 
 def skipped(name: str, reason: str) -> dict[str, Any]:
@@ -224,90 +215,10 @@ def skipped(name: str, reason: str) -> dict[str, Any]:
 
 
 def add_ratios(rows: Sequence[dict[str, Any]], reference: float | None) -> None:
-    """Set each row's `ratio` to its throughput over `reference` (raw torch at batch 8)."""
+    """Set each row's `ratio` to its throughput over `reference`."""
     for r in rows:
         tput = r.get("throughput")
         r["ratio"] = tput / reference if reference and tput else None
-
-
-@dataclass
-class LoopResult:
-    latencies_s: list[float] = field(default_factory=list)
-    tiles: int = 0
-    errors: int = 0
-    first_error: str = ""
-    wall_s: float = 0.0
-
-
-def closed_loop(
-    make_client: Callable[[], Callable[[np.ndarray], Any]],
-    tiles: np.ndarray,
-    *,
-    clients: int,
-    seconds: float,
-    max_requests: int | None = None,
-    check: Callable[[int, Any], None] | None = None,
-    max_errors: int = 20,
-) -> LoopResult:
-    """`clients` threads, each sending one tile at a time and waiting for its answer, until
-    `seconds` have passed or `max_requests` have been sent in all. `make_client()` runs once
-    in each thread and returns the call for one tile [C, H, W]. `check(tile_index, answer)`
-    may raise to count an error. Latencies are per request, throughput counts answered tiles.
-    """
-    result = LoopResult()
-    lock = threading.Lock()
-    start_gate = threading.Barrier(clients + 1)
-    sent = [0]
-    stop = threading.Event()
-
-    def worker(c: int) -> None:
-        try:
-            call = make_client()
-        except Exception as exc:
-            with lock:
-                result.errors += 1
-                result.first_error = result.first_error or f"client setup: {exc!r}"
-            start_gate.wait()
-            return
-        start_gate.wait()
-        j = 0
-        while not stop.is_set():
-            with lock:
-                if max_requests is not None and sent[0] >= max_requests:
-                    return
-                sent[0] += 1
-            i = (c + j * clients) % len(tiles)
-            j += 1
-            t0 = time.perf_counter()
-            try:
-                answer = call(tiles[i])
-                if check is not None:
-                    check(i, answer)
-            except Exception as exc:
-                with lock:
-                    result.errors += 1
-                    result.first_error = result.first_error or repr(exc)
-                    if result.errors >= max_errors:
-                        stop.set()
-                continue
-            dt = time.perf_counter() - t0
-            with lock:
-                result.latencies_s.append(dt)
-                result.tiles += 1
-
-    threads = [threading.Thread(target=worker, args=(c,), daemon=True) for c in range(clients)]
-    for t in threads:
-        t.start()
-    start_gate.wait()
-    t0 = time.perf_counter()
-    deadline = t0 + seconds
-    while any(t.is_alive() for t in threads) and time.perf_counter() < deadline:
-        time.sleep(0.01)
-    stop.set()
-    for t in threads:
-        t.join(timeout=60.0)
-    result.wall_s = time.perf_counter() - t0
-    return result
 
 
 # --------------------------------------------------------------------------- CPU accounting
@@ -433,6 +344,19 @@ def log_tail(log: Path | None, lines: int = 15) -> str:
         return ""
     tail = log.read_text(errors="replace").splitlines()[-lines:]
     return "\n--- log tail ---\n" + "\n".join(tail)
+
+
+def engine_server(data_dir: Path, threads: int, **settings: Any) -> Any:
+    """A redis-server with the engine loaded as `groundwatch up` loads it (the same load-time
+    arguments, from Settings), with `threads` intra-op threads and one thread per queue; not
+    started. `settings` replace further Settings fields (e.g. torch_cpu_cache_mb)."""
+    from groundwatch.commands import engine_args
+    from groundwatch.server import RedisServer
+    from groundwatch.settings import Settings
+
+    s = Settings().replace(intra_op_threads=threads, threads_per_queue=1, **settings)
+    data_dir.mkdir(parents=True, exist_ok=True)
+    return RedisServer(data_dir=data_dir, engine_module=s.engine_module, module_args=engine_args(s))
 
 
 # --------------------------------------------------------------------------- reporting

@@ -195,6 +195,48 @@ def run(
     }
 
 
+def ingest_row(
+    size: int = 2048, repeats: int = 3, tile_size: int = 512, tile_overlap: int = 64
+) -> dict[str, Any]:
+    """A harness row (bench/harness.py): `ingest_file` of an uncompressed tiled GeoTIFF on a plain
+    redis-server, once to warm up, then `repeats` times timed (the marker dropped each time).
+    CPU: this process (read, tile, publish) and redis-server."""
+    from bench import common, harness
+    from ingest.publisher import forget_scene
+    from ingest.scene import ingest_file
+
+    settings = Settings(
+        feed=FEED, tile_size=tile_size, tile_overlap=tile_overlap, max_lag=10**9, publish_batch=32
+    )
+    with tempfile.TemporaryDirectory(prefix="gw-bench-ingest-") as tmp:
+        tmpdir = Path(tmp)
+        server = RedisServer(data_dir=tmpdir / "redis", engine_module=None)
+        (tmpdir / "redis").mkdir()
+        server.start()
+        try:
+            client = connection.client_for(server.url, timeout_s=120)
+            path = _write(
+                tmpdir / "tiled.tif", _scene(size, 1, "uint16"), tiled=True, blockxsize=512, blockysize=512
+            )
+
+            def once(_: int) -> int:
+                client.delete(keys.frames(FEED))
+                forget_scene(client, FEED, path.stem)
+                return ingest_file(client, settings, path).published
+
+            per_file = once(0)
+            assert server.process is not None
+            cpu0 = common.cpu_seconds([server.process.pid])
+            lat, wall = harness.timed_loop(once, 0.0, min_calls=repeats, max_calls=repeats)
+            cpu = common.cpu_seconds([server.process.pid]) - cpu0
+        finally:
+            server.stop()
+    return harness.sample(
+        tiles=per_file * len(lat), wall_s=wall, latencies_s=lat, cpu_s=cpu, warmup_calls=1,
+        note=f"{size}x{size} uint16 tiled GeoTIFF, {per_file} tiles a file; latency per file",
+    )  # fmt: skip
+
+
 def model_row(
     *, bands: int = 1, tile_size: int = 512, batch: int = 8, seconds: float = 3.0
 ) -> dict[str, Any]:

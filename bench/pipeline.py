@@ -1,31 +1,34 @@
-"""End to end: frames XADDed -> consumers -> detections published, beside the engine alone.
+"""End to end on the harness (bench/harness.py): scenes published -> consumers -> detections.
 
-Rows (each bounded to a few seconds; about 30-60 s in all):
-  engine DAGs                 the same model, DAGs sent straight to the engine (no streams): 2
-                              clients, each with `read_count` DAGs in flight, as a consumer has
-  pipeline, N consumer(s)     N `groundwatch consume` processes on one feed. Throughput: a backlog
-                              of frames is XADDed at once and timed until the last result is
-                              published. Latency: frames XADDed at a steady rate (half the
-                              measured throughput), XADD -> detection published, from the
-                              consumers' own `published`/`done` stamps.
-The ratio is pipeline frames/s over the engine's frames/s measured just before it (goal >= 0.8). Figures are printed, never
-asserted. `run(...) -> dict` is importable.
+One row function, `pipeline`, run by the harness in a fresh process each round:
+  - starts the engine server as `groundwatch up` does (AOF on, appendfsync everysec), or a local
+    N-master cluster (no replicas; the same AOF settings) for `cluster_masters`,
+  - loads the model with the loader (BATCHSIZE `batch`) for one feed,
+  - starts `consumers` `groundwatch consume` processes on it and warms them up with two scenes,
+  - throughput (no `rate_fps`): publishes a backlog of `frames` tiles (scenes of 16 tiles, 4 x 4
+    with 64 px overlap, through ingest's publish_array) and times it until the last tile's
+    result is published; CPU is redis-server's (every node's) and the consumers' over that window,
+  - latency (`rate_fps` given, e.g. half the throughput row's of the same round): publishes frames
+    one at a time at that rate (publish_tile, scenes of 16) for `latency_s`, and reports the
+    end-to-end latency the consumers record for each tile: XADD of the frame to its detections
+    published (keys.latency), p50 and p99.
+The feed's keys share one hash tag, so on a cluster the whole feed lives on one master: the
+cluster row measures what the cluster costs a feed (its client, the other nodes' CPU), not more
+throughput; on 2 cores the absolute figure cannot grow anyway.
 
-    python bench/pipeline.py [--seconds 4] [--consumers 1,2] [--batch 8] [--json out.json]
+    python bench/pipeline.py [--rounds 3] [--frames 96] [--consumers 1,2] [--cluster 3]
 """
 
 from __future__ import annotations
 
 import argparse
-import json
+import contextlib
 import os
 import subprocess
 import sys
 import tempfile
-import threading
 import time
-from collections.abc import Sequence
-from datetime import UTC, datetime
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -35,113 +38,31 @@ import redis
 if __package__ in (None, ""):
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from bench import common
-from groundwatch import ai, connection, frames, keys
-from groundwatch.frames import Frame
-from groundwatch.server import RedisServer
-from groundwatch.settings import REPO_ROOT
+from bench import common, harness
+from groundwatch import ai, connection, keys
+from groundwatch.settings import REPO_ROOT, Settings
 
-ENGINE_SO = REPO_ROOT / "engine" / "build" / "engine.so"
 FEED = "bench"
-TILES_PER_SCENE = 16
+GRID = 4  # scenes of GRID x GRID tiles
 TRANSFORM = (10.0, 0.0, 500000.0, 0.0, -10.0, 6000000.0)
+CRS = "EPSG:32631"
 
 
-def _frames(tiles: np.ndarray, count: int, scene_prefix: str, published_ms: int) -> list[dict[str, Any]]:
-    """`count` frames in scenes of 16 tiles (a 4 x 4 grid with 64 px overlap), cycling over `tiles`."""
-    size = tiles.shape[-1]
-    step = size - 64
-    out = []
-    for i in range(count):
-        s, t = divmod(i, TILES_PER_SCENE)
-        n = min(TILES_PER_SCENE, count - s * TILES_PER_SCENE)
-        f = Frame.from_array(
-            tiles[i % len(tiles)],
-            scene=f"{scene_prefix}-{s}",
-            tile=t,
-            tiles=n,
-            window=((t % 4) * step, (t // 4) * step, size, size),
-            transform=TRANSFORM,
-            crs="EPSG:32631",
-            acquired=datetime(2026, 11, 25, tzinfo=UTC),
-            published_ms=published_ms,
-        )
-        out.append(frames.encode(f))
-    return out
+def _scene(seed: int, tile: int = common.TILE, overlap: int = 64) -> np.ndarray:
+    """A [1, S, S] uint16 scene that tiles into GRID x GRID tiles of `tile` px."""
+    side = (GRID - 1) * (tile - overlap) + tile
+    tiles = common.make_tiles(1, bands=1, size=side, seed=seed)
+    return tiles[0]
 
 
-def _now_ms() -> int:
-    return int(time.time() * 1000)
-
-
-def engine_throughput(
-    client: redis.Redis, model_key: str, tiles: np.ndarray, seconds: float, clients: int, in_flight: int
-) -> dict[str, Any]:
-    """DAGs straight to the engine: `clients` threads, each with `in_flight` DAGs at a time."""
-    route = keys.dag_routing(FEED)
-    commands = [
-        ai.dag_command(model_key, route, tiles[i % len(tiles)][np.newaxis]) for i in range(len(tiles))
-    ]
-    done = [0] * clients
-    errors = [0] * clients
-    stop = time.monotonic() + seconds
-
-    def work(c: int) -> None:
-        own = connection.client_for(
-            connection.local_url(client.connection_pool.connection_kwargs["port"]), timeout_s=60
-        )
-        i = c
-        while time.monotonic() < stop:
-            batch = [commands[(i + k) % len(commands)] for k in range(in_flight)]
-            i += in_flight
-            for reply in ai.execute_concurrently(own, batch):
-                try:
-                    ai.dag_result(reply)
-                    done[c] += 1
-                except ai.EngineError:
-                    errors[c] += 1
-
-    start = time.monotonic()
-    threads = [threading.Thread(target=work, args=(c,)) for c in range(clients)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
-    wall = time.monotonic() - start
-    return {
-        "name": f"engine DAGs, {clients} clients x {in_flight} in flight",
-        "frames": sum(done),
-        "errors": sum(errors),
-        "wall_s": wall,
-        "fps": sum(done) / wall,
-    }
-
-
-def _start_consumers(port: int, n: int, read_count: int, tag: str) -> list[subprocess.Popen[bytes]]:
+def _start_consumers(url: str, n: int, read_count: int) -> list[subprocess.Popen[bytes]]:
     env = dict(os.environ)
     env["PYTHONPATH"] = str(REPO_ROOT) + os.pathsep + env.get("PYTHONPATH", "")
+    args = [sys.executable, "-m", "consumers", "--redis-url", url, "--log-level", "WARNING", "consume",
+            "--feed", FEED, "--read-count", str(read_count), "--block-ms", "50"]  # fmt: skip
     return [
         subprocess.Popen(
-            [
-                sys.executable,
-                "-m",
-                "consumers",
-                "--redis-url",
-                f"redis://127.0.0.1:{port}/0",
-                "--log-level",
-                "WARNING",
-                "consume",
-                "--feed",
-                FEED,
-                "--name",
-                f"{tag}-{k}",
-                "--read-count",
-                str(read_count),
-                "--block-ms",
-                "50",
-                "--score-threshold",
-                "0.3",
-            ],
+            [*args, "--name", f"c{k}"],
             cwd=REPO_ROOT,
             env=env,
             stdout=subprocess.DEVNULL,
@@ -151,7 +72,8 @@ def _start_consumers(port: int, n: int, read_count: int, tag: str) -> list[subpr
     ]
 
 
-def _stop(procs: Sequence[subprocess.Popen[bytes]]) -> None:
+def _stop(procs: Sequence[subprocess.Popen[bytes]]) -> list[str]:
+    """SIGTERM (consumers drain and exit), then SIGKILL what is left; returns their stderr."""
     for p in procs:
         p.terminate()
     for p in procs:
@@ -160,190 +82,194 @@ def _stop(procs: Sequence[subprocess.Popen[bytes]]) -> None:
         except subprocess.TimeoutExpired:
             p.kill()
             p.wait(10)
+    return [(p.stderr.read().decode(errors="replace") if p.stderr else "") for p in procs]
 
 
-def _wait_done(client: redis.Redis, target: int, timeout_s: float) -> int:
+def _done(client: redis.Redis) -> int:
+    return int(client.hget(keys.stats(FEED), "frames_done") or 0)
+
+
+def _wait_done(
+    client: redis.Redis, target: int, timeout_s: float, procs: Sequence[subprocess.Popen[bytes]]
+) -> int:
     deadline = time.monotonic() + timeout_s
-    done = 0
-    while time.monotonic() < deadline:
-        done = int(client.hget(keys.stats(FEED), "frames_done") or 0)
-        if done >= target:
-            break
-        time.sleep(0.01)
+    done = _done(client)
+    while done < target and time.monotonic() < deadline:
+        if any(p.poll() is not None for p in procs):
+            raise RuntimeError(f"a consumer exited: {_stop(procs)[0][-300:]}")
+        time.sleep(0.005)
+        done = _done(client)
     return done
 
 
-def pipeline(
-    client: redis.Redis,
-    tiles: np.ndarray,
-    consumers: int,
-    backlog: int,
-    seconds: float,
-    read_count: int,
-    engine_fps: float,
-) -> dict[str, Any]:
-    port = client.connection_pool.connection_kwargs["port"]
-    for key in (
-        keys.frames(FEED),
-        keys.detections(FEED),
-        keys.scenes(FEED),
-        keys.stats(FEED),
-        keys.latency(FEED),
-        keys.throughput(FEED),
-    ):
-        client.delete(key)
-    client.xgroup_create(keys.frames(FEED), "detectors", id="$", mkstream=True)
-    model_key = keys.model(FEED, "bench", 1)
-    client.execute_command("AI.INFO", model_key, "RESETSTAT")
-    procs = _start_consumers(port, consumers, read_count, f"c{consumers}")
+def _registered(client: redis.Redis, group: str) -> int:
+    """Consumers in the feed's group (0 while the stream or the group does not exist yet)."""
     try:
-        deadline = time.monotonic() + 60
-        while time.monotonic() < deadline:  # wait until every consumer is reading
-            names = {c["name"] for c in client.xinfo_consumers(keys.frames(FEED), "detectors")}
-            if len(names) >= consumers:
-                break
-            time.sleep(0.05)
-        # throughput: a backlog at once
-        entries = _frames(tiles, backlog, f"t{consumers}", _now_ms())
-        start = time.monotonic()
-        pipe = client.pipeline(transaction=False)
-        for fields in entries:
-            pipe.xadd(keys.frames(FEED), fields)
-        pipe.execute()
-        done = _wait_done(client, backlog, timeout_s=max(60.0, 10 * backlog / max(engine_fps, 1.0)))
-        wall = time.monotonic() - start
-        fps = done / wall
-        # latency: a steady rate (half the throughput), XADD -> published
-        client.delete(keys.latency(FEED))
-        rate = max(fps * 0.5, 1.0)
-        n = max(int(rate * seconds), 8)
-        paced = _frames(tiles, n, f"l{consumers}", 0)
-        t0 = time.monotonic()
-        for i, fields in enumerate(paced):
-            delay = t0 + i / rate - time.monotonic()
-            if delay > 0:
-                time.sleep(delay)
-            fields["published"] = str(_now_ms())
-            client.xadd(keys.frames(FEED), fields)
-        _wait_done(client, backlog + n, timeout_s=60)
-        latencies = sorted(float(v) for v in client.lrange(keys.latency(FEED), 0, -1))
-        info = ai.Engine(client).model_info(model_key)
-        stats = {k.decode(): int(v) for k, v in client.hgetall(keys.stats(FEED)).items()}
-    finally:
-        _stop(procs)
-    errors = [p.stderr.read().decode(errors="replace")[-500:] for p in procs if p.stderr and p.returncode]
-    return {
-        "name": f"pipeline, {consumers} consumer{'s' if consumers > 1 else ''}",
-        "frames": done,
-        "wall_s": wall,
-        "fps": fps,
-        "latency_rate_fps": rate,
-        "latency_frames": len(latencies),
-        "p50_ms": common.percentile(latencies, 50),
-        "p90_ms": common.percentile(latencies, 90),
-        "p99_ms": common.percentile(latencies, 99),
-        "ratio": fps / engine_fps if engine_fps else None,
-        "counters": stats,
-        "errors": errors,
-        "mean_batch": info.samples / info.calls if info.calls else None,
-    }
+        return len(client.xinfo_consumers(keys.frames(FEED), group))
+    except redis.ResponseError:
+        return 0
 
 
-def run(
-    seconds: float = 4.0,
-    consumers: Sequence[int] = (1, 2),
-    batch: int = 8,
-    read_count: int = 16,
-    model_path: str | None = None,
-    tile_size: int = common.TILE,
-    threads_per_queue: int = 1,
-) -> dict[str, Any]:
-    """Start a server with the engine, measure, stop it; returns the figures."""
-    tiles = common.make_tiles(32, bands=1, size=tile_size)
-    with (
-        tempfile.TemporaryDirectory(prefix="gw-bench-pipeline-") as tmp,
-        common.model_file(model_path) as (path, description),
-    ):
-        server = RedisServer(
-            data_dir=Path(tmp),
-            engine_module=ENGINE_SO,
-            module_args=("THREADS_PER_QUEUE", str(threads_per_queue)),
-            extra_config=(("appendonly", "yes"), ("appendfsync", "everysec"), ("save", "")),
-        ).start()
+@contextlib.contextmanager
+def _servers(tmp: Path, settings: Settings, cluster_masters: int) -> Iterator[tuple[str, list[int]]]:
+    """(url, pids of every redis-server) of the server or cluster, stopped afterwards."""
+    from groundwatch.commands import embedded_server, engine_args
+    from groundwatch.server import LocalCluster
+
+    if cluster_masters:
+        c = LocalCluster(tmp / "cluster", masters=cluster_masters, replicas=0,
+                         engine_module=settings.engine_module, module_args=engine_args(settings))  # fmt: skip
+        c.start()
         try:
-            client = connection.client_for(server.url, timeout_s=120)
-            model_key = keys.model(FEED, "bench", 1)
-            ai.Engine(client).model_store(model_key, path.read_bytes(), tag="1", batch=batch)
-            client.set(keys.active_model(FEED), "bench:1")
-            ai.execute_concurrently(client, [ai.dag_command(model_key, keys.dag_routing(FEED), tiles[:1])])
-            # The engine alone is measured right before each pipeline run, and each ratio uses the
-            # figure next to it: on a shared machine the available CPU drifts between phases.
-            engines: list[dict[str, Any]] = []
-            rows = []
-            for n in consumers:
-                client.execute_command("AI.INFO", model_key, "RESETSTAT")
-                engine = engine_throughput(client, model_key, tiles, seconds, clients=2, in_flight=read_count)
-                info = ai.Engine(client).model_info(model_key)
-                engine["mean_batch"] = info.samples / info.calls if info.calls else None
-                engines.append(engine)
-                backlog = max(int(engine["fps"] * seconds * 1.5), 32)
-                rows.append(pipeline(client, tiles, n, backlog, seconds, read_count, engine["fps"]))
+            yield c.url, [n.process.pid for n in c.nodes if n.process is not None]
+        finally:
+            c.stop()
+    else:
+        server = embedded_server(settings.replace(data_dir=tmp / "server")).start()
+        try:
+            assert server.process is not None
+            yield server.url, [server.process.pid]
         finally:
             server.stop()
-    return {
-        "model": description,
-        "tile": [1, tile_size, tile_size],
-        "batch": batch,
-        "read_count": read_count,
-        "cpus": os.cpu_count(),
-        "engines": engines,
-        "pipelines": rows,
-    }
 
 
-def report(out: dict[str, Any]) -> str:
-    lines = [
-        f"model {out['model']}, tiles {out['tile']} uint16, BATCHSIZE {out['batch']}, "
-        f"read_count {out['read_count']}, {out['cpus']} CPUs",
-    ]
-    for e, r in zip(out["engines"], out["pipelines"], strict=True):
-        lines.append(
-            f"  {e['name']:<44} {e['fps']:8.1f} frames/s  (mean engine batch {e['mean_batch'] or 0:.1f}, "
-            f"{e['errors']} errors)"
-        )
-        lines.append(
-            f"  {r['name']:<44} {r['fps']:8.1f} frames/s  ratio {r['ratio']:.2f}  latency at "
-            f"{r['latency_rate_fps']:.0f} frames/s: p50 {r['p50_ms']:.0f} ms, p90 {r['p90_ms']:.0f} ms, "
-            f"p99 {r['p99_ms']:.0f} ms ({r['latency_frames']} frames), mean engine batch {r['mean_batch'] or 0:.1f}"
-        )
-        for err in r["errors"]:
-            lines.append(f"    consumer error: {err}")
-    return "\n".join(lines)
+def pipeline(
+    model: str,
+    consumers: int,
+    threads: int,
+    frames: int = 96,
+    cluster_masters: int = 0,
+    rate_fps: float | None = None,
+    latency_s: float = 8.0,
+    read_count: int = 16,
+    batch: int = 8,
+) -> dict[str, Any]:
+    """One measurement of the pipeline (see the module's docstring)."""
+    from ingest.publisher import publish_tile
+    from ingest.scene import publish_array
+    from loaders.loader import LoadOptions, load
+
+    per_scene = GRID * GRID
+    with tempfile.TemporaryDirectory(prefix="gw-bench-pipeline-") as tmp_s:
+        tmp = Path(tmp_s)
+        base = Settings(intra_op_threads=threads, threads_per_queue=1, feed=FEED, max_lag=10**9,
+                        read_count=read_count, data_dir=tmp)  # fmt: skip
+        with _servers(tmp, base, cluster_masters) as (url, server_pids):
+            s = base.replace(redis_url=url)
+            client = connection.connect(s, timeout_s=120)
+            rec = load(client, model, LoadOptions(name="bench", feeds=(FEED,), batch=batch))
+            model_key = keys.model(FEED, rec.name, rec.version)
+            procs = _start_consumers(url, consumers, read_count)
+            try:
+                deadline = time.monotonic() + 120
+                while _registered(client, s.group) < consumers:
+                    if time.monotonic() > deadline or any(p.poll() is not None for p in procs):
+                        raise RuntimeError(f"consumers did not start: {_stop(procs)[0][-300:]}")
+                    time.sleep(0.05)
+                warm = 0
+                for i in range(2):  # every consumer and the engine's batch shapes run a few times
+                    warm += publish_array(client, s, _scene(100 + i), TRANSFORM, CRS, scene=f"w{i}").published
+                _wait_done(client, warm, 300, procs)
+                pids = [*server_pids, *(p.pid for p in procs)]
+                client.delete(keys.latency(FEED))
+                client.execute_command("AI.INFO", model_key, "RESETSTAT")
+                latencies: list[float] = []
+                if rate_fps is None:
+                    scenes = [_scene(i) for i in range(max(1, -(-frames // per_scene)))]
+                    cpu0 = common.cpu_seconds(pids, this_process=False)
+                    t0 = time.perf_counter()
+                    n = 0
+                    for i, sc in enumerate(scenes):
+                        n += publish_array(client, s, sc, TRANSFORM, CRS, scene=f"t{i}").published
+                    done = _wait_done(client, warm + n, 600, procs) - warm
+                else:
+                    tiles = [_scene(i)[:, :512, :512] for i in range(4)]
+                    n = max(int(rate_fps * latency_s), 2 * per_scene)
+                    step = common.TILE - 64
+                    cpu0 = common.cpu_seconds(pids, this_process=False)
+                    t0 = time.perf_counter()
+                    for i in range(n):
+                        delay = t0 + i / rate_fps - time.perf_counter()
+                        if delay > 0:
+                            time.sleep(delay)
+                        j, t = divmod(i, per_scene)
+                        window = ((t % GRID) * step, (t // GRID) * step, common.TILE, common.TILE)
+                        publish_tile(client, s, tiles[i % len(tiles)], TRANSFORM, CRS, scene=f"l{j}", tile=t,
+                                     tiles=per_scene, window=window, wait=False)  # fmt: skip
+                    done = _wait_done(client, warm + n, 300, procs) - warm
+                    latencies = [float(v) / 1000.0 for v in client.lrange(keys.latency(FEED), 0, -1)]
+                wall = time.perf_counter() - t0
+                cpu = common.cpu_seconds(pids, this_process=False) - cpu0
+                info = ai.Engine(client).model_info(model_key)
+            finally:
+                logs = _stop(procs)
+    errors = done < n
+    mean_batch = info.samples / info.calls if info.calls else None
+    note = f"mean engine batch {mean_batch:.1f}" if mean_batch else ""
+    if rate_fps is not None:
+        note += f"; offered {rate_fps:.1f} frames/s, one at a time; latency XADD to detections published"
+    if errors:
+        note += f"; only {done} of {n} frames done: {' / '.join(x.strip()[-200:] for x in logs if x.strip())}"
+    return harness.sample(
+        tiles=done, wall_s=wall, latencies_s=latencies, cpu_s=cpu, warmup_calls=warm, errors=int(errors),
+        note=note, mean_batch=mean_batch, offered_fps=rate_fps,
+    )  # fmt: skip
+
+
+# --------------------------------------------------------------------------- the rows of a run
+
+ONE = "pipeline, 1 consumer"
+TWO = "pipeline, 2 consumers"
+CLUSTER = "pipeline, 2 consumers, 3-master cluster"
+LATENCY = "pipeline, 2 consumers, at 50% load"
+
+
+def specs(
+    model: str, *, frames: int = 96, threads: int = 2, consumers: Sequence[int] = (1, 2), cluster: int = 3
+) -> list[harness.Spec]:
+    """Throughput with each consumer count, the same 2 consumers on a `cluster`-master cluster
+    (0: no cluster row), and the latency row at half the 2-consumer row's throughput."""
+    p = {"model": model, "threads": threads, "frames": frames}
+    cpu = "CPU: redis-server + consumers"
+    out = [
+        harness.Spec(ONE if n == 1 else f"pipeline, {n} consumers", "bench.pipeline:pipeline",
+                     {**p, "consumers": n}, note=cpu)
+        for n in consumers
+    ]  # fmt: skip
+    if cluster:
+        out.append(harness.Spec(CLUSTER.replace("3-master", f"{cluster}-master"), "bench.pipeline:pipeline",
+                                {**p, "consumers": 2, "cluster_masters": cluster},
+                                note=cpu.replace("redis-server", f"all {cluster} redis-servers"), timeout_s=420))  # fmt: skip
+    if 2 in consumers:
+        out.append(harness.Spec(LATENCY, "bench.pipeline:pipeline", {**p, "consumers": 2},
+                                derive={"rate_fps": (TWO, "throughput", 0.5)}, note=cpu))  # fmt: skip
+    return out
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
-    p.add_argument("--seconds", type=float, default=4.0, help="length of each timed phase")
-    p.add_argument("--consumers", default="1,2", help="consumer counts to run, e.g. 1,2")
-    p.add_argument("--batch", type=int, default=8, help="the model's BATCHSIZE")
-    p.add_argument("--read-count", type=int, default=16, help="frames per consumer batch (DAGs in flight)")
-    p.add_argument("--model", default=None, help="TorchScript file (default: the detector, else a stand-in)")
-    p.add_argument("--tile", type=int, default=common.TILE, help="tile size in pixels")
-    p.add_argument("--json", type=Path, default=None, help="also write the results here")
-    args = p.parse_args(argv)
-    out = run(
-        seconds=args.seconds,
-        consumers=[int(c) for c in args.consumers.split(",")],
-        batch=args.batch,
-        read_count=args.read_count,
-        model_path=args.model,
-        tile_size=args.tile,
+    p = argparse.ArgumentParser(description=(__doc__ or "").splitlines()[0])
+    p.add_argument(
+        "--model", default=str(common.DETECTOR_PATH), help="TorchScript file (default: the detector)"
     )
-    print(report(out))
-    if args.json:
-        args.json.write_text(json.dumps(out, indent=2))
+    p.add_argument("--rounds", type=int, default=3)
+    p.add_argument("--frames", type=int, default=96, help="tiles in each throughput backlog")
+    p.add_argument("--consumers", default="1,2", help="consumer counts, e.g. 1,2,4")
+    p.add_argument("--cluster", type=int, default=3, help="masters of the cluster row (0: none)")
+    p.add_argument("--threads", type=int, default=os.cpu_count() or 1)
+    p.add_argument("--out", type=Path, default=None, help="write pipeline.md and pipeline.json here")
+    args = p.parse_args(argv)
+    result = harness.run(
+        specs(args.model, frames=args.frames, threads=args.threads,
+              consumers=[int(c) for c in args.consumers.split(",")], cluster=args.cluster),
+        rounds=args.rounds,
+        title="bench/pipeline.py",
+        progress=lambda line: print(line, file=sys.stderr, flush=True),
+    )  # fmt: skip
+    print(result["table"])
+    if args.out is not None:
+        harness.write(result, args.out, "pipeline")
     return 0
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    raise SystemExit(main())

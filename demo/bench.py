@@ -1,140 +1,109 @@
-"""`groundwatch bench` (`make bench`): groundwatch beside the usual ways of serving a model.
+"""`groundwatch bench` (`make bench`): every figure of docs/performance.md from one run.
 
-Same detector (models/artifacts/detector.pt), same uint16 tiles, same machine, one run:
-raw torch in process (the limit), the engine with one client and with 8 auto-batching clients,
-the groundwatch pipeline end to end (1 and 2 consumers), a FastAPI REST endpoint, a Redis list
-queue with a Python batching worker, and TorchServe when it is installed. Every row gets the
-ratio of its throughput to raw torch at batch 8 measured in the same run. Results go to
-<out>/results.md and <out>/results.json; nothing is asserted.
+The shipped detector (models/artifacts/detector.pt) on synthetic uint16 tiles [1, 512, 512],
+every row in a fresh process, in interleaved rounds (bench/harness.py): the reference (the model
+in process at batch 1 and 8, malloc keeping large blocks as the engine's cache does), batch 8
+with glibc's default malloc, the engine with 8 auto-batching clients, the tiny-model round trip
+beside SET+GET, the pipeline end to end (1 and 2 consumers, the same 2 on a 3-master cluster,
+latency at half the 2-consumer throughput), FastAPI, a Redis list queue and TorchServe, and
+ingest; then the ratios that issue 17's goals are stated in. After the rounds: monitoring's cost
+(bench/profiling.py). The table goes to <out>/results.md (and results.json, per-round samples
+included) and is printed; nothing is asserted.
 """
 
 from __future__ import annotations
 
-import tempfile
-import time
+import sys
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-
-from bench import alternatives, common
-from bench import ingest as ingest_bench
+from bench import alternatives, common, harness
+from bench import engine as engine_bench
 from bench import pipeline as pipeline_bench
 from bench import profiling as profiling_bench
-from groundwatch import ai, connection
 from groundwatch.errors import ServerError
-from groundwatch.server import RedisServer
 from groundwatch.settings import Settings
 
-MODEL_KEY = "bench:{b}:detector"
-BATCHED_KEY = "bench:{b}:detector_b8"
-ROUTE = "bench:{b}:route"
+INGEST = "ingest, tiled GeoTIFF"
+MODEL_ROWS = (
+    engine_bench.REF_B1,
+    engine_bench.REF_B8,
+    engine_bench.ENGINE.format(clients=8),
+    pipeline_bench.ONE,
+    pipeline_bench.TWO,
+    *alternatives.ROWS.values(),
+)
 
 
-def engine_rows(
-    settings: Settings, detector: Path, tiles: np.ndarray, *, clients: int, seconds: float, threads: int
-) -> list[dict[str, Any]]:
-    """The detector in the engine: one client, then `clients` clients on a BATCHSIZE model."""
-    with tempfile.TemporaryDirectory(prefix="gw-bench-") as tmp:
-        server = RedisServer(
-            data_dir=Path(tmp),
-            engine_module=settings.engine_module,
-            module_args=("THREADS_PER_QUEUE", "1", "INTRA_OP_PARALLELISM", str(threads)),
-        )
-        try:
-            server.start()
-        except ServerError as e:
-            return [common.skipped("engine", str(e).splitlines()[0])]
-        try:
-            engine = ai.Engine(connection.connect(settings, url=server.url, timeout_s=120))
-            blob = detector.read_bytes()
-            engine.model_store(MODEL_KEY, blob)
-            # MINBATCHTIMEOUT lets a batch fill up from clients whose requests are a moment apart.
-            engine.model_store(BATCHED_KEY, blob, batch=clients, min_batch=clients, min_batch_timeout_ms=5)
-
-            def make(key: str) -> Any:
-                def factory() -> Any:
-                    client = connection.connect(settings, url=server.url, timeout_s=120)
-                    return lambda tile: ai.dag_result(
-                        client.execute_command(*ai.dag_command(key, ROUTE, tile[np.newaxis]))
-                    )
-
-                return factory
-
-            out = []
-            for key, n, label in (
-                (MODEL_KEY, 1, "engine DAG, 1 client"),
-                (BATCHED_KEY, clients, f"engine DAG, {clients} clients, BATCHSIZE {clients}"),
-            ):
-                make(key)()(tiles[0])  # warm up
-                res = common.closed_loop(make(key), tiles, clients=n, seconds=seconds)
-                info = engine.model_info(key)
-                r = common.row(
-                    label,
-                    tiles=len(res.latencies_s),
-                    wall_s=res.wall_s,
-                    latencies_s=res.latencies_s,
-                    errors=res.errors,
-                )
-                r["note"] = f"mean batch {info.samples / info.calls:.2f} (AI.INFO)" if info.calls else ""
-                out.append(r)
-            return out
-        finally:
-            server.stop()
+def specs(detector: str, *, quick: bool, threads: int) -> list[harness.Spec]:
+    """The rows of a run; `quick` shortens every row (the figures get noisier, not different)."""
+    seconds = 1.0 if quick else 3.0
+    frames = 32 if quick else 96
+    return [
+        *engine_bench.specs(detector, seconds=seconds, clients=8, threads=threads),
+        *pipeline_bench.specs(detector, frames=frames, threads=threads, consumers=(1, 2), cluster=3),
+        *alternatives.specs(detector, clients=8, seconds=seconds, threads=threads),
+        harness.Spec(INGEST, "bench.ingest:ingest_row", {"size": 2048, "repeats": 2 if quick else 3},
+                     note="CPU: ingest + redis-server"),
+    ]  # fmt: skip
 
 
-def pipeline_rows(detector: Path, seconds: float) -> list[dict[str, Any]]:
-    result = pipeline_bench.run(seconds=seconds, model_path=str(detector))
-    rows = []
-    for p in result["pipelines"]:
-        r = common.row(p["name"], tiles=p["frames"], wall_s=p["wall_s"])
-        r["p50_ms"], r["p99_ms"] = p["p50_ms"], p["p99_ms"]
-        r["note"] = "XADD to detections published; " + (
-            f"x{p['ratio']:.2f} the engine alone in the same run" if p.get("ratio") else ""
-        )
-        rows.append(r)
-    return rows
+def ratios() -> list[harness.Ratio]:
+    """What issue 17's goals (and issue 16's cluster line) are measured by; each names its sides."""
+    P = pipeline_bench
+    engine = engine_bench.ENGINE.format(clients=8)
+    rest, ts = alternatives.ROWS["rest"], alternatives.ROWS["torchserve"]
+    return [
+        *engine_bench.ratios(8),
+        harness.Ratio("pipeline 1 consumer / engine", P.ONE, engine,
+                      meaning="end to end with one consumer against the engine alone"),
+        harness.Ratio("pipeline 2 consumers / engine", P.TWO, engine, goal=(">=", 0.9),
+                      meaning="end to end against the engine alone, the same model and server"),
+        harness.Ratio("pipeline 2 consumers / engine, CPU ms per tile", P.TWO, engine, metric="cpu_ms_per_tile",
+                      goal=("<=", 1.15), meaning="what the pipeline's own work costs per tile beyond the engine's"),
+        harness.Ratio("cluster / 1 server, tiles/s", P.CLUSTER, P.TWO,
+                      meaning="the same feed and consumers on a 3-master cluster (one feed lives on one master)"),
+        harness.Ratio("cluster / 1 server, CPU ms per tile", P.CLUSTER, P.TWO, metric="cpu_ms_per_tile",
+                      meaning="the cost per tile must not grow on a cluster (issue 16)"),
+        harness.Ratio("latency p99 at 50% load / (2 x batch-1 + 10 ms)", P.LATENCY, engine_bench.REF_B1,
+                      metric="p99_ms", den_metric="p50_ms", den_scale=2.0, den_offset=10.0, goal=("<=", 1.0),
+                      meaning="end-to-end p99 (XADD to published) against the model's own batch-1 call time"),
+        harness.Ratio("latency p50 at 50% load / batch-1", P.LATENCY, engine_bench.REF_B1,
+                      metric="p50_ms", den_metric="p50_ms"),
+        harness.Ratio("pipeline / FastAPI, tiles/s", P.TWO, rest, goal=(">=", 1.5)),
+        harness.Ratio("pipeline / TorchServe, tiles/s", P.TWO, ts, goal=(">=", 2.0)),
+        harness.Ratio("pipeline p99 at 50% load / FastAPI p99", P.LATENCY, rest, metric="p99_ms", goal=("<=", 1.0),
+                      meaning="FastAPI's p99 is under 8 closed-loop clients (saturated)"),
+        harness.Ratio("pipeline p99 at 50% load / TorchServe p99", P.LATENCY, ts, metric="p99_ms", goal=("<=", 1.0),
+                      meaning="TorchServe's p99 is under 8 closed-loop clients (saturated)"),
+        harness.Ratio("ingest / fastest model row", INGEST, "", den_max_of=MODEL_ROWS, goal=(">=", 5.0)),
+    ]  # fmt: skip
 
 
-def main(settings: Settings, *, quick: bool = False, out: str = "bench/results") -> int:
+def main(settings: Settings, *, quick: bool = False, out: str = "bench/results", rounds: int = 3) -> int:
     detector = common.DETECTOR_PATH
     if not detector.exists():
         raise ServerError(f"{detector} is missing; train it with `groundwatch train`")
-    seconds, clients, threads = (2.0 if quick else 6.0), 8, 2
-    tiles = common.make_tiles(16, bands=1)
-    started = time.monotonic()
-    alt = alternatives.run(str(detector), tiles, clients=clients, seconds=seconds, threads=threads)
-    rows = [r for r in alt["rows"] if r["name"].startswith("raw torch")]
-    rows += engine_rows(settings, detector, tiles, clients=clients, seconds=seconds, threads=threads)
-    rows += pipeline_rows(detector, seconds)
-    rows += [r for r in alt["rows"] if not r["name"].startswith("raw torch")]
-    reference = next((r["throughput"] for r in rows if r["name"] == "raw torch, batch 8"), None)
-    common.add_ratios(rows, reference)
-    ingest = ingest_bench.run(repeats=1 if quick else 3)
-    prof = profiling_bench.run(settings, frames=16 if quick else 64, rounds=3)
-    result = {
-        "machine": common.machine(),
-        "model": str(detector),
-        "tiles": list(tiles.shape),
-        "clients": clients,
-        "seconds_per_row": seconds,
-        "torch_threads": threads,
-        "rows": rows,
-        "ingest": ingest["rows"],
-        "profiling": {k: v for k, v in prof.items() if k != "table"},
-        "wall_s": time.monotonic() - started,
-    }
-    table = common.markdown_table(rows)
-    m = result["machine"]
-    text = (
-        f"# groundwatch bench\n\n{m['cpu']} x {m['cores']} cores, torch {m['torch']}, {threads} torch threads; "
-        f"detector on uint16 tiles {list(tiles.shape)}; {clients} clients; {seconds:.0f} s a row.\n\n"
-        f"{table}\n## Ingest\n\n{ingest['table']}\n\n## Monitoring's cost\n\n{prof['table']}"
-    )
+    threads = engine_bench.DEFAULT_THREADS
+    m = common.machine()
     folder = Path(out)
     folder.mkdir(parents=True, exist_ok=True)
-    (folder / "results.md").write_text(text)
-    common.write_json(folder / "results.json", result)
-    print(text)
-    print(f"written: {folder / 'results.md'}, {folder / 'results.json'}")
+    result: dict[str, Any] = harness.run(
+        specs(str(detector), quick=quick, threads=threads),
+        ratios(),
+        rounds=rounds,
+        title="groundwatch bench" + (" (quick)" if quick else ""),
+        context={
+            "machine": f"{m['cpu']} x {m['cores']} cores, torch {m['torch']}, {threads} intra-op threads",
+            "model": f"{detector.name} on synthetic uint16 tiles [1, 512, 512]",
+        },
+        log=folder / "rows.log",
+        progress=lambda line: print(line, file=sys.stderr, flush=True),
+    )
+    prof = profiling_bench.run(settings, frames=16 if quick else 32, rounds=3)
+    result["profiling"] = {k: v for k, v in prof.items() if k != "table"}
+    result["table"] += f"\n### Monitoring's cost (bench/profiling.py)\n\n{prof['table']}"
+    md, js = harness.write(result, folder)
+    print(result["table"])
+    print(f"written: {md}, {js}")
     return 0

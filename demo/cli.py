@@ -33,6 +33,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("bench", help="benchmarks: raw torch, engine, pipeline and the usual alternatives")
     p.add_argument("--quick", action="store_true", help="shorter runs (figures are noisier)")
     p.add_argument("--out", default="bench/results", help="folder for results.md and results.json")
+    p.add_argument(
+        "--rounds", type=int, default=3, help="interleaved rounds of every row (at least 3 to read a spread)"
+    )
     p.set_defaults(handler=cmd_bench)
 
 
@@ -53,4 +56,4 @@ def cmd_demo(settings: Settings, args: argparse.Namespace) -> int:
 def cmd_bench(settings: Settings, args: argparse.Namespace) -> int:
     from demo.bench import main
 
-    return main(settings, quick=args.quick, out=args.out)
+    return main(settings, quick=args.quick, out=args.out, rounds=args.rounds)
