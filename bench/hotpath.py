@@ -107,6 +107,7 @@ def patched(clock: StageClock) -> Iterator[None]:
         (geometry, "decode_rows", "output"),
         (inference, "georeference", "georef"),
         (inference, "tile_json", "json"),
+        (inference, "features_json", "json"),
         (commit, "tile_json", "json"),
         (commit, "scene_json", "json"),
         (commit, "encode_tile", "json"),

@@ -1,7 +1,7 @@
 """From the model's output to georeferenced detections (pure: numpy and rasterio, no Redis).
 
-Tile pixels -> scene pixels (:func:`groundwatch.geometry.place`: the frame's window offsets,
-clipping and cut flags) -> the scene's CRS (its affine transform) -> EPSG:4326
+Tile pixels -> scene pixels (:func:`groundwatch.geometry.place_many`: the frames' window offsets,
+clipping and cut flags, every row of a batch at once) -> the scene's CRS (its affine transform) -> EPSG:4326
 (rasterio.warp.transform, once per batch and CRS, not per box).
 """
 
@@ -32,6 +32,12 @@ def _crs(text: str) -> Any:
     return CRS.from_user_input(text)
 
 
+@lru_cache(maxsize=64)
+def _is_lonlat(text: str) -> bool:
+    """Whether `text` is EPSG:4326 itself (comparing two CRS objects asks PROJ: once per text)."""
+    return bool(_crs(text) == _crs(WGS84))
+
+
 def check_crs(text: str) -> None:
     """ConsumerError when `text` is no CRS that GDAL/PROJ knows (the frame cannot be georeferenced)."""
     try:
@@ -44,13 +50,17 @@ def to_lonlat(crs: str, xs: np.ndarray, ys: np.ndarray) -> tuple[np.ndarray, np.
     """Map coordinates in `crs` to longitude, latitude (degrees)."""
     if len(xs) == 0:
         return np.asarray(xs, dtype=np.float64), np.asarray(ys, dtype=np.float64)
-    src = _crs(crs)
-    if src == _crs(WGS84):
+    if _is_lonlat(crs):
         return np.asarray(xs, dtype=np.float64), np.asarray(ys, dtype=np.float64)
     from rasterio.warp import transform
 
     try:
-        lon, lat = transform(src, _crs(WGS84), list(map(float, xs)), list(map(float, ys)))
+        lon, lat = transform(
+            _crs(crs),
+            _crs(WGS84),
+            np.asarray(xs, dtype=np.float64).tolist(),
+            np.asarray(ys, dtype=np.float64).tolist(),
+        )
     except Exception as e:  # GDAL/PROJ errors (CPLE_*): points outside the projection's domain
         raise ConsumerError(f"cannot convert {crs[:80]!r} to lon/lat: {e}") from e
     return np.asarray(lon, dtype=np.float64), np.asarray(lat, dtype=np.float64)
@@ -59,73 +69,73 @@ def to_lonlat(crs: str, xs: np.ndarray, ys: np.ndarray) -> tuple[np.ndarray, np.
 def georeference(
     items: Sequence[tuple[Frame, np.ndarray]], labels: Sequence[str], model: str
 ) -> list[list[Detection]]:
-    """Detections of each (frame, rows from geometry.decode_rows), map coordinates per CRS in one go.
+    """Detections of each (frame, rows from geometry.decode_rows), the whole batch in one go:
+    one placement and one affine step over every row of every frame, one lon/lat conversion per
+    CRS.
 
     ConsumerError when a CRS is unknown or a box cannot be converted to lon/lat."""
-    prepared: list[tuple[Frame, np.ndarray, np.ndarray]] = []
-    xs: dict[str, list[np.ndarray]] = {}
-    ys: dict[str, list[np.ndarray]] = {}
-    offsets: list[tuple[str, int]] = []
-    counts: dict[str, int] = {}
-    for frame, rows in items:
-        _c, tile_h, tile_w = frame.shape
-        rows, boxes, scene, cut = geometry.place(rows, frame.window, tile_h, tile_w)
-        # corners (x1,y1) (x1,y2) (x2,y2) (x2,y1) (counter-clockwise on a north-up map) and the
-        # centre: 5 points per box
-        px = np.stack(
-            [scene[:, 0], scene[:, 0], scene[:, 2], scene[:, 2], (scene[:, 0] + scene[:, 2]) / 2], 1
-        )
-        py = np.stack(
-            [scene[:, 1], scene[:, 3], scene[:, 3], scene[:, 1], (scene[:, 1] + scene[:, 3]) / 2], 1
-        )
-        a, b, c, d, e, f = frame.transform
-        mx = a * px + b * py + c
-        my = d * px + e * py + f
-        prepared.append((frame, rows, np.concatenate([boxes, scene, mx, my, cut[:, None]], axis=1)))
-        start = counts.get(frame.crs, 0)
-        offsets.append((frame.crs, start))
-        counts[frame.crs] = start + mx.size
-        xs.setdefault(frame.crs, []).append(mx.ravel())
-        ys.setdefault(frame.crs, []).append(my.ravel())
-    lonlat: dict[str, tuple[np.ndarray, np.ndarray]] = {}
-    for crs in xs:
-        lon, lat = to_lonlat(crs, np.concatenate(xs[crs]), np.concatenate(ys[crs]))
-        if not (np.isfinite(lon).all() and np.isfinite(lat).all()):
+    if not items:
+        return []
+    counts = [len(rows) for _, rows in items]
+    owner = np.repeat(np.arange(len(items)), counts)  # the frame of each row
+    rows = np.concatenate([r.reshape(-1, 6) for _, r in items]).astype(np.float64, copy=False)
+    windows = np.asarray([f.window for f, _ in items], dtype=np.float64)[owner].reshape(-1, 4)
+    tile_h = np.asarray([f.shape[1] for f, _ in items], dtype=np.float64)[owner]
+    tile_w = np.asarray([f.shape[2] for f, _ in items], dtype=np.float64)[owner]
+    (rows, boxes, scene, cut), alive = geometry.place_many(rows, windows, tile_h, tile_w)
+    owner = owner[alive]
+    # corners (x1,y1) (x1,y2) (x2,y2) (x2,y1) (counter-clockwise on a north-up map) and the
+    # centre: 5 points per box
+    px = np.stack([scene[:, 0], scene[:, 0], scene[:, 2], scene[:, 2], (scene[:, 0] + scene[:, 2]) / 2], 1)
+    py = np.stack([scene[:, 1], scene[:, 3], scene[:, 3], scene[:, 1], (scene[:, 1] + scene[:, 3]) / 2], 1)
+    t = np.asarray([f.transform for f, _ in items], dtype=np.float64)[owner].reshape(-1, 6)
+    mx = t[:, 0:1] * px + t[:, 1:2] * py + t[:, 2:3]
+    my = t[:, 3:4] * px + t[:, 4:5] * py + t[:, 5:6]
+    lon = np.empty_like(mx)
+    lat = np.empty_like(my)
+    crs_of = np.asarray([f.crs for f, _ in items], dtype=object)[owner]
+    for crs in dict.fromkeys(f.crs for f, _ in items):
+        mine = crs_of == crs
+        if not mine.any():
+            continue
+        lo, la = to_lonlat(crs, mx[mine].ravel(), my[mine].ravel())
+        if not (np.isfinite(lo).all() and np.isfinite(la).all()):
             raise ConsumerError(
                 f"boxes fall outside where {crs[:80]!r} converts to lon/lat (check the transform)"
             )
-        lonlat[crs] = (lon, lat)
-    out: list[list[Detection]] = []
-    for (frame, rows, geo), (crs, start) in zip(prepared, offsets, strict=True):
-        lon_all, lat_all = lonlat[crs]
-        n = len(rows)
-        lon = lon_all[start : start + 5 * n].reshape(n, 5)
-        lat = lat_all[start : start + 5 * n].reshape(n, 5)
-        dets = []
-        for i in range(n):
-            box, scene, mx, my = geo[i, 0:4], geo[i, 4:8], geo[i, 8:13], geo[i, 13:18]
-            class_id = round(float(rows[i, 5]))
-            dets.append(
-                Detection(
-                    class_id=class_id,
-                    label=label_of(class_id, labels),
-                    score=float(rows[i, 4]),
-                    box_px=(float(box[0]), float(box[1]), float(box[2]), float(box[3])),
-                    scene_box_px=(float(scene[0]), float(scene[1]), float(scene[2]), float(scene[3])),
-                    box_map=(
-                        float(mx[:4].min()),
-                        float(my[:4].min()),
-                        float(mx[:4].max()),
-                        float(my[:4].max()),
-                    ),
-                    ring=tuple((float(lon[i, k]), float(lat[i, k])) for k in range(4)),
-                    center=(float(lon[i, 4]), float(lat[i, 4])),
-                    cut=bool(geo[i, 18]),
-                    model=model,
-                    scene=frame.scene,
-                    tile=frame.tile,
-                    frame=frame.frame_id,
-                )
+        lon[mine] = lo.reshape(-1, 5)
+        lat[mine] = la.reshape(-1, 5)
+    out: list[list[Detection]] = [[] for _ in items]
+    # Python floats in one go per array (tolist), not one numpy scalar at a time
+    for i, row, box, sc, x, y, lo, la, c in zip(
+        owner.tolist(),
+        rows.tolist(),
+        boxes.tolist(),
+        scene.tolist(),
+        mx.tolist(),
+        my.tolist(),
+        lon.tolist(),
+        lat.tolist(),
+        cut.tolist(),
+        strict=True,
+    ):
+        frame = items[i][0]
+        class_id = round(row[5])
+        out[i].append(
+            Detection(
+                class_id=class_id,
+                label=label_of(class_id, labels),
+                score=row[4],
+                box_px=(box[0], box[1], box[2], box[3]),
+                scene_box_px=(sc[0], sc[1], sc[2], sc[3]),
+                box_map=(min(x[:4]), min(y[:4]), max(x[:4]), max(y[:4])),
+                ring=((lo[0], la[0]), (lo[1], la[1]), (lo[2], la[2]), (lo[3], la[3])),
+                center=(lo[4], la[4]),
+                cut=c,
+                model=model,
+                scene=frame.scene,
+                tile=frame.tile,
+                frame=frame.frame_id,
             )
-        out.append(dets)
+        )
     return out

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import numpy as np
 import redis
@@ -18,7 +18,7 @@ from consumers import ConsumerError, segment
 from consumers.geo import check_crs, georeference
 from consumers.reading import Entry, id_key
 from groundwatch import ai, frames, geometry, keys, modelmeta, registry
-from groundwatch.detections import Detection, TileResult, tile_json
+from groundwatch.detections import Detection, TileResult, features_json
 from groundwatch.errors import GroundwatchError
 from groundwatch.frames import FrameError
 from groundwatch.modelmeta import ModelMetadata
@@ -317,7 +317,8 @@ def locate(
                     detections=tuple(dets),
                     source=f.source,
                 )
-                tile_json(result)  # what the commit will encode: a NaN or inf coordinate fails here
+                # encoded once, here: a NaN or inf coordinate fails now; the commit reuses the text
+                result = replace(result, encoded_features=features_json(result))
             except Exception as err:
                 failed.append((todo[i], f"cannot encode its result: {type(err).__name__}: {err}", True))
                 continue

@@ -253,14 +253,25 @@ def dag_command(
     Raw bytes go in as one BLOB argument, so a tile is copied once. ROUTING names a key of the
     feed's slot, so Redis Cluster sends the DAG where the feed's model copy lives.
     """
-    data = np.ascontiguousarray(array)
+    data = np.asarray(array)
+    if data.dtype.itemsize > 1 and data.dtype.byteorder == ">":
+        data = data.astype(data.dtype.newbyteorder("<"))  # the wire is little-endian
+    data = np.ascontiguousarray(data)
     args: list[Any] = ["AI.DAGEXECUTE", "ROUTING", route_key]
     if timeout_ms is not None:
         args += ["TIMEOUT", timeout_ms]
-    args += ["|>", "AI.TENSORSET", "in", type_name(data.dtype), *data.shape, "BLOB", data.tobytes()]
+    # the array's own bytes (a memoryview, not a copy): the client sends them as they are
+    args += ["|>", "AI.TENSORSET", "in", type_name(data.dtype), *data.shape, "BLOB", _blob(data)]
     args += ["|>", "AI.MODELEXECUTE", model_key, "INPUTS", 1, "in", "OUTPUTS", 1, "out"]
     args += ["|>", "AI.TENSORGET", "out", "META", "BLOB"]
     return args
+
+
+def _blob(data: np.ndarray) -> memoryview | bytes:
+    """A C-contiguous array's bytes without a copy (little-endian already: type_name checked)."""
+    if data.size == 0:
+        return b""
+    return memoryview(data.data).cast("B")
 
 
 def _pairs(reply: Sequence[Any]) -> dict[str, Any]:

@@ -215,8 +215,38 @@ def client_for(
         decode_responses=decode_responses,
         socket_timeout=timeout_s,
         health_check_interval=30,
+        command_packer=_PACKER,
         **tls_options(settings or Settings(), url),
     )
+
+
+class _Packer:
+    """redis-py's command packer, except that a large argument (a tile: hundreds of KB) goes to
+    the socket as its own chunk instead of being copied into one buffer with the rest. hiredis's
+    packer copies every argument; for a tile that is a fresh allocation of its size per command,
+    which on a busy machine costs more than sending it."""
+
+    CUTOFF = 6000  # redis-py's own buffer cutoff
+
+    def __init__(self) -> None:
+        from redis.connection import (
+            HIREDIS_PACK_AVAILABLE,
+            Encoder,
+            HiredisRespSerializer,
+            PythonRespSerializer,
+        )
+
+        self._chunked = PythonRespSerializer(self.CUTOFF, Encoder("utf-8", "strict", False).encode)
+        self._small = HiredisRespSerializer() if HIREDIS_PACK_AVAILABLE else self._chunked
+
+    def pack(self, *args: Any) -> list[Any]:
+        for a in args:
+            if isinstance(a, bytes | bytearray | memoryview) and len(a) > self.CUTOFF:
+                return list(self._chunked.pack(*args))
+        return list(self._small.pack(*args))
+
+
+_PACKER = _Packer()
 
 
 def connect(
@@ -565,7 +595,9 @@ def wait_for_replica(client: redis.Redis, stats_key: str, timeout_ms: int = 2000
     return got
 
 
-def watch_and_read(pipe: Any, watched: Sequence[str], *commands: Sequence[Any]) -> list[Any]:
+def watch_and_read(
+    pipe: Any, watched: Sequence[str], *commands: Sequence[Any], raise_errors: bool = True
+) -> list[Any]:
     """WATCH `watched` on a transaction pipeline and run `commands` (reads) after it, in one round
     trip; returns their replies (callbacks applied, as the pipeline's own immediate commands).
 
@@ -573,7 +605,8 @@ def watch_and_read(pipe: Any, watched: Sequence[str], *commands: Sequence[Any]) 
     handful of keys under WATCH spent most of its time waiting for those. Afterwards the pipeline
     is in its watching state, on the connection the WATCH went on: ``pipe.multi()`` and
     ``pipe.execute()`` go on as usual (a WatchError when a watched key changed). An error reply
-    raises once every reply has been read, so the connection stays usable."""
+    raises once every reply has been read, so the connection stays usable; with `raise_errors`
+    False it is returned in its place instead (a ResponseError)."""
     if pipe.watching or pipe.command_stack:
         raise RuntimeError("watch_and_read starts a pipeline's transaction: call it first")
     names = [str(c[0]) for c in commands]
@@ -594,7 +627,8 @@ def watch_and_read(pipe: Any, watched: Sequence[str], *commands: Sequence[Any]) 
         pipe.reset()
         raise
     out = replies[1:] if watched else replies
-    for reply in replies:
+    checked = replies if raise_errors else replies[: len(replies) - len(out)]  # the WATCH's, at least
+    for reply in checked:
         if isinstance(reply, redis.ResponseError):
             pipe.reset()
             raise reply

@@ -127,6 +127,9 @@ class TileResult:
     # places the polygons it unites with it
     transform: tuple[float, ...] | None = None
     simplify_px: float | None = None  # the tolerance its outlines were simplified at (and the scene's)
+    # The JSON text of the features (features_json(detections)) once encoded: a consumer encodes
+    # them when it checks a result and publishes it later with its done time. Not part of the format.
+    encoded_features: str | None = field(default=None, compare=False, repr=False)
 
 
 @dataclass(frozen=True)
@@ -336,35 +339,47 @@ def _dumps(obj: Any) -> str:
 # --- per-tile results ------------------------------------------------------------------------
 
 
-def tile_geojson(t: TileResult) -> dict[str, Any]:
+def tile_header(t: TileResult) -> dict[str, Any]:
+    """The ``groundwatch`` member of a per-tile result."""
     return {
-        "type": "FeatureCollection",
-        "groundwatch": {
-            "v": REGIONS_VERSION if t.regions else VERSION,
-            "kind": "tile",
-            "feed": t.feed,
-            "frame": t.frame,
-            "scene": t.scene,
-            "tile": t.tile,
-            "tiles": t.tiles,
-            "model": t.model,
-            "crs": t.crs,
-            "window": list(t.window),
-            "acquired": t.acquired,
-            "published_ms": t.published_ms,
-            "done_ms": t.done_ms,
-            "count": len(t.detections) + len(t.regions),
-            **({"source": t.source} if t.source is not None else {}),
-            **({"transform": list(t.transform)} if t.transform is not None else {}),
-            **({"simplify_px": t.simplify_px} if t.simplify_px is not None else {}),
-        },
-        "features": [feature(d) for d in t.detections] + [region_feature(g) for g in t.regions],
+        "v": REGIONS_VERSION if t.regions else VERSION,
+        "kind": "tile",
+        "feed": t.feed,
+        "frame": t.frame,
+        "scene": t.scene,
+        "tile": t.tile,
+        "tiles": t.tiles,
+        "model": t.model,
+        "crs": t.crs,
+        "window": list(t.window),
+        "acquired": t.acquired,
+        "published_ms": t.published_ms,
+        "done_ms": t.done_ms,
+        "count": len(t.detections) + len(t.regions),
+        **({"source": t.source} if t.source is not None else {}),
+        **({"transform": list(t.transform)} if t.transform is not None else {}),
+        **({"simplify_px": t.simplify_px} if t.simplify_px is not None else {}),
     }
 
 
+def _features(t: TileResult) -> list[dict[str, Any]]:
+    return [feature(d) for d in t.detections] + [region_feature(g) for g in t.regions]
+
+
+def tile_geojson(t: TileResult) -> dict[str, Any]:
+    return {"type": "FeatureCollection", "groundwatch": tile_header(t), "features": _features(t)}
+
+
+def features_json(t: TileResult) -> str:
+    """The JSON text of the ``features`` list of `t` (its detections, then its regions)."""
+    return _dumps(_features(t))
+
+
 def tile_json(t: TileResult) -> str:
-    """The JSON text published on the detections channel (and stored per tile of a scene)."""
-    return _dumps(tile_geojson(t))
+    """The JSON text published on the detections channel (and stored per tile of a scene):
+    ``tile_geojson(t)`` as compact JSON, its features' text taken from `encoded_features` when set."""
+    features = t.encoded_features if t.encoded_features is not None else features_json(t)
+    return f'{{"type":"FeatureCollection","groundwatch":{_dumps(tile_header(t))},"features":{features}}}'
 
 
 def encode_tile(t: TileResult, text: str | None = None) -> dict[str, str]:

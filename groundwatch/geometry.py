@@ -219,20 +219,33 @@ class Placed(NamedTuple):
 def place(rows: np.ndarray, window: PixelWindow, tile_h: int, tile_w: int) -> Placed:
     """Clip decoded rows to the tile's valid window (padding holds no scene), move them to scene
     pixels and flag cut boxes. `tile_h`, `tile_w`: the tensor's size (window plus padding)."""
-    col_off, row_off, width, height = window
+    placed, _alive = place_many(rows, np.asarray([window] * len(rows)).reshape(-1, 4), tile_h, tile_w)
+    return placed
+
+
+def place_many(
+    rows: np.ndarray, windows: np.ndarray, tile_h: int | np.ndarray, tile_w: int | np.ndarray
+) -> tuple[Placed, np.ndarray]:
+    """:func:`place` for rows of many tiles at once: row i belongs to the tile whose window is
+    ``windows[i]`` (col_off, row_off, width, height) and whose tensor is ``tile_h[i]`` x
+    ``tile_w[i]`` (or one size for all). Returns the placed rows that survive clipping, in order,
+    and the mask of `rows` they are (to tell which tile each came from)."""
+    windows = np.asarray(windows, dtype=np.float64).reshape(-1, 4)
+    col_off, row_off, width, height = windows.T
     boxes = rows[:, :4].copy()
-    boxes[:, [0, 2]] = np.clip(boxes[:, [0, 2]], 0, width)
-    boxes[:, [1, 3]] = np.clip(boxes[:, [1, 3]], 0, height)
+    boxes[:, 0] = np.clip(boxes[:, 0], 0, width)
+    boxes[:, 2] = np.clip(boxes[:, 2], 0, width)
+    boxes[:, 1] = np.clip(boxes[:, 1], 0, height)
+    boxes[:, 3] = np.clip(boxes[:, 3], 0, height)
     alive = (boxes[:, 2] > boxes[:, 0]) & (boxes[:, 3] > boxes[:, 1])
-    rows, boxes = rows[alive], boxes[alive]
-    scene = boxes + np.array([col_off, row_off, col_off, row_off], dtype=np.float64)
+    scene = boxes + windows[:, [0, 1, 0, 1]]
     cut = (
         ((boxes[:, 0] <= EDGE_PX) & (col_off > 0))
         | ((boxes[:, 1] <= EDGE_PX) & (row_off > 0))
         | ((boxes[:, 2] >= width - EDGE_PX) & (width == tile_w))
         | ((boxes[:, 3] >= height - EDGE_PX) & (height == tile_h))
     )
-    return Placed(rows, boxes, scene, cut)
+    return Placed(rows[alive], boxes[alive], scene[alive], cut[alive]), alive
 
 
 # --- the overlap merge ------------------------------------------------------------------------

@@ -60,19 +60,28 @@ class Backlog:
     pending: int  # delivered, not acknowledged
 
 
-def backlog(client: redis.Redis, feed: str, limit: int | None = None) -> list[Backlog]:
+def backlog(
+    client: redis.Redis, feed: str, limit: int | None = None, read: tuple[Any, Any] | None = None
+) -> list[Backlog]:
     """Per consumer group of the feed's stream: lag and pending. With no group: the stream's length.
 
     Redis 7 reports `lag`; where it cannot (after deletions), the undelivered entries are counted
-    with XRANGE, stopping at `limit` + 1.
+    with XRANGE, stopping at `limit` + 1. `read`: the replies of XINFO GROUPS and XLEN of the
+    stream when the caller has them already (an error reply: there is no stream yet).
     """
     stream = keys.frames(feed)
-    try:
-        groups = client.xinfo_groups(stream)
-    except redis.ResponseError:  # no such key: nothing published yet
-        return [Backlog(None, 0, 0)]
+    if read is None:
+        try:
+            groups = client.xinfo_groups(stream)
+        except redis.ResponseError:  # no such key: nothing published yet
+            return [Backlog(None, 0, 0)]
+        length = None
+    else:
+        groups, length = read
+        if isinstance(groups, redis.ResponseError):
+            return [Backlog(None, 0, 0)]
     if not groups:
-        return [Backlog(None, int(client.xlen(stream)), 0)]
+        return [Backlog(None, int(client.xlen(stream) if length is None else length), 0)]
     out = []
     for g in groups:
         lag = g.get("lag")
@@ -91,11 +100,13 @@ def wait_for_room(
     poll_s: float = 0.2,
     sleep: Callable[[float], None] = time.sleep,
     clock: Callable[[], float] = time.monotonic,
+    first: list[Backlog] | None = None,
 ) -> float:
     """Return once every group's lag and pending are below `settings.max_lag`.
 
     Waits at most `settings.backpressure_timeout_s`, then raises BackpressureError naming the
-    group that is behind. Returns the seconds waited.
+    group that is behind. Returns the seconds waited. `first`: the backlog as just read (saves
+    reading it again).
     """
     feed = feed or settings.feed
     limit = settings.max_lag
@@ -103,7 +114,8 @@ def wait_for_room(
     waited = False
     while True:
         try:
-            behind = [b for b in backlog(client, feed, limit) if b.lag >= limit or b.pending >= limit]
+            found, first = (first, None) if first is not None else (backlog(client, feed, limit), None)
+            behind = [b for b in found if b.lag >= limit or b.pending >= limit]
         except (redis.ConnectionError, redis.TimeoutError) as e:
             # a failover or a moved slot: ask again (within the same time limit)
             if clock() - start >= max(settings.backpressure_timeout_s, RECONNECT_S):
@@ -149,22 +161,32 @@ def _backpressure_message(feed: str, behind: list[Backlog], settings: Settings, 
 # --- retention -----------------------------------------------------------------------------
 
 
-def trim_acknowledged(client: redis.Redis, feed: str) -> int:
+def trim_acknowledged(client: redis.Redis, feed: str, groups: Sequence[Any] | None = None) -> int:
     """XTRIM MINID to the oldest entry any consumer group still needs; returns entries removed.
 
     A group needs its oldest pending entry, or (nothing pending) everything after its
     last-delivered-id. With no group, nothing is trimmed: nobody has acknowledged anything.
+    `groups`: the stream's XINFO GROUPS as read a moment ago (groups only move forward, so an
+    earlier reading trims less, never more).
     """
     stream = keys.frames(feed)
-    try:
-        groups = client.xinfo_groups(stream)
-    except redis.ResponseError:
-        return 0
+    if groups is None or isinstance(groups, redis.ResponseError):
+        try:
+            groups = client.xinfo_groups(stream)
+        except redis.ResponseError:
+            return 0
     if not groups:
         return 0
+    busy = [g for g in groups if int(g["pending"]) > 0]
+    summaries: dict[str, Any] = {}
+    if busy:
+        pipe = client.pipeline(transaction=False)
+        for g in busy:
+            pipe.xpending(stream, g["name"])
+        summaries = {_s(g["name"]): v for g, v in zip(busy, pipe.execute(), strict=True)}
     needed: list[tuple[int, int]] = []
     for g in groups:
-        summary = client.xpending(stream, g["name"]) if int(g["pending"]) > 0 else None
+        summary = summaries.get(_s(g["name"]))
         if summary and summary["min"] is not None:
             needed.append(_id(summary["min"]))
         else:  # nothing pending (by now: a consumer may have acknowledged in between)
@@ -229,9 +251,9 @@ def make_durable(client: redis.Redis, feed: str, timeout_ms: int | None = None) 
     (default DURABLE_TIMEOUT_MS).
     """
     timeout_ms = DURABLE_TIMEOUT_MS if timeout_ms is None else timeout_ms
-    server = client.info("server")
-    replicas = int(client.info("replication").get("connected_slaves", 0))
-    aof = bool(int(client.info("persistence").get("aof_enabled", 0)))
+    server = client.info("server", "replication", "persistence")  # one INFO, three sections
+    replicas = int(server.get("connected_slaves", 0))
+    aof = bool(int(server.get("aof_enabled", 0)))
     if _version(_s(server.get("redis_version", "0"))) >= (7, 2) and (aof or replicas):
         local, remote = (int(n) for n in _wait(client, feed, "WAITAOF", int(aof), replicas, timeout_ms))
         if local < int(aof) or remote < replicas:
@@ -290,6 +312,7 @@ class BatchResult:
     ids: list[str]  # stream entry ids of the frames this call added
     complete: bool  # the scene's marker is set (by this call or before)
     duplicate: bool  # nothing added: the scene (or these tiles) had been published before
+    groups: Any = None  # the stream's XINFO GROUPS as read before the batch (with `room`), for trimming
 
 
 def scene_done(client: redis.Redis, feed: str, scene: str) -> dict[str, Any] | None:
@@ -312,13 +335,16 @@ def publish_frames(
     skipped: int = 0,
     source: str | None = None,
     progress_ttl_s: int,
+    room: Settings | None = None,
 ) -> BatchResult:
     """Publish consecutive tiles of one scene atomically, exactly once.
 
     `batch` holds tiles i..j of one scene (all with the same `tiles`). Tiles the scene's resume
     point says are already on the stream are left out; a gap (tile i when only tiles below k < i
     are published) is an error. The batch that ends with the scene's last tile sets the marker.
-    `skipped` (all-nodata tiles) is recorded with the marker.
+    `skipped` (all-nodata tiles) is recorded with the marker. `room`: apply backpressure first
+    (:func:`wait_for_room` with these settings; the backlog is read in the same round trip as
+    the scene's state, so a batch costs two round trips: the reads under WATCH, and the EXEC).
     """
     if not batch:
         raise ValueError("empty batch")
@@ -337,13 +363,20 @@ def publish_frames(
     while True:
         with client.pipeline(transaction=True) as pipe:
             try:
-                pipe.watch(marker, progress)
                 # Progress first, then the marker: the last batch sets the marker and deletes the
                 # progress in one transaction, so in this order a finished scene is never mistaken
                 # for one with nothing published.
-                state = {_s(k): int(v) for k, v in pipe.hgetall(progress).items()}
-                if pipe.exists(marker):
+                reads: list[Any] = [("HGETALL", progress), ("EXISTS", marker)]
+                if room is not None:
+                    reads += [("XINFO GROUPS", stream), ("XLEN", stream)]
+                got = connection.watch_and_read(pipe, [marker, progress], *reads, raise_errors=False)
+                for reply in got[:2]:
+                    if isinstance(reply, redis.ResponseError):
+                        raise reply
+                state = {_s(k): int(v) for k, v in got[0].items()}
+                if got[1]:
                     return BatchResult([], complete=True, duplicate=True)
+                groups = got[2] if room is not None else None
                 if state and state.get("tiles") != tiles:
                     # An InputError: a drop folder moves the file to failed/ instead of retrying forever.
                     raise InputError(
@@ -361,6 +394,12 @@ def publish_frames(
                         f"scene {scene!r}: tile {todo[0].tile} cannot be published before tile {published}; "
                         "publish a scene's tiles in order 0..tiles-1"
                     )
+                if room is not None:
+                    found = backlog(client, feed, room.max_lag, (got[2], got[3]))
+                    if any(b.lag >= room.max_lag or b.pending >= room.max_lag for b in found):
+                        pipe.reset()  # consumers are behind: wait (unwatched), then look again
+                        wait_for_room(client, room, feed, first=found)
+                        continue
                 end = todo[-1].tile + 1
                 stamp = now_ms()
                 pipe.multi()
@@ -395,7 +434,9 @@ def publish_frames(
                 time.sleep(backoff)
                 backoff = min(backoff * 2, 2.0)
                 continue
-        return BatchResult([_s(i) for i in replies[: len(todo)]], complete=end == tiles, duplicate=False)
+        return BatchResult(
+            [_s(i) for i in replies[: len(todo)]], complete=end == tiles, duplicate=False, groups=groups
+        )
 
 
 def mark_empty_scene(client: redis.Redis, feed: str, scene: str, skipped: int, source: str | None) -> bool:
@@ -422,8 +463,15 @@ def forget_scene(client: redis.Redis, feed: str, scene: str) -> None:
     client.delete(*doomed)
 
 
-def register_feed(client: redis.Redis, feed: str) -> None:
+def register_feed(client: redis.Redis, feed: str, *, once: bool = False) -> None:
+    """SADD the feed to keys.feeds(). `once`: skip it when this client registered the feed
+    before (publish_tile calls it for every tile)."""
+    pool = client.connection_pool
+    done: set[str] = pool.__dict__.setdefault("_gw_feeds_registered", set())
+    if once and feed in done:
+        return
     connection.on_slot(client, keys.feeds()).sadd(keys.feeds(), feed)
+    done.add(feed)
 
 
 # --- arrays --------------------------------------------------------------------------------
@@ -486,12 +534,17 @@ def publish_tile(
         bands=None if bands is None else tuple(bands),
         source=source,
     )
-    if scene_done(client, feed, scene) is not None:
-        return None
-    if wait:
-        wait_for_room(client, settings, feed)
-    register_feed(client, feed)
-    result = publish_frames(client, feed, [frame], source=source, progress_ttl_s=settings.progress_ttl_s)
+    register_feed(client, feed, once=True)
+    # The marker (a scene published before) and the backlog are read with the scene's state, in
+    # one round trip; then the EXEC, and trimming once the scene is complete.
+    result = publish_frames(
+        client,
+        feed,
+        [frame],
+        source=source,
+        progress_ttl_s=settings.progress_ttl_s,
+        room=settings if wait else None,
+    )
     if result.complete and not result.duplicate:
-        trim_acknowledged(client, feed)
+        trim_acknowledged(client, feed, result.groups)
     return result.ids[0] if result.ids else None

@@ -2,9 +2,9 @@
 
 It checks what ingest needs (readable, georeferenced, the bands asked for, one dtype the engine
 knows) and turns every failure into an :class:`InputError` that names the file and the fix.
-Reads are windowed: :meth:`Raster.read_rows` reads exactly one row of tiles, and GDAL's block
-cache (limited to a quarter of ``ingest_memory_mb`` while a file is open) keeps the blocks two
-rows of tiles share. What one read costs, whatever the file's layout, is
+Reads are windowed: :meth:`Raster.read_rows` reads exactly the rows asked for (ingest.scene asks
+for the rows of a row of tiles the previous read did not cover), and GDAL's block cache (limited
+to a quarter of ``ingest_memory_mb`` while a file is open) keeps the blocks two reads share. What one read costs, whatever the file's layout, is
 :meth:`Raster.working_set_bytes`: the rows read, plus one block as GDAL decodes it whole (a
 compressed single-strip file is one block of the whole image), plus that cache.
 """

@@ -148,15 +148,27 @@ def parse_bands(text: str) -> tuple[int, ...] | None:
 def iter_tiles(src: Source, tile_px: int, overlap_px: int) -> Iterator[tuple[PixelWindow, np.ndarray | None]]:
     """Every tile window of `src` with its pixels padded to tile_px, or None when all nodata.
 
-    Reads one row of tiles at a time (Source.read_rows).
+    Reads one row of tiles at a time (Source.read_rows), and only the rows the previous read did
+    not cover: the rows two rows of tiles share (the overlap, more for the last row, which is
+    shifted back to the edge) are kept from the previous read, not read and decoded again. What
+    is held stays one row of tiles: the kept rows plus the new ones.
     """
-    strip_row, strip, start = -1, np.empty((0, 0, 0)), 0
+    row_off = -1
+    parts: list[tuple[int, np.ndarray]] = []  # (first row, rows) covering the current row of tiles
     for w in grid(src.width_px, src.height_px, tile_px, overlap_px):
-        if w.row_off != strip_row:
-            start, strip = src.read_rows(w.row_off, w.height)
-            strip_row = w.row_off
-        r0 = w.row_off - start
-        part = strip[:, r0 : r0 + w.height, w.col_off : w.col_off + w.width]
+        if w.row_off != row_off:
+            row_off, end = w.row_off, w.row_off + w.height
+            kept = [
+                (max(start, row_off), np.array(rows[:, max(0, row_off - start) : end - start]))
+                for start, rows in parts
+                if start < end and start + rows.shape[1] > row_off
+            ]
+            parts = []  # the previous read goes before the next one is made
+            covered = max((start + rows.shape[1] for start, rows in kept), default=row_off)
+            if covered < end:
+                kept.append(src.read_rows(covered, end - covered))
+            parts = kept
+        part = _rows_of(parts, w)
         if part.shape[1:] != (w.height, w.width):
             raise InputError(
                 f"read {part.shape[1:]} pixels for window {tuple(w)}; the source is inconsistent"
@@ -165,6 +177,19 @@ def iter_tiles(src: Source, tile_px: int, overlap_px: int) -> Iterator[tuple[Pix
             yield w, None
         else:
             yield w, np.ascontiguousarray(pad(part, tile_px, src.nodata))
+
+
+def _rows_of(parts: Sequence[tuple[int, np.ndarray]], w: PixelWindow) -> np.ndarray:
+    """The pixels of window `w` from the pieces of rows read (a view when one piece holds it)."""
+    r0, r1, c0, c1 = w.row_off, w.row_off + w.height, w.col_off, w.col_off + w.width
+    pieces = [
+        rows[:, max(0, r0 - start) : r1 - start, c0:c1]
+        for start, rows in parts
+        if start < r1 and start + rows.shape[1] > r0
+    ]
+    if not pieces:
+        return np.empty((0, 0, 0))
+    return pieces[0] if len(pieces) == 1 else np.concatenate(pieces, axis=1)
 
 
 def cut_tiles(src: Source, tile_px: int, overlap_px: int) -> tuple[list[tuple[PixelWindow, np.ndarray]], int]:
@@ -290,16 +315,23 @@ def _ingest_scene(
             raise InputError(f"{source or scene}: cannot be made into frames: {e}") from e
 
     added = nbytes = sent = 0
+    groups: Any = None  # the stream's consumer groups as the last batch read them (for trimming)
     batch_size = max(1, min(settings.publish_batch, settings.max_lag))
     batch: list[Frame] = []
     for i, (w, arr) in enumerate(kept):
         batch.append(frame(i, w, arr))
         if len(batch) < batch_size and i + 1 < tiles:
             continue
-        publisher.wait_for_room(client, settings, feed)
         result = publisher.publish_frames(
-            client, feed, batch, skipped=skipped, source=source, progress_ttl_s=settings.progress_ttl_s
+            client,
+            feed,
+            batch,
+            skipped=skipped,
+            source=source,
+            progress_ttl_s=settings.progress_ttl_s,
+            room=settings,
         )
+        groups = result.groups if result.groups is not None else groups
         added += len(result.ids)
         nbytes += sum(len(f.data) for f in batch[len(batch) - len(result.ids) :])
         sent += len(batch)
@@ -315,7 +347,7 @@ def _ingest_scene(
         )
     # The scene is acknowledged (done/, success) only once its frames are durable.
     durability = publisher.make_durable(client, feed)
-    publisher.trim_acknowledged(client, feed)
+    publisher.trim_acknowledged(client, feed, groups)
     return SceneResult(scene, tiles, skipped, added, nbytes, added == 0, time.perf_counter() - t0, durability)
 
 

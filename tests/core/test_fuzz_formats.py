@@ -12,6 +12,7 @@ import io
 import json
 import math
 import zipfile
+from dataclasses import replace
 from datetime import UTC, datetime, timedelta, timezone
 from typing import Any
 
@@ -360,6 +361,13 @@ def test_tile_result_round_trip(t: TileResult) -> None:
         assert b.box_px == pytest.approx(d.box_px, abs=0.01)
     # The wire rounds (7 decimals for lon/lat, 2 for pixels): one trip is a projection.
     assert detections.encode_tile(back) == fields
+    # tile_json is the compact JSON of tile_geojson, whether its features were encoded before or not
+    whole = json.dumps(detections.tile_geojson(t), separators=(",", ":"), allow_nan=False)
+    assert detections.tile_json(t) == whole
+    early = replace(t, encoded_features=detections.features_json(t))
+    assert detections.tile_json(replace(early, done_ms=t.done_ms + 1)) == detections.tile_json(
+        replace(t, done_ms=t.done_ms + 1)
+    )
 
 
 @FUZZ

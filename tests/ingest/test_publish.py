@@ -6,6 +6,7 @@ import json
 from collections import Counter
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -473,3 +474,33 @@ def test_a_two_pass_scene_stops_at_the_first_changed_tile(
         np.testing.assert_array_equal(
             f.valid()[0], a[0, w.row_off : w.row_off + w.height, w.col_off : w.col_off + w.width]
         )
+
+
+@pytest.mark.parametrize(
+    "layout", [{"tiled": True, "block": 64}, {"tiled": False, "block": 16}], ids=["tiled", "striped"]
+)
+def test_rows_two_rows_of_tiles_share_are_read_once(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, layout: dict[str, Any]
+) -> None:
+    """Each pixel row of the file is read once, though tile rows overlap (the last one by more),
+    and the tiles are exactly those of the tile grid."""
+    from groundwatch.geometry import tiles_of
+    from ingest import rasters
+
+    a = scene_array(2, 300, 260, seed=3)
+    path = write_tif(tmp_path / "rows.tif", a, **layout)
+    windows: list[tuple[int, int]] = []
+    real = rasters.Raster.read
+
+    def read(self: rasters.Raster, window: frames.PixelWindow) -> np.ndarray:
+        windows.append((window.row_off, window.height))
+        return real(self, window)
+
+    monkeypatch.setattr(rasters.Raster, "read", read)
+    with rasters.open_raster(path) as raster:
+        got = list(scene.iter_tiles(raster, 128, 16))
+    expected, _ = tiles_of(a, 128, 16)
+    assert [w for w, _ in got] == [w for w, _ in expected]
+    for (_, tile), (_, want) in zip(got, expected, strict=True):
+        assert tile is not None and np.array_equal(tile, want)
+    assert windows == [(0, 128), (128, 112), (240, 60)]  # rows 0..299, each once

@@ -244,13 +244,13 @@ def test_durability_error_is_raised_for_waitaof_shortfall() -> None:
     class Seven2:
         sent: tuple[Any, ...] = ()
 
-        def info(self, section: str) -> dict[str, Any]:
+        def info(self, *sections: str) -> dict[str, Any]:
             info: dict[str, dict[str, Any]] = {
                 "server": {"redis_version": "7.2.4"},
                 "replication": {"connected_slaves": 1},
                 "persistence": {"aof_enabled": 1},
             }
-            return info[section]
+            return {k: v for section in sections for k, v in info[section].items()}
 
         def pipeline(self, transaction: bool = True) -> Any:
             outer = self
