@@ -313,7 +313,7 @@ def to_model_file(
         **report,
         "original_file": name,
         "original_sha256": hashlib.sha256(original).hexdigest() if original is not None else None,
-        "spec": {k: v for k, v in asdict(spec).items() if k not in ("classes", "extra")},
+        "spec": {k: v for k, v in asdict(spec).items() if k != "classes"},
     }
     buf = io.BytesIO()
     torch.jit.save(wrapped, buf, _extra_files={modelmeta.METADATA_FILE: json.dumps(meta)})

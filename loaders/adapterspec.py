@@ -6,7 +6,7 @@ No torch here, so the CLI parses these without loading it; the wrappers are load
 from __future__ import annotations
 
 import argparse
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 from groundwatch import modelmeta
@@ -39,7 +39,6 @@ class AdapterSpec:
     min_score: float = 0.001  # yolo: rows below are dropped before NMS
     pre_nms_top: int = 1000  # yolo: at most this many rows (by score) enter NMS
     scores_are_logits: bool = False  # yolo: apply a sigmoid to the class scores
-    extra: dict[str, Any] = field(default_factory=dict)
 
     def channels(self) -> tuple[int, ...]:
         return self.band_map if self.band_map is not None else tuple(range(self.bands))
@@ -138,6 +137,12 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 def from_args(args: argparse.Namespace, tile_size: int) -> AdapterSpec | None:
     """The spec the flags describe (`tile_size` unless --tile-size); None for contract1."""
     if args.adapter == DEFAULT_ADAPTER:
+        given = [flag for flag, value in (("--classes", args.classes), ("--band-map", args.band_map)) if value]
+        if given:
+            raise LoaderError(
+                f"{' and '.join(given)} describe a model to adapt; add --adapter torchvision or --adapter "
+                "yolo (a contract-1 file declares its classes and bands in its groundwatch.json)"
+            )
         return None
     classes = tuple(c.strip() for c in (args.classes or "").split(",") if c.strip())
     band_map = _numbers(args.band_map, int, "--band-map")

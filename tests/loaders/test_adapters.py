@@ -235,3 +235,21 @@ def test_a_head_of_the_wrong_width_fails_the_warm_up_with_the_shapes(
     mf = adapters.to_model_file(YoloHead(in_channels=3, num_classes=2).eval(), spec, "yolo-2-classes")
     with pytest.raises(LoaderError, match="neither 7 wide nor 7 tall"):
         load(engine, mf, LoadOptions(name="bad", feeds=(FEED,)))
+
+
+@pytest.mark.parametrize(
+    ("flags", "message"),
+    [
+        (["--adapter", "yolo"], "needs its class names"),
+        (["--adapter", "yolo", "--classes", "ship", "--band-map", "0,x"], "comma-separated numbers"),
+        (["--classes", "ship"], "add --adapter torchvision or --adapter yolo"),
+    ],
+)
+def test_the_cli_says_what_is_missing(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], flags: list[str], message: str
+) -> None:
+    path = save_script(tmp_path, torch.jit.trace(YoloHead(in_channels=1), torch.rand(1, 1, 32, 32)), "y.pt")
+    # Refused before any connection is made: the URL points nowhere.
+    argv = ["--redis-url", "redis://127.0.0.1:1/0", "load", str(path), "--name", "y", *flags]
+    assert main(argv) == 1
+    assert message in capsys.readouterr().err
