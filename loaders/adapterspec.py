@@ -137,7 +137,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 def from_args(args: argparse.Namespace, tile_size: int) -> AdapterSpec | None:
     """The spec the flags describe (`tile_size` unless --tile-size); None for contract1."""
     if args.adapter == DEFAULT_ADAPTER:
-        given = [flag for flag, value in (("--classes", args.classes), ("--band-map", args.band_map)) if value]
+        given = [
+            flag for flag, value in (("--classes", args.classes), ("--band-map", args.band_map)) if value
+        ]
         if given:
             raise LoaderError(
                 f"{' and '.join(given)} describe a model to adapt; add --adapter torchvision or --adapter "
