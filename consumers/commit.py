@@ -24,8 +24,8 @@ the result frames (one, or the scene's transaction: two).
 
 from __future__ import annotations
 
-import itertools
 import logging
+import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
 from functools import partial
@@ -111,15 +111,30 @@ class Committer:
 
     def _retrying(self, attempt: Callable[[Any, int], Any]) -> Any:
         """attempt(pipe, conflicts so far) until no WATCH conflict; (its value, conflicts)."""
-        for conflicts in itertools.count():
+        conflicts = 0
+        migrating_since: float | None = None
+        while True:
             with self.r.pipeline(transaction=True) as pipe:
                 try:
                     value = attempt(pipe, conflicts)
-                except redis.WatchError:
+                except (redis.WatchError, connection.SlotMigrating) as e:
+                    # redis-py reports a SlotMigrating raised while WATCHing as a WatchError
+                    if isinstance(e, connection.SlotMigrating) or isinstance(
+                        e.__context__, connection.SlotMigrating
+                    ):
+                        # The feed's slot is half-moved (a reshard): the commit creates keys, so
+                        # no node takes it until the slot has moved. The batch waits here (paced
+                        # by SlotMigrating), not read and run again (which would charge its frames
+                        # another attempt).
+                        migrating_since = migrating_since or time.monotonic()
+                        if time.monotonic() - migrating_since > connection.MIGRATION_WAIT_S:
+                            raise
+                        continue
                     if conflicts and conflicts % 50 == 0:
                         log.warning(
                             "consumer %s: %d WATCH conflicts publishing one batch", self.name, conflicts
                         )
+                    conflicts += 1
                     continue
             return value, conflicts
         raise AssertionError("unreachable")

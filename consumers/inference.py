@@ -162,18 +162,21 @@ def _tiles(batch: Sequence[Entry]) -> list[np.ndarray]:
     return [e.frame.array() for e in batch]  # type: ignore[union-attr]
 
 
-def send(client: redis.Redis, route: str, started: Started, timeout_ms: int | None = None) -> None:
-    """Put the started batch's DAGs in the engine (one connection each), replies read later."""
+def send(client: redis.Redis, started: Started, timeout_ms: int | None = None) -> None:
+    """Put the started batch's DAGs in the engine (one connection each), replies read later.
+
+    A DAG names its model copy as its ROUTING key too, so its only key is one that exists: while
+    the feed's slot is migrated it runs where that key is (ASK is followed), where a ROUTING key
+    that does not exist would make it a multi-key command with a key missing, refused (TRYAGAIN)
+    until the migration ends."""
     assert started.model is not None
-    started.inflight = ai.send_concurrently(
-        client, ai.tile_dags(started.model.key, route, _tiles(started.todo), timeout_ms)
-    )
+    key = started.model.key
+    started.inflight = ai.send_concurrently(client, ai.tile_dags(key, key, _tiles(started.todo), timeout_ms))
 
 
 def infer(
     client: redis.Redis,
     feed: str,
-    route: str,
     started: Started,
     models: Models,
     reread: Callable[[], ActiveModel | None],
@@ -193,7 +196,7 @@ def infer(
         outs = ai.dag_outcomes(inflight.replies())
     else:
         outs = ai.execute_dags(
-            client, model.key, route, _tiles(todo), isolated=isolated, timeout_ms=timeout_ms
+            client, model.key, model.key, _tiles(todo), isolated=isolated, timeout_ms=timeout_ms
         )
     missing = [i for i, o in enumerate(outs) if isinstance(o, ai.DagError) and o.model_missing]
     if missing:
@@ -210,7 +213,7 @@ def infer(
             rerun = ai.execute_dags(
                 client,
                 again.key,
-                route,
+                again.key,  # routed by its model copy, as in send()
                 _tiles([todo[i] for i in missing]),
                 isolated=isolated,
                 timeout_ms=timeout_ms,

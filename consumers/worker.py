@@ -102,7 +102,6 @@ class Consumer:
         )
         self.r = self.reader.r
         self.stream = self.reader.stream
-        self.route = keys.dag_routing(self.feed)
         self.models = inference.Models(self.r, self.feed, settings.score_threshold, settings.simplify_px)
         self.committer = Committer(
             self.r, self.feed, self.group, self.name, ttl_s=settings.scene_ttl_s, clock_ms=self._now
@@ -358,7 +357,7 @@ class Consumer:
             # whole engine batch does not take its batch-mates to the dead letters with it.
             started.isolated = any(e.attempts > 1 for e in started.todo)
             if started.todo and not started.isolated:
-                inference.send(self.r, self.route, started, self.settings.dag_timeout)
+                inference.send(self.r, started, self.settings.dag_timeout)
         return started
 
     def _fit(self, started: Started) -> None:
@@ -449,7 +448,6 @@ class Consumer:
             results, failed, faults = inference.infer(
                 self.r,
                 self.feed,
-                self.route,
                 started,
                 self.models,
                 lambda: self.active_model(),

@@ -22,13 +22,17 @@ from typing import Any
 
 import redis
 
-from groundwatch import keys
+from groundwatch import connection, keys
 from groundwatch.errors import ConfigError, GroundwatchError
 
 ANY = keys.ANY
 
-# Every client: the connection check and health checks of redis-py. AUTH and HELLO need no rule.
-_CONNECTION = ("ping",)
+# Every client: the connection check and health checks of redis-py, and what
+# groundwatch.connection sends to find and follow a Redis Cluster: CLUSTER SLOTS (is it a
+# cluster, which master serves which slot; refused on one server), ASKING (before a command
+# sent on to a migrating slot's target). groundwatch does not read from replicas (no READONLY)
+# and does not use redis-py's RedisCluster (which also sends COMMAND). AUTH needs no rule.
+_CONNECTION = ("ping", "cluster|slots", "asking")
 # redis-py's transactions. Roles that WATCH also need UNWATCH: redis-py sends it when a pipeline
 # that watches is left without EXEC (nothing to publish after all).
 _TRANSACTIONS = ("multi", "exec")
@@ -155,9 +159,9 @@ def consumer(feeds: Sequence[str] | None = None) -> Role:
                 _per_feed(feeds, keys.frames),
             ),
             Grant(
-                "inference: the DAG on the feed's model copies (ROUTING key, DAG tensors), metadata, AI.INFO",
+                "inference: the DAG on the feed's model copies (its ROUTING key is the copy), metadata, AI.INFO",
                 ("ai.dagexecute", "ai.modelget", "ai.info"),
-                _per_feed(feeds, lambda f: keys.model(f, ANY, ANY), keys.dag_routing),
+                _per_feed(feeds, lambda f: keys.model(f, ANY, ANY)),
             ),
             Grant("the feed's active version", ("get",), _per_feed(feeds, keys.active_model)),
             Grant(
@@ -424,10 +428,16 @@ def choose_passwords(
 
 
 def apply(client: redis.Redis, selected: Sequence[Role], passwords: Mapping[str, str]) -> bool:
-    """ACL SETUSER every role with its password; ACL SAVE when the server has an ACL file.
+    """ACL SETUSER every role with its password; ACL SAVE when the server has an ACL file. On a
+    cluster on every node (masters and replicas: ACL users are not replicated).
 
-    Returns whether the rules were saved to the server's ACL file.
+    Returns whether the rules were saved to the server's ACL file (of every node).
     """
+    saved = [_apply_one(node, selected, passwords) for node in connection.every_node(client)]
+    return all(saved)
+
+
+def _apply_one(client: redis.Redis, selected: Sequence[Role], passwords: Mapping[str, str]) -> bool:
     unknown = unknown_commands(client, {c for r in selected for c in r.commands})
     try:
         for role in selected:

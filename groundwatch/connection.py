@@ -16,9 +16,12 @@ blocking XREADGROUP, one connection per in-flight DAG) runs unchanged on that on
 single connection pool to lend connections from). :func:`on_slot` gives the client of another
 key's slot (the registry's, ``gw:feeds``, another feed's). A slot client follows its slot: a
 connection that fails, or a MOVED reply, refreshes the slot map (CLUSTER SLOTS of any node that
-answers), and a redirection (MOVED, ASK, TRYAGAIN, CLUSTERDOWN, MASTERDOWN) is raised as
-:class:`SlotMoved`, a ``redis.ConnectionError``: the command did nothing, and the roles' usual
-reconnect-with-backoff retries it on the slot's current master.
+answers); a single command answered MOVED is sent again to the new master, one answered ASK
+(its slot is being migrated and its key has moved) to the target after ASKING. What cannot be
+redirected (a transaction; keys on both sides of a migration) is raised: :class:`SlotMigrating`
+after a short pause (retry at once), :class:`SlotMoved` (a ``redis.ConnectionError``) for a
+moved slot or a failover (the roles' reconnect-with-backoff retries it). Either way the command
+did nothing. docs/protocol.md, *Redis Cluster*, says why.
 """
 
 from __future__ import annotations
@@ -29,10 +32,11 @@ import logging
 import os
 import threading
 import time
+from collections import deque
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 from urllib.parse import quote
 
 import redis
@@ -311,6 +315,10 @@ log = logging.getLogger("groundwatch.connection")
 # last is a blocked command (XREADGROUP BLOCK, a DAG) whose master just became a replica.
 REDIRECTIONS = ("MOVED ", "ASK ", "TRYAGAIN", "CLUSTERDOWN", "MASTERDOWN", "UNBLOCKED force unblock")
 REFRESH_MIN_S = 0.1  # CLUSTER SLOTS at most this often, however many connections fail at once
+MIGRATION_PAUSE_S = 0.05  # before a refused command of a migrating slot is raised (SlotMigrating)
+MIGRATION_WAIT_S = 60.0  # how long a transaction retries on a migrating slot before it gives up
+# Commands that begin or end a transaction: their ASK cannot be followed either.
+TRANSACTION_COMMANDS = ("WATCH", "MULTI", "EXEC", "DISCARD", "UNWATCH")
 
 
 class SlotMoved(redis.ConnectionError):
@@ -318,16 +326,28 @@ class SlotMoved(redis.ConnectionError):
     failing over (CLUSTERDOWN, MASTERDOWN). The command did nothing: retry it after a pause."""
 
 
+class SlotMigrating(SlotMoved):
+    """The slot is being migrated and the command cannot be redirected (a transaction, or keys
+    on both nodes): it did nothing. Raised after a short pause; retry it as it is, at once, until
+    the migration ends (then the slot's new master answers)."""
+
+
 def _text(value: Any) -> str:
     return value.decode() if isinstance(value, bytes) else str(value)
 
 
 def _cluster_enabled(client: redis.Redis) -> bool:
+    """CLUSTER SLOTS answers on a cluster node and is refused on one server (rather than INFO
+    cluster, so that the roles need no INFO)."""
     try:
-        info = client.info("cluster")
+        client.execute_command("CLUSTER", "SLOTS")
     except redis.exceptions.NoPermissionError:
-        return False  # an ACL user without INFO: a plain client (on a cluster its role needs +info)
-    return bool(int(info.get("cluster_enabled", 0)))
+        return False  # a user without +cluster|slots: a plain client (groundwatch acl grants it)
+    except redis.ResponseError as e:
+        if "cluster support disabled" in str(e).lower():
+            return False
+        raise
+    return True
 
 
 @dataclass(frozen=True)
@@ -357,6 +377,10 @@ class Topology:
         self._lock = threading.Lock()
         self._refreshed = 0.0
         self._clients: dict[int, redis.Redis] = {}
+        # while a slot is migrated: commands sent on to the target after ASK, and commands
+        # refused because they could not be (SlotMigrating); for logs and tests
+        self.asks_followed = 0
+        self.migration_refusals = 0
         self.refresh(force=True)
         if not self._ranges:
             raise ServerError(f"the cluster at {self._nodes[0][0]}:{self._nodes[0][1]} serves no slots yet")
@@ -422,6 +446,25 @@ class Topology:
             pass
         self.refresh()
 
+    def nodes(self) -> list[tuple[str, int]]:
+        """Every node of the cluster that is not failed, masters and replicas (CLUSTER NODES:
+        CLUSTER SLOTS leaves out a replica that has not replicated anything yet)."""
+        for host, port in self.masters():
+            try:
+                reply = _text(self._ask(host, port, "CLUSTER", "NODES"))
+            except redis.RedisError:
+                continue
+            out = []
+            for line in reply.splitlines():
+                fields = line.split()
+                if len(fields) < 3 or {"fail", "noaddr", "handshake"} & set(fields[2].split(",")):
+                    continue
+                address = fields[1].split("@", 1)[0]
+                node_host, _, node_port = address.rpartition(":")
+                out.append((node_host or host, int(node_port)))
+            return out
+        raise ServerError("no master of the cluster answers CLUSTER NODES")
+
     def masters(self) -> list[tuple[str, int]]:
         return list(dict.fromkeys(r.master for r in self._ranges))
 
@@ -443,6 +486,10 @@ class Topology:
                 self._clients[slot] = redis.Redis(connection_pool=pool)
             return self._clients[slot]
 
+    def plain_connection(self, host: str, port: int) -> Any:
+        """A connection to one node, with the client's settings (not bound to a slot)."""
+        return self._class(**{**self._kwargs, "host": host, "port": port})
+
     def node_client(self, host: str, port: int) -> redis.Redis:
         """A client on one node (for per-shard reads such as SCAN)."""
         return redis.Redis(
@@ -453,17 +500,29 @@ class Topology:
 
 
 class _SlotConnection:
-    """Mixed in before a redis-py connection class: connects to the master of one slot."""
+    """Mixed in before a redis-py connection class: connects to the master of one slot, and
+    follows the slot while it moves.
+
+    It remembers the commands whose replies are still to come (one for a command, many for a
+    pipeline), and whether it is inside a transaction (WATCH or MULTI until EXEC, DISCARD or
+    UNWATCH). A command outside a transaction answered ASK (its key has already been migrated)
+    is sent again, after ASKING, to the migration's target, and that reply is returned in its
+    place. In a transaction ASK cannot be followed (the WATCH and the queued commands are on this
+    node), and TRYAGAIN (keys on both nodes, or a new key among several) cannot be served
+    anywhere until the migration ends: both are raised as :class:`SlotMigrating` after
+    MIGRATION_PAUSE_S, so every caller's retry loop is paced."""
 
     host: str
     port: int
-    _sock: Any
-    disconnect: Any  # these two are the connection class's
-    send_command: Any
+    _sock: Any  # the connection class's
 
     def __init__(self, *, gw_topology: Topology, gw_slot: int, **kwargs: Any) -> None:
         self._topology = gw_topology
         self._slot = gw_slot
+        self._next: list[tuple[Any, ...]] = []  # commands being sent
+        self._awaiting: deque[tuple[Any, ...]] = deque()  # sent, reply not read yet, in order
+        self._in_transaction = False
+        self._elsewhere: Any = None  # a connection to where a redirection pointed, kept for the next
         super().__init__(**kwargs)
 
     def connect(self) -> None:
@@ -479,40 +538,107 @@ class _SlotConnection:
         except (redis.ConnectionError, redis.TimeoutError):
             self._topology.refresh()
             raise
-        if self._migrating():
-            # Part of the slot's keys may be on the target already (ASK) and a MULTI over both
-            # halves fails (TRYAGAIN): every attempt would only re-read (and count as delivered
-            # again) the same pending frames. Wait until the migration is over instead.
-            self.disconnect()
-            raise SlotMoved(f"slot {self._slot} is being migrated away from {self.host}:{self.port}")
 
-    def _migrating(self) -> bool:
-        """Whether this node is migrating our slot to another (CLUSTER NODES: `[slot->-id]`)."""
-        self.send_command("CLUSTER", "NODES")
-        nodes = _text(self.read_response())
-        mine = next((line for line in nodes.splitlines() if " myself," in line), "")
-        return f"[{self._slot}->-" in mine
+    def disconnect(self, *args: Any) -> None:
+        self._awaiting.clear()
+        self._next = []
+        self._in_transaction = False
+        if self._elsewhere is not None:
+            self._elsewhere.disconnect()
+            self._elsewhere = None
+        super().disconnect(*args)  # type: ignore[misc]
+
+    def send_command(self, *args: Any, **kwargs: Any) -> None:
+        self._next = [args]
+        super().send_command(*args, **kwargs)  # type: ignore[misc]
+
+    def pack_commands(self, commands: Any) -> Any:
+        commands = list(commands)
+        self._next = [tuple(c) for c in commands]
+        return super().pack_commands(commands)  # type: ignore[misc]
 
     def send_packed_command(self, command: Any, check_health: bool = True) -> None:
+        # Taken before sending: a health check's PING goes first, with its own bookkeeping.
+        sending, self._next = self._next, []
         if self._sock and self._topology.owner(self._slot) != (self.host, self.port):
-            # Not a silent reconnect: a WATCH sent on this connection would not hold over there.
-            self.disconnect()
-            raise SlotMoved(f"slot {self._slot} moved away from {self.host}:{self.port}")
+            in_transaction = self._in_transaction
+            self.disconnect()  # and the send below connects to the slot's master
+            if in_transaction:
+                # Not a silent reconnect: a WATCH sent on this connection would not hold over there.
+                raise SlotMoved(f"slot {self._slot} moved away from {self.host}:{self.port}")
         super().send_packed_command(command, check_health)  # type: ignore[misc]
+        self._awaiting.extend(sending)
 
     def read_response(self, *args: Any, **kwargs: Any) -> Any:
+        command = self._awaiting.popleft() if self._awaiting else None  # None: a pushed message
+        name = _text(command[0]).upper().split(" ", 1)[0] if command else ""
+        in_transaction = self._in_transaction or name in TRANSACTION_COMMANDS
+        if name in ("WATCH", "MULTI"):
+            self._in_transaction = True
+        elif name in ("EXEC", "DISCARD", "UNWATCH"):
+            self._in_transaction = False
         try:
             return super().read_response(*args, **kwargs)  # type: ignore[misc]
         except redis.ResponseError as e:
             text = str(e)
             if not text.startswith(REDIRECTIONS):
                 raise
-            if text.startswith("MOVED "):
-                self._topology.moved(text, self.host)
-            elif not text.startswith(("ASK ", "TRYAGAIN")):
-                self._topology.refresh()
+            if command is not None and not in_transaction and text.startswith(("ASK ", "MOVED ")):
+                # The command did nothing here: send it to the node the reply names (once: a
+                # redirection from there is raised). MOVED: our slot has moved (this connection
+                # reconnects before its next command) or the key is another slot's.
+                if text.startswith("MOVED "):
+                    self._topology.moved(text, self.host)
+                return self._follow(text, command, *args, **kwargs)
+            self._redirected(text, e)
+
+    def _redirected(self, text: str, error: Exception) -> NoReturn:
+        if text.startswith(("ASK ", "TRYAGAIN")):
+            self._topology.migration_refusals += 1
+            time.sleep(MIGRATION_PAUSE_S)
+            # The reply was read whole: the connection stays usable outside a pipeline, but a
+            # pipeline's further replies are not read, so it is dropped either way.
             self.disconnect()
-            raise SlotMoved(f"{text} (from {self.host}:{self.port}); retry after a pause") from e
+            raise SlotMigrating(
+                f"{text} (from {self.host}:{self.port}): slot {self._slot} is being migrated and this "
+                "cannot be redirected; retry"
+            ) from error
+        if text.startswith("MOVED "):
+            self._topology.moved(text, self.host)
+        else:
+            self._topology.refresh()
+        self.disconnect()
+        raise SlotMoved(f"{text} (from {self.host}:{self.port}); retry after a pause") from error
+
+    def _follow(self, text: str, command: tuple[Any, ...], *args: Any, **kwargs: Any) -> Any:
+        """Send `command` to the node named in `ASK|MOVED <slot> <host>:<port>` (after ASKING
+        for ASK) and return its reply."""
+        asking = text.startswith("ASK ")
+        where = text.split()[2]
+        host, _, port = where.rpartition(":")
+        target = (host or self.host, int(port))
+        if self._elsewhere is None or (self._elsewhere.host, self._elsewhere.port) != target:
+            if self._elsewhere is not None:
+                self._elsewhere.disconnect()
+            self._elsewhere = self._topology.plain_connection(*target)
+        try:
+            if asking:
+                self._elsewhere.send_command("ASKING")
+                self._elsewhere.read_response()
+            self._elsewhere.send_command(*command)
+            reply = self._elsewhere.read_response(*args, **kwargs)
+            if asking:
+                self._topology.asks_followed += 1
+            return reply
+        except redis.ResponseError as e:
+            if not str(e).startswith(REDIRECTIONS):
+                raise
+            self._redirected(str(e), e)
+        except (redis.ConnectionError, redis.TimeoutError):
+            self._elsewhere.disconnect()
+            self._elsewhere = None
+            self._topology.refresh()
+            raise
 
 
 _slot_classes: dict[type, type] = {}
@@ -533,6 +659,13 @@ def is_cluster(client: redis.Redis) -> bool:
     return _topology(client) is not None
 
 
+def migration_counts(client: redis.Redis) -> tuple[int, int]:
+    """(commands that followed ASK, commands refused as SlotMigrating) of every client made from
+    the same connect() as `client`; (0, 0) on one server."""
+    topology = _topology(client)
+    return (0, 0) if topology is None else (topology.asks_followed, topology.migration_refusals)
+
+
 def on_slot(client: redis.Redis, key: str) -> redis.Redis:
     """The client of the node holding `key`'s slot, with `client`'s settings: `client` itself on
     one server (and when `key` is in `client`'s own slot)."""
@@ -540,6 +673,15 @@ def on_slot(client: redis.Redis, key: str) -> redis.Redis:
     if topology is None:
         return client
     return topology.client(key)
+
+
+def every_node(client: redis.Redis) -> list[redis.Redis]:
+    """One client per node, masters and replicas (for what each node keeps to itself, such as
+    ACL users); [client] on one server."""
+    topology = _topology(client)
+    if topology is None:
+        return [client]
+    return [topology.node_client(host, port) for host, port in topology.nodes()]
 
 
 def shards(client: redis.Redis) -> list[redis.Redis]:

@@ -425,6 +425,12 @@ def publish_frames(
                 connection.wait_for_replica(client, stats)
             except redis.WatchError:
                 continue  # another producer moved the scene on: look again
+            except connection.SlotMigrating:
+                # the feed's slot is half-moved (a reshard): the batch cannot be redirected; it
+                # is tried again as it is (paced by SlotMigrating) until the slot has moved
+                if time.monotonic() > reconnect_until:
+                    raise
+                continue
             except (redis.ConnectionError, redis.TimeoutError) as e:
                 # Redis restarted, a cluster failover or a moved slot: the resume point says
                 # what made it, so trying the batch again never publishes a tile twice.

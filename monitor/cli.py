@@ -74,11 +74,16 @@ def cmd_monitor(settings: Settings, args: argparse.Namespace) -> int:
             return 1
         print(f"{args.feed}: reference of {version} from {len(chosen)} window(s), {ref.tiles} tiles")
         return 0
-    feeds = [args.feed] if args.feed else sorted(f.decode() for f in client.smembers(keys.feeds()))
+    feeds = (
+        [args.feed]
+        if args.feed
+        else sorted(f.decode() for f in connection.on_slot(client, keys.feeds()).smembers(keys.feeds()))
+    )
     while True:
         now_ms = int(time.time() * 1000)
         for feed in feeds:
-            report = checks.check(client, settings, feed, now_ms)
+            # on a cluster each feed's checks (transactions among them) run on its own master
+            report = checks.check(connection.on_slot(client, keys.frames(feed)), settings, feed, now_ms)
             for ev in report.events:
                 print(f"{feed}: {ev.event} {ev.alert}: {ev.detail}", flush=True)
             if args.burst:

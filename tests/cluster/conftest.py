@@ -8,6 +8,7 @@ SIGKILL a node, migrate one slot by hand (CLUSTER SETSLOT IMPORTING/MIGRATING + 
 
 from __future__ import annotations
 
+import subprocess
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -119,3 +120,37 @@ def migrate_slot(c: LocalCluster, slot: int, to_port: int, pause_s: float = 0.0)
     others = [p for p, role in c.roles().items() if role == "master" and p not in (from_port, to_port)]
     for port in (to_port, from_port, *others):
         node_client(port).execute_command("CLUSTER", "SETSLOT", slot, "NODE", dst_id)
+
+
+def feed_on_lowest_slot(c: LocalCluster, prefix: str) -> tuple[str, int]:
+    """A feed name `<prefix><n>` whose slot is the lowest one of the master serving it, and that
+    master's port (redis-cli --cluster reshard takes a master's lowest slots first)."""
+    owners = slot_map(c)
+    lowest = {port: min(s for s, p in owners.items() if p == port) for port in set(owners.values())}
+    wanted = {s: port for port, s in lowest.items()}
+    for i in range(1_000_000):
+        name = f"{prefix}{i}"
+        if feed_slot(name) in wanted:
+            return name, wanted[feed_slot(name)]
+    raise AssertionError(f"no {prefix}<n> feed on any master's lowest slot {sorted(wanted)}")
+
+
+def reshard(c: LocalCluster, from_port: int, to_port: int, slots: int, pipeline: int = 10) -> None:
+    """`redis-cli --cluster reshard`: move `slots` slots (the lowest of `from_port`) to `to_port`."""
+    cmd = [
+        "redis-cli",
+        "--cluster",
+        "reshard",
+        f"127.0.0.1:{from_port}",
+        "--cluster-from",
+        node_id(from_port),
+        "--cluster-to",
+        node_id(to_port),
+        "--cluster-slots",
+        str(slots),
+        "--cluster-pipeline",
+        str(pipeline),
+        "--cluster-yes",
+    ]
+    done = subprocess.run(cmd, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, f"{' '.join(cmd)} failed:\n{done.stdout[-2000:]}{done.stderr[-2000:]}"

@@ -26,11 +26,13 @@ from ingest.scene import publish_array
 from loaders.loader import LoadOptions, load, stats
 from tests import toymodels
 from tests.cluster.conftest import (
+    feed_on_lowest_slot,
     feed_slot,
     feeds_per_master,
     heal,
     migrate_slot,
     node_by_port,
+    reshard,
     slot_map,
 )
 from tests.consumers import helpers
@@ -68,10 +70,21 @@ class Fleet:
     producers: list[threading.Thread] = field(default_factory=list)
     errors: list[BaseException] = field(default_factory=list)
     scenes: dict[str, list[str]] = field(default_factory=dict)  # feed -> scenes it published
+    clients: list[redis.Redis] = field(default_factory=list)  # of consumers and producers
+
+    def connect(self, s: Settings) -> redis.Redis:
+        client = connection.connect(s, timeout_s=30)
+        self.clients.append(client)
+        return client
+
+    def migration_counts(self) -> tuple[int, int]:
+        """(ASKs followed, SlotMigrating refusals) of every consumer and producer."""
+        counts = [connection.migration_counts(c) for c in self.clients]
+        return sum(a for a, _ in counts), sum(b for _, b in counts)
 
     def consume(self, feed: str, name: str) -> None:
         s = settings(self.cluster, feed, consumer=name)
-        worker = Consumer(connection.connect(s, timeout_s=30), s)
+        worker = Consumer(self.connect(s), s)
         thread = threading.Thread(target=self._guard(worker.run), daemon=True)
         self.consumers.append((worker, thread))
         thread.start()
@@ -80,8 +93,9 @@ class Fleet:
         s = settings(self.cluster, feed)
         done = self.scenes.setdefault(feed, [])
 
+        client = self.connect(s)
+
         def run() -> None:
-            client = connection.connect(s)
             for i in range(count):
                 scene = f"{prefix}-{i}"
                 arr = helpers.scene_array(SIDE, SIDE, {(30 + i % 50, 40): 60000}, seed=i)
@@ -262,9 +276,11 @@ def test_failover_of_a_master_mid_run(cluster: LocalCluster, fleet: Fleet, toy_m
     heal(cluster)
 
 
-def test_slot_migration_of_a_running_feed(cluster: LocalCluster, fleet: Fleet, toy_model: Path) -> None:
-    by_master = feeds_per_master(cluster, 1, "mig")
-    (source, (feed,)), (target, _) = list(by_master.items())[:2]
+def _run_through_a_migration(
+    cluster: LocalCluster, fleet: Fleet, toy_model: Path, feed: str, migrate: Callable[[], None]
+) -> None:
+    """Two consumers and a producer of `feed` at work while `migrate()` moves its slot; then the
+    exactly-once check."""
     client = connection.connect(settings(cluster, feed))
     load(client, toy_model, LoadOptions(name="mig", feeds=(feed,), batch=4))
     fleet.consume(feed, "m1")
@@ -272,12 +288,56 @@ def test_slot_migration_of_a_running_feed(cluster: LocalCluster, fleet: Fleet, t
     fleet.produce(feed, "mig", 10, pause_s=0.1)
     time.sleep(0.8)
     before = len(fleet.scenes[feed])
-    migrate_slot(cluster, feed_slot(feed), target, pause_s=0.01)
+    source = slot_map(cluster)[feed_slot(feed)]
+    migrate()
     during = len(fleet.scenes[feed])
-    assert slot_map(cluster)[feed_slot(feed)] == target != source
+    assert slot_map(cluster)[feed_slot(feed)] != source
     fleet.wait_producers()
     assert 0 < before and during < 10, f"the migration was not mid-run: {before}, {during} of 10 scenes"
     fleet.wait_drained(client)
     check_exactly_once(client, fleet)
     # everything of the feed moved: the source holds none of its keys
     assert redis.Redis(port=source).execute_command("CLUSTER", "COUNTKEYSINSLOT", feed_slot(feed)) == 0
+
+
+def test_slot_migration_of_a_running_feed(cluster: LocalCluster, fleet: Fleet, toy_model: Path) -> None:
+    """Key by key with pauses, so the clients spend long in the half-moved slot: commands whose
+    key has moved follow ASK to the target, transactions wait for the end."""
+    by_master = feeds_per_master(cluster, 1, "mig")
+    (_, (feed,)), (target, _) = list(by_master.items())[:2]
+    _run_through_a_migration(
+        cluster, fleet, toy_model, feed, lambda: migrate_slot(cluster, feed_slot(feed), target, pause_s=0.02)
+    )
+    followed, refused = fleet.migration_counts()
+    assert followed > 0 and refused > 0, (followed, refused)
+
+
+def test_redis_cli_reshard_of_a_running_feed(cluster: LocalCluster, fleet: Fleet, toy_model: Path) -> None:
+    """`redis-cli --cluster reshard` itself, one key per MIGRATE (it moves a master's lowest
+    slots first: the feed is one whose slot is its master's lowest)."""
+    feed, source = feed_on_lowest_slot(cluster, "rs")
+    target = next(p for p, role in cluster.roles().items() if role == "master" and p != source)
+    _run_through_a_migration(
+        cluster, fleet, toy_model, feed, lambda: reshard(cluster, source, target, slots=1, pipeline=1)
+    )
+
+
+def test_a_command_for_another_slot_is_redirected_a_transaction_is_not(cluster: LocalCluster) -> None:
+    """The roles use on_slot for other slots' keys; a single command sent on a slot client
+    anyway follows the MOVED to the key's master (groundwatch web and monitor read every feed
+    on one client), a transaction raises SlotMoved (its WATCH would not hold elsewhere)."""
+    (mine, *_), (other, *_) = list(feeds_per_master(cluster, 1, "redir").values())[:2]
+    client = connection.connect(settings(cluster, mine))
+    connection.on_slot(client, keys.stats(other)).hset(keys.stats(other), "x", 7)
+    assert client.hget(keys.stats(other), "x") == b"7"
+    assert client.pipeline(transaction=False).hget(keys.stats(other), "x").hget(
+        keys.stats(mine), "x"
+    ).execute() == [
+        b"7",
+        None,
+    ]
+    with pytest.raises(connection.SlotMoved, match="MOVED"):
+        with client.pipeline(transaction=True) as pipe:
+            pipe.hincrby(keys.stats(other), "x", 1)
+            pipe.execute()
+    assert client.hget(keys.stats(other), "x") == b"7"  # the transaction did nothing

@@ -155,6 +155,17 @@ def test_the_deployment_files_pass_every_check() -> None:
     assert {"redis", "loader", "consumer", "watch", "cluster-create"} <= set(services)
     assert "container_name" not in services["consumer"]  # --scale consumer=4
     assert all("cluster" in services[f"redis-node-{i}"]["profiles"] for i in range(1, 7))
+    for i in range(1, 7):
+        # a node told to announce its host name but given none announces "?": no client reaches it
+        args = services[f"redis-node-{i}"]["command"]
+        if "--cluster-preferred-endpoint-type" in args:
+            kind = args[args.index("--cluster-preferred-endpoint-type") + 1]
+            assert kind != "hostname" or "--cluster-announce-hostname" in args, f"redis-node-{i}"
+    assert {"cluster-consumer", "cluster-watch"} <= set(services)
+    assert all(
+        services[s]["environment"]["REDIS_URL"].startswith("redis://redis-node-")
+        for s in ("cluster-consumer", "cluster-watch")
+    )
 
 
 def test_a_schema_violation_fails(tmp_path: Path) -> None:
