@@ -253,3 +253,25 @@ def test_the_cli_says_what_is_missing(
     argv = ["--redis-url", "redis://127.0.0.1:1/0", "load", str(path), "--name", "y", *flags]
     assert main(argv) == 1
     assert message in capsys.readouterr().err
+
+
+def test_the_operator_check_measures_and_refuses_a_replacement_that_changes_the_output(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # Where torchvision's operators load, the adapter compares its replacements with them. Here the
+    # "native" side is the in-process registration (the reference-tested TorchScript functions), so
+    # what this checks is the comparison: equal replacements pass with the figure recorded, and a
+    # replacement that keeps too many boxes is refused with its numbers.
+    detops.ensure_schemas()
+    monkeypatch.setattr(detops, "native_available", lambda: True)
+    spec = AdapterSpec(adapter="torchvision", classes=CLASSES, tile_size=64, band_map=(0, 0, 0))
+    _wrapped, report = adapters.adapt(TwoStage(in_channels=3, num_classes=3, seed=4).eval(), spec)
+    assert report["op_check"]["status"] == "ok" and report["op_check"]["max_abs_diff"] <= 1e-6
+
+    @torch.jit.script
+    def sloppy_nms(boxes: torch.Tensor, scores: torch.Tensor, iou_threshold: float) -> torch.Tensor:
+        return detops.nms(boxes, scores, 0.999)
+
+    monkeypatch.setitem(detops.REPLACEMENTS, "torchvision::nms", sloppy_nms)
+    with pytest.raises(LoaderError, match=r"change this model's output: max abs difference \d"):
+        adapters.adapt(TwoStage(in_channels=3, num_classes=3, seed=4).eval(), spec)
