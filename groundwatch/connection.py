@@ -316,6 +316,7 @@ log = logging.getLogger("groundwatch.connection")
 REDIRECTIONS = ("MOVED ", "ASK ", "TRYAGAIN", "CLUSTERDOWN", "MASTERDOWN", "UNBLOCKED force unblock")
 REFRESH_MIN_S = 0.1  # CLUSTER SLOTS at most this often, however many connections fail at once
 MIGRATION_PAUSE_S = 0.05  # before a refused command of a migrating slot is raised (SlotMigrating)
+REPLICA_RECHECK_S = 5.0  # how stale a "no replicas" may be before CLUSTER SLOTS is read again
 MIGRATION_WAIT_S = 60.0  # how long a transaction retries on a migrating slot before it gives up
 # Commands that begin or end a transaction: their ASK cannot be followed either.
 TRANSACTION_COMMANDS = ("WATCH", "MULTI", "EXEC", "DISCARD", "UNWATCH")
@@ -433,7 +434,17 @@ class Topology:
         return None if found is None else found.master
 
     def replicas(self, slot: int) -> int:
+        """The replicas CLUSTER SLOTS lists for the slot's master. It leaves out a replica that
+        has replicated nothing yet (a cluster without writes), so no replicas is checked again
+        every REPLICA_RECHECK_S."""
         found = self._range(slot)
+        if (
+            found is not None
+            and found.replicas == 0
+            and time.monotonic() - self._refreshed > REPLICA_RECHECK_S
+        ):
+            self.refresh(force=True)
+            found = self._range(slot)
         return 0 if found is None else found.replicas
 
     def moved(self, reply: str, host: str) -> None:

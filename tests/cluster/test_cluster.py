@@ -11,7 +11,7 @@ import threading
 import time
 import traceback
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import pytest
@@ -341,3 +341,21 @@ def test_a_command_for_another_slot_is_redirected_a_transaction_is_not(cluster: 
             pipe.hincrby(keys.stats(other), "x", 1)
             pipe.execute()
     assert client.hget(keys.stats(other), "x") == b"7"  # the transaction did nothing
+
+
+def test_a_slot_without_replicas_is_checked_again(cluster: LocalCluster) -> None:
+    """CLUSTER SLOTS leaves out replicas that have replicated nothing yet, so a producer that
+    connected to a new cluster saw none; it looks again, and WAITs once a replica is listed."""
+    (feed, *_), *_ = feeds_per_master(cluster, 1, "rep").values()
+    client = connection.connect(settings(cluster, feed))
+    topology = client.connection_pool.connection_kwargs["gw_topology"]
+    slot = feed_slot(feed)
+    found = topology._range(slot)
+    topology._ranges = [r if r is not found else replace(r, replicas=0) for r in topology._ranges]
+    assert connection.wait_for_replica(client, keys.stats(feed)) is None  # seen just now: none
+    client.hset(keys.stats(feed), "x", 1)  # a replica that has replicated something is listed
+    deadline = time.monotonic() + 20
+    while (got := connection.wait_for_replica(client, keys.stats(feed))) != 1:
+        assert got is None and time.monotonic() < deadline, got
+        topology._refreshed -= connection.REPLICA_RECHECK_S + 1  # as if that long had passed
+        time.sleep(0.2)
