@@ -1,13 +1,16 @@
 /*
  * fuzz_dag: the command layer's argument parsing, DAGs first, without Redis. The engine's
- * commands.cpp, exec.cpp and backend.cpp are linked against a small in-process stand-in for the
- * module API (strings, a keyspace holding two tensors and a model that did not load, replies
- * counted, blocking and unblocking through the real worker queue). The input is one command,
- * arguments separated by spaces; its first byte picks the command and whether Redis asks for the
- * key positions. Beyond no crash and no sanitizer report: every reported key position is inside
- * the arguments, every blocked client is unblocked, and every reply is one complete reply.
+ * command files (commands.h), exec.cpp, objects.cpp and backend.cpp are linked against a small
+ * in-process stand-in for the module API (strings, a keyspace holding two tensors and a model
+ * that did not load, replies counted, blocking and unblocking through the real worker queue). The
+ * input is one command, arguments separated by spaces; its first byte picks the command and
+ * whether Redis asks for the key positions. Beyond no crash and no sanitizer report: every
+ * reported key position is inside the arguments, every blocked client is unblocked, and every
+ * reply is one complete reply.
  *
- * fuzz-sources: commands.cpp exec.cpp backend.cpp batching.cpp rm_api.cpp memory.cpp
+ * fuzz-sources: args.cpp cmd_execute.cpp cmd_tensor.cpp cmd_model.cpp cmd_script.cpp cmd_dag.cpp
+ * fuzz-sources: cmd_info.cpp commands.cpp objects.cpp exec.cpp backend.cpp batching.cpp rm_api.cpp
+ * fuzz-sources: memory.cpp
  */
 #include <charconv>
 #include <condition_variable>
@@ -16,8 +19,8 @@
 #include <string>
 #include <vector>
 
+#include "commands.h"
 #include "fuzz_common.h"
-#include "glue.h"
 #include "objects.h"
 #include "rm_api.h"
 

@@ -168,27 +168,4 @@ GwBackendMemory backend_memory() {
   return m;
 }
 
-/* ==== Model and script lifetime ================================================================ */
-
-void Model::release() {
-  if (refs.fetch_sub(1, std::memory_order_acq_rel) != 1) return;
-  if (handle && g_torch) {
-    g_torch->model_free(handle);
-    torch_loaded.models--;
-    torch_loaded.model_bytes -= static_cast<long long>(weights);
-  }
-  if (blob) mem_free(blob);
-  delete this;
-}
-
-void Script::release() {
-  if (refs.fetch_sub(1, std::memory_order_acq_rel) != 1) return;
-  if (handle && g_torch) {
-    g_torch->script_free(handle);
-    torch_loaded.scripts--;
-    torch_loaded.script_bytes -= static_cast<long long>(weights);
-  }
-  delete this;
-}
-
 }  // namespace gw

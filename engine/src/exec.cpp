@@ -19,7 +19,6 @@
 #include <thread>
 
 #include "backend.h"
-#include "glue.h"
 
 namespace gw {
 

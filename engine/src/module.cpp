@@ -17,7 +17,7 @@
 
 #include "backend.h"
 #include "exec.h"
-#include "glue.h"
+#include "commands.h"
 #include "memory.h"
 #include "objects.h"
 #include "rm_api.h"
@@ -380,10 +380,10 @@ void info_memory(RedisModuleInfoCtx *ctx) {
   u("malloc_is_libc", pm.malloc_is_libc ? 1 : 0);
   u("malloc_in_use_bytes", pm.malloc_in_use_bytes);
   u("malloc_free_bytes", pm.malloc_free_bytes);
-  u("torch_models", n(torch_loaded.models));
-  u("torch_model_weights_bytes", n(torch_loaded.model_bytes));
-  u("torch_scripts", n(torch_loaded.scripts));
-  u("torch_script_bytes", n(torch_loaded.script_bytes));
+  u("torch_models", n(torch_loaded.models.n));
+  u("torch_model_weights_bytes", n(torch_loaded.models.bytes));
+  u("torch_scripts", n(torch_loaded.scripts.n));
+  u("torch_script_bytes", n(torch_loaded.scripts.bytes));
   u("torch_cpu_allocated_bytes", bm.allocated_bytes);
   u("torch_run_tensor_bytes", bm.run_bytes);
   u("torch_run_tensor_peak_bytes", bm.run_peak_bytes);

@@ -1,6 +1,7 @@
 /*
  * objects.h: the values the three data types hold (tensors live in tensor.h), the engine's
- * configuration and the handles Redis gave us at load time.
+ * configuration and the handles Redis gave us at load time; making models and scripts through
+ * the backend (objects.cpp), for the store commands and RDB/AOF loading alike.
  */
 #ifndef GROUNDWATCH_OBJECTS_H
 #define GROUNDWATCH_OBJECTS_H
@@ -44,15 +45,24 @@ extern Config config;
 /* The largest MB value the memory settings take (1 PiB), so that bytes fit in 64 bits. */
 constexpr long long kMaxMemoryMb = 1LL << 30;
 
-/* ==== Loaded models and scripts ===============================================================
+/* ==== Loaded models and scripts ==================================================================
  * How many the TORCH backend holds and the bytes it reports for them (weights; tensor constants
  * of scripts), for INFO MODULES. Counted from creation to release: a model that a run still
  * holds after MODELDEL counts until the run ends, which is when its memory goes. */
+struct LoadedCount {
+  std::atomic<long long> n{0};
+  std::atomic<long long> bytes{0};
+  void add(size_t b) {
+    n++;
+    bytes += static_cast<long long>(b);
+  }
+  void remove(size_t b) {
+    n--;
+    bytes -= static_cast<long long>(b);
+  }
+};
 struct LoadedCounts {
-  std::atomic<long long> models{0};
-  std::atomic<long long> model_bytes{0};
-  std::atomic<long long> scripts{0};
-  std::atomic<long long> script_bytes{0};
+  LoadedCount models, scripts;
 };
 extern LoadedCounts torch_loaded;
 
@@ -60,7 +70,7 @@ extern RedisModuleType *TensorType;
 extern RedisModuleType *ModelType;
 extern RedisModuleType *ScriptType;
 
-/* ==== Run statistics ==========================================================================
+/* ==== Run statistics =============================================================================
  * Updated by workers, read by AI.INFO on the main thread. */
 struct RunStats {
   mutable std::mutex mu;
@@ -77,7 +87,7 @@ struct RunStats {
   }
 };
 
-/* ==== Model and script ========================================================================
+/* ==== Model and script ===========================================================================
  * Shared by reference count like tensors: a running request keeps its model alive even when
  * MODELDEL or a new MODELSTORE replaces the key meanwhile. */
 struct Model {
@@ -134,6 +144,48 @@ struct Script {
   }
   void release();
 };
+
+/* ==== Devices ================================================================================= */
+
+/* RedisAI's device rule: CPU or GPU, optionally followed by ':' and digits (none allowed),
+ * case-insensitive, under 10 characters in all. */
+bool valid_device(const std::string &device);
+/* The upper-cased copy that names the run queue and is given to the backend; the device
+ * itself is kept as sent. */
+std::string device_queue(const std::string &device);
+
+/* ==== Making models and scripts ==================================================================
+ * Through the backend (loaded on first use). */
+
+/* Takes ownership of blob (mem_alloc'd) whatever the outcome. "" on success. With optimize the
+ * backend also freezes and optimises the model; when it cannot, the model is still created
+ * (unoptimised) and the reason is logged and kept in Model::optimize_status. With keep_failed
+ * (data being loaded, never a client's store) a model the backend cannot load is still made, with
+ * no handle and Model::load_error set, and returned in *out along with the error. */
+std::string create_model(const std::string &device, const std::string &tag, long long batchsize,
+                         long long minbatchsize, long long minbatchtimeout, char *blob,
+                         size_t bloblen, Model **out, bool optimize = false,
+                         bool keep_failed = false);
+/* A model the backend could not load (see Model::load_error), made from its record; takes blob. */
+Model *failed_model(const std::string &device, const std::string &tag, long long batchsize,
+                    long long minbatchsize, long long minbatchtimeout, char *blob, size_t bloblen,
+                    bool optimize, const std::string &err);
+/* The error reply for using a model that did not load, or "" when it can run. */
+std::string model_unusable(const Model &m);
+/* keep_failed: as create_model's (a script that does not compile is kept with load_error). */
+std::string create_script(const std::string &device, const std::string &tag,
+                          const std::string &source, const std::vector<std::string> &entry_points,
+                          Script **out, bool keep_failed = false);
+/* The error reply for using a script that did not load, or "" when it can run. */
+std::string script_unusable(const Script &s);
+
+/* ==== The command form of a tensor ============================================================ */
+
+/* Builds the `AI.TENSORSET key TYPE dims... BLOB data` argument vector (strings to be freed by
+ * the caller with RedisModule_FreeString(ctx, ...)): how the AOF rewrite and replication write a
+ * tensor. */
+std::vector<RedisModuleString *> tensorset_args(RedisModuleCtx *ctx, const char *key, size_t keylen,
+                                                const Tensor &t);
 
 }  // namespace gw
 
