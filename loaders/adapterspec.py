@@ -61,6 +61,8 @@ class AdapterSpec:
                 )
         if self.max_detections < 1 or self.pre_nms_top < 1:
             raise LoaderError("--max-detections and the pre-NMS limit must be at least 1")
+        if not 0 <= self.min_score <= 1:
+            raise LoaderError(f"--min-score must be in [0, 1], got {self.min_score}")
         if not 0 <= self.iou_threshold <= 1:
             raise LoaderError(f"--iou must be in [0, 1], got {self.iou_threshold}")
 
@@ -130,6 +132,18 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         "--iou", type=float, default=0.5, help="yolo: IoU above which NMS drops a box (default 0.5)"
     )
     g.add_argument(
+        "--min-score",
+        type=float,
+        default=0.001,
+        help="yolo: rows scoring below are dropped before NMS (default 0.001)",
+    )
+    g.add_argument(
+        "--pre-nms-top",
+        type=int,
+        default=1000,
+        help="yolo: at most this many rows, by score, enter NMS (default 1000)",
+    )
+    g.add_argument(
         "--logits", action="store_true", help="yolo: the head's class scores are logits (sigmoid them)"
     )
 
@@ -161,6 +175,8 @@ def from_args(args: argparse.Namespace, tile_size: int) -> AdapterSpec | None:
         score_threshold_hint=args.score_hint,
         label_offset=args.label_offset,
         iou_threshold=args.iou,
+        min_score=args.min_score,
+        pre_nms_top=args.pre_nms_top,
         scores_are_logits=args.logits,
     )
     spec.check()

@@ -243,6 +243,7 @@ def test_a_head_of_the_wrong_width_fails_the_warm_up_with_the_shapes(
         (["--adapter", "yolo"], "needs its class names"),
         (["--adapter", "yolo", "--classes", "ship", "--band-map", "0,x"], "comma-separated numbers"),
         (["--classes", "ship"], "add --adapter torchvision or --adapter yolo"),
+        (["--adapter", "yolo", "--classes", "ship", "--min-score", "2"], "--min-score must be in [0, 1]"),
     ],
 )
 def test_the_cli_says_what_is_missing(
