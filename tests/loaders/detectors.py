@@ -111,3 +111,18 @@ class YoloHead(nn.Module):
         cls = torch.sigmoid(self.cls(f) + 1.5 * c - 2.0)
         out = torch.cat([torch.stack([cx, cy, bw, bh], dim=1), cls], dim=1)
         return out.reshape(b, out.shape[1], h * w)
+
+
+class ScriptedPair(nn.Module):
+    """What torchvision's detectors return when scripted: `(losses, detections)`, with the
+    optional `targets` argument of their forward."""
+
+    def __init__(self, inner: TwoStage) -> None:
+        super().__init__()
+        self.inner = inner
+
+    def forward(
+        self, images: list[Tensor], targets: list[dict[str, Tensor]] | None = None
+    ) -> tuple[dict[str, Tensor], list[dict[str, Tensor]]]:
+        losses: dict[str, Tensor] = {}
+        return losses, self.inner(images)

@@ -33,7 +33,7 @@ from loaders import LoaderError, adapters, detops
 from loaders.adapterspec import AdapterSpec
 from models.scenes import SceneConfig, generate_scene
 from tests.ingest.conftest import write_tif
-from tests.loaders.detectors import TwoStage, YoloHead
+from tests.loaders.detectors import ScriptedPair, TwoStage, YoloHead
 from tests.loaders.test_detops import reference_nms
 
 FEED = "byom"
@@ -276,3 +276,16 @@ def test_the_operator_check_measures_and_refuses_a_replacement_that_changes_the_
     monkeypatch.setitem(detops.REPLACEMENTS, "torchvision::nms", sloppy_nms)
     with pytest.raises(LoaderError, match=r"change this model's output: max abs difference \d"):
         adapters.adapt(TwoStage(in_channels=3, num_classes=3, seed=4).eval(), spec)
+
+
+def test_the_scripted_torchvision_form_losses_and_detections_gives_the_same_rows() -> None:
+    detops.ensure_schemas()
+    spec = AdapterSpec(adapter="torchvision", classes=CLASSES, tile_size=64, band_map=(0, 0, 0))
+    inner = TwoStage(in_channels=3, num_classes=3, seed=6).eval()
+    plain, _ = adapters.adapt(inner, spec)
+    pair, report = adapters.adapt(torch.jit.script(ScriptedPair(inner).eval()), spec)
+    assert isinstance(pair, torch.jit.ScriptModule) and report["replaced_ops"]
+    x = torch.from_numpy(np.random.default_rng(1).integers(100, 3000, (2, 1, 64, 64)).astype(np.float32))
+    with torch.no_grad():
+        a, b = plain(x), pair(x)
+    assert a.shape == (2, 100, 6) and torch.equal(a, b) and a[:, :, 4].max() > 0
