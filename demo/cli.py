@@ -25,7 +25,7 @@ def register(sub: argparse._SubParsersAction) -> None:
         const=3,
         default=0,
         metavar="N",
-        help="on a local Redis Cluster of N masters (3 when N is left out) with a replica each, "
+        help="on a local Redis Cluster of N masters (3 or more; 3 when N is left out) with a replica each, "
         "one feed per master",
     )
     p.set_defaults(handler=cmd_demo)

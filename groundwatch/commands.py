@@ -36,7 +36,7 @@ def register(sub: argparse._SubParsersAction) -> None:
         type=int,
         default=0,
         metavar="N",
-        help="a local Redis Cluster of N masters with a replica each, the engine on every node, "
+        help="a local Redis Cluster of N masters (3 or more) with a replica each, the engine on every node, "
         "data under DATA_DIR/cluster/; stays attached, Ctrl-C stops it",
     )
     p.add_argument(

@@ -242,8 +242,12 @@ class LocalCluster:
         return self.nodes[0].url
 
     def start(self, timeout_s: float = 60.0) -> LocalCluster:
-        if self.masters < 1 or self.replicas < 0:
-            raise ServerError(f"a cluster needs at least 1 master (got {self.masters}) and replicas >= 0")
+        if self.masters < 3 or self.replicas < 0:
+            # redis-cli --cluster create refuses fewer than 3 masters
+            raise ServerError(
+                f"a Redis Cluster needs at least 3 masters (got {self.masters}) and replicas >= 0: "
+                "use --cluster 3 or more"
+            )
         if shutil.which("redis-cli") is None:
             raise ServerError(INSTALL_HINT.replace("redis-server was", "redis-cli was"))
         config = [

@@ -59,3 +59,53 @@ def test_feeds_on_every_shard_on_one_server(r: redis.Redis) -> None:
     assert connection.feeds_on_every_shard(r, "x-", per_shard=2) == ["x-0", "x-1"]
     with pytest.raises(Exception, match="not valid"):
         connection.feeds_on_every_shard(r, "{bad}", per_shard=1)
+
+
+def test_up_cluster_runs_a_cluster_until_stopped(tmp_path: Path, engine_module: Path | None) -> None:
+    """`groundwatch up --cluster 3`: 3 masters and their replicas with the engine, a REDIS_URL
+    the other commands take, everything stopped on SIGTERM; fewer masters are refused."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    assert engine_module is not None
+    env = {
+        **os.environ,
+        "GROUNDWATCH_DATA_DIR": str(tmp_path),
+        "GROUNDWATCH_ENGINE_MODULE": str(engine_module),
+    }
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "groundwatch.cli", "up", "--cluster", "3"],
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+    try:
+        url = ""
+        deadline = time.monotonic() + 120
+        assert proc.stdout is not None
+        while not url and time.monotonic() < deadline:
+            line = proc.stdout.readline()
+            assert line, "groundwatch up --cluster exited before printing REDIS_URL"
+            if "export REDIS_URL=" in line:
+                url = line.split("export REDIS_URL=", 1)[1].split()[0]
+        client = connection.connect(Settings(redis_url=url))
+        assert connection.is_cluster(client)
+        assert len(connection.every_node(client)) == 6  # the masters and their replicas
+        for node in connection.every_node(client):  # the engine on every node
+            assert b"ai" in {m[b"name"] for m in node.module_list()}
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(timeout=60) == 0
+    pids = subprocess.run(["pgrep", "-f", str(tmp_path / "cluster")], capture_output=True, text=True)
+    assert pids.stdout.strip() == ""
+    two = subprocess.run(
+        [sys.executable, "-m", "groundwatch.cli", "up", "--cluster", "2"],
+        env=env,
+        capture_output=True,
+        text=True,
+    )
+    assert two.returncode != 0 and "at least 3 masters" in two.stderr
