@@ -4,8 +4,9 @@ and its checked metadata (groundwatch.modelmeta; no torch needed)."""
 from __future__ import annotations
 
 import hashlib
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import ml2rt
 
@@ -20,6 +21,11 @@ class ModelFile:
     blob: bytes
     sha256: str
     metadata: ModelMetadata
+    # A blob converted at load time (ONNX import, loaders/onnx_import.py): the file as it was
+    # given, kept in the registry beside the version's record, and what the conversion measured,
+    # merged into the record's provenance.
+    original: bytes | None = None
+    conversion: dict[str, Any] = field(default_factory=dict)
 
 
 def read_model_file(path: str | Path) -> ModelFile:

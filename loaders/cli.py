@@ -144,8 +144,20 @@ def cmd_load(settings: Settings, args: argparse.Namespace) -> int:
     provenance = None
     if spec is not None:
         from loaders.adapters import adapt_file
+        from loaders.archive import is_onnx
 
-        source = adapt_file(args.file, spec)
+        if is_onnx(args.file):
+            from loaders import onnx_import  # torch, onnx and onnx2torch: only for ONNX files
+
+            tolerance = args.parity_tolerance
+            source = onnx_import.adapt_onnx_file(
+                args.file,
+                spec,
+                tolerance=onnx_import.DEFAULT_PARITY_TOLERANCE if tolerance is None else tolerance,
+                samples=_samples(args.compare_samples),
+            )
+        else:
+            source = adapt_file(args.file, spec)
         provenance = {"adapter": source.metadata.extra["adapter"]}
     opts = LoadOptions(
         name=args.name,

@@ -124,13 +124,12 @@ def load(client: redis.Redis, source: str | Path | ModelFile, opts: LoadOptions)
 
     An ONNX file is converted to TorchScript first and its original bytes are kept with the record
     (loaders/onnx_import.py)."""
-    original: bytes | None = None
     if isinstance(source, ModelFile):
         model = source
     elif is_onnx(source):
         from loaders import onnx_import  # torch, onnx and onnx2torch: only for ONNX files
 
-        imported = onnx_import.read_onnx_file(
+        model = onnx_import.read_onnx_file(
             source,
             tolerance=onnx_import.DEFAULT_PARITY_TOLERANCE
             if opts.parity_tolerance is None
@@ -138,10 +137,10 @@ def load(client: redis.Redis, source: str | Path | ModelFile, opts: LoadOptions)
             samples=opts.compare_samples,
             metadata=opts.metadata,
         )
-        model, original = imported.model, imported.onnx_blob
-        opts = replace(opts, provenance={**imported.provenance(), **(opts.provenance or {})})
     else:
         model = read_model_file(source)
+    if model.conversion:
+        opts = replace(opts, provenance={**model.conversion, **(opts.provenance or {})})
     keys.check_name("model", opts.name)
     for feed in opts.feeds:
         keys.check_name("feed", feed)
@@ -227,8 +226,8 @@ def load(client: redis.Redis, source: str | Path | ModelFile, opts: LoadOptions)
         min_batch_timeout_ms=opts.min_batch_timeout_ms,
         provenance=_provenance(opts, file_provenance, origin, optimize_state, compared),
     )
-    if original is not None:
-        registry.record_original(record, original)  # first: a record never lacks its original
+    if model.original is not None:
+        registry.record_original(record, model.original)  # first: a record never lacks its original
     registry.record(record)
     if compared is not None and opts.activate and not _agrees(compared, opts):
         raise LoaderError(

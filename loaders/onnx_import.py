@@ -23,6 +23,10 @@ Runtime; docs/models.md says why). So `groundwatch load model.onnx`:
 
 The loader stores the converted blob like any TorchScript version and keeps the original ONNX
 bytes beside its registry record (keys.registry_originals).
+
+A raw head that is not contract 1 (a YOLO export) goes through steps 1, 3 and 4 with the
+adapter's channels and tile size, is compared with ONNX Runtime value by value on what the
+adapter feeds it, and is then wrapped by the adapter (`adapt_onnx_file`, loaders/adapters.py).
 """
 
 from __future__ import annotations
@@ -37,7 +41,7 @@ import sys
 import types
 import warnings
 from collections.abc import Iterator
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -64,43 +68,51 @@ _TORCHVISION_OPS = frozenset({"NonMaxSuppression", "RoiAlign"})
 
 @dataclass(frozen=True)
 class Parity:
-    """How closely the converted TorchScript reproduces ONNX Runtime on the sample tiles."""
+    """How closely the converted TorchScript reproduces ONNX Runtime on the sample tiles.
+
+    `compared` is "contract-1 rows" (paired rows, module docstring; the box, score and class
+    figures are set) or "output values" (a raw head under an adapter, compared value by value)."""
 
     tiles: int
-    rows: int  # rows paired and compared
+    compared: str
+    count: int  # rows paired, or values compared
     max_abs_diff: float
-    max_box_diff: float
-    max_score_diff: float
-    class_mismatches: int
     tolerance: float
+    max_box_diff: float | None = None
+    max_score_diff: float | None = None
+    class_mismatches: int | None = None
 
     @property
     def passed(self) -> bool:
         return self.max_abs_diff <= self.tolerance
 
     def as_dict(self) -> dict[str, Any]:
-        return {**asdict(self), "passed": self.passed}
+        return {**{k: v for k, v in asdict(self).items() if v is not None}, "passed": self.passed}
 
     def describe(self) -> str:
+        detail = ""
+        if self.max_box_diff is not None:
+            detail = (
+                f" (boxes {self.max_box_diff:.3g} px, scores {self.max_score_diff:.3g}, "
+                f"{self.class_mismatches} class mismatches)"
+            )
         return (
-            f"max abs difference {self.max_abs_diff:.3g} (boxes {self.max_box_diff:.3g} px, scores "
-            f"{self.max_score_diff:.3g}, {self.class_mismatches} class mismatches) over {self.rows} rows of "
+            f"max abs difference {self.max_abs_diff:.3g}{detail} over {self.count} {self.compared} of "
             f"{self.tiles} tiles, tolerance {self.tolerance:g}"
         )
 
 
 @dataclass(frozen=True)
-class OnnxImport:
-    """A converted ONNX file: `model` is what the engine stores; the original bytes are kept."""
+class Converted:
+    """An ONNX graph as a scripted module (traced per tile), with the file it came from."""
 
-    model: ModelFile
+    module: torch.jit.ScriptModule
     onnx_blob: bytes
     onnx_sha256: str
     opset: int
-    parity: Parity
 
-    def provenance(self) -> dict[str, Any]:
-        """The version record's account of the import (beside the original bytes' key)."""
+    def provenance(self, parity: Parity) -> dict[str, Any]:
+        """The version record's account of the import (the bytes themselves are kept beside it)."""
         return {
             "format": "onnx",
             "method": f"{IMPORT_METHOD} {_version('onnx2torch')} import, traced per tile",
@@ -108,7 +120,7 @@ class OnnxImport:
             "onnx_bytes": len(self.onnx_blob),
             "onnx_opset": self.opset,
             "onnxruntime": _version("onnxruntime"),
-            "parity": self.parity.as_dict(),
+            "parity": parity.as_dict(),
         }
 
 
@@ -118,13 +130,80 @@ def read_onnx_file(
     tolerance: float = DEFAULT_PARITY_TOLERANCE,
     samples: np.ndarray | None = None,
     metadata: dict[str, Any] | None = None,
-) -> OnnxImport:
-    """Convert, check against ONNX Runtime and package one ONNX file (module docstring).
+) -> ModelFile:
+    """A contract-1 ONNX file converted, checked against ONNX Runtime and packaged as the loader
+    stores it (module docstring); `original` and `conversion` of the result are the ONNX bytes and
+    the record's provenance.
 
     LoaderError names what is wrong: an unreadable or invalid graph, missing metadata, an
     interface that is not contract 1, the unconvertible operators, or the parity figures."""
+    _check_tolerance(tolerance)
+    blob, proto = _read(path)
+    meta = _metadata(proto, metadata, str(path))
+    converted = _convert_proto(blob, proto, meta.bands, meta.tile_size, str(path))
+    # The blob says where it came from, so a copy fetched with AI.MODELGET BLOB still does.
+    stamp = {"format": "onnx", "onnx_sha256": converted.onnx_sha256}
+    scripted_blob = _save(converted.module, {**meta.as_dict(), "provenance": stamp})
+    tiles = _sample_tiles(meta, samples)
+    parity = _refuse_unless(check_parity(scripted_blob, blob, tiles, tolerance), path)
+    return ModelFile(
+        str(path),
+        scripted_blob,
+        hashlib.sha256(scripted_blob).hexdigest(),
+        read_metadata(scripted_blob),
+        original=blob,
+        conversion=converted.provenance(parity),
+    )
+
+
+def adapt_onnx_file(
+    path: str | Path,
+    spec: Any,
+    *,
+    tolerance: float = DEFAULT_PARITY_TOLERANCE,
+    samples: np.ndarray | None = None,
+) -> ModelFile:
+    """An ONNX export of a detector that is not contract 1 (a raw YOLO head): converted, its raw
+    output checked against ONNX Runtime value by value on what the adapter feeds it (the sample
+    tiles' bands picked and scaled), then wrapped by the adapter of `spec` (loaders/adapters.py)."""
+    from loaders import adapters
+
+    _check_tolerance(tolerance)
+    spec.check()
+    blob, proto = _read(path)
+    converted = _convert_proto(blob, proto, len(spec.channels()), spec.tile_size, str(path))
+    meta = ModelMetadata.from_dict(spec.metadata())
+    with torch.no_grad():
+        model_input = adapters._Input(spec)(torch.from_numpy(_sample_tiles(meta, samples)))
+    want = _run_onnx(blob, model_input.numpy())
+    with torch.no_grad():
+        got = converted.module(model_input).numpy()
+    if got.shape != want.shape:
+        raise LoaderError(
+            f"{path}: the converted model returns {list(got.shape)} where ONNX Runtime returns {list(want.shape)}"
+        )
+    diff = float(np.abs(want.astype(np.float64) - got).max()) if want.size else 0.0
+    parity = _refuse_unless(Parity(len(model_input), "output values", int(want.size), diff, tolerance), path)
+    adapted = adapters.to_model_file(converted.module, spec, str(path), original=blob)
+    return replace(adapted, original=blob, conversion=converted.provenance(parity))
+
+
+def _check_tolerance(tolerance: float) -> None:
     if not tolerance >= 0:
         raise LoaderError(f"--parity-tolerance must be >= 0, got {tolerance}")
+
+
+def _refuse_unless(parity: Parity, path: str | Path) -> Parity:
+    if not parity.passed:
+        raise LoaderError(
+            f"{path} was converted, but the TorchScript result does not reproduce ONNX Runtime: "
+            f"{parity.describe()}. Nothing was stored. Report the operators of this graph to onnx2torch, "
+            "or raise --parity-tolerance if the difference is acceptable"
+        )
+    return parity
+
+
+def _read(path: str | Path) -> tuple[bytes, Any]:
     try:
         blob = Path(path).read_bytes()
     except OSError as e:
@@ -135,33 +214,22 @@ def read_onnx_file(
         onnx.checker.check_model(proto)
     except Exception as e:  # protobuf DecodeError, onnx ValidationError: both mean "not a valid model"
         raise LoaderError(f"{path} is not a valid ONNX model: {e}") from e
-    meta = _metadata(proto, metadata, str(path))
-    in_dtype = _check_interface(proto, meta, str(path))
+    return blob, proto
+
+
+def _convert_proto(blob: bytes, proto: Any, channels: int, tile: int, what: str) -> Converted:
+    in_dtype = _check_interface(proto, channels, tile, what)
     opset = next((o.version for o in proto.opset_import if o.domain in ("", "ai.onnx")), 0)
     _normalise(proto)
     unsupported = unsupported_ops(proto)
     if unsupported:
         raise LoaderError(
-            f"{path} cannot be converted: onnx2torch {_version('onnx2torch')} has no converter for "
+            f"{what} cannot be converted: onnx2torch {_version('onnx2torch')} has no converter for "
             f"{'; '.join(unsupported)}. Export the model without them (e.g. leave NMS and box decoding "
             "out of the graph and use an adapter), or at an opset that has them"
         )
-    module = _convert(proto, in_dtype, meta, str(path))
-    sha = hashlib.sha256(blob).hexdigest()
-    # The blob says where it came from, so a copy fetched with AI.MODELGET BLOB still does.
-    scripted_blob = _save(module, {**meta.as_dict(), "provenance": {"format": "onnx", "onnx_sha256": sha}})
-    tiles = _sample_tiles(meta, samples)
-    parity = check_parity(scripted_blob, blob, tiles, tolerance)
-    if not parity.passed:
-        raise LoaderError(
-            f"{path} was converted, but the TorchScript result does not reproduce ONNX Runtime: "
-            f"{parity.describe()}. Nothing was stored. Report the operators of this graph to onnx2torch, "
-            "or raise --parity-tolerance if the difference is acceptable"
-        )
-    model = ModelFile(
-        str(path), scripted_blob, hashlib.sha256(scripted_blob).hexdigest(), read_metadata(scripted_blob)
-    )
-    return OnnxImport(model=model, onnx_blob=blob, onnx_sha256=sha, opset=opset, parity=parity)
+    module = _convert(proto, in_dtype, channels, tile, what)
+    return Converted(module, blob, hashlib.sha256(blob).hexdigest(), opset)
 
 
 def _import(name: str) -> Any:
@@ -209,8 +277,9 @@ def _dims(value_info: Any) -> list[int | None]:
     return [d.dim_value if d.HasField("dim_value") else None for d in shape.dim]
 
 
-def _check_interface(proto: Any, meta: ModelMetadata, what: str) -> Any:
-    """Contract 1's interface on the graph; returns the input's numpy dtype."""
+def _check_interface(proto: Any, channels: int, tile: int, what: str) -> Any:
+    """One tile batch in ([B, channels, tile, tile], B and the sizes may be free), one float
+    tensor out; returns the input's numpy dtype."""
     onnx = _import("onnx")
     initializers = {i.name for i in proto.graph.initializer}
     inputs = [i for i in proto.graph.input if i.name not in initializers]
@@ -218,24 +287,26 @@ def _check_interface(proto: Any, meta: ModelMetadata, what: str) -> Any:
     if len(inputs) != 1 or len(outputs) != 1:
         raise LoaderError(
             f"{what} has {len(inputs)} input(s) and {len(outputs)} output(s); a contract-1 model has one "
-            "tile batch [B, C, H, W] in and one [B, K, 6] out (docs/models.md)"
+            "tile batch [B, C, H, W] in and one [B, K, 6] out, an adapted one a tile batch in and one raw "
+            "head out (docs/models.md)"
         )
     dims = _dims(inputs[0])
     b, c, h, w = dims if len(dims) == 4 else (None,) * 4
-    if len(dims) != 4 or b not in (None, 1) or c not in (None, meta.bands):
+    if len(dims) != 4 or b not in (None, 1) or c not in (None, channels):
         raise LoaderError(
-            f"{what}: its input {inputs[0].name!r} has shape {_shape_text(dims)}; contract 1 takes "
-            f"[B, {meta.bands}, H, W] with B free (or 1) and {meta.bands} band(s) as the metadata says"
+            f"{what}: its input {inputs[0].name!r} has shape {_shape_text(dims)}; it should take "
+            f"[B, {channels}, H, W] with B free (or 1) and {channels} channel(s) (the metadata's bands, "
+            "or an adapter's --band-map)"
         )
-    if any(d not in (None, meta.tile_size) for d in (h, w)):
+    if any(d not in (None, tile) for d in (h, w)):
         raise LoaderError(
-            f"{what}: its input is fixed at {_shape_text(dims)}, but the metadata's tile_size is "
-            f"{meta.tile_size}; export it for {meta.tile_size} px tiles or with free H and W"
+            f"{what}: its input is fixed at {_shape_text(dims)}, but the tile size is {tile}; export "
+            f"it for {tile} px tiles or with free H and W"
         )
     out_type = outputs[0].type.tensor_type.elem_type
     if out_type != onnx.TensorProto.FLOAT:
         raise LoaderError(
-            f"{what}: its output is {onnx.TensorProto.DataType.Name(out_type)}; contract 1 returns float32"
+            f"{what}: its output is {onnx.TensorProto.DataType.Name(out_type)}; groundwatch takes float32"
         )
     try:
         return np.dtype(onnx.helper.tensor_dtype_to_np_dtype(inputs[0].type.tensor_type.elem_type))
@@ -326,8 +397,8 @@ def _torchvision_placeholder() -> Iterator[None]:
         sys.modules.pop("torchvision.ops", None)
 
 
-def _convert(proto: Any, in_dtype: np.dtype, meta: ModelMetadata, what: str) -> Any:
-    """onnx2torch's GraphModule, traced at [1, C, T, T] and wrapped for contract 1 (scripted)."""
+def _convert(proto: Any, in_dtype: np.dtype, channels: int, tile: int, what: str) -> Any:
+    """onnx2torch's GraphModule, traced at [1, C, T, T] and wrapped to run any batch (scripted)."""
     _onnx2torch_registry()
     onnx2torch = _import("onnx2torch")
     try:
@@ -337,16 +408,17 @@ def _convert(proto: Any, in_dtype: np.dtype, meta: ModelMetadata, what: str) -> 
             f"{what}: onnx2torch could not convert the graph: {_failing_nodes(proto, e)}"
         ) from e
     graph_module.eval()
-    example = torch.from_numpy(_warmup_tiles(meta, 1, in_dtype))
+    example = torch.from_numpy(
+        np.random.default_rng(0).integers(0, 2000, (1, channels, tile, tile)).astype(in_dtype)
+    )
     try:
         with warnings.catch_warnings(), torch.no_grad():
             warnings.simplefilter("ignore")  # TracerWarnings about shapes: the trace is for one shape
             traced = torch.jit.trace(graph_module, example, check_trace=False)
-        return torch.jit.script(PerTile(traced, _torch_dtype(in_dtype), meta.bands, meta.tile_size))
+        return torch.jit.script(PerTile(traced, _torch_dtype(in_dtype), channels, tile))
     except Exception as e:
         raise LoaderError(
-            f"{what}: the converted graph does not run on a [1, {meta.bands}, {meta.tile_size}, "
-            f"{meta.tile_size}] tile in torch: {e}"
+            f"{what}: the converted graph does not run on a [1, {channels}, {tile}, {tile}] tile in torch: {e}"
         ) from e
 
 
@@ -399,18 +471,12 @@ def _save(module: Any, meta: dict[str, Any]) -> bytes:
     return buf.getvalue()
 
 
-def _warmup_tiles(meta: ModelMetadata, batch: int, dtype: np.dtype | None = None) -> np.ndarray:
-    from loaders.loader import warmup_input
-
-    tiles = warmup_input(meta, batch)
-    return tiles if dtype is None else tiles.astype(dtype)
-
-
 def _sample_tiles(meta: ModelMetadata, samples: np.ndarray | None) -> np.ndarray:
     """The warm-up batch (the same noise every load) and the caller's sample tiles, if any."""
+    from loaders.loader import warmup_input
     from loaders.variants import check_samples
 
-    tiles = _warmup_tiles(meta, PARITY_BATCH)
+    tiles = warmup_input(meta, PARITY_BATCH)
     if samples is not None:
         tiles = np.concatenate([tiles, check_samples(samples, meta)])
     return tiles
@@ -419,16 +485,7 @@ def _sample_tiles(meta: ModelMetadata, samples: np.ndarray | None) -> np.ndarray
 def check_parity(scripted_blob: bytes, onnx_blob: bytes, tiles: np.ndarray, tolerance: float) -> Parity:
     """Run the saved TorchScript bytes (as the engine will get them) and ONNX Runtime on `tiles`
     and compare the contract-1 outputs row by row (module docstring)."""
-    ort = _import("onnxruntime")
-    options = ort.SessionOptions()
-    options.log_severity_level = 3
-    session = ort.InferenceSession(onnx_blob, options, providers=["CPUExecutionProvider"])
-    inp = session.get_inputs()[0]
-    in_dtype = np.dtype(_ORT_TYPES.get(inp.type, "float32"))
-    batch_free = not isinstance(inp.shape[0], int)
-    x = tiles.astype(in_dtype)
-    steps = [x] if batch_free else [x[i : i + 1] for i in range(len(x))]
-    want = np.concatenate([session.run(None, {inp.name: s})[0] for s in steps])
+    want = _run_onnx(onnx_blob, tiles)
     module = torch.jit.load(io.BytesIO(scripted_blob))
     with torch.no_grad():
         got = module(torch.from_numpy(np.ascontiguousarray(tiles))).numpy()
@@ -437,6 +494,19 @@ def check_parity(scripted_blob: bytes, onnx_blob: bytes, tiles: np.ndarray, tole
             f"the converted model returns {list(got.shape)} where ONNX Runtime returns {list(want.shape)}"
         )
     return compare_rows(want, got, tolerance)
+
+
+def _run_onnx(onnx_blob: bytes, tiles: np.ndarray) -> np.ndarray:
+    """ONNX Runtime (CPU) on `tiles`, cast to the graph's input type; one tile at a time when the
+    graph's batch is fixed."""
+    ort = _import("onnxruntime")
+    options = ort.SessionOptions()
+    options.log_severity_level = 3
+    session = ort.InferenceSession(onnx_blob, options, providers=["CPUExecutionProvider"])
+    inp = session.get_inputs()[0]
+    x = tiles.astype(np.dtype(_ORT_TYPES.get(inp.type, "float32")))
+    steps = [x] if not isinstance(inp.shape[0], int) else [x[i : i + 1] for i in range(len(x))]
+    return np.concatenate([session.run(None, {inp.name: s})[0] for s in steps])
 
 
 _ORT_TYPES = {
@@ -485,7 +555,8 @@ def compare_rows(want: np.ndarray, got: np.ndarray, tolerance: float) -> Parity:
     worst = max(box, score, cls)
     return Parity(
         tiles=len(want),
-        rows=rows,
+        compared="contract-1 rows",
+        count=rows,
         max_abs_diff=worst,
         max_box_diff=box,
         max_score_diff=score,

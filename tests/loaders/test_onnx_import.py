@@ -102,7 +102,8 @@ def test_the_onnx_detector_serves_what_the_torch_model_computes(
     assert "ship:1 (active)" in out and "converted from ONNX" in out
     record = Registry(engine).get("ship", 1)
     parity = record.provenance["parity"]
-    assert parity["passed"] and parity["max_abs_diff"] <= DEFAULT_PARITY_TOLERANCE and parity["rows"] > 0
+    assert parity["passed"] and parity["max_abs_diff"] <= DEFAULT_PARITY_TOLERANCE
+    assert parity["compared"] == "contract-1 rows" and parity["count"] > 0
 
     # Raw tile outputs first: the engine's copy against the original module in process.
     module, meta = original()
@@ -178,6 +179,45 @@ def test_a_parity_failure_refuses_the_version_with_the_figures(engine: redis.Red
     assert "tolerance 1e-09" in str(err.value)
     assert not engine.exists(keys.model(FEED, "ship", 1))
     assert Registry(engine).versions("ship") == []
+
+
+def test_an_onnx_yolo_head_under_the_yolo_adapter_serves_what_it_computes(
+    engine: redis.Redis, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # The adapters' YOLO-style head and their in-process reading of it (tests/loaders/test_adapters.py),
+    # exported to ONNX as ultralytics does (traced, raw [B, 4 + K, N] out, free batch).
+    from tests.loaders import test_adapters as ad
+    from tests.loaders.detectors import YoloHead
+
+    model = YoloHead(in_channels=3, num_classes=len(ad.CLASSES), seed=2).eval()
+    path = tmp_path / "yolo.onnx"
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        torch.onnx.export(
+            model,
+            (torch.rand(1, 3, ad.TILE, ad.TILE),),
+            str(path),
+            dynamo=False,
+            opset_version=17,
+            input_names=["images"],
+            output_names=["output0"],
+            dynamic_axes={"images": {0: "batch"}, "output0": {0: "batch"}},
+        )
+    adapter = ["--adapter", "yolo", "--classes", ",".join(ad.CLASSES), "--band-map", "0,0,0"]
+    adapter += ["--scale", "0.001", "--tile-size", str(ad.TILE), "--max-detections", "30"]
+    args = ["load", str(path), "--name", "yolo", "--feeds", ad.FEED, "--batch", "4", *adapter]
+    assert main(["--redis-url", url(engine), *args]) == 0
+    assert "converted from ONNX" in capsys.readouterr().out
+    record = Registry(engine).get("yolo", 1)
+    blob = path.read_bytes()
+    assert record.provenance["onnx_sha256"] == hashlib.sha256(blob).hexdigest()
+    assert record.provenance["adapter"]["original_sha256"] == record.provenance["onnx_sha256"]
+    parity = record.provenance["parity"]
+    assert parity["compared"] == "output values" and parity["passed"]
+    assert Registry(engine).original("yolo", 1) == blob
+
+    scene, image = ad.scene_file(tmp_path)
+    assert ad.assert_same(ad.run_pipeline(engine, scene), ad.yolo_reference(model, image, 30, 0.5)) >= 5
 
 
 def graph_with(nodes: list[onnx.NodeProto], opsets: dict[str, int]) -> onnx.ModelProto:
