@@ -233,8 +233,11 @@ def cmd_list(settings: Settings, args: argparse.Namespace) -> int:
 
 
 def _variant_note(prov: dict[str, Any]) -> str:
-    """ "  optimized, int8 ... variant of ship:1 (agreement 0.98)" for variants; "" otherwise."""
+    """ "  optimized, int8 ... variant of ship:1 (agreement 0.98)" for variants, "  adapted (yolo)"
+    for adapted models; "" otherwise."""
     parts = []
+    if isinstance(prov.get("adapter"), dict):
+        parts.append(f"adapted ({prov['adapter'].get('adapter')})")
     if prov.get("optimized"):
         parts.append("optimized")
     if prov.get("source_sha256"):

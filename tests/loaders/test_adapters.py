@@ -154,6 +154,8 @@ def test_a_torchvision_style_detector_serves_what_it_computes_in_process(
     ]
     assert adapted["original_sha256"] == __import__("hashlib").sha256(path.read_bytes()).hexdigest()
     assert record.classes == list(CLASSES) and record.tile_size == TILE
+    assert main(["--redis-url", url, "model", "list"]) == 0
+    assert "adapted (torchvision)" in capsys.readouterr().out
 
     scene, image = scene_file(tmp_path)
     served = run_pipeline(engine, scene)
