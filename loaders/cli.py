@@ -233,9 +233,11 @@ def cmd_list(settings: Settings, args: argparse.Namespace) -> int:
 
 
 def _variant_note(prov: dict[str, Any]) -> str:
-    """ "  optimized, int8 ... variant of ship:1 (agreement 0.98)" for variants, "  adapted (yolo)"
-    for adapted models; "" otherwise."""
+    """ "  from ONNX, adapted (yolo), optimized, int8 ... variant of ship:1 (agreement 0.98)" for
+    converted, adapted and variant versions; "" otherwise."""
     parts = []
+    if prov.get("format") == "onnx":
+        parts.append("from ONNX")
     if isinstance(prov.get("adapter"), dict):
         parts.append(f"adapted ({prov['adapter'].get('adapter')})")
     if prov.get("optimized"):

@@ -5,6 +5,7 @@ the original TorchScript model run in process; unconvertible operators and parit
 from __future__ import annotations
 
 import hashlib
+import io
 import json
 import re
 import warnings
@@ -168,6 +169,9 @@ def test_metadata_comes_from_the_flag_when_the_file_has_none(
     meta.write_text(json.dumps(original()[1]))
     assert main([*args, "--metadata", str(meta)]) == 0
     assert Registry(engine).get("ship", 1).classes == original()[1]["classes"]
+    capsys.readouterr()
+    assert main(["--redis-url", url(engine), "model", "list"]) == 0
+    assert "from ONNX" in capsys.readouterr().out
 
 
 def test_a_parity_failure_refuses_the_version_with_the_figures(engine: redis.Redis, exported: Path) -> None:
@@ -264,6 +268,65 @@ def test_unconvertible_operators_are_named_before_converting(
         "cannot be converted" in err and "Det (ai.onnx, opset 17)" in err and "Frobnicate (com.example" in err
     )
     assert Registry(engine).versions("odd") == []
+
+
+def test_a_node_its_converter_refuses_is_named_with_the_reason(tmp_path: Path) -> None:
+    # Clip's bound computed from the input's shape: onnx2torch converts constant bounds only.
+    model = graph_with(
+        [
+            helper.make_node("Shape", ["x"], ["s"], name="shape"),
+            helper.make_node("ReduceMax", ["s"], ["largest"], name="largest", keepdims=0),
+            helper.make_node("Cast", ["largest"], ["bound"], to=TensorProto.FLOAT, name="bound"),
+            helper.make_node("Clip", ["x", "low", "bound"], ["c"], name="clamp"),
+            helper.make_node("Reshape", ["c", "rows"], ["y"], name="rows"),
+        ],
+        {"": 17},
+    )
+    model.graph.initializer.extend(
+        [
+            helper.make_tensor("low", TensorProto.FLOAT, [], [0.0]),
+            helper.make_tensor("rows", TensorProto.INT64, [3], [0, -1, 6]),
+        ]
+    )
+    path = tmp_path / "clip.onnx"
+    onnx.save(model, str(path))
+    from loaders.onnx_import import read_onnx_file
+
+    with pytest.raises(LoaderError, match=r"could not convert the graph: node clamp \(Clip\): Dynamic value"):
+        read_onnx_file(path)
+
+
+def test_a_fixed_batch_export_serves_any_batch_under_an_adapter(tmp_path: Path) -> None:
+    # ultralytics' default ONNX export fixes the input at [1, 3, S, S]: ONNX Runtime is run tile
+    # by tile for the parity check, and the converted module takes the engine's batches.
+    from loaders import adapters
+    from loaders.adapterspec import AdapterSpec
+    from loaders.onnx_import import adapt_onnx_file
+    from tests.loaders.detectors import YoloHead
+
+    model = YoloHead(in_channels=3, num_classes=2, seed=4).eval()
+    path = tmp_path / "fixed.onnx"
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        torch.onnx.export(model, (torch.rand(1, 3, 64, 64),), str(path), dynamo=False, opset_version=17)
+    assert [d.dim_value for d in onnx.load(str(path)).graph.input[0].type.tensor_type.shape.dim] == [
+        1,
+        3,
+        64,
+        64,
+    ]
+    spec = AdapterSpec(
+        adapter="yolo", classes=("ship", "platform"), tile_size=64, band_map=(0, 0, 0), scale=(0.001,)
+    )
+    imported = adapt_onnx_file(path, spec)
+    assert imported.conversion["parity"]["passed"] and imported.original == path.read_bytes()
+    eager = adapters.to_model_file(model, spec, "eager")
+    tiles = torch.from_numpy(np.random.default_rng(3).integers(0, 3000, (3, 1, 64, 64)).astype(np.uint16))
+    with torch.no_grad():
+        got = torch.jit.load(io.BytesIO(imported.blob))(tiles).numpy()
+        want = torch.jit.load(io.BytesIO(eager.blob))(tiles).numpy()
+    assert got.shape == want.shape == (3, 100, 6)
+    assert compare_rows(want, got, SCORE_TOLERANCE).max_abs_diff <= BOX_TOLERANCE_PX
 
 
 def test_an_interface_that_is_not_contract_1_is_refused(tmp_path: Path) -> None:
