@@ -143,6 +143,16 @@ def test_the_onnx_detector_serves_what_the_torch_model_computes(
     assert found >= 5  # the scenes hold ships and platforms the detector finds
 
 
+def test_the_engine_itself_refuses_onnx_as_redisai_does_without_the_backend(
+    engine: redis.Redis, exported: Path
+) -> None:
+    # Why the loader converts: the engine has no ONNX backend (docs/models.md, ONNX import).
+    key = keys.model(FEED, "raw", 1)
+    with pytest.raises(redis.ResponseError, match="Could not load backend"):
+        engine.execute_command("AI.MODELSTORE", key, "ONNX", "CPU", "BLOB", exported.read_bytes())
+    assert not engine.exists(key)
+
+
 def test_the_record_keeps_the_original_bytes_and_their_sha256(engine: redis.Redis, exported: Path) -> None:
     blob = exported.read_bytes()
     record = load(engine, exported, LoadOptions(name="ship", feeds=(FEED,), activate=False))
