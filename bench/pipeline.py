@@ -85,8 +85,12 @@ def _stop(procs: Sequence[subprocess.Popen[bytes]]) -> list[str]:
     return [(p.stderr.read().decode(errors="replace") if p.stderr else "") for p in procs]
 
 
+def _stat(client: redis.Redis, name: str) -> int:
+    return int(client.hget(keys.stats(FEED), name) or 0)
+
+
 def _done(client: redis.Redis) -> int:
-    return int(client.hget(keys.stats(FEED), "frames_done") or 0)
+    return _stat(client, "frames_done")
 
 
 def _wait_done(
@@ -173,6 +177,7 @@ def pipeline(
                 pids = [*server_pids, *(p.pid for p in procs)]
                 client.delete(keys.latency(FEED))
                 client.execute_command("AI.INFO", model_key, "RESETSTAT")
+                conflicts0 = _stat(client, "conflicts")
                 latencies: list[float] = []
                 if rate_fps is None:
                     scenes = [_scene(i) for i in range(max(1, -(-frames // per_scene)))]
@@ -201,18 +206,20 @@ def pipeline(
                 wall = time.perf_counter() - t0
                 cpu = common.cpu_seconds(pids, this_process=False) - cpu0
                 info = ai.Engine(client).model_info(model_key)
+                conflicts = _stat(client, "conflicts") - conflicts0
             finally:
                 logs = _stop(procs)
     errors = done < n
     mean_batch = info.samples / info.calls if info.calls else None
     note = f"mean engine batch {mean_batch:.1f}" if mean_batch else ""
+    note += f"; {conflicts} WATCH conflicts"
     if rate_fps is not None:
         note += f"; offered {rate_fps:.1f} frames/s, one at a time; latency XADD to detections published"
     if errors:
         note += f"; only {done} of {n} frames done: {' / '.join(x.strip()[-200:] for x in logs if x.strip())}"
     return harness.sample(
         tiles=done, wall_s=wall, latencies_s=latencies, cpu_s=cpu, warmup_calls=warm, errors=int(errors),
-        note=note, mean_batch=mean_batch, offered_fps=rate_fps,
+        note=note, mean_batch=mean_batch, offered_fps=rate_fps, conflicts=conflicts,
     )  # fmt: skip
 
 
