@@ -126,7 +126,9 @@ def merge_scene(parts: Sequence[TileResult]) -> list[Region]:
             )
         simplify_px = located.simplify_px if located.simplify_px is not None else 0.0
         (g,) = georeference([merged], located.transform, located.crs, (), simplify_px)
-        first = next(r for p in parts for r in p.regions if p.tile == merged.tiles[0])
+        first = next(
+            r for p in parts if p.tile == merged.tiles[0] for r in p.regions if r.class_id == merged.class_id
+        )
         out.append(
             replace(
                 g, label=first.label, model=first.model, scene=first.scene, tile=first.tile, frame=first.frame

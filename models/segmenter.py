@@ -28,6 +28,9 @@ from models.scenes import SEG_CLASSES, SceneConfig, draw_scene_with_mask
 log = logging.getLogger(__name__)
 
 STRIDE = 16
+SMOOTHING_PX = (5, 11, 21)  # windows of the local means the network is given (odd: centred)
+SLICK_CROPS = 0.3  # share of training crops centred on a slick pixel (slicks are 0.1-0.5 % of a scene)
+CLASS_WEIGHTS = (1.0, 1.0, 4.0)  # cross-entropy weights of sea, land, slick
 CONTRACT = 2
 TRAIN_SEED_BASE = 2_000_000
 SHIPPED_SEGMENTER = Path(__file__).resolve().parent / "artifacts" / "segmenter.pt"
@@ -47,6 +50,7 @@ class TinyUNet(nn.Module):
 
     log_dn_mean: Tensor
     log_dn_std: Tensor
+    smoothing: list[int]
 
     def __init__(
         self,
@@ -60,11 +64,14 @@ class TinyUNet(nn.Module):
         self.num_classes = num_classes
         self.bands = bands
         self.stride = STRIDE
+        self.smoothing = list(SMOOTHING_PX)
         self.register_buffer("log_dn_mean", torch.tensor(float(log_dn_mean)))
         self.register_buffer("log_dn_std", torch.tensor(float(log_dn_std)))
         w = width
         self.stem = nn.Sequential(
-            nn.Conv2d(bands, w, 3, stride=2, padding=1, bias=False), nn.BatchNorm2d(w), nn.ReLU(inplace=True)
+            nn.Conv2d(bands * (1 + len(SMOOTHING_PX)), w, 3, stride=2, padding=1, bias=False),
+            nn.BatchNorm2d(w),
+            nn.ReLU(inplace=True),
         )
         self.enc1 = _conv(w, w)
         self.enc2 = nn.Sequential(_conv(w, 2 * w), _conv(2 * w, 2 * w))
@@ -82,7 +89,12 @@ class TinyUNet(nn.Module):
         if x.shape[2] % self.stride != 0 or x.shape[3] % self.stride != 0:
             raise ValueError(f"H and W must be multiples of {self.stride}, got {x.shape[2]} x {x.shape[3]}")
         x = (torch.log1p(x.to(torch.float32).clamp(min=0.0)) - self.log_dn_mean) / self.log_dn_std
-        e1 = self.enc1(self.stem(x))
+        # Speckle averages out: local means of log DN over a few window sizes are what tells land,
+        # sea and slick apart, so the network gets them instead of having to learn them.
+        feats = [x]
+        for k in self.smoothing:
+            feats.append(F.avg_pool2d(x, k, stride=1, padding=k // 2, count_include_pad=False))
+        e1 = self.enc1(self.stem(torch.cat(feats, 1)))
         e2 = self.enc2(F.max_pool2d(e1, 2))
         e3 = self.enc3(F.max_pool2d(e2, 2))
         m = self.mid(F.max_pool2d(e3, 2))
@@ -99,7 +111,8 @@ class TinyUNet(nn.Module):
 
 @dataclass(frozen=True)
 class SegTrainConfig:
-    tiles: int = 1200
+    tiles: int = 300  # scenes of scene_px drawn; each step crops tile_px windows out of them
+    scene_px: int = 384
     tile_px: int = 128
     bands: int = 1
     steps: int = 1000
@@ -112,13 +125,17 @@ class SegTrainConfig:
 
 
 def make_tiles(config: SegTrainConfig) -> list[tuple[np.ndarray, np.ndarray]]:
-    """(image [C, S, S] uint16, mask [S, S] uint8) of scenes with seeds TRAIN_SEED_BASE + i; land in
-    every other one so both classes are well represented."""
+    """(image [C, S, S] uint16, mask [S, S] uint8) of scenes of `scene_px` with seeds
+    TRAIN_SEED_BASE + i; land in every other one so both classes are well represented.
+
+    Scenes larger than the training crops, because the generator's densities and contrasts
+    depend on the scene's size (a rain cell or a coast fills a small scene): a model trained on
+    128-pixel scenes reached a land IoU of 0.04 on 1024-pixel ones."""
     out = []
     for i in range(config.tiles):
         scene = SceneConfig(
-            width_px=config.tile_px,
-            height_px=config.tile_px,
+            width_px=config.scene_px,
+            height_px=config.scene_px,
             bands=config.bands,
             n_ships=i % 3,
             n_platforms=i % 2,
@@ -129,7 +146,19 @@ def make_tiles(config: SegTrainConfig) -> list[tuple[np.ndarray, np.ndarray]]:
     return out
 
 
-def _augment(image: np.ndarray, mask: np.ndarray, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+def _augment(
+    image: np.ndarray, mask: np.ndarray, rng: np.random.Generator, crop_px: int
+) -> tuple[np.ndarray, np.ndarray]:
+    """A random `crop_px` window, flipped and transposed at random (the 8 symmetries)."""
+    _c, h, w = image.shape
+    y0, x0 = int(rng.integers(0, h - crop_px + 1)), int(rng.integers(0, w - crop_px + 1))
+    if rng.random() < SLICK_CROPS:
+        ys, xs = np.nonzero(mask == 2)
+        if len(ys):
+            j = int(rng.integers(0, len(ys)))
+            y0 = min(max(int(ys[j]) - crop_px // 2, 0), h - crop_px)
+            x0 = min(max(int(xs[j]) - crop_px // 2, 0), w - crop_px)
+    image, mask = image[:, y0 : y0 + crop_px, x0 : x0 + crop_px], mask[y0 : y0 + crop_px, x0 : x0 + crop_px]
     if rng.random() < 0.5:
         image, mask = image[:, :, ::-1], mask[:, ::-1]
     if rng.random() < 0.5:
@@ -165,16 +194,17 @@ def train(config: SegTrainConfig) -> tuple[TinyUNet, dict[str, Any]]:
     sched = torch.optim.lr_scheduler.OneCycleLR(
         opt, max_lr=config.lr, total_steps=config.steps, pct_start=0.1
     )
+    weights = torch.tensor(CLASS_WEIGHTS)
     model.train()
     t1 = time.monotonic()
     running = 0.0
     for step in range(config.steps):
         idx = rng.integers(0, len(tiles), size=config.batch_size)
-        pairs = [_augment(tiles[i][0], tiles[i][1], rng) for i in idx]
+        pairs = [_augment(tiles[i][0], tiles[i][1], rng, config.tile_px) for i in idx]
         x = torch.from_numpy(np.stack([p[0].astype(np.float32) for p in pairs]))
         y = torch.from_numpy(np.stack([p[1].astype(np.int64) for p in pairs]))
         logits = model.logits(x)
-        loss = F.cross_entropy(logits, y) + soft_dice(logits, y, len(SEG_CLASSES))
+        loss = F.cross_entropy(logits, y, weight=weights) + soft_dice(logits, y, len(SEG_CLASSES))
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
@@ -207,8 +237,8 @@ def metadata_for(config: SegTrainConfig, summary: dict[str, Any]) -> dict[str, A
         "stride": STRIDE,
         "trained_on": (
             f"synthetic SAR-like scenes' segmentation truth (models.scenes.draw_scene_with_mask), "
-            f"{config.tiles} tiles of {config.tile_px} px, seeds {TRAIN_SEED_BASE}.."
-            f"{TRAIN_SEED_BASE + config.tiles - 1}, {config.steps} steps"
+            f"{config.tiles} scenes of {config.scene_px} px, seeds {TRAIN_SEED_BASE}.."
+            f"{TRAIN_SEED_BASE + config.tiles - 1}, random {config.tile_px}-px crops, {config.steps} steps"
         ),
         "training": {k: summary[k] for k in ("parameters", "train_seconds", "final_loss")},
     }

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import io
 import json
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -19,7 +20,7 @@ from groundwatch import detections as wire
 from groundwatch import keys, regions
 from groundwatch.ai import Engine
 from groundwatch.settings import Settings
-from ingest.scene import publish_array
+from ingest.scene import ingest_file, publish_array
 from tests.consumers.helpers import TRANSFORM, UTM31N
 
 FEED = "segf"
@@ -146,3 +147,30 @@ def test_an_output_of_the_wrong_shape_is_that_frames_failure_with_a_reason(engin
     reason = dead[0][1][b"dead_reason"].decode()
     assert "seg:1" in reason and "[1, 2, 32, 32]" in reason and "contract 2" in reason
     assert engine.xlen(keys.detections(FEED)) == 0
+
+
+def test_the_shipped_segmenter_serves_polygons_that_match_the_truth(
+    engine: redis.Redis, tmp_path: Path
+) -> None:
+    from models.scenes import SceneConfig, generate_scene, write_scene
+    from models.segmenter import SHIPPED_SEGMENTER
+
+    install(engine, SHIPPED_SEGMENTER.read_bytes(), name="coast")
+    scene = generate_scene(11, SceneConfig(width_px=768, height_px=768))  # held out: a coast, a slick
+    assert scene.mask is not None and 0.1 < (scene.mask == 1).mean() < 0.9
+    tif, _truth = write_scene(scene, tmp_path)
+    ingest_file(engine, settings(tile_size=512, tile_overlap=64), tif, scene="coast11")
+
+    stats = run(engine)
+
+    assert (stats.frames_done, stats.scenes_done, stats.dead) == (4, 1, 0)
+    result = wire.decode_scene(engine.get(keys.scene_result(FEED, "coast11")))
+    land = [g for g in result.regions if g.label == "land"]
+    coast = max(land, key=lambda g: g.pixels)
+    assert len(coast.tiles) >= 2  # the coast crosses tile borders and is published once
+    assert sum(g.pixels for g in land) - coast.pixels < 0.02 * coast.pixels  # the rest: specks
+    back = published_mask(result, tuple(scene.transform)[:6], 768, 768)
+    a, b = back == 1, scene.mask == 1
+    iou = (a & b).sum() / (a | b).sum()
+    print(f"land IoU of the published polygons, seed 11: {iou:.4f}")
+    assert iou >= 0.85
