@@ -135,6 +135,19 @@ def test_a_mask_without_features_publishes_nothing(engine: redis.Redis) -> None:
     assert scene["features"] == [] and scene["groundwatch"]["count"] == 0
 
 
+def test_the_loader_refuses_a_segmenter_whose_output_breaks_contract_2(
+    engine: redis.Redis, tmp_path: Path
+) -> None:
+    from loaders import LoaderError
+    from loaders.loader import LoadOptions, load
+
+    path = tmp_path / "shrinks.pt"
+    path.write_bytes(level_model(shrink=2))
+    with pytest.raises(LoaderError, match=r"contract 2 with output 'scores' is \[1, 2, H, W\]"):
+        load(engine, path, LoadOptions(name="shrinks", feeds=(FEED,)))
+    assert engine.get(keys.active_model(FEED)) is None
+
+
 def test_an_output_of_the_wrong_shape_is_that_frames_failure_with_a_reason(engine: redis.Redis) -> None:
     install(engine, level_model(shrink=2))
     publish_array(engine, settings(), np.full((1, 64, 64), 2000, np.uint16), TRANSFORM, UTM31N, scene="bad")
@@ -152,10 +165,13 @@ def test_an_output_of_the_wrong_shape_is_that_frames_failure_with_a_reason(engin
 def test_the_shipped_segmenter_serves_polygons_that_match_the_truth(
     engine: redis.Redis, tmp_path: Path
 ) -> None:
+    from loaders.loader import LoadOptions, load
     from models.scenes import SceneConfig, generate_scene, write_scene
     from models.segmenter import SHIPPED_SEGMENTER
 
-    install(engine, SHIPPED_SEGMENTER.read_bytes(), name="coast")
+    # the loader's way: stored, warmed up on 512-px tiles (contract 2 checked), activated
+    record = load(engine, SHIPPED_SEGMENTER, LoadOptions(name="coast", feeds=(FEED,), batch=4))
+    assert record.label == "coast:1" and engine.get(keys.active_model(FEED)) == b"coast:1"
     scene = generate_scene(11, SceneConfig(width_px=768, height_px=768))  # held out: a coast, a slick
     assert scene.mask is not None and 0.1 < (scene.mask == 1).mean() < 0.9
     tif, _truth = write_scene(scene, tmp_path)
