@@ -99,7 +99,7 @@ def register(subparsers: Any) -> None:
         help="train the small segmentation model (contract 2: sea / land / slick) and export TorchScript",
     )
     p.add_argument("--out", type=Path, default=None, help="model file (default DATA_DIR/models/segmenter.pt)")
-    p.add_argument("--steps", type=int, default=None, help="optimiser steps (default 1000)")
+    p.add_argument("--steps", type=int, default=None, help="optimiser steps (default 1500)")
     p.add_argument("--tiles", type=int, default=None, help="training tiles generated (default 1200)")
     p.add_argument("--seed", type=int, default=None, help="torch/numpy seed (default 0)")
     p.add_argument("--threads", type=int, default=None, help="torch threads (default 1)")

@@ -29,7 +29,6 @@ log = logging.getLogger(__name__)
 
 STRIDE = 16
 SMOOTHING_PX = (5, 11, 21)  # windows of the local means the network is given (odd: centred)
-SLICK_CROPS = 0.3  # share of training crops centred on a slick pixel (slicks are 0.1-0.5 % of a scene)
 CLASS_WEIGHTS = (1.0, 1.0, 4.0)  # cross-entropy weights of sea, land, slick
 CONTRACT = 2
 TRAIN_SEED_BASE = 2_000_000
@@ -115,12 +114,13 @@ class SegTrainConfig:
     scene_px: int = 384
     tile_px: int = 128
     bands: int = 1
-    steps: int = 1000
+    steps: int = 1500
     batch_size: int = 8
     lr: float = 6e-3
     weight_decay: float = 1e-4
     width: int = 8
     seed: int = 0
+    slick_crops: float = 0.5  # share of training crops centred on a slick pixel (slicks: 0.1 % of a scene)
     threads: int = 1  # one thread: on a shared CPU two spin against other jobs (10x slower measured)
 
 
@@ -147,12 +147,12 @@ def make_tiles(config: SegTrainConfig) -> list[tuple[np.ndarray, np.ndarray]]:
 
 
 def _augment(
-    image: np.ndarray, mask: np.ndarray, rng: np.random.Generator, crop_px: int
+    image: np.ndarray, mask: np.ndarray, rng: np.random.Generator, crop_px: int, slick_crops: float
 ) -> tuple[np.ndarray, np.ndarray]:
     """A random `crop_px` window, flipped and transposed at random (the 8 symmetries)."""
     _c, h, w = image.shape
     y0, x0 = int(rng.integers(0, h - crop_px + 1)), int(rng.integers(0, w - crop_px + 1))
-    if rng.random() < SLICK_CROPS:
+    if rng.random() < slick_crops:
         ys, xs = np.nonzero(mask == 2)
         if len(ys):
             j = int(rng.integers(0, len(ys)))
@@ -200,7 +200,7 @@ def train(config: SegTrainConfig) -> tuple[TinyUNet, dict[str, Any]]:
     running = 0.0
     for step in range(config.steps):
         idx = rng.integers(0, len(tiles), size=config.batch_size)
-        pairs = [_augment(tiles[i][0], tiles[i][1], rng, config.tile_px) for i in idx]
+        pairs = [_augment(tiles[i][0], tiles[i][1], rng, config.tile_px, config.slick_crops) for i in idx]
         x = torch.from_numpy(np.stack([p[0].astype(np.float32) for p in pairs]))
         y = torch.from_numpy(np.stack([p[1].astype(np.int64) for p in pairs]))
         logits = model.logits(x)
