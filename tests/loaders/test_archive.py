@@ -36,7 +36,7 @@ def _zip_with(name: str) -> bytes:
         (_state_dict_file(), "not a TorchScript archive"),
         (toymodels.archive(toymodels.BrightestPixel(), None), "carries no groundwatch.json"),
         (toymodels.archive(toymodels.BrightestPixel(), {"classes": ["a"]}), "lacks contract"),
-        (toymodels.archive(toymodels.BrightestPixel(), toymodels.metadata(contract=2)), "contract 2"),
+        (toymodels.archive(toymodels.BrightestPixel(), toymodels.metadata(contract=3)), "contract 3"),
         (
             toymodels.archive(toymodels.BrightestPixel(), toymodels.metadata(dtype="int64")),
             "dtype must be one of",
