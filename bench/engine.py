@@ -45,8 +45,8 @@ from groundwatch import ai, connection
 # gives the heap's top back above its trim threshold: a batch's large activations are then
 # page-faulted in on every call. With mmap off and trimming pushed out of reach, freed large
 # blocks stay in the heap for the next call of the same shapes: what the engine's block cache
-# (TORCH_CPU_CACHE_MB, docs/engine-limits.md) does for its runs. (glibc caps the mmap threshold
-# at 32 MiB, so raising it alone leaves larger blocks mmapped.)
+# (TORCH_CPU_CACHE_MB, docs/engine-limits.md) does for its runs. A raised mmap threshold alone
+# is not enough: the heap is then trimmed on free (docs/performance.md, "The allocator").
 KEEP_BLOCKS_ENV = {"GLIBC_TUNABLES": "glibc.malloc.mmap_max=0:glibc.malloc.trim_threshold=4294967296"}
 DEFAULT_THREADS = os.cpu_count() or 1  # the engine's INTRA_OP_PARALLELISM 0 is libtorch's default: all cores
 
