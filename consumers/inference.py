@@ -18,7 +18,7 @@ from consumers import ConsumerError, segment
 from consumers.geo import check_crs, georeference
 from consumers.reading import Entry, id_key
 from groundwatch import ai, frames, geometry, keys, modelmeta, registry
-from groundwatch.detections import Detection, TileResult, features_json
+from groundwatch.detections import Detection, TileResult, features_json, tile_result_of
 from groundwatch.errors import GroundwatchError
 from groundwatch.frames import FrameError
 from groundwatch.modelmeta import ModelMetadata
@@ -305,21 +305,7 @@ def locate(
                 failed.append((todo[i], f"cannot georeference: {why}", True))
                 continue
             try:
-                result = TileResult(
-                    feed=feed,
-                    frame=f.frame_id,
-                    scene=f.scene,
-                    tile=f.tile,
-                    tiles=f.tiles,
-                    model=m.version,
-                    crs=f.crs,
-                    window=tuple(f.window),  # type: ignore[arg-type]
-                    acquired=frames.format_time(f.acquired),
-                    published_ms=f.published_ms,
-                    done_ms=0,
-                    detections=tuple(dets),
-                    source=f.source,
-                )
+                result = tile_result_of(feed, f, m.version, detections=tuple(dets))
                 # encoded once, here: a NaN or inf coordinate fails now; the commit reuses the text
                 result = replace(result, encoded_features=features_json(result))
             except Exception as err:

@@ -17,8 +17,8 @@ import numpy as np
 from consumers import ConsumerError
 from consumers.geo import _crs, label_of, to_lonlat
 from consumers.reading import Entry
-from groundwatch import frames, geometry, regions
-from groundwatch.detections import Region, TileResult, tile_json
+from groundwatch import geometry, regions
+from groundwatch.detections import Region, TileResult, tile_json, tile_result_of
 from groundwatch.frames import Frame, PixelWindow
 from groundwatch.geometry import OutputContractError
 from groundwatch.modelmeta import ModelMetadata
@@ -180,22 +180,8 @@ def tile_result(
     except Exception as err:
         return f"model {version}: output does not vectorise ({type(err).__name__}: {err})", False
     try:
-        result = TileResult(
-            feed=feed,
-            frame=f.frame_id,
-            scene=f.scene,
-            tile=f.tile,
-            tiles=f.tiles,
-            model=version,
-            crs=f.crs,
-            window=tuple(f.window),  # type: ignore[arg-type]
-            acquired=frames.format_time(f.acquired),
-            published_ms=f.published_ms,
-            done_ms=0,
-            source=f.source,
-            regions=found,
-            transform=tuple(f.transform),
-            simplify_px=simplify_px,
+        result = tile_result_of(
+            feed, f, version, regions=found, transform=tuple(f.transform), simplify_px=simplify_px
         )
         tile_json(result)  # what the commit will encode: a NaN or inf coordinate fails here
     except Exception as err:

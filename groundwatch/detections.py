@@ -47,6 +47,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any
 
+from groundwatch import frames
 from groundwatch.errors import GroundwatchError
 
 VERSION = 1
@@ -147,6 +148,27 @@ class SceneResult:
     detections: tuple[Detection, ...] = field(default_factory=tuple)
     source: str | None = None  # where the scene came from (its first tile's source)
     regions: tuple[Region, ...] = field(default_factory=tuple)
+
+
+def tile_result_of(feed: str, frame: frames.Frame, model: str, **outputs: Any) -> TileResult:
+    """The result of `frame` run by `model`: the frame's identity, place and times copied once
+    here, whatever the model yielded (`detections=` for contract 1, `regions=`, `transform=` and
+    `simplify_px=` for contract 2). Its done time is set at commit."""
+    return TileResult(
+        feed=feed,
+        frame=frame.frame_id,
+        scene=frame.scene,
+        tile=frame.tile,
+        tiles=frame.tiles,
+        model=model,
+        crs=frame.crs,
+        window=tuple(frame.window),  # type: ignore[arg-type]
+        acquired=frames.format_time(frame.acquired),
+        published_ms=frame.published_ms,
+        done_ms=0,
+        source=frame.source,
+        **outputs,
+    )
 
 
 def _r(x: float, digits: int) -> float:
