@@ -100,7 +100,7 @@ def register(subparsers: Any) -> None:
     )
     p.add_argument("--out", type=Path, default=None, help="model file (default DATA_DIR/models/segmenter.pt)")
     p.add_argument("--steps", type=int, default=None, help="optimiser steps (default 1500)")
-    p.add_argument("--tiles", type=int, default=None, help="training tiles generated (default 1200)")
+    p.add_argument("--tiles", type=int, default=None, help="training scenes generated (default 300)")
     p.add_argument("--seed", type=int, default=None, help="torch/numpy seed (default 0)")
     p.add_argument("--threads", type=int, default=None, help="torch threads (default 1)")
     p.set_defaults(handler=_train_segmenter)

@@ -85,6 +85,9 @@ def test_the_shipped_segmenter_on_held_out_scenes(shipped) -> None:
     assert result["per_class"]["sea"]["iou"] >= 0.9, result
     if result["per_class"]["land"]["truth_pixels"]:
         assert result["per_class"]["land"]["iou"] >= 0.8, result
+    if result["per_class"]["slick"]["truth_pixels"]:
+        # 0.72 measured (SEGMENTER_CARD.md); the previous, narrower model scored 0.61
+        assert result["per_class"]["slick"]["iou"] >= 0.65, result
 
 
 def test_scenes_without_features_give_no_polygons(shipped) -> None:
