@@ -59,7 +59,7 @@ def test_not_torchscript_and_missing_file(tmp_path) -> None:
 @pytest.mark.parametrize(
     ("change", "message"),
     [
-        ({"contract": 2}, "contract"),
+        ({"contract": 3}, "contract"),
         ({"classes": []}, "classes"),
         ({"bands": 0}, "bands"),
         ({"dtype": "int64"}, "dtype"),
