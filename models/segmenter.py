@@ -24,6 +24,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from models.scenes import SEG_CLASSES, SceneConfig, draw_scene_with_mask
+from models.train import log_dn_moments
 
 log = logging.getLogger(__name__)
 
@@ -187,8 +188,7 @@ def train(config: SegTrainConfig) -> tuple[TinyUNet, dict[str, Any]]:
     t0 = time.monotonic()
     tiles = make_tiles(config)
     t_data = time.monotonic() - t0
-    logs = np.concatenate([np.log1p(img[:, ::4, ::4].astype(np.float32)).ravel() for img, _ in tiles[:200]])
-    mean, std = float(logs.mean()), float(logs.std())
+    mean, std = log_dn_moments([img for img, _ in tiles[:200]])
     model = TinyUNet(len(SEG_CLASSES), config.bands, config.width, mean, std)
     opt = torch.optim.AdamW(model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
     sched = torch.optim.lr_scheduler.OneCycleLR(

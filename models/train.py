@@ -122,9 +122,15 @@ def focal_loss(logits: Any, target: Any) -> Any:
     return -(pos_loss.sum() + neg_loss.sum()) / n
 
 
-def log_dn_stats(tiles: list[Sample]) -> tuple[float, float]:
-    values = np.concatenate([np.log1p(t.image[:, ::4, ::4].astype(np.float32)).ravel() for t in tiles[:200]])
+def log_dn_moments(images: list[np.ndarray]) -> tuple[float, float]:
+    """Mean and standard deviation of log(1 + DN) over (a subsample of) the first 200 images:
+    the input normalisation a network built here bakes into its first layer."""
+    values = np.concatenate([np.log1p(img[:, ::4, ::4].astype(np.float32)).ravel() for img in images[:200]])
     return float(values.mean()), float(values.std())
+
+
+def log_dn_stats(tiles: list[Sample]) -> tuple[float, float]:
+    return log_dn_moments([t.image for t in tiles[:200]])
 
 
 def train(config: TrainConfig) -> tuple[Any, dict[str, Any]]:
