@@ -220,25 +220,33 @@ def feature(d: Detection) -> dict[str, Any]:
     }
 
 
+def _shared_properties(p: Any) -> dict[str, Any]:
+    """The properties a detection and a region feature both carry: what was found, by which model,
+    in which tile of which scene."""
+    return {
+        "class_id": _int(p["class_id"]),
+        "label": _str(p["class"]),
+        "score": _float(p["score"]),
+        "model": _str(p["model"]),
+        "scene": _str(p["scene"]),
+        "tile": _int(p["tile"]),
+        "frame": _str(p["frame"]),
+        "tiles": tuple(_int(t) for t in p.get("tiles", ())),
+    }
+
+
 def from_feature(f: Any) -> Detection:
     try:
         p = f["properties"]
         ring = tuple((_float(x), _float(y)) for x, y in f["geometry"]["coordinates"][0][:4])
         return Detection(
-            class_id=_int(p["class_id"]),
-            label=_str(p["class"]),
-            score=_float(p["score"]),
+            **_shared_properties(p),
             box_px=_tuple4(p["box_px"]),
             scene_box_px=_tuple4(p["scene_box_px"]),
             box_map=_tuple4(p["box_map"]),
             ring=ring,
             center=(_float(p["center"][0]), _float(p["center"][1])),
             cut=bool(p.get("cut", False)),
-            model=_str(p["model"]),
-            scene=_str(p["scene"]),
-            tile=_int(p["tile"]),
-            frame=_str(p["frame"]),
-            tiles=tuple(_int(t) for t in p.get("tiles", ())),
         )
     except _DECODE_ERRORS as e:
         raise DetectionFormatError(f"not a groundwatch detection feature ({e!r}): {str(f)[:200]}") from e
@@ -291,18 +299,11 @@ def from_region_feature(f: Any) -> Region:
     try:
         p = f["properties"]
         return Region(
-            class_id=_int(p["class_id"]),
-            label=_str(p["class"]),
-            score=_float(p["score"]),
+            **_shared_properties(p),
             pixels=_int(p["pixels"]),
             area_m2=_float(p["area_m2"]),
             rings_px=tuple(_ring(r, False) for r in p["rings_px"]),
             rings=tuple(_ring(r, True) for r in f["geometry"]["coordinates"]),
-            model=_str(p["model"]),
-            scene=_str(p["scene"]),
-            tile=_int(p["tile"]),
-            frame=_str(p["frame"]),
-            tiles=tuple(_int(t) for t in p.get("tiles", ())),
         )
     except _DECODE_ERRORS as e:
         raise DetectionFormatError(f"not a groundwatch region feature ({e!r}): {str(f)[:200]}") from e
