@@ -4,20 +4,27 @@ One redis-server with the engine (AOF on), 2 producers publishing synthetic scen
 (ingest.scene.publish_array), 3 consumers (`groundwatch consume`, default names: stable per host
 and slot), a model switch every `--switch-min` minutes (a new version loaded and activated with
 the loaders) and one consumer SIGKILLed and restarted every `--kill-min` minutes (always the
-same one, so the other two live the whole run). Every `--sample-s` seconds it records the
+same one, so the other two live the whole run); after each switch the version before the
+previous one is removed (`loaders.loader.remove`: an operator keeps the active version and one to
+roll back to). Consumers and producers run with small retention (`--results-maxlen` entries in
+the result streams, `--ttl-s` for the idempotency markers and scene keys) so that the data Redis
+holds stops growing within the warm-up. Every `--sample-s` seconds it records the
 resident memory of redis-server and of each consumer, Redis's used_memory, what the data holds
 (result and frame stream lengths and bytes, keys and keys with a TTL: the idempotency markers)
 and the engine's own figures (INFO MODULES ai_memory via groundwatch.enginestats: heap outside
 Redis, weights, tensors of runs, block cache), so growth of data and growth of the engine can be
 told apart.
 
-At the end the producers stop, the consumers drain, and the run is checked: every published
-frame has exactly one per-tile result, every scene exactly one scene result, no dead letters.
-The report (soak.md, soak.json) gives the memory samples and, after warm-up (a quarter of the
-run): redis-server RSS first/last/max and %, used_memory growth (data), the engine's figures,
-each long-lived consumer's RSS %. Results are retained by design (see growth()), so the memory
-criterion for redis-server is RSS growth beyond used_memory growth within 5 %; for consumers,
-RSS within 5 %. Exit status 1 when a check or the memory criterion fails.
+An observer (`Observer`) reads the result streams as they are written, so exactly-once is
+checked over the whole run although the streams are capped. At the end the producers stop, the
+consumers drain, and the run is checked: every published frame has exactly one per-tile result,
+every scene exactly one scene result, no dead letters, and the observer read every entry ever
+added to the result streams (XINFO STREAM entries-added: the cap never trimmed an entry before it
+was read). The report (soak.md, soak.json) gives the memory samples and, after warm-up (a quarter
+of the run): redis-server RSS first/last/max and %, used_memory growth (data), the engine's
+figures, each long-lived consumer's RSS %. The memory criterion: the resident memory of
+redis-server and of each long-lived consumer within 5 % from the end of warm-up to the end.
+Exit status 1 when a check or the memory criterion fails.
 """
 
 from __future__ import annotations
@@ -83,14 +90,22 @@ def model_file(path: Path) -> Path:
 # --- producer (a subprocess) -------------------------------------------------------------------
 
 
-def produce(url: str, index: int, stop_file: Path, rate: float) -> int:
+def produce(url: str, index: int, stop_file: Path, rate: float, ttl_s: int) -> int:
     import redis
 
     from ingest.errors import IngestError
     from ingest.scene import publish_array
 
     client = connection.client_for(url, timeout_s=60)
-    settings = Settings(redis_url=url, feed=FEED, tile_size=TILE, tile_overlap=OVERLAP, max_lag=400)
+    settings = Settings(
+        redis_url=url,
+        feed=FEED,
+        tile_size=TILE,
+        tile_overlap=OVERLAP,
+        max_lag=400,
+        scene_ttl_s=ttl_s,
+        progress_ttl_s=ttl_s,
+    )
     rng = np.random.default_rng(index)
     n = 0
     transform = (10.0, 0.0, 500000.0 + index * 1e4, 0.0, -10.0, 6000000.0)
@@ -116,10 +131,48 @@ def consumer_cmd(url: str) -> list[str]:
     return [sys.executable, "-m", "groundwatch.cli", "--redis-url", url, "consume", "--feed", FEED]
 
 
+class Observer:
+    """Reads the detections and scenes streams from their first entry as they are written and
+    counts results per frame and per scene, so that exactly-once can be checked over a run
+    whose result streams are capped far below its length. `complete()` tells whether it read
+    every entry ever added (XINFO STREAM entries-added), i.e. the cap never trimmed an entry it
+    had not read yet."""
+
+    def __init__(self, r: Any) -> None:
+        self.r = r
+        self.last = {keys.detections(FEED): "0-0", keys.scenes(FEED): "0-0"}
+        self.read = dict.fromkeys(self.last, 0)
+        self.per_frame: Counter[bytes] = Counter()
+        self.per_scene: Counter[bytes] = Counter()
+
+    def poll(self) -> None:
+        while True:
+            got = self.r.xread(dict(self.last), count=5000)
+            if not got:
+                return
+            for stream, entries in got:
+                name = stream.decode() if isinstance(stream, bytes) else stream
+                for _entry_id, f in entries:
+                    if name == keys.detections(FEED):
+                        self.per_frame[f[b"frame"]] += 1
+                    else:
+                        self.per_scene[f[b"scene"]] += 1
+                self.read[name] += len(entries)
+                last = entries[-1][0]
+                self.last[name] = last.decode() if isinstance(last, bytes) else last
+
+    def complete(self) -> dict[str, tuple[int, int]]:
+        """stream -> (entries read, entries ever added)."""
+        return {
+            k: (n, int(self.r.xinfo_stream(k)["entries-added"]) if self.r.exists(k) else 0)
+            for k, n in self.read.items()
+        }
+
+
 def run(args: argparse.Namespace) -> int:
 
     from groundwatch.server import RedisServer
-    from loaders.loader import LoadOptions, load
+    from loaders.loader import LoadOptions, load, remove
 
     out = Path(args.out or tempfile.mkdtemp(prefix="gw-soak-"))
     out.mkdir(parents=True, exist_ok=True)
@@ -133,8 +186,14 @@ def run(args: argparse.Namespace) -> int:
     url = server.url
     r = connection.client_for(url, timeout_s=60)
     path = model_file(out / "soak.pt")
-    load(r, path, LoadOptions(name=MODEL, feeds=(FEED,), batch=8))
-    env = dict(os.environ, PYTHONPATH=str(REPO_ROOT))
+    versions = [load(r, path, LoadOptions(name=MODEL, feeds=(FEED,), batch=8)).version]
+    env = dict(
+        os.environ,
+        PYTHONPATH=str(REPO_ROOT),
+        GROUNDWATCH_RESULTS_MAXLEN=str(args.results_maxlen),
+        GROUNDWATCH_SCENE_TTL_S=str(args.ttl_s),
+    )
+    observer = Observer(r)
     stop_file = out / "stop"
     stop_file.unlink(missing_ok=True)
 
@@ -145,7 +204,17 @@ def run(args: argparse.Namespace) -> int:
     consumers = [spawn(consumer_cmd(url), f"consumer-{i}.log") for i in range(3)]
     producers = [
         spawn(
-            [sys.executable, "-m", "bench.soak", "producer", url, str(i), str(stop_file), str(args.rate)],
+            [
+                sys.executable,
+                "-m",
+                "bench.soak",
+                "producer",
+                url,
+                str(i),
+                str(stop_file),
+                str(args.rate),
+                str(args.ttl_s),
+            ],
             f"producer-{i}.log",
         )
         for i in range(2)
@@ -158,18 +227,21 @@ def run(args: argparse.Namespace) -> int:
     next_sample = t0
     samples: list[dict[str, Any]] = []
     events: list[str] = []
-    versions = 1
     kills = 0
     try:
         while time.monotonic() < end:
             now = time.monotonic()
+            observer.poll()
             if now >= next_sample:
                 samples.append(sample(r, server, consumers, now - t0))
                 next_sample += args.sample_s
             if now >= next_switch:
                 rec = load(r, path, LoadOptions(name=MODEL, feeds=(FEED,), batch=8))
-                versions += 1
+                versions.append(rec.version)
                 events.append(f"{(now - t0) / 60:.1f} min: switched to {rec.label}")
+                if len(versions) >= 3:
+                    gone = remove(r, MODEL, versions[-3])
+                    events.append(f"{(now - t0) / 60:.1f} min: removed {gone.label}")
                 next_switch += args.switch_min * 60
             if now >= next_kill:
                 victim = consumers[0]
@@ -190,6 +262,7 @@ def run(args: argparse.Namespace) -> int:
         for p in producers:
             p.wait(120)
         drained = wait_drained(r, 600)
+        observer.poll()
         samples.append(sample(r, server, consumers, time.monotonic() - t0))
     finally:
         stop_file.touch()
@@ -201,7 +274,7 @@ def run(args: argparse.Namespace) -> int:
                 p.wait(60)
             except subprocess.TimeoutExpired:
                 os.killpg(p.pid, signal.SIGKILL)
-    checks = check(r)
+    checks = check(r, observer)
     checks["drained"] = drained
     load_end = os.getloadavg()
     server.stop()
@@ -209,7 +282,7 @@ def run(args: argparse.Namespace) -> int:
         "minutes": args.minutes,
         "load_start": [round(x, 2) for x in load_start],
         "load_end": [round(x, 2) for x in load_end],
-        "versions": versions,
+        "versions": len(versions),
         "kills": kills,
         "events": events,
         "checks": checks,
@@ -280,15 +353,17 @@ def wait_drained(r: Any, timeout_s: float) -> bool:
     return False
 
 
-def check(r: Any) -> dict[str, Any]:
+def check(r: Any, observer: Observer) -> dict[str, Any]:
     stats = {k.decode(): int(v) for k, v in r.hgetall(keys.stats(FEED)).items()}
-    per_frame: Counter[bytes] = Counter()
-    for _id, f in r.xrange(keys.detections(FEED)):
-        per_frame[f[b"frame"]] += 1
-    per_scene: Counter[bytes] = Counter()
-    for _id, f in r.xrange(keys.scenes(FEED)):
-        per_scene[f[b"scene"]] += 1
+    per_frame, per_scene = observer.per_frame, observer.per_scene
     problems = []
+    seen = observer.complete()
+    for stream, (n_read, n_added) in seen.items():
+        if n_read != n_added:
+            problems.append(
+                f"{stream}: the observer read {n_read} of {n_added} entries added (the cap trimmed unread "
+                "entries: raise --results-maxlen)"
+            )
     frames_in, scenes_in = stats.get("frames_in", 0), stats.get("scenes_in", 0)
     if len(per_frame) != frames_in:
         problems.append(f"{frames_in} frames published but {len(per_frame)} have a result")
@@ -305,8 +380,8 @@ def check(r: Any) -> dict[str, Any]:
         problems.append(f"{pending} frames still pending")
     if dead:
         problems.append(f"{dead} dead letters")
-    # What Redis holds at the end, by design: the results (capped streams) and the idempotency
-    # markers (TTL scene_ttl_s); used_memory grows with them until the caps and TTLs apply.
+    # What Redis holds at the end: the results (capped streams) and the idempotency markers and
+    # scene keys (TTL --ttl-s).
     retained = {
         "keys": int(r.dbsize()),
         "detections_stream_mb": round((r.memory_usage(keys.detections(FEED), samples=0) or 0) / 2**20, 2),
@@ -320,6 +395,7 @@ def check(r: Any) -> dict[str, Any]:
         "scenes_in": scenes_in,
         "scene_results": len(per_scene),
         "dead_letters": dead,
+        "observed": {k: {"read": a, "added": b} for k, (a, b) in seen.items()},
         "pending_end": pending,
         "counters": stats,
         "problems": problems,
@@ -335,15 +411,11 @@ def _pct(a: float | None, b: float | None) -> float | None:
 
 def growth(samples: list[dict[str, Any]]) -> dict[str, Any]:
     """What changed from the end of warm-up (the first sample past a quarter of the run) to the
-    last sample, and the memory verdict.
-
-    The results (detections and scenes streams) and the per-frame idempotency markers are
-    retained by design: the streams are capped at RESULTS_MAXLEN (100,000) entries and the
-    markers expire after scene_ttl_s (7 days), so in an hour at 18 frames/s neither bound is
-    reached and `used_memory` grows with the data all along. The redis-server criterion is
-    therefore about what is not data: RSS growth beyond the growth of used_memory, within 5 % of
-    the RSS at warm-up (RSS growth as such is reported next to it, not judged). Each consumer
-    that lives the whole run (1 and 2; consumer 0 is the one killed) keeps its RSS within 5 %."""
+    last sample, and the memory verdict: the RSS of redis-server, and of each consumer that
+    lives the whole run (1 and 2; consumer 0 is the one killed), within 5 % of its value at the
+    end of warm-up. The run's retention (--results-maxlen, --ttl-s) bounds the data within the
+    warm-up, so what Redis holds is steady by then; the growth of used_memory and the RSS growth
+    beyond it are reported next to the verdict, to tell data from the rest."""
     if len(samples) < 2:
         return {}
     start = next(s for s in samples if s["t_min"] >= samples[-1]["t_min"] / 4)
@@ -385,8 +457,8 @@ def growth(samples: list[dict[str, Any]]) -> dict[str, Any]:
                 "pct": _pct(series[0], series[-1]),
             }
     verdicts = []
-    if "redis_rss_beyond_data_pct" in out:
-        verdicts.append(abs(out["redis_rss_beyond_data_pct"]) <= MEMORY_TOLERANCE_PCT)
+    if "redis_rss_mb" in out:
+        verdicts.append(abs(out["redis_rss_mb"]["pct"] or 0.0) <= MEMORY_TOLERANCE_PCT)
     verdicts += [abs(c["pct"] or 0.0) <= MEMORY_TOLERANCE_PCT for c in out["consumers_rss"].values()]
     out["memory_ok"] = bool(verdicts) and all(verdicts)
     return out
@@ -403,7 +475,8 @@ def render(rep: dict[str, Any]) -> str:
         f"drained {c['drained']}; pending at the end {c.get('pending_end')}",
         f"- problems: {'; '.join(c['problems']) or 'none'}",
         f"- counters: {c['counters']}",
-        f"- retained in Redis at the end (results and idempotency markers, by design): {c['retained']}",
+        f"- observer (result stream entries read / ever added): {c.get('observed')}",
+        f"- retained in Redis at the end (results and idempotency markers): {c['retained']}",
         f"- load average at the start {rep.get('load_start')}, at the end {rep.get('load_end')}",
         "",
         *(f"- {e}" for e in rep["events"]),
@@ -434,7 +507,7 @@ def render(rep: dict[str, Any]) -> str:
             x = g["redis_rss_mb"]
             lines.append(
                 f"- redis-server RSS: first {x['first']:.1f} MB, last {x['last']:.1f} MB, max {x['max']:.1f} MB, "
-                f"{x['pct']:+.1f} %"
+                f"{x['pct']:+.1f} % (criterion: within {MEMORY_TOLERANCE_PCT:.0f} %)"
             )
         u = g["used_memory_mb"]
         lines.append(
@@ -444,8 +517,7 @@ def render(rep: dict[str, Any]) -> str:
         if "redis_rss_beyond_data_mb" in g:
             lines.append(
                 f"- redis-server RSS growth beyond the growth of used_memory: {g['redis_rss_beyond_data_mb']:+.1f} MB "
-                f"= {g['redis_rss_beyond_data_pct']:+.1f} % of the RSS at warm-up (criterion: within "
-                f"{MEMORY_TOLERANCE_PCT:.0f} %)"
+                f"= {g['redis_rss_beyond_data_pct']:+.1f} % of the RSS at warm-up"
             )
         for k, x in g.get("engine_mb", {}).items():
             lines.append(
@@ -463,14 +535,26 @@ def render(rep: dict[str, Any]) -> str:
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     if argv[:1] == ["producer"]:
-        url, index, stop_file, rate = argv[1:5]
-        return produce(url, int(index), Path(stop_file), float(rate))
+        url, index, stop_file, rate, ttl_s = argv[1:6]
+        return produce(url, int(index), Path(stop_file), float(rate), int(ttl_s))
     p = argparse.ArgumentParser(prog="python -m bench.soak", description=__doc__.split("\n\n")[0])
     p.add_argument("--minutes", type=float, default=60.0)
     p.add_argument("--switch-min", type=float, default=10.0)
     p.add_argument("--kill-min", type=float, default=15.0)
     p.add_argument("--sample-s", type=float, default=30.0)
     p.add_argument("--rate", type=float, default=1.0, help="scenes per second per producer (9 frames each)")
+    p.add_argument(
+        "--results-maxlen",
+        type=int,
+        default=2000,
+        help="consumers' GROUNDWATCH_RESULTS_MAXLEN (default 2000)",
+    )
+    p.add_argument(
+        "--ttl-s",
+        type=int,
+        default=300,
+        help="markers' and scene keys' TTL, GROUNDWATCH_SCENE_TTL_S (default 300)",
+    )
     p.add_argument("--out", default=None, help="folder for the report and logs (default: a temp folder)")
     return run(p.parse_args(argv))
 

@@ -42,7 +42,6 @@ from groundwatch.status import THROUGHPUT_SAMPLES
 log = logging.getLogger("groundwatch.consumers")
 
 LATENCY_SAMPLES = 1000  # recent latencies kept in keys.latency
-RESULTS_MAXLEN = 100_000  # approximate cap of the detections and scenes streams
 
 
 @dataclass
@@ -70,6 +69,7 @@ class Committer:
         *,
         ttl_s: int,
         clock_ms: Callable[[], int],
+        results_maxlen: int = 100_000,
     ) -> None:
         self.r = client
         self.feed = feed
@@ -77,6 +77,7 @@ class Committer:
         self.group = group
         self.name = name
         self.ttl_s = ttl_s
+        self.results_maxlen = results_maxlen
         self.clock_ms = clock_ms
 
     def commit(
@@ -220,7 +221,9 @@ class Committer:
         if made is not None:
             doc = scene_json(made)
             pipe.set(result_key, doc, ex=self.ttl_s)
-            pipe.xadd(keys.scenes(feed), encode_scene(made, doc), maxlen=RESULTS_MAXLEN, approximate=True)
+            pipe.xadd(
+                keys.scenes(feed), encode_scene(made, doc), maxlen=self.results_maxlen, approximate=True
+            )
             pipe.publish(keys.scenes(feed), doc)
             pipe.delete(tiles_key)
             pipe.hincrby(keys.stats(feed), "scenes_done", 1)
@@ -239,7 +242,9 @@ class Committer:
         for e, r in fresh:
             doc = tile_json(r)
             pipe.set(keys.frame_done(feed, r.frame), f"{r.model} {e.id}", ex=ttl)
-            pipe.xadd(keys.detections(feed), encode_tile(r, doc), maxlen=RESULTS_MAXLEN, approximate=True)
+            pipe.xadd(
+                keys.detections(feed), encode_tile(r, doc), maxlen=self.results_maxlen, approximate=True
+            )
             pipe.publish(keys.detections(feed), doc)
             by_scene.setdefault(r.scene, {})[str(r.tile)] = doc
             detections += len(r.detections)

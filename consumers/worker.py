@@ -104,7 +104,13 @@ class Consumer:
         self.stream = self.reader.stream
         self.models = inference.Models(self.r, self.feed, settings.score_threshold, settings.simplify_px)
         self.committer = Committer(
-            self.r, self.feed, self.group, self.name, ttl_s=settings.scene_ttl_s, clock_ms=self._now
+            self.r,
+            self.feed,
+            self.group,
+            self.name,
+            ttl_s=settings.scene_ttl_s,
+            clock_ms=self._now,
+            results_maxlen=settings.results_maxlen,
         )
         self.stats = RunStats()
         self.profiler = Profiler(

@@ -69,6 +69,7 @@ class Settings:
     max_lag: int = 1000
     backpressure_timeout_s: float = 60.0
     scene_ttl_s: int = 7 * 24 * 3600
+    results_maxlen: int = 100_000  # consumers: approximate cap (entries) of the detections and scenes streams
     progress_ttl_s: int = 7 * 24 * 3600  # ingest: how long a half-published scene's resume point lives
     ingest_bands: str = ""  # ingest: 1-based band numbers to read, e.g. "4,3,2" (empty: all bands)
     expect_bands: int = 0  # ingest: refuse scenes that do not yield this many bands (0: any)
@@ -143,6 +144,7 @@ class Settings:
             "publish_batch",
             "max_frame_bytes",
             "profile_every",
+            "results_maxlen",
         ):
             if getattr(self, name) < 1:
                 raise ConfigError(f"{name} must be at least 1, got {getattr(self, name)}")

@@ -353,3 +353,21 @@ def test_prometheus_endpoint_serves_the_feed_figures(engine: redis.Redis) -> Non
     assert 'groundwatch_group_pending{feed="sea",group="detectors"} 0' in lines
     assert any(line.startswith('groundwatch_latency_ms{feed="sea",quantile="0.99"} ') for line in lines)
     assert "# TYPE groundwatch_scenes_done_total counter" in lines
+
+
+def test_result_streams_are_capped_at_results_maxlen(engine: redis.Redis) -> None:
+    install_model(engine, FEED)
+    # XADD MAXLEN ~ trims whole stream nodes (100 entries by default): small nodes make the
+    # cap of a short test visible.
+    engine.config_set("stream-node-max-entries", 4)
+    try:
+        for n in range(3):  # 3 scenes of 9 tiles: 27 tile results, 3 scene results
+            publish(engine, FEED, scene_frames(f"cap{n}", scene_array(160, 160, {(10, 10): 60000})))
+        stats = burst(engine, results_maxlen=5, read_count=4)
+    finally:
+        engine.config_set("stream-node-max-entries", 100)
+    assert stats.frames_done == 27
+    assert engine.xinfo_stream(keys.detections(FEED))["entries-added"] == 27
+    assert 5 <= engine.xlen(keys.detections(FEED)) <= 5 + 4
+    unbounded = Settings(feed=FEED)
+    assert unbounded.results_maxlen == 100_000
