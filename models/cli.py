@@ -83,7 +83,8 @@ def register(subparsers: Any) -> None:
     p.add_argument(
         "--feed",
         default=None,
-        help="score the scene results a running stack published on this feed instead (needs --truth)",
+        help="score the scene results a running stack published on this feed instead (needs --truth): "
+        "AP per class of a detector feed, IoU per class of a segmentation feed's regions",
     )
     p.add_argument(
         "--truth",
@@ -312,12 +313,16 @@ def _evaluate_segmenter(
         f"{result['seeds'][0]}-{result['seeds'][1]}, {result['tiles']} tiles, simplified at "
         f"{result['simplify_px']} px"
     )
+    _print_iou_table(result)
+    return 0
+
+
+def _print_iou_table(result: dict[str, Any]) -> None:
     print(f"{'class':<10} {'IoU':>7} {'truth px':>10} {'polygons':>9}")
     for name, row in result["per_class"].items():
         iou = "-" if row["iou"] is None else f"{row['iou']:.4f}"
         print(f"{name:<10} {iou:>7} {row['truth_pixels']:>10} {row['polygons']:>9}")
     print(f"mean IoU of the foreground classes: {result['mean_iou_foreground']}")
-    return 0
 
 
 def _train_segmenter(settings: Settings, args: argparse.Namespace) -> int:
@@ -350,7 +355,7 @@ def _evaluate_feed(settings: Settings, args: argparse.Namespace) -> int:
     from groundwatch.connection import connect
     from groundwatch.detections import decode_scene
     from models.errors import ModelsError
-    from models.evaluate import evaluate_feed, format_table
+    from models.evaluate import evaluate_feed, format_table, truth_files
 
     if args.feed is None or args.truth is None or not args.truth.is_dir():
         raise ModelsError(
@@ -360,10 +365,31 @@ def _evaluate_feed(settings: Settings, args: argparse.Namespace) -> int:
     client = connect(settings)
     feed = keys.check_name("feed", args.feed)
 
-    def scene_results(scene_id: str) -> Any:
-        raw = client.get(keys.scene_result(feed, scene_id))
-        return None if raw is None else decode_scene(raw)
+    fetched: dict[str, Any] = {}
 
+    def scene_results(scene_id: str) -> Any:
+        if scene_id not in fetched:
+            raw = client.get(keys.scene_result(feed, scene_id))
+            fetched[scene_id] = None if raw is None else decode_scene(raw)
+        return fetched[scene_id]
+
+    # A segmentation feed's results hold regions (detection format 2): scored by IoU against the
+    # scenes' truth masks; a detector feed's by AP, precision and recall against the truth boxes.
+    found = [scene_results(scene_id) for scene_id, _doc in truth_files(args.truth)]
+    if any(r is not None and r.regions for r in found):
+        from models.segeval import evaluate_feed_regions
+
+        result = evaluate_feed_regions(scene_results, args.truth)
+        result["feed"] = feed
+        if args.json:
+            print(json.dumps(result, indent=2))
+        else:
+            print(
+                f"feed {feed}: region results of {result['scenes']} scenes against the truth masks of "
+                f"{args.truth} ({len(result['missing'])} not complete)"
+            )
+            _print_iou_table(result)
+        return 0
     result = evaluate_feed(scene_results, args.truth)
     result["feed"] = feed
     if args.json:

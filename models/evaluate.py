@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import json
 import time
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -252,6 +252,31 @@ def evaluate_model(
     return result
 
 
+def truth_files(truth_dir: Path) -> Iterator[tuple[str, dict[str, Any]]]:
+    """(scene id, truth document) of each ``<scene id>.geojson`` (or ``.truth.geojson``) in
+    `truth_dir`, as ``groundwatch generate`` writes them beside the GeoTIFFs, by name."""
+    for path in sorted(truth_dir.glob("*.geojson")):
+        if path.name.endswith(".truth.geojson"):
+            scene_id = path.name.removesuffix(".truth.geojson")
+        else:
+            scene_id = path.name.split(".", 1)[0]
+        try:
+            doc = json.loads(path.read_text())
+        except (OSError, ValueError) as e:
+            raise ModelsError(
+                f"cannot read the truth file {path}: {e}; write it again with `groundwatch generate`"
+            ) from e
+        yield scene_id, doc
+
+
+def no_results(truth_dir: Path, missing: Sequence[str]) -> ModelsError:
+    return ModelsError(
+        f"no scene result for any truth file in {truth_dir} ({len(missing)} scenes not complete): "
+        "ingest the scenes generated there (`groundwatch ingest DIR/*.tif --feed FEED`) and let the "
+        "consumers finish first"
+    )
+
+
 def evaluate_feed(
     scene_results: Callable[[str], Any], truth_dir: Path, iou: float = geometry.MATCH_IOU
 ) -> dict[str, Any]:
@@ -267,12 +292,7 @@ def evaluate_feed(
     classes: list[str] = list(CLASSES)
     missing: list[str] = []
     names: list[str] = []
-    for path in sorted(truth_dir.glob("*.geojson")):
-        if path.name.endswith(".truth.geojson"):
-            scene_id = path.name.removesuffix(".truth.geojson")
-        else:
-            scene_id = path.name.split(".", 1)[0]
-        doc = json.loads(path.read_text())
+    for scene_id, doc in truth_files(truth_dir):
         classes = list(doc.get("groundwatch", {}).get("classes", classes))
         boxes = np.array([f["properties"]["pixel_box"] for f in doc["features"]], np.float64).reshape(-1, 4)
         ids = np.array([f["properties"]["class_id"] for f in doc["features"]], np.int64)
@@ -286,11 +306,7 @@ def evaluate_feed(
         ).reshape(-1, 6)
         per_image.append(ImageResult(rows, rows, boxes, ids))
     if not per_image:
-        raise ModelsError(
-            f"no scene result for any truth file in {truth_dir} ({len(missing)} scenes not complete): "
-            "ingest the scenes generated there (`groundwatch ingest DIR/*.tif --feed FEED`) and let the "
-            "consumers finish first"
-        )
+        raise no_results(truth_dir, missing)
     out = _summary(per_image, classes, iou, float("nan"))
     out.update(scene_ids=names, missing=missing)
     return out
