@@ -165,8 +165,15 @@ class Consumer:
                         break
                 except redis.ResponseError as e:
                     if "NOGROUP" in str(e) or "UNBLOCKED" in str(e):
-                        # the stream or its group vanished (deleted, or a restart without persistence)
-                        log.warning("consumer %s: %s; creating the group again", self.name, e)
+                        # NOGROUP: the stream or its group vanished (deleted, or a restart without
+                        # persistence). UNBLOCKED: the stream's key moved away while this consumer
+                        # waited on it (a slot migration, a DEL): the group may well still exist.
+                        what = (
+                            "the stream moved or was deleted while this consumer waited on it; reading it again"
+                            if "UNBLOCKED" in str(e)
+                            else "creating the group again"
+                        )
+                        log.warning("consumer %s: %s; %s", self.name, e, what)
                         self._abandon()
                         first = True
                         continue

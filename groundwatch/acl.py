@@ -228,7 +228,7 @@ def loader() -> Role:
             Grant(
                 "model copies: store, warm up and compare (DAGs), metadata, AI.INFO, removal",
                 ("ai.modelstore", "ai.modelget", "ai.info", "ai.dagexecute", "exists", "del"),
-                (keys.model(ANY, ANY, ANY), keys.dag_routing(ANY)),
+                (keys.model(ANY, ANY, ANY),),
             ),
             Grant("the feeds' active versions", ("get", "set"), (keys.active_model(ANY),)),
             Grant(

@@ -207,11 +207,6 @@ def active_model(feed: str) -> str:
     return _feed(feed, "active")
 
 
-def dag_routing(feed: str) -> str:
-    """The key named in AI.DAGEXECUTE ROUTING so a feed's DAG runs on the feed's shard."""
-    return _feed(feed, "route")
-
-
 REGISTRY_TAG = "{registry}"
 
 

@@ -107,10 +107,12 @@ def check_output(out: np.ndarray, meta: ModelMetadata, batch: int) -> None:
         )
 
 
-def warm_up(engine: Engine, model_key: str, route_key: str, meta: ModelMetadata) -> None:
+def warm_up(engine: Engine, model_key: str, meta: ModelMetadata) -> None:
+    # Routed by the model copy itself: a key that exists, so a DAG sent while the feed's slot
+    # is migrated follows ASK to wherever the copy is (a second, absent key would get TRYAGAIN).
     for batch in (1, WARMUP_BATCH):
         try:
-            out = engine.run(model_key, warmup_input(meta, batch), route_key)
+            out = engine.run(model_key, warmup_input(meta, batch), model_key)
         except EngineError as e:
             raise LoaderError(
                 f"warm-up failed: the engine could not run the model on a {meta.dtype} "
@@ -198,7 +200,7 @@ def load(client: redis.Redis, source: str | Path | ModelFile, opts: LoadOptions)
             stored.append(key)
             if opts.optimize and optimize_state is None:
                 optimize_state = engine.optimize_state(key)
-            warm_up(engine, key, keys.dag_routing(feed), model.metadata)
+            warm_up(engine, key, model.metadata)
         if origin is not None:
             assert samples is not None
             compared = compare_in_engine(engine, origin, opts.feeds[0], version, model.metadata, samples)

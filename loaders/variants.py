@@ -114,9 +114,10 @@ def agreement(source: np.ndarray, variant: np.ndarray, threshold: float) -> Agre
     )
 
 
-def run_tiles(engine: Engine, model_key: str, route_key: str, tiles: np.ndarray) -> np.ndarray:
+def run_tiles(engine: Engine, model_key: str, tiles: np.ndarray) -> np.ndarray:
+    # routed by the model copy, a key that exists (see loader.warm_up)
     outs = [
-        engine.run(model_key, tiles[i : i + SAMPLE_BATCH], route_key)
+        engine.run(model_key, tiles[i : i + SAMPLE_BATCH], model_key)
         for i in range(0, len(tiles), SAMPLE_BATCH)
     ]
     return np.concatenate(outs)
@@ -134,13 +135,8 @@ def compare_in_engine(
     feed = variant_feed if variant_feed in source.feeds else source.feeds[0]
     sample = check_samples(samples, meta)
     try:
-        out_source = run_tiles(engine, source.ref.key(feed), keys.dag_routing(feed), sample)
-        out_variant = run_tiles(
-            engine,
-            ModelRef(source.name, variant_version).key(variant_feed),
-            keys.dag_routing(variant_feed),
-            sample,
-        )
+        out_source = run_tiles(engine, source.ref.key(feed), sample)
+        out_variant = run_tiles(engine, ModelRef(source.name, variant_version).key(variant_feed), sample)
     except EngineError as e:
         raise LoaderError(f"could not compare with the source version {source.label}: {e}") from e
     return agreement(out_source, out_variant, modelmeta.score_threshold(None, meta.score_threshold_hint))

@@ -79,4 +79,4 @@ def registry_model(client: redis.Redis, label: str) -> RegistryModel:
     feed = record.feeds[0]
     key = record.ref.key(feed)
     blob = Engine(client).model_blob(key)
-    return RegistryModel(record.label, key, keys.dag_routing(feed), blob, dict(record.provenance))
+    return RegistryModel(record.label, key, key, blob, dict(record.provenance))  # routed by the copy itself

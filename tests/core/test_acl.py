@@ -209,7 +209,7 @@ FORBIDDEN: dict[str, list[tuple[str, Callable[[redis.Redis], Any]]]] = {
         ("AI.MODELSTORE", lambda c: ai.Engine(c).model_store(keys.model(FEED, "x", 1), BLOB)),
         (
             "AI.DAGEXECUTE",
-            lambda c: ai.Engine(c).run(keys.model(FEED, "ship", 1), TILE, keys.dag_routing(FEED)),
+            lambda c: ai.Engine(c).run(keys.model(FEED, "ship", 1), TILE, keys.model(FEED, "ship", 1)),
         ),
         (
             "AI.SCRIPTSTORE",
@@ -239,7 +239,7 @@ FORBIDDEN: dict[str, list[tuple[str, Callable[[redis.Redis], Any]]]] = {
         ("read another feed", lambda c: c.xreadgroup("detectors", "x", {keys.frames(OTHER): ">"})),
         (
             "another feed's model",
-            lambda c: ai.Engine(c).run(keys.model(OTHER, "ship", 1), TILE, keys.dag_routing(OTHER)),
+            lambda c: ai.Engine(c).run(keys.model(OTHER, "ship", 1), TILE, keys.model(OTHER, "ship", 1)),
         ),
         ("switch the model", lambda c: c.set(keys.active_model(FEED), "evil:1")),
         ("delete the model", lambda c: c.delete(keys.model(FEED, "ship", 1))),
@@ -265,7 +265,7 @@ FORBIDDEN: dict[str, list[tuple[str, Callable[[redis.Redis], Any]]]] = {
         ("AI.MODELSTORE", lambda c: ai.Engine(c).model_store(keys.model(FEED, "x", 1), BLOB)),
         (
             "AI.DAGEXECUTE",
-            lambda c: ai.Engine(c).run(keys.model(FEED, "ship", 1), TILE, keys.dag_routing(FEED)),
+            lambda c: ai.Engine(c).run(keys.model(FEED, "ship", 1), TILE, keys.model(FEED, "ship", 1)),
         ),
         ("AI.MODELGET BLOB", lambda c: ai.Engine(c).model_blob(keys.model(FEED, "ship", 1))),
     ],

@@ -52,7 +52,7 @@ def test_one_table_classifies_engine_failures(message: str, op: int, kind: Failu
 def test_run_of_a_refused_command_is_an_engine_error_with_the_engines_message(engine: redis.Redis) -> None:
     tile = np.zeros((1, 1, 64, 64), np.uint16)
     with pytest.raises(EngineError, match="model key is empty") as info:
-        Engine(engine).run(keys.model("f", "nosuch", 1), tile, keys.dag_routing("f"))
+        Engine(engine).run(keys.model("f", "nosuch", 1), tile, keys.model("f", "nosuch", 1))
     assert info.value.kind is Failure.MODEL_MISSING
 
 
@@ -61,11 +61,11 @@ def test_run_and_the_consumers_dags_decode_the_same_reply(engine: redis.Redis) -
     Engine(engine).model_store(key, toymodels.archive(toymodels.BrightestPixel(), toymodels.metadata()))
     tile = np.zeros((1, 64, 64), np.uint16)
     tile[0, 10, 20] = 5000
-    one = Engine(engine).run(key, tile[np.newaxis], keys.dag_routing("f"))
-    (many,) = ai.execute_dags(engine, key, keys.dag_routing("f"), [tile])
+    one = Engine(engine).run(key, tile[np.newaxis], key)
+    (many,) = ai.execute_dags(engine, key, key, [tile])
     assert isinstance(many, np.ndarray) and np.array_equal(one, many) and one[0, 0, 4] > 0
     # a tile the model's input cannot take: the model raises (op 1), as a DagError
-    (bad,) = ai.execute_dags(engine, key, keys.dag_routing("f"), [np.zeros((1, 2, 3, 4), np.uint16)])
+    (bad,) = ai.execute_dags(engine, key, key, [np.zeros((1, 2, 3, 4), np.uint16)])
     assert isinstance(bad, DagError) and bad.op == 1 and bad.kind is Failure.MODEL_ERROR
 
 

@@ -23,7 +23,6 @@ def test_every_key_of_a_feed_shares_its_hash_tag() -> None:
         keys.frame_done(feed, "S1/0"),
         keys.model(feed, "ship", 3),
         keys.active_model(feed),
-        keys.dag_routing(feed),
         keys.stats(feed),
         keys.latency(feed),
     ]

@@ -224,7 +224,7 @@ def test_the_engine_refuses_torchvision_operators_and_runs_the_replacements(engi
     torch.jit.save(fixed, buf)
     eng.model_store(keys.model("t", "fixed", 1), buf.getvalue())
     batch = torch.stack(tiles()[:1])
-    got = eng.run(keys.model("t", "fixed", 1), batch.numpy(), keys.dag_routing("t"))
+    got = eng.run(keys.model("t", "fixed", 1), batch.numpy(), keys.model("t", "fixed", 1))
     with torch.no_grad():
         want = raw(batch).numpy()
     assert got.shape == want.shape and np.abs(got - want).max() < 1e-4

@@ -41,7 +41,7 @@ def test_the_stored_model_computes_what_torch_computes(engine: redis.Redis, good
     load(engine, good, LoadOptions(name="ship", feeds=("s1",)))
     tile = np.zeros((1, 1, 64, 64), np.uint16)
     tile[0, 0, 10, 30] = 5000
-    out = Engine(engine).run(keys.model("s1", "ship", 1), tile, keys.dag_routing("s1"))
+    out = Engine(engine).run(keys.model("s1", "ship", 1), tile, keys.model("s1", "ship", 1))
     assert out.shape == (1, 4, 6)
     np.testing.assert_allclose(out[0, 0], [26, 6, 34, 14, 0.9, 0], rtol=1e-6)
 

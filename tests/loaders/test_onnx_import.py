@@ -110,7 +110,7 @@ def test_the_onnx_detector_serves_what_the_torch_model_computes(
     module, meta = original()
     rng = np.random.default_rng(7)
     tiles = rng.integers(0, 3000, (3, 1, 512, 512), dtype=np.uint16)
-    served = Engine(engine).run(keys.model(FEED, "ship", 1), tiles, keys.dag_routing(FEED))
+    served = Engine(engine).run(keys.model(FEED, "ship", 1), tiles, keys.model(FEED, "ship", 1))
     with torch.no_grad():
         direct = module(torch.from_numpy(tiles)).numpy()
     assert compare_rows(direct, served, SCORE_TOLERANCE).max_abs_diff <= BOX_TOLERANCE_PX
