@@ -118,7 +118,8 @@ distclean: clean
 	rm -rf $(VENV) *.egg-info
 
 # The pipeline under churn (bench/soak.py): 2 producers, 3 consumers, a model switch every 10
-# minutes, a consumer SIGKILLed every 15; checks one result per frame, reports memory over time.
+# minutes, a consumer SIGKILLed every 15; checks one result per frame and the resident memory of
+# redis-server and the consumers (within 5 % after warm-up), reports memory over time.
 SOAK_MINUTES ?= 60
 soak: setup
 	PYTHONPATH=$(CURDIR) $(BIN)/python -m bench.soak --minutes $(SOAK_MINUTES) $(SOAK_ARGS)
