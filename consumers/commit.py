@@ -36,8 +36,16 @@ import redis
 from consumers import scenes
 from consumers.reading import Entry, text
 from groundwatch import connection, keys
-from groundwatch.detections import SceneResult, TileResult, encode_scene, encode_tile, scene_json, tile_json
-from groundwatch.status import THROUGHPUT_SAMPLES
+from groundwatch.detections import (
+    SceneResult,
+    TileResult,
+    class_totals,
+    encode_scene,
+    encode_tile,
+    scene_json,
+    tile_json,
+)
+from groundwatch.status import THROUGHPUT_SAMPLES, class_counter
 
 log = logging.getLogger("groundwatch.consumers")
 
@@ -55,6 +63,17 @@ class Outcome:
     detections: int = 0
     conflicts: int = 0  # WATCH conflicts (attempts retried)
     superseded: int = 0  # duplicates whose result came from another model version than the first
+
+
+def class_counts(scene: SceneResult) -> dict[str, int]:
+    """The per-class counters a completed scene adds (groundwatch.status.class_counter): its
+    class_totals, areas in whole square metres (HINCRBY, as every other counter)."""
+    return {
+        class_counter(measure, label): round(value)
+        for label, totals in class_totals(scene).items()
+        for measure, value in totals.items()
+        if round(value)
+    }
 
 
 class Committer:
@@ -227,6 +246,8 @@ class Committer:
             pipe.publish(keys.scenes(feed), doc)
             pipe.delete(tiles_key)
             pipe.hincrby(keys.stats(feed), "scenes_done", 1)
+            for counter, n in class_counts(made).items():
+                pipe.hincrby(keys.stats(feed), counter, n)
         if conflicts:
             pipe.hincrby(keys.stats(feed), "conflicts", conflicts)
         if ids:

@@ -74,6 +74,18 @@ def render(feeds: list[status.FeedStatus]) -> str:
             f"counter {name} of the feed's stats hash",
             [(feed(st), st.counters[name]) for st in feeds if name in st.counters],
         )
+    for measure in status.CLASS_MEASURES:
+        metric(
+            f"class_{measure}_total",
+            "counter",
+            f"{measure.replace('_', ' ')} per class in the feed's completed scenes",
+            [
+                (feed(st, **{"class": label}), m[measure])
+                for st in feeds
+                for label, m in sorted(st.classes.items())
+                if measure in m
+            ],
+        )
     metric(
         "throughput_frames_per_second",
         "gauge",

@@ -150,6 +150,21 @@ class SceneResult:
     regions: tuple[Region, ...] = field(default_factory=tuple)
 
 
+def class_totals(s: SceneResult) -> dict[str, dict[str, float]]:
+    """What a scene result holds of each class, by class name: ``detections`` (a detector's merged
+    detections), or ``regions`` and their ``area_m2`` (a segmenter's). The per-class figures of
+    ``groundwatch status`` and of a STAC results item."""
+    out: dict[str, dict[str, float]] = {}
+    for d in s.detections:
+        m = out.setdefault(d.label, {})
+        m["detections"] = m.get("detections", 0) + 1
+    for g in s.regions:
+        m = out.setdefault(g.label, {})
+        m["regions"] = m.get("regions", 0) + 1
+        m["area_m2"] = m.get("area_m2", 0.0) + g.area_m2
+    return out
+
+
 def tile_result_of(feed: str, frame: frames.Frame, model: str, **outputs: Any) -> TileResult:
     """The result of `frame` run by `model`: the frame's identity, place and times copied once
     here, whatever the model yielded (`detections=` for contract 1, `regions=`, `transform=` and

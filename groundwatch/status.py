@@ -33,6 +33,9 @@ class FeedStatus:
     dead_letters: int
     groups: list[GroupStatus] = field(default_factory=list)
     counters: dict[str, float] = field(default_factory=dict)
+    # completed scenes' results per class (class counters of keys.stats): class -> measure -> total,
+    # measures "detections" (a detector's merged detections), "regions" and "area_m2" (a segmenter's)
+    classes: dict[str, dict[str, float]] = field(default_factory=dict)
     latency_ms: dict[str, float] = field(default_factory=dict)
     model: str | None = None
     model_stats: dict[str, Any] = field(default_factory=dict)
@@ -57,6 +60,46 @@ def percentiles(values: list[float], points: tuple[int, ...] = (50, 90, 99)) -> 
 
 
 THROUGHPUT_SAMPLES = 1000  # consumers keep this many recent completions in keys.throughput
+
+# Per-class counters share the feed's stats hash as fields "class:<measure>:<class name>", written
+# once per completed scene (consumers.commit): what its merged result holds of each class.
+CLASS_COUNTER = "class:"
+CLASS_MEASURES = ("detections", "regions", "area_m2")
+
+
+def class_counter(measure: str, label: str) -> str:
+    """The stats field of `measure` (one of CLASS_MEASURES) for the class named `label`."""
+    if measure not in CLASS_MEASURES:
+        raise ValueError(f"unknown per-class measure {measure!r}; known: {', '.join(CLASS_MEASURES)}")
+    return f"{CLASS_COUNTER}{measure}:{label}"
+
+
+def split_counters(raw: dict[str, float]) -> tuple[dict[str, float], dict[str, dict[str, float]]]:
+    """The stats hash as (feed-wide counters, class -> measure -> total)."""
+    flat: dict[str, float] = {}
+    classes: dict[str, dict[str, float]] = {}
+    for name, value in raw.items():
+        measure, _, label = name.removeprefix(CLASS_COUNTER).partition(":")
+        if name.startswith(CLASS_COUNTER) and measure in CLASS_MEASURES and label:
+            classes.setdefault(label, {})[measure] = value
+        else:
+            flat[name] = value
+    return flat, classes
+
+
+def class_summary(classes: dict[str, dict[str, float]]) -> str:
+    """One line of the per-class totals: "land 3 regions 1.23 km², ship 12 detections"."""
+    parts = []
+    for label, m in sorted(classes.items()):
+        bits = []
+        if "detections" in m:
+            bits.append(f"{m['detections']:g} detections")
+        if "regions" in m:
+            bits.append(f"{m['regions']:g} regions")
+        if "area_m2" in m:
+            bits.append(f"{m['area_m2'] / 1e6:.3g} km²")
+        parts.append(f"{label} {' '.join(bits)}")
+    return ", ".join(parts)
 
 
 def throughput(samples: list[str], now_ms: int, window_ms: int = 60_000) -> float | None:
@@ -107,7 +150,9 @@ def collect(client: redis.Redis, feed: str | None = None) -> list[FeedStatus]:
                     lag=None if g.get("lag") is None else int(g["lag"]),
                 )
             )
-        st.counters = {_text(k): float(v) for k, v in client.hgetall(keys.stats(name)).items()}
+        st.counters, st.classes = split_counters(
+            {_text(k): float(v) for k, v in client.hgetall(keys.stats(name)).items()}
+        )
         st.latency_ms = percentiles([float(v) for v in client.lrange(keys.latency(name), 0, -1)])
         seconds, micros = client.time()
         st.throughput_fps = throughput(
@@ -161,6 +206,8 @@ def render(feeds: list[FeedStatus]) -> str:
         if st.counters:
             shown = ", ".join(f"{k} {v:g}" for k, v in sorted(st.counters.items()))
             lines.append(f"  counters         {shown}")
+        if st.classes:
+            lines.append(f"  per class        {class_summary(st.classes)} (completed scenes)")
         if st.throughput_fps is not None:
             lines.append(f"  throughput       {st.throughput_fps:.1f} frames/s (last minute)")
         if st.latency_ms:

@@ -7,7 +7,8 @@ item's own location is the frames' ``source``, so every result links back to it.
 catalogue or collection is walked by its ``child`` and ``item`` links.
 
 Results go back as STAC items (:func:`write_results`): one per scene, the scene's GeoJSON
-detections as its ``detections`` asset, ``derived_from`` the source item.
+(its detections, or a segmentation model's regions) as its ``detections`` asset, per-class totals
+(regions with their area in m²) in its properties, ``derived_from`` the source item.
 """
 
 from __future__ import annotations
@@ -20,7 +21,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from groundwatch.detections import SceneResult, scene_json
+from groundwatch.detections import SceneResult, class_totals, scene_json
 from groundwatch.frames import FrameError, check_scene_id
 from groundwatch.settings import Settings
 from ingest import objectstore
@@ -204,8 +205,9 @@ def walk(location: str, settings: Settings, *, max_documents: int = 100_000) -> 
 
 
 def _footprint(s: SceneResult) -> tuple[dict[str, Any] | None, list[float] | None]:
-    """The bbox of the scene's detections (lon/lat) as geometry, when the source item gives none."""
-    points = [p for d in s.detections for p in d.ring]
+    """The bbox of the scene's detections and regions (lon/lat) as geometry, when the source item
+    gives none."""
+    points = [p for d in s.detections for p in d.ring] + [p for g in s.regions for p in g.rings[0]]
     if not points:
         return None, None
     lons, lats = [p[0] for p in points], [p[1] for p in points]
@@ -230,15 +232,20 @@ def result_item(s: SceneResult, source_doc: dict[str, Any] | None, geojson_href:
             "groundwatch:feed": s.feed,
             "groundwatch:scene": s.scene,
             "groundwatch:models": list(s.models),
-            "groundwatch:count": len(s.detections),
+            "groundwatch:count": len(s.detections) + len(s.regions),
             "groundwatch:tiles": s.tiles,
+            # per class: detections, or regions and their area in square metres
+            "groundwatch:classes": {
+                label: {k: (round(v, 1) if k == "area_m2" else int(v)) for k, v in totals.items()}
+                for label, totals in sorted(class_totals(s).items())
+            },
         },
         "links": [],
         "assets": {
             "detections": {
                 "href": geojson_href,
                 "type": "application/geo+json",
-                "title": f"detections of scene {s.scene}",
+                "title": f"{'regions' if s.regions else 'detections'} of scene {s.scene}",
                 "roles": ["data"],
             }
         },

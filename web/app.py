@@ -2,7 +2,9 @@
 
 - ``GET /``: the page (web/static/index.html; no CDN, no tile server: the machines are offline).
 - ``GET /api/state``: every feed's figures (groundwatch.status), active alerts and drift
-  figures, and its latest scenes with their detections (lon/lat rings and scene pixels).
+  figures, per-class totals, and its latest scenes with their detections (lon/lat rings and scene
+  pixels) and regions (lon/lat outlines, and outlines in scene pixels simplified at one quick-look
+  pixel).
 - ``GET /quicklook/{feed}/{scene}.png``: the quick-look ingest stored for the scene.
 - ``GET /events``: server-sent events fed from the ``scenes``, ``alerts`` and ``detections``
   channels of every feed (a thread on a plain client PSUBSCRIBEs and hands messages to the
@@ -28,7 +30,7 @@ from starlette.requests import Request
 from starlette.responses import HTMLResponse, JSONResponse, Response, StreamingResponse
 from starlette.routing import Route
 
-from groundwatch import connection, detections, keys, status
+from groundwatch import connection, detections, keys, regions, status
 from groundwatch.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -65,6 +67,7 @@ def feed_state(client: redis.Redis, feed: str) -> dict[str, Any]:
         "throughput_fps": st.throughput_fps,
         "latency_ms": st.latency_ms,
         "model": st.model,
+        "classes": st.classes,
         "alerts": alerts,
         "drift": drift,
         "scenes": latest_scenes(client, feed),
@@ -85,12 +88,15 @@ def scene_doc(client: redis.Redis, s: detections.SceneResult) -> dict[str, Any]:
             "scene_height_px": int(q[3]),
             "footprint": json.loads(q[4]),
         }
+    # A region's outline for the quick-look: its exact pixel outline simplified at one quick-look
+    # pixel (a coast's exact outline can hold thousands of vertices that the image cannot show).
+    per_px = quick["scene_width_px"] / max(quick["width"], 1) if quick else 1.0
     return {
         "feed": s.feed,
         "scene": s.scene,
         "acquired": s.acquired,
         "models": list(s.models),
-        "count": len(s.detections),
+        "count": len(s.detections) + len(s.regions),
         "tiles": s.tiles,
         "done_ms": s.done_ms,
         "quicklook": quick,
@@ -102,6 +108,16 @@ def scene_doc(client: redis.Redis, s: detections.SceneResult) -> dict[str, Any]:
                 "scene_box_px": list(d.scene_box_px),
             }
             for d in s.detections
+        ],
+        "regions": [
+            {
+                "label": g.label,
+                "score": g.score,
+                "area_m2": g.area_m2,
+                "rings": [[list(p) for p in ring] for ring in g.rings],
+                "rings_px": [[list(p) for p in ring] for ring in regions.simplify(g.rings_px, per_px)],
+            }
+            for g in s.regions
         ],
     }
 

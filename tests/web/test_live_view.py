@@ -13,6 +13,7 @@ import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -67,6 +68,21 @@ def live_view(engine: redis.Redis) -> Iterator[tuple[str, Settings]]:
     thread.join(timeout=10)
 
 
+def launch(p: Any) -> Any:
+    return p.chromium.launch(
+        executable_path=CHROMIUM,
+        args=[
+            "--no-sandbox",
+            "--disable-gpu",
+            "--disable-quic",
+            "--no-first-run",
+            "--disable-background-networking",
+            "--disable-component-update",
+            "--disable-sync",
+        ],
+    )
+
+
 def test_the_page_shows_a_scene_published_while_it_is_open(
     engine: redis.Redis, live_view: tuple[str, Settings], tmp_path: Path
 ) -> None:
@@ -82,18 +98,7 @@ def test_the_page_shows_a_scene_published_while_it_is_open(
     tif = write_tif(tmp_path / "pass-42.tif", scene)
 
     with sync_playwright() as p:
-        browser = p.chromium.launch(
-            executable_path=CHROMIUM,
-            args=[
-                "--no-sandbox",
-                "--disable-gpu",
-                "--disable-quic",
-                "--no-first-run",
-                "--disable-background-networking",
-                "--disable-component-update",
-                "--disable-sync",
-            ],
-        )
+        browser = launch(p)
         page = browser.new_page(viewport={"width": 1280, "height": 900})
         page.goto(url)
         page.wait_for_function(
@@ -127,3 +132,57 @@ def test_the_page_shows_a_scene_published_while_it_is_open(
     artefacts.mkdir(exist_ok=True)
     shutil.copy(shot, artefacts / "live-view.png")
     assert shot.stat().st_size > 10_000
+
+
+def test_the_regions_of_a_segmentation_feed_are_drawn_as_polygons(
+    engine: redis.Redis, live_view: tuple[str, Settings], tmp_path: Path
+) -> None:
+    """A segmentation model's scene: one region (a disc across four tiles) drawn as a filled polygon
+    on the quick-look and on the map, its class total in the feeds table."""
+    from playwright.sync_api import sync_playwright
+
+    from groundwatch.ai import Engine
+    from tests.consumers.test_segmentation import LEVEL, disc, level_model
+
+    url, settings = live_view
+    Engine(engine).model_store(keys.model(FEED, "seg", 1), level_model(), tag="1", batch=8)
+    engine.set(keys.active_model(FEED), "seg:1")
+    register_feed(engine, FEED)
+    scene = np.full((1, 160, 160), 100, dtype=np.uint16)
+    scene[0][disc(160, 160, 80.0, 80.0, 30.0)] = LEVEL + 500  # a slick in the middle of 9 tiles
+    tif = write_tif(tmp_path / "slick-7.tif", scene)
+
+    with sync_playwright() as p:
+        browser = launch(p)
+        page = browser.new_page(viewport={"width": 1280, "height": 900})
+        page.goto(url)
+        page.wait_for_function(
+            "document.getElementById('status').textContent.startsWith('live')", timeout=20000
+        )
+        ingest_file(engine, settings, tif)
+        Consumer(engine, settings, burst=True).run()
+
+        fig = page.locator('figure.scene[data-scene="slick-7"]')
+        fig.wait_for(timeout=20000)
+        assert fig.get_attribute("data-count") == "1"
+        region = fig.locator('path.region[data-class="slick"]')
+        assert region.count() == 1 and fig.locator("rect.box").count() == 0
+        box = region.bounding_box()
+        image = fig.locator("image").bounding_box()
+        assert box is not None and image is not None
+        # the disc spans 60 of 160 scene pixels: the same share of the quick-look, in its middle
+        assert box["width"] == pytest.approx(image["width"] * 60 / 160, rel=0.1)
+        assert box["x"] + box["width"] / 2 == pytest.approx(image["x"] + image["width"] / 2, abs=3)
+        assert "1 region(s)" in fig.locator("figcaption").text_content()
+        assert page.locator('#map path.region[data-class="slick"]').count() == 1
+        page.wait_for_function(
+            f"document.querySelector('#feeds tr[data-feed=\"{FEED}\"] td.classes').textContent"
+            ".startsWith('slick 1 regions')",
+            timeout=10000,
+        )
+        shot = tmp_path / "live-view-regions.png"
+        page.screenshot(path=str(shot), full_page=True)
+        browser.close()
+    artefacts = REPO_ROOT / "out"
+    artefacts.mkdir(exist_ok=True)
+    shutil.copy(shot, artefacts / "live-view-regions.png")
