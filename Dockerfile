@@ -18,10 +18,21 @@ COPY ingest ingest
 COPY loaders loaders
 COPY consumers consumers
 COPY models models
+COPY monitor monitor
+COPY web web
 COPY demo demo
 COPY bench bench
 COPY engine engine
-RUN pip install --no-cache-dir .
+# The onnx extra serves `groundwatch load model.onnx`. onnx2torch goes in with --no-deps, as the
+# Makefile does: it requires torchvision, and pip would pull a CUDA torchvision (and a torch to
+# match) that does not load beside the CPU torch. The check fails the build if torch was replaced
+# or the converter does not import the way a load imports it. (DL3013 takes the local project's
+# '.[onnx]' for an unpinned package; its versions are pyproject.toml's.)
+# hadolint ignore=DL3013
+RUN pip install --no-cache-dir '.[onnx]' \
+    && pip install --no-cache-dir --no-deps onnx2torch==1.5.15 \
+    && python -c "import torch; assert torch.__version__ == '2.13.0+cpu', torch.__version__" \
+    && python -c "from loaders.onnx_import import available; print(available())"
 RUN cmake -S engine -B engine/build -DCMAKE_BUILD_TYPE=Release \
         -DCMAKE_PREFIX_PATH="$(python -c 'import torch; print(torch.utils.cmake_prefix_path)')" \
     && cmake --build engine/build -j "$(nproc)"

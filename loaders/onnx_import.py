@@ -242,6 +242,16 @@ def _import(name: str) -> Any:
         ) from e
 
 
+def available() -> dict[str, str]:
+    """The versions of onnx, onnxruntime and onnx2torch, imported as a load imports them (onnx2torch
+    over the torchvision placeholder when no torchvision loads); LoaderError, with the install line,
+    when one is missing. The image build runs it (Dockerfile) so a broken install fails there."""
+    _import("onnx")
+    _import("onnxruntime")
+    _onnx2torch_registry()
+    return {name: _version(name) for name in ("onnx", "onnxruntime", "onnx2torch")}
+
+
 def _version(name: str) -> str:
     from importlib.metadata import PackageNotFoundError, version
 

@@ -7,7 +7,9 @@
 - every environment variable a Settings field (REDIS_URL or GROUNDWATCH_<FIELD>);
 - the Dockerfile with hadolint (.hadolint.yaml), plus the checks hadolint cannot make: two
   stages, the role picked by the command (ENTRYPOINT groundwatch), Debian's redis-server, every
-  COPY source present in the repository, every file a service names copied into the image.
+  COPY source present in the repository, every file a service names copied into the image, and
+  what the build installs against pyproject.toml and the Makefile (every package copied, the onnx
+  extra, onnx2torch with --no-deps at the Makefile's pin, the CPU torch kept and checked).
 
 Each checker runs on the real files (no finding) and on a broken copy (the finding), so a
 broken service command or an unknown variable fails `make test`.
@@ -21,6 +23,7 @@ import re
 import shutil
 import subprocess
 import sys
+import tomllib
 from pathlib import Path
 from typing import Any
 
@@ -139,6 +142,38 @@ def dockerfile_findings(path: Path) -> list[str]:
             for source in line.split()[1:-1]:
                 if not (path.parent / source).exists():
                     out.append(f"COPY {source}: no such file in the repository")
+    return out + install_findings(text)
+
+
+def install_findings(text: str) -> list[str]:
+    """What the build stage installs against pyproject.toml and the Makefile: every package of the
+    project copied in, the onnx extra, onnx2torch only with --no-deps at the Makefile's pin, and the
+    torch of the pyproject pin (the CPU wheel) kept."""
+    project = tomllib.loads((REPO_ROOT / "pyproject.toml").read_text())
+    build = text.rsplit("\nFROM ", 1)[0]
+    copied = {line.split()[1] for line in build.splitlines() if line.startswith("COPY ")}
+    out = [
+        f"package {name} is not copied into the build stage (COPY {name} {name}): its commands would be missing"
+        for name in (p.rstrip("*") for p in project["tool"]["setuptools"]["packages"]["find"]["include"])
+        if name not in copied
+    ]
+    installs = [" ".join(c.split()) for c in re.findall(r"pip install ([^&\n]+)", build.replace("\\\n", " "))]
+    if not any(re.search(r"'\.\[[^\]]*\bonnx\b[^\]]*\]'", c) for c in installs):
+        out.append("the onnx extra is not installed ('.[onnx]'): `groundwatch load model.onnx` would fail")
+    pin = re.search(r"onnx2torch==[\w.]+", (REPO_ROOT / "Makefile").read_text())
+    assert pin is not None, "the Makefile no longer pins onnx2torch"
+    converter = [c for c in installs if "onnx2torch" in c]
+    if not converter or any("--no-deps" not in c.split() for c in converter):
+        out.append(
+            "onnx2torch is not installed with --no-deps: its torchvision requirement would replace torch"
+        )
+    if converter and not any(pin.group(0) in c for c in converter):
+        out.append(f"onnx2torch is not installed at the Makefile's pin {pin.group(0)}")
+    torch = next(d for d in project["project"]["dependencies"] if d.startswith("torch=="))
+    if not any(torch in c.split() and "download.pytorch.org/whl/cpu" in c for c in installs):
+        out.append(f"the CPU torch wheel is not installed at pyproject's pin {torch}")
+    if f"torch.__version__ == '{torch.removeprefix('torch==')}+cpu'" not in build:
+        out.append("the build does not check that the CPU torch is still the one installed")
     return out
 
 
@@ -219,3 +254,20 @@ def test_a_broken_dockerfile_fails() -> None:
             assert dockerfile_findings(path)
         finally:
             path.unlink()
+
+
+def test_a_dockerfile_that_installs_the_onnx_import_unsafely_fails() -> None:
+    """The static checks of what the image installs (install_findings), one breakage at a time."""
+    text = DOCKERFILE.read_text()
+    assert install_findings(text) == []
+    for broken, finding in (
+        (text.replace("COPY web web\n", ""), "package web is not copied"),
+        (text.replace("'.[onnx]'", "."), "the onnx extra is not installed"),
+        (text.replace("--no-deps onnx2torch", "onnx2torch"), "onnx2torch is not installed with --no-deps"),
+        (text.replace("onnx2torch==1.5.15", "onnx2torch==1.5.14"), "at the Makefile's pin"),
+        (text.replace("torch==2.13.0\n", "torch\n"), "the CPU torch wheel is not installed"),
+        (text.replace("assert torch.__version__", "print(torch.__version__)"), "does not check"),
+    ):
+        assert broken != text, finding
+        found = install_findings(broken)
+        assert len(found) == 1 and finding in found[0], (finding, found)
