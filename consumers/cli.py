@@ -121,7 +121,9 @@ def cmd_consume(settings: Settings, args: argparse.Namespace) -> int:
         ) from e
     print(
         f"consumer {consumer.name} on feed {consumer.feed}: {stats.frames_done} frames, "
-        f"{stats.detections} detections, {stats.scenes_done} scenes, {stats.dead} dead letters, "
+        f"{stats.detections} detections, "
+        + (f"{stats.regions} region pieces (before the scenes' merge), " if stats.regions else "")
+        + f"{stats.scenes_done} scenes, {stats.dead} dead letters, "
         f"{stats.duplicates} duplicates skipped",
         file=sys.stderr,
     )

@@ -61,6 +61,7 @@ class Outcome:
     dead: list[tuple[Entry, str]] = field(default_factory=list)  # dead letters written now
     scenes: list[SceneResult] = field(default_factory=list)
     detections: int = 0
+    regions: int = 0  # region pieces published per tile (a segmentation model's; before the scene merge)
     conflicts: int = 0  # WATCH conflicts (attempts retried)
     superseded: int = 0  # duplicates whose result came from another model version than the first
 
@@ -199,7 +200,7 @@ class Committer:
             counts[r.scene] = max(counts.get(r.scene, 0), r.tiles)
 
         pipe.multi()
-        out.detections = self._publish_tiles(pipe, out.fresh, now)
+        out.detections, out.regions = self._publish_tiles(pipe, out.fresh, now)
         self._dead_letters(pipe, out.dead, now)
         ids = [e.id for e, _ in dead] + list(deleted)
         if ids:
@@ -255,10 +256,13 @@ class Committer:
         pipe.execute()
         return made
 
-    def _publish_tiles(self, pipe: Any, fresh: Sequence[tuple[Entry, TileResult]], now: int) -> int:
-        """Each tile result: its marker, the detections stream and channel, the scene's tile hash."""
+    def _publish_tiles(
+        self, pipe: Any, fresh: Sequence[tuple[Entry, TileResult]], now: int
+    ) -> tuple[int, int]:
+        """Each tile result: its marker, the detections stream and channel, the scene's tile hash.
+        Returns the detections and the region pieces published."""
         feed, ttl = self.feed, self.ttl_s
-        detections = 0
+        detections = regions = 0
         by_scene: dict[str, dict[str, str]] = {}
         for e, r in fresh:
             doc = tile_json(r)
@@ -269,12 +273,13 @@ class Committer:
             pipe.publish(keys.detections(feed), doc)
             by_scene.setdefault(r.scene, {})[str(r.tile)] = doc
             detections += len(r.detections)
+            regions += len(r.regions)
         for scene, docs in by_scene.items():
             pipe.hset(keys.scene_tiles(feed, scene), mapping=docs)
             pipe.expire(keys.scene_tiles(feed, scene), ttl)
         if fresh:
             pipe.lpush(keys.latency(feed), *(max(0, now - r.published_ms) for _, r in fresh))
-        return detections
+        return detections, regions
 
     def _dead_letters(self, pipe: Any, dead: Sequence[tuple[Entry, str]], now: int) -> None:
         """Each dead frame: copied to the dead-letter stream with its reason, and its marker set."""
@@ -299,6 +304,7 @@ class Committer:
         for name, n in (
             ("frames_done", len(out.fresh)),
             ("detections", out.detections),
+            ("regions", out.regions),
             ("dead", len(out.dead)),
             ("duplicates", len(out.duplicates)),
             ("superseded", out.superseded),

@@ -49,6 +49,7 @@ class RunStats:
 
     frames_done: int = 0
     detections: int = 0
+    regions: int = 0  # region pieces per tile (segmentation), before the scenes' merge
     dead: int = 0
     scenes_done: int = 0
     duplicates: int = 0
@@ -63,6 +64,7 @@ class RunStats:
         self.superseded += out.superseded
         self.frames_done += len(out.fresh)
         self.detections += out.detections
+        self.regions += out.regions
         self.dead += len(out.dead)
         self.scenes_done += len(out.scenes)
         self.duplicates += len(out.duplicates)

@@ -14,7 +14,7 @@ from shapely.geometry import shape
 
 from consumers import metrics
 from consumers.worker import Consumer
-from groundwatch import status
+from groundwatch import keys, status
 from groundwatch.cli import main
 from groundwatch.settings import Settings
 from ingest.scene import publish_array
@@ -43,6 +43,8 @@ def ring_and_square(engine: redis.Redis) -> np.ndarray:
     publish_array(engine, settings(), image, TRANSFORM, UTM31N, scene="rings")
     stats = Consumer(engine, settings(), burst=True).run()
     assert (stats.scenes_done, stats.dead) == (1, 0)
+    assert stats.regions > 2 and stats.detections == 0  # pieces cut by the tiles' cores
+    assert float(engine.hget(keys.stats(FEED), "regions")) == stats.regions
     return truth
 
 
