@@ -61,6 +61,15 @@ DEFAULT_PARITY_TOLERANCE = 1e-3
 METADATA_PROP = modelmeta.METADATA_FILE
 IMPORT_METHOD = "onnx2torch"
 PARITY_BATCH = 2
+# Why an ONNX export of a torchvision-style detector is refused (docs/models.md, "With an adapter").
+TORCHVISION_ONNX_REFUSED = (
+    "{path}: an ONNX export of a torchvision-style detector cannot be served. Its graph runs NMS "
+    "(NonMaxSuppression) and computes the shapes of what NMS keeps at run time; onnx2torch {version} "
+    "converts both into Python (a loop over the kept boxes, a tensor made from a shape), which the "
+    "per-tile trace would freeze to the boxes of the one tile it was traced on. Load the TorchScript "
+    "model instead (torch.jit.script(model).save('det.pt'), then `groundwatch load det.pt --adapter "
+    "torchvision ...`), or export the raw head without NMS and load it with --adapter yolo"
+)
 # Operators onnx2torch converts into torchvision calls: with no loadable torchvision (no CPU build
 # for torch 2.13) they are reported as unsupported instead of failing at run time.
 _TORCHVISION_OPS = frozenset({"NonMaxSuppression", "RoiAlign"})
@@ -170,6 +179,8 @@ def adapt_onnx_file(
 
     _check_tolerance(tolerance)
     spec.check()
+    if spec.adapter == "torchvision":
+        raise LoaderError(TORCHVISION_ONNX_REFUSED.format(path=path, version=_version("onnx2torch")))
     blob, proto = _read(path)
     converted = _convert_proto(blob, proto, len(spec.channels()), spec.tile_size, str(path))
     meta = ModelMetadata.from_dict(spec.metadata())

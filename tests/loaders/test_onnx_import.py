@@ -368,3 +368,41 @@ def test_rows_are_paired_across_near_ties_but_real_differences_count() -> None:
     relabelled = a.copy()
     relabelled[0, 0, 5] = 1.0
     assert compare_rows(a, relabelled, 1e-3).class_mismatches == 1
+
+
+def test_an_onnx_torchvision_detector_is_refused_with_the_reason_and_the_fix(
+    engine: redis.Redis, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """`groundwatch load det.onnx --adapter torchvision`: onnx2torch's NMS and Shape converters are
+    Python that a trace freezes, so the load is refused before anything is converted or stored,
+    saying what to load instead."""
+    # torchvision's export interface: one [C, H, W] image in, boxes, labels, scores out
+    image = helper.make_tensor_value_info("image", TensorProto.FLOAT, [3, 64, 64])
+    outputs = [
+        helper.make_tensor_value_info("boxes", TensorProto.FLOAT, ["n", 4]),
+        helper.make_tensor_value_info("labels", TensorProto.INT64, ["n"]),
+        helper.make_tensor_value_info("scores", TensorProto.FLOAT, ["n"]),
+    ]
+    nodes = [
+        helper.make_node("ReduceMean", ["image"], ["m"], keepdims=0),
+        helper.make_node("Reshape", ["m", "shape4"], ["boxes"]),
+        helper.make_node(
+            "Constant", [], ["labels"], value=helper.make_tensor("l", TensorProto.INT64, [1], [1])
+        ),
+        helper.make_node(
+            "Constant", [], ["scores"], value=helper.make_tensor("s", TensorProto.FLOAT, [1], [0.9])
+        ),
+    ]
+    shape4 = helper.make_tensor("shape4", TensorProto.INT64, [2], [-1, 4])
+    model = helper.make_model(
+        helper.make_graph(nodes, "tv", [image], outputs, [shape4]),
+        opset_imports=[helper.make_opsetid("", 17)],
+    )
+    path = tmp_path / "det.onnx"
+    onnx.save(model, str(path))
+    args = ["--redis-url", url(engine), "load", str(path), "--name", "tv", "--feeds", "tvf"]
+    assert main([*args, "--adapter", "torchvision", "--classes", "ship", "--band-map", "0,0,0"]) == 1
+    err = capsys.readouterr().err
+    assert "an ONNX export of a torchvision-style detector cannot be served" in err
+    assert "torch.jit.script(model).save('det.pt')" in err and "--adapter yolo" in err
+    assert engine.keys("gw:{tvf}:*") == [] and not Registry(engine).versions("tv")
