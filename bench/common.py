@@ -227,7 +227,10 @@ _CLK_TCK = os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100
 
 
 def _proc_stats() -> dict[int, tuple[int, float]]:
-    """pid -> (ppid, user+system CPU seconds) for every live process, from /proc."""
+    """pid -> (ppid, CPU seconds) for every live process, from /proc: its own user + system time
+    and that of its children it has waited for (cutime + cstime). The latter keeps what a child
+    that ended in between cost: redis-server forks for an AOF rewrite or a BGSAVE, and once the
+    child has exited and been reaped its CPU time is only in the parent's cutime/cstime."""
     stats: dict[int, tuple[int, float]] = {}
     for entry in Path("/proc").iterdir() if Path("/proc").is_dir() else ():
         if not entry.name.isdigit():
@@ -236,15 +239,19 @@ def _proc_stats() -> dict[int, tuple[int, float]]:
             fields = (entry / "stat").read_text().rsplit(")", 1)[1].split()
         except (OSError, IndexError):
             continue
-        # after "pid (comm)": state ppid ... utime(12th) stime(13th)
-        stats[int(entry.name)] = (int(fields[1]), (int(fields[11]) + int(fields[12])) / _CLK_TCK)
+        # after "pid (comm)": state ppid ... utime(12th) stime(13th) cutime(14th) cstime(15th)
+        used = sum(int(f) for f in fields[11:15])
+        stats[int(entry.name)] = (int(fields[1]), used / _CLK_TCK)
     return stats
 
 
 def cpu_seconds(roots: Sequence[int] = (), *, this_process: bool = True) -> float:
     """CPU seconds (user + system) used so far by `roots` and all their live descendants, plus
     this process (all its threads, e.g. the bench's clients) unless `this_process` is False.
-    The difference of two readings is what a row cost in CPU, whatever else the machine runs."""
+    The difference of two readings is what a row cost in CPU, whatever else the machine runs,
+    children that started and ended in between included: a descendant alive at the first
+    reading and reaped before the second counts there with its time so far and here in its
+    parent's cutime/cstime with all of it."""
     total = 0.0
     if this_process:
         total += time.process_time()  # all threads, nanosecond clock

@@ -205,3 +205,27 @@ def test_cpu_seconds_counts_a_busy_child(tmp_path: Path) -> None:
         assert used > 0.05
     finally:
         common.kill_group(proc)
+
+
+def test_cpu_seconds_counts_a_child_that_ended(tmp_path: Path) -> None:
+    """A child that starts and is reaped between two readings (redis-server's AOF rewrite or
+    BGSAVE fork) counts: its time is in its parent's cutime/cstime by the second reading."""
+    done = tmp_path / "done"
+    parent = (
+        "import pathlib, subprocess, sys, time\n"
+        "time.sleep(0.3)\n"
+        "subprocess.run([sys.executable, '-c', 'import time\\nt = time.process_time()\\n"
+        "while time.process_time() - t < 0.6: pass'], check=True)\n"
+        f"pathlib.Path({str(done)!r}).touch()\n"
+        "time.sleep(30)\n"
+    )
+    proc = common.spawn([sys.executable, "-c", parent])
+    try:
+        before = common.cpu_seconds([proc.pid], this_process=False)
+        deadline = time.monotonic() + 30
+        while not done.exists() and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert done.exists()
+        assert common.cpu_seconds([proc.pid], this_process=False) - before >= 0.55
+    finally:
+        common.kill_group(proc)
