@@ -46,9 +46,12 @@ COPY --from=build /opt/venv /opt/venv
 COPY --from=build /opt/groundwatch/engine/build/engine.so /opt/groundwatch/engine/build/engine.so
 COPY --from=build /opt/groundwatch/engine/build/backends /opt/groundwatch/engine/build/backends
 COPY models/artifacts/detector.pt /opt/groundwatch/models/detector.pt
+# OMP_WAIT_POLICY: the engine's intra-op threads sleep between parallel regions instead of
+# spinning on cores the redis-server shares with its clients (groundwatch/server.py: ENGINE_ENV)
 ENV PATH=/opt/venv/bin:$PATH \
     GROUNDWATCH_ENGINE_MODULE=/opt/groundwatch/engine/build/engine.so \
-    GROUNDWATCH_DATA_DIR=/data
+    GROUNDWATCH_DATA_DIR=/data \
+    OMP_WAIT_POLICY=PASSIVE
 RUN useradd --system --uid 10001 --home-dir /data --create-home groundwatch
 USER 10001
 WORKDIR /data

@@ -38,6 +38,7 @@ from typing import Any
 
 import numpy as np
 
+from groundwatch.server import ENGINE_ENV
 from groundwatch.settings import REPO_ROOT
 
 RESULT_MARK = "GW-BENCH-SAMPLE "
@@ -268,6 +269,11 @@ def run_row(spec: Spec, params: Mapping[str, Any], log: Path | None = None) -> d
     """Run one row once in a fresh process; returns its sample, or a sample with `failed`."""
     env = dict(os.environ)
     env.update(spec.env)
+    # Every row with the engine's libgomp wait policy (groundwatch.server.ENGINE_ENV): the
+    # in-process rows, the alternatives' servers and every redis-server alike. A policy set in
+    # the caller's environment (OMP_WAIT_POLICY=ACTIVE, to compare) applies to every row too.
+    for name, value in ENGINE_ENV.items():
+        env.setdefault(name, value)
     env["PYTHONPATH"] = os.pathsep.join(p for p in (str(REPO_ROOT), env.get("PYTHONPATH", "")) if p)
     env["PYTHONUNBUFFERED"] = "1"
     payload = json.dumps({"target": spec.target, "params": dict(params)})

@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING
 
 from groundwatch import connection
 from groundwatch.errors import ConfigError, ServerError
-from groundwatch.server import LocalCluster, RedisServer
+from groundwatch.server import SNAPSHOT_CONFIG, LocalCluster, RedisServer
 from groundwatch.settings import Settings
 from groundwatch.tls import TlsFiles
 
@@ -120,6 +120,7 @@ def embedded_server(
         ("appendonly", "yes"),
         ("appendfsync", "everysec"),
         ("save", "300 1"),
+        *SNAPSHOT_CONFIG,
     )
     if acl_file is not None:
         extra += (("aclfile", str(acl_file)),)

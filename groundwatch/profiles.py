@@ -175,7 +175,8 @@ class Profile:
             b.nodata += int(v.size - good.size)
             b.count += int(good.size)
             b.total += float(good.sum())
-            b.total_sq += float(np.dot(good, good))
+            # not np.dot: that is BLAS, whose threads then spin-wait on the consumer's other core
+            b.total_sq += float(np.square(good).sum())
             b.hist += np.bincount(bucket_keys(good) + _SPAN, minlength=2 * _SPAN + 1)
 
     def add_detections(self, scores: Sequence[float], classes: Sequence[str]) -> None:

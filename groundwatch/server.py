@@ -22,6 +22,22 @@ from pathlib import Path
 from groundwatch.errors import ServerError
 from groundwatch.tls import TlsFiles
 
+# The environment a redis-server with the engine starts with (unless the caller's sets these).
+# libtorch's CPU wheel runs intra-op parallel regions on libgomp, whose idle threads spin for a
+# while (GOMP_SPINCOUNT, 300000 rounds by default) after each region before they sleep. A
+# redis-server shares its cores with its clients (consumers, the main thread serving streams):
+# the spinning burns those cores and delays the work that would feed the next batch. PASSIVE
+# makes them sleep at once; measured on 2 cores (docs/performance.md, "Where the time goes"):
+# the pipeline's CPU per tile fell from about 60 to 27 ms, the engine's own from 20-50 to 19.
+ENGINE_ENV = {"OMP_WAIT_POLICY": "PASSIVE"}
+
+# Snapshot settings of the servers `groundwatch up` starts (single and cluster). The frames are
+# imagery, which LZF hardly shrinks, and an AOF of 512 KB entries is rewritten every 64 MB of
+# appends (auto-aof-rewrite-min-size): with compression the rewrite's fork spent about 1.2 ms of
+# CPU per tile of the bench's pipeline compressing them, without it 0.3 ms (docs/performance.md).
+# The checksum (rdbchecksum) stays on.
+SNAPSHOT_CONFIG: tuple[tuple[str, str], ...] = (("rdbcompression", "no"),)
+
 INSTALL_HINT = (
     "redis-server was not found on PATH. Install Redis 7 (Debian/Ubuntu: "
     "`sudo apt-get install redis-server`), or run `make setup`, which installs it when run as root."
@@ -105,6 +121,14 @@ class RedisServer:
             args += ["--loadmodule", str(self.engine_module), *self.module_args]
         return args
 
+    def environment(self) -> dict[str, str]:
+        """The process's environment: `env` (else this process's), with ENGINE_ENV's variables
+        where it does not set them."""
+        env = dict(os.environ if self.env is None else self.env)
+        for name, value in ENGINE_ENV.items():
+            env.setdefault(name, value)
+        return env
+
     def _listen_args(self) -> list[str]:
         if self.tls is None:
             return ["--port", str(self.port)]
@@ -132,9 +156,8 @@ class RedisServer:
         self.data_dir.mkdir(parents=True, exist_ok=True)
         if not self.port:
             self.port = free_port()
-        env = dict(os.environ if self.env is None else self.env)
         self.process = subprocess.Popen(
-            self.command_line(), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, env=env
+            self.command_line(), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, env=self.environment()
         )
         deadline = time.monotonic() + timeout_s
         while time.monotonic() < deadline:
@@ -258,6 +281,7 @@ class LocalCluster:
             ("cluster-replica-validity-factor", "0"),
             ("appendonly", "yes"),
             ("appendfsync", "everysec"),
+            *SNAPSHOT_CONFIG,
             ("repl-diskless-sync-delay", "0"),  # replicas in sync at once, not 5 s later
             *self.extra_config,
         ]

@@ -1,0 +1,23 @@
+"""The environment and snapshot settings a redis-server is started with (groundwatch.server)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from groundwatch.server import ENGINE_ENV, SNAPSHOT_CONFIG, RedisServer
+
+
+def test_the_server_gets_the_engine_wait_policy_unless_the_caller_set_one(tmp_path: Path) -> None:
+    """libgomp's threads in the engine sleep between parallel regions (PASSIVE) rather than spin
+    on cores the server shares with its clients; a policy in the caller's environment wins.
+    (Read from environment(): redis-server overwrites its /proc environ with its title.)"""
+    assert ENGINE_ENV == {"OMP_WAIT_POLICY": "PASSIVE"}
+    plain = RedisServer(data_dir=tmp_path, env={"PATH": "/usr/bin:/bin"}).environment()
+    assert plain == {"PATH": "/usr/bin:/bin", "OMP_WAIT_POLICY": "PASSIVE"}
+    mine = RedisServer(data_dir=tmp_path, env={"OMP_WAIT_POLICY": "ACTIVE"}).environment()
+    assert mine == {"OMP_WAIT_POLICY": "ACTIVE"}
+
+
+def test_snapshots_are_not_compressed() -> None:
+    """Imagery hardly compresses: the AOF rewrite's fork should not spend CPU trying (LZF)."""
+    assert ("rdbcompression", "no") in SNAPSHOT_CONFIG
