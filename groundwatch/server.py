@@ -31,12 +31,19 @@ from groundwatch.tls import TlsFiles
 # the pipeline's CPU per tile fell from about 60 to 27 ms, the engine's own from 20-50 to 19.
 ENGINE_ENV = {"OMP_WAIT_POLICY": "PASSIVE"}
 
-# Snapshot settings of the servers `groundwatch up` starts (single and cluster). The frames are
-# imagery, which LZF hardly shrinks, and an AOF of 512 KB entries is rewritten every 64 MB of
-# appends (auto-aof-rewrite-min-size): with compression the rewrite's fork spent about 1.2 ms of
-# CPU per tile of the bench's pipeline compressing them, without it 0.3 ms (docs/performance.md).
+# Snapshot settings of the servers `groundwatch up` starts (single and cluster), for an AOF of
+# 512 KB frames (docs/performance.md, "Where the time goes"):
+# - rdbcompression no: imagery hardly shrinks under LZF, and the AOF rewrite's fork spent about
+#   1.2 ms of CPU per tile of the bench's pipeline compressing it (0.3 ms without);
+# - auto-aof-rewrite-min-size 512mb: Redis's 64 MB rewrites the AOF every 128 frames, and each
+#   rewrite forks (10-14 ms with the main thread stopped, the late tiles setting the p99 at 50%
+#   load) and copies the whole dataset; at 512 MB that is once every 1000 frames or so, for an
+#   AOF that grows to about 512 MB more than the data before it is compacted.
 # The checksum (rdbchecksum) stays on.
-SNAPSHOT_CONFIG: tuple[tuple[str, str], ...] = (("rdbcompression", "no"),)
+SNAPSHOT_CONFIG: tuple[tuple[str, str], ...] = (
+    ("rdbcompression", "no"),
+    ("auto-aof-rewrite-min-size", "512mb"),
+)
 
 INSTALL_HINT = (
     "redis-server was not found on PATH. Install Redis 7 (Debian/Ubuntu: "

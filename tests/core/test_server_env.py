@@ -18,6 +18,17 @@ def test_the_server_gets_the_engine_wait_policy_unless_the_caller_set_one(tmp_pa
     assert mine == {"OMP_WAIT_POLICY": "ACTIVE"}
 
 
-def test_snapshots_are_not_compressed() -> None:
-    """Imagery hardly compresses: the AOF rewrite's fork should not spend CPU trying (LZF)."""
+def test_snapshots_suit_an_aof_of_frames() -> None:
+    """Imagery hardly compresses: the AOF rewrite's fork should not spend CPU trying (LZF); and
+    an AOF of 512 KB frames is not rewritten every 128 of them."""
     assert ("rdbcompression", "no") in SNAPSHOT_CONFIG
+    assert ("auto-aof-rewrite-min-size", "512mb") in SNAPSHOT_CONFIG
+
+
+def test_groundwatch_up_starts_its_server_with_them(tmp_path: Path) -> None:
+    from groundwatch.commands import embedded_server
+    from groundwatch.settings import Settings
+
+    line = embedded_server(Settings(data_dir=tmp_path)).command_line()
+    for name, value in SNAPSHOT_CONFIG:
+        assert line[line.index(f"--{name}") + 1] == value
