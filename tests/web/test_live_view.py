@@ -83,6 +83,21 @@ def launch(p: Any) -> Any:
     )
 
 
+def open_live(p: Any, url: str) -> tuple[Any, Any]:
+    """A browser on the live view, once its event stream is connected: (browser, page)."""
+    browser = launch(p)
+    page = browser.new_page(viewport={"width": 1280, "height": 900})
+    page.goto(url)
+    page.wait_for_function("document.getElementById('status').textContent.startsWith('live')", timeout=20000)
+    return browser, page
+
+
+def publish_and_detect(engine: redis.Redis, settings: Settings, tif: Path) -> None:
+    """Ingest one GeoTIFF and run a consumer until the feed is drained."""
+    ingest_file(engine, settings, tif)
+    Consumer(engine, settings, burst=True).run()
+
+
 def test_the_page_shows_a_scene_published_while_it_is_open(
     engine: redis.Redis, live_view: tuple[str, Settings], tmp_path: Path
 ) -> None:
@@ -98,16 +113,10 @@ def test_the_page_shows_a_scene_published_while_it_is_open(
     tif = write_tif(tmp_path / "pass-42.tif", scene)
 
     with sync_playwright() as p:
-        browser = launch(p)
-        page = browser.new_page(viewport={"width": 1280, "height": 900})
-        page.goto(url)
-        page.wait_for_function(
-            "document.getElementById('status').textContent.startsWith('live')", timeout=20000
-        )
+        browser, page = open_live(p, url)
         assert page.locator("figure.scene").count() == 0
 
-        ingest_file(engine, settings, tif)
-        Consumer(engine, settings, burst=True).run()
+        publish_and_detect(engine, settings, tif)
         (entry,) = engine.xrange(keys.scenes(FEED))
         count = int(entry[1][b"count"]) if b"count" in entry[1] else None
 
@@ -153,14 +162,8 @@ def test_the_regions_of_a_segmentation_feed_are_drawn_as_polygons(
     tif = write_tif(tmp_path / "slick-7.tif", scene)
 
     with sync_playwright() as p:
-        browser = launch(p)
-        page = browser.new_page(viewport={"width": 1280, "height": 900})
-        page.goto(url)
-        page.wait_for_function(
-            "document.getElementById('status').textContent.startsWith('live')", timeout=20000
-        )
-        ingest_file(engine, settings, tif)
-        Consumer(engine, settings, burst=True).run()
+        browser, page = open_live(p, url)
+        publish_and_detect(engine, settings, tif)
 
         fig = page.locator('figure.scene[data-scene="slick-7"]')
         fig.wait_for(timeout=20000)
