@@ -92,6 +92,16 @@ def open_live(p: Any, url: str) -> tuple[Any, Any]:
     return browser, page
 
 
+def keep_screenshot(page: Any, tmp_path: Path, name: str) -> Path:
+    """A full-page screenshot, also kept under out/ for people to look at."""
+    shot = tmp_path / name
+    page.screenshot(path=str(shot), full_page=True)
+    artefacts = REPO_ROOT / "out"
+    artefacts.mkdir(exist_ok=True)
+    shutil.copy(shot, artefacts / name)
+    return shot
+
+
 def publish_and_detect(engine: redis.Redis, settings: Settings, tif: Path) -> None:
     """Ingest one GeoTIFF and run a consumer until the feed is drained."""
     ingest_file(engine, settings, tif)
@@ -134,12 +144,8 @@ def test_the_page_shows_a_scene_published_while_it_is_open(
             f"document.querySelector('#feeds tr[data-feed=\"{FEED}\"] td.detections').textContent === '{len(spots)}'",
             timeout=10000,
         )
-        shot = tmp_path / "live-view.png"
-        page.screenshot(path=str(shot), full_page=True)
+        shot = keep_screenshot(page, tmp_path, "live-view.png")
         browser.close()
-    artefacts = REPO_ROOT / "out"
-    artefacts.mkdir(exist_ok=True)
-    shutil.copy(shot, artefacts / "live-view.png")
     assert shot.stat().st_size > 10_000
 
 
@@ -183,9 +189,5 @@ def test_the_regions_of_a_segmentation_feed_are_drawn_as_polygons(
             ".startsWith('slick 1 regions')",
             timeout=10000,
         )
-        shot = tmp_path / "live-view-regions.png"
-        page.screenshot(path=str(shot), full_page=True)
+        keep_screenshot(page, tmp_path, "live-view-regions.png")
         browser.close()
-    artefacts = REPO_ROOT / "out"
-    artefacts.mkdir(exist_ok=True)
-    shutil.copy(shot, artefacts / "live-view-regions.png")
