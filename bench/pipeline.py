@@ -16,7 +16,7 @@ The feed's keys share one hash tag, so on a cluster the whole feed lives on one 
 cluster row measures what the cluster costs a feed (its client, the other nodes' CPU), not more
 throughput; on 2 cores the absolute figure cannot grow anyway.
 
-    python bench/pipeline.py [--rounds 3] [--frames 96] [--consumers 1,2] [--cluster 3]
+    python bench/pipeline.py [--rounds 3] [--frames 288] [--consumers 1,2] [--cluster 3]
 """
 
 from __future__ import annotations
@@ -46,6 +46,12 @@ FEED = "bench"
 GRID = 4  # scenes of GRID x GRID tiles
 TRANSFORM = (10.0, 0.0, 500000.0, 0.0, -10.0, 6000000.0)
 CRS = "EPSG:32631"
+# Tiles in a throughput row's backlog (18 scenes). The window starts at the first XADD, and the
+# engine has nothing to run until the first scene is published, read (8 MB) and its DAGs sent
+# (0.1-0.3 s), and after that the engine is fed to the end. Over 96 tiles (a 1.3-3.4 s window)
+# that ramp-up made the row read 0.74-0.97x (median 0.92x) of what the same consumers did over
+# 288 in the same round (docs/performance.md, "Where the time goes").
+BACKLOG = 288
 
 
 def _scene(seed: int, tile: int = common.TILE, overlap: int = 64) -> np.ndarray:
@@ -141,14 +147,17 @@ def pipeline(
     model: str,
     consumers: int,
     threads: int,
-    frames: int = 96,
+    frames: int = BACKLOG,
     cluster_masters: int = 0,
     rate_fps: float | None = None,
     latency_s: float = 8.0,
     read_count: int = 16,
     batch: int = 8,
+    threads_per_queue: int = 1,
 ) -> dict[str, Any]:
-    """One measurement of the pipeline (see the module's docstring)."""
+    """One measurement of the pipeline (see the module's docstring). `threads_per_queue` is the
+    engine's THREADS_PER_QUEUE (1, as `groundwatch up` by default): how many engine batches may
+    run at once."""
     from ingest.publisher import publish_tile
     from ingest.scene import publish_array
     from loaders.loader import LoadOptions, load
@@ -156,7 +165,7 @@ def pipeline(
     per_scene = GRID * GRID
     with tempfile.TemporaryDirectory(prefix="gw-bench-pipeline-") as tmp_s:
         tmp = Path(tmp_s)
-        base = Settings(intra_op_threads=threads, threads_per_queue=1, feed=FEED, max_lag=10**9,
+        base = Settings(intra_op_threads=threads, threads_per_queue=threads_per_queue, feed=FEED, max_lag=10**9,
                         read_count=read_count, data_dir=tmp)  # fmt: skip
         with _servers(tmp, base, cluster_masters) as (url, server_pids):
             s = base.replace(redis_url=url)
@@ -232,7 +241,12 @@ LATENCY = "pipeline, 2 consumers, at 50% load"
 
 
 def specs(
-    model: str, *, frames: int = 96, threads: int = 2, consumers: Sequence[int] = (1, 2), cluster: int = 3
+    model: str,
+    *,
+    frames: int = BACKLOG,
+    threads: int = 2,
+    consumers: Sequence[int] = (1, 2),
+    cluster: int = 3,
 ) -> list[harness.Spec]:
     """Throughput with each consumer count, the same 2 consumers on a `cluster`-master cluster
     (0: no cluster row), and the latency row at half the 2-consumer row's throughput."""
@@ -259,7 +273,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         "--model", default=str(common.DETECTOR_PATH), help="TorchScript file (default: the detector)"
     )
     p.add_argument("--rounds", type=int, default=3)
-    p.add_argument("--frames", type=int, default=96, help="tiles in each throughput backlog")
+    p.add_argument("--frames", type=int, default=BACKLOG, help="tiles in each throughput backlog")
     p.add_argument("--consumers", default="1,2", help="consumer counts, e.g. 1,2,4")
     p.add_argument("--cluster", type=int, default=3, help="masters of the cluster row (0: none)")
     p.add_argument("--threads", type=int, default=os.cpu_count() or 1)

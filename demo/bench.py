@@ -38,7 +38,7 @@ MODEL_ROWS = (
 def specs(detector: str, *, quick: bool, threads: int) -> list[harness.Spec]:
     """The rows of a run; `quick` shortens every row (the figures get noisier, not different)."""
     seconds = 1.0 if quick else 3.0
-    frames = 32 if quick else 96
+    frames = pipeline_bench.BACKLOG // 3 if quick else pipeline_bench.BACKLOG
     return [
         *engine_bench.specs(detector, seconds=seconds, clients=8, threads=threads),
         *pipeline_bench.specs(detector, frames=frames, threads=threads, consumers=(1, 2), cluster=3),
