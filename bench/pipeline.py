@@ -48,9 +48,9 @@ TRANSFORM = (10.0, 0.0, 500000.0, 0.0, -10.0, 6000000.0)
 CRS = "EPSG:32631"
 # Tiles in a throughput row's backlog (18 scenes). The window starts at the first XADD, and the
 # engine has nothing to run until the first scene is published, read (8 MB) and its DAGs sent
-# (0.1-0.3 s), and after that the engine is fed to the end. Over 96 tiles (a 1.3-3.4 s window)
-# that ramp-up made the row read 0.74-0.97x (median 0.92x) of what the same consumers did over
-# 288 in the same round (docs/performance.md, "Where the time goes").
+# (about 0.15 s of engine time), and after that the engine is fed to the end: a fixed cost the
+# engine row (timed in steady state) does not pay, 5-10 % of a 96-tile window (the 96-tile row
+# read 0.96x the 288-tile one at the median of 9 rounds; docs/performance.md, "Where the time goes").
 BACKLOG = 288
 
 
