@@ -259,9 +259,14 @@ def run(args: argparse.Namespace) -> int:
                     raise SystemExit(f"consumer {i} exited with {c.returncode}; see {out}/consumer-{i}.log")
             time.sleep(1.0)
         stop_file.touch()
+        stopped_by = time.monotonic() + 120
         for p in producers:
-            p.wait(120)
-        drained = wait_drained(r, 600)
+            while p.poll() is None:
+                if time.monotonic() > stopped_by:
+                    raise SystemExit(f"a producer did not stop within 120 s; see {out}/producer-*.log")
+                observer.poll()
+                time.sleep(0.5)
+        drained = wait_drained(r, 600, observer)
         observer.poll()
         samples.append(sample(r, server, consumers, time.monotonic() - t0))
     finally:
@@ -343,9 +348,12 @@ def sample(r: Any, server: Any, consumers: list[subprocess.Popen[bytes]], t: flo
     return s
 
 
-def wait_drained(r: Any, timeout_s: float) -> bool:
+def wait_drained(r: Any, timeout_s: float, observer: Observer) -> bool:
+    """Wait until no frame is pending or unread, reading the results meanwhile (the result
+    streams stay capped while the consumers drain)."""
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
+        observer.poll()
         groups = r.xinfo_groups(keys.frames(FEED))
         if groups and all(int(g["pending"]) == 0 and int(g.get("lag") or 0) == 0 for g in groups):
             return True

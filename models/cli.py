@@ -350,6 +350,27 @@ def _train_segmenter(settings: Settings, args: argparse.Namespace) -> int:
     return 0
 
 
+def _made_by_segmentation(client: Any, results: list[Any]) -> bool:
+    """Whether a feed's scene results come from a segmentation model (contract 2).
+
+    Decided by the model that made them, from its metadata in the engine: an all-sea scene of a
+    segmentation feed has no regions and reads like a detector's scene without detections.
+    Only when no version that made them is still stored does the presence of regions decide."""
+    import redis
+
+    from groundwatch.errors import GroundwatchError
+    from models.archive import read_metadata
+    from models.engine_eval import registry_model
+
+    for label in dict.fromkeys(m for r in results for m in r.models):
+        try:
+            meta = read_metadata(registry_model(client, label).blob)
+        except (GroundwatchError, redis.RedisError):
+            continue  # removed since, or unreadable: try the next version
+        return bool(meta.get("contract") == modelmeta.SEGMENTATION_CONTRACT)
+    return any(r.regions for r in results)
+
+
 def _evaluate_feed(settings: Settings, args: argparse.Namespace) -> int:
     from groundwatch import keys
     from groundwatch.connection import connect
@@ -373,10 +394,10 @@ def _evaluate_feed(settings: Settings, args: argparse.Namespace) -> int:
             fetched[scene_id] = None if raw is None else decode_scene(raw)
         return fetched[scene_id]
 
-    # A segmentation feed's results hold regions (detection format 2): scored by IoU against the
-    # scenes' truth masks; a detector feed's by AP, precision and recall against the truth boxes.
+    # A segmentation feed is scored by IoU against the scenes' truth masks, a detector feed by AP,
+    # precision and recall against the truth boxes.
     found = [scene_results(scene_id) for scene_id, _doc in truth_files(args.truth)]
-    if any(r is not None and r.regions for r in found):
+    if _made_by_segmentation(client, [r for r in found if r is not None]):
         from models.segeval import evaluate_feed_regions
 
         result = evaluate_feed_regions(scene_results, args.truth)

@@ -158,6 +158,11 @@ def _pubsub_thread(
                     payload = scene_doc(client, detections.decode_scene(msg["data"]))
                 except detections.DetectionFormatError:
                     continue
+                except redis.RedisError:
+                    raise
+                except Exception:  # an outline shapely cannot simplify...: one scene, not the view
+                    log.exception("live view: scene result on %s not shown", channel)
+                    continue
             elif kind == "detections":
                 h = doc.get("groundwatch", {}) if isinstance(doc, dict) else {}
                 payload = {

@@ -359,3 +359,11 @@ def test_a_slot_without_replicas_is_checked_again(cluster: LocalCluster) -> None
         assert got is None and time.monotonic() < deadline, got
         topology._refreshed -= connection.REPLICA_RECHECK_S + 1  # as if that long had passed
         time.sleep(0.2)
+
+
+def test_cluster_nodes_run_with_the_snapshot_settings(cluster: LocalCluster) -> None:
+    """The nodes `groundwatch up --cluster` starts get the same snapshot settings as one server
+    (groundwatch.server.SNAPSHOT_CONFIG), read back from each node."""
+    for node in cluster.nodes:
+        got = redis.Redis(port=node.port).config_get("rdbcompression", "auto-aof-rewrite-min-size")
+        assert got == {"rdbcompression": "no", "auto-aof-rewrite-min-size": str(512 * 2**20)}

@@ -80,3 +80,22 @@ def test_a_truth_file_that_does_not_match_its_seed_is_refused_with_the_fix(tmp_p
     del doc["groundwatch"]["seed"]
     with pytest.raises(ModelsError, match="only scenes written by `groundwatch generate`"):
         truth_mask("s", doc)
+
+
+def test_a_feed_is_scored_by_the_kind_of_model_that_made_it_even_without_regions(engine: redis.Redis) -> None:
+    """An all-sea scene of a segmentation feed has no regions, like a detector's scene without
+    detections: the model that made it decides how the feed is scored."""
+    from types import SimpleNamespace
+
+    from models.archive import SHIPPED_MODEL
+    from models.cli import _made_by_segmentation
+
+    load(engine, SHIPPED_SEGMENTER, LoadOptions(name="coast", feeds=(FEED,), batch=4))
+    load(engine, SHIPPED_MODEL, LoadOptions(name="ship", feeds=("ships",), batch=4))
+    empty_seg = SimpleNamespace(models=("coast:1",), regions=())
+    empty_det = SimpleNamespace(models=("ship:1",), regions=())
+    assert _made_by_segmentation(engine, [empty_seg])
+    assert not _made_by_segmentation(engine, [empty_det])
+    # a version removed since: the results themselves decide
+    gone = SimpleNamespace(models=("coast:9",), regions=("a region",))
+    assert _made_by_segmentation(engine, [gone]) and not _made_by_segmentation(engine, [empty_det, gone])
