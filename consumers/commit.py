@@ -89,7 +89,7 @@ class Committer:
         *,
         ttl_s: int,
         clock_ms: Callable[[], int],
-        results_maxlen: int = 100_000,
+        results_maxlen: int,
     ) -> None:
         self.r = client
         self.feed = feed
