@@ -31,6 +31,7 @@ DEFAULT_CRS = "EPSG:32631"  # UTM zone 31N (North Sea)
 DN_PER_SIGMA0 = 1000.0  # digital number = linear backscatter x 1000, clipped to uint16
 MAX_BANDS = 4
 
+SPECKLE_LOOKS = 4  # of the multi-look speckle every band is drawn with
 SHIP_LENGTH_PX = (9.0, 38.0)
 PLATFORM_SIDE_PX = (5, 10)
 
@@ -250,7 +251,7 @@ def platform_patch(
     return add, mask, half
 
 
-def speckle(rng: np.random.Generator, shape: tuple[int, ...], looks: int = 4) -> np.ndarray:
+def speckle(rng: np.random.Generator, shape: tuple[int, ...], looks: int = SPECKLE_LOOKS) -> np.ndarray:
     """Multiplicative multi-look speckle: Gamma(L, 1/L), mean 1."""
     return rng.gamma(looks, 1.0 / looks, size=shape).astype(np.float32)
 
@@ -294,6 +295,35 @@ def draw_scene(seed: int, config: SceneConfig) -> tuple[np.ndarray, list[TruthOb
     return image, objects, land_fraction
 
 
+@dataclass(frozen=True)
+class SlickBlob:
+    """One slick as the generator drew it: a Gaussian damping patch (:func:`gaussian_blob` of
+    these arguments) multiplied into the sea at patch origin (y0, x0), in scene pixels."""
+
+    y0: int
+    x0: int
+    size_px: float
+    amplitude: float  # the peak damping: the fraction of the backscatter removed at the centre
+    aspect: float
+    angle_rad: float
+
+    def damping(self) -> np.ndarray:
+        return gaussian_blob(self.size_px, self.amplitude, self.aspect, self.angle_rad)
+
+
+@dataclass(frozen=True)
+class SceneLayers:
+    """Everything :func:`draw_scene_layers` knows about a scene: what a sensor would see and the
+    truths behind it (what a model's ceiling is measured against, never what it is given)."""
+
+    image: np.ndarray  # [bands, H, W] uint16 digital numbers
+    objects: list[TruthObject]
+    land_fraction: float
+    mask: np.ndarray  # [H, W] uint8 indices into SEG_CLASSES
+    noise_free: np.ndarray  # [H, W] float32 band 0's mean backscatter (linear), before speckle
+    slicks: tuple[SlickBlob, ...]
+
+
 def draw_scene_with_mask(
     seed: int, config: SceneConfig
 ) -> tuple[np.ndarray, list[TruthObject], float, np.ndarray]:
@@ -301,6 +331,13 @@ def draw_scene_with_mask(
 
     Land is the coast mask; a slick is the half-maximum contour of its damping, at sea only. The
     mask draws no random numbers, so the pixels are those of :func:`draw_scene`, bit for bit."""
+    layers = draw_scene_layers(seed, config)
+    return layers.image, layers.objects, layers.land_fraction, layers.mask
+
+
+def draw_scene_layers(seed: int, config: SceneConfig) -> SceneLayers:
+    """The scene of `seed` with its truth layers (:class:`SceneLayers`); the pixels are those of
+    :func:`draw_scene`, bit for bit."""
     rng = np.random.default_rng(seed)
     h, w = config.height_px, config.width_px
     area_km2 = h * w * (PIXEL_SIZE_M / 1000.0) ** 2
@@ -311,6 +348,7 @@ def draw_scene_with_mask(
         sigma0 = np.where(land, land_sigma0(rng, h, w), sigma0)
     sea_level = float(np.median(sigma0[~land])) if (~land).any() else 0.1
     slick = np.zeros((h, w), dtype=bool)
+    slicks: list[SlickBlob] = []
 
     bright = np.zeros((h, w), dtype=np.float32)  # point-like additive targets (before speckle)
     if config.distractors:
@@ -331,11 +369,11 @@ def draw_scene_with_mask(
             )
         n_slick = rng.poisson(area_km2 / 200.0) + int(rng.random() < 0.5)
         for _ in range(n_slick):
-            blob = gaussian_blob(
-                rng.uniform(3, 12), rng.uniform(0.4, 0.8), rng.uniform(3, 10), rng.uniform(0, math.pi)
-            )
+            shape = (rng.uniform(3, 12), rng.uniform(0.4, 0.8), rng.uniform(3, 10), rng.uniform(0, math.pi))
+            blob = gaussian_blob(*shape)
             y0 = int(rng.integers(0, h)) - blob.shape[0] // 2
             x0 = int(rng.integers(0, w)) - blob.shape[1] // 2
+            slicks.append(SlickBlob(y0, x0, *shape))
             _paste(sigma0, y0, x0, 1.0 - blob, "mul")
             _paste(slick, y0, x0, blob >= SLICK_HALF_DAMPING * float(blob.max()), "max")
         if has_land:
@@ -404,7 +442,7 @@ def draw_scene_with_mask(
     image = np.clip(np.stack(bands) * DN_PER_SIGMA0, 0, 65535).astype(np.uint16)
     objects.sort(key=lambda o: (o.box_px[1], o.box_px[0]))
     mask = np.where(land, 1, np.where(slick, 2, 0)).astype(np.uint8)
-    return image, objects, float(land.mean()), mask
+    return SceneLayers(image, objects, float(land.mean()), mask, scene.astype(np.float32), tuple(slicks))
 
 
 # ---------------------------------------------------------------------------------------------
