@@ -72,6 +72,14 @@ def register(sub: argparse._SubParsersAction) -> None:
         help="segmentation models: simplify published outlines at this tolerance in pixels (1; 0: exact)",
     )
     p.add_argument(
+        "--min-region-px",
+        dest="min_region_px",
+        type=int,
+        default=None,
+        help="segmentation models: scene results drop regions of fewer pixels than this, every class "
+        "(default: the model's min_region_px, else 0: keep all)",
+    )
+    p.add_argument(
         "--metrics-port",
         dest="metrics_port",
         type=int,

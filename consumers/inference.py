@@ -56,12 +56,18 @@ class Models:
     """The feed's active model pointer and what each model's metadata says (cached per key)."""
 
     def __init__(
-        self, client: redis.Redis, feed: str, score_threshold: float | None, simplify_px: float = 1.0
+        self,
+        client: redis.Redis,
+        feed: str,
+        score_threshold: float | None,
+        simplify_px: float = 1.0,
+        min_region_px: int | None = None,
     ) -> None:
         self.r = client
         self.feed = feed
         self.score_threshold = score_threshold
         self.simplify_px = simplify_px
+        self.min_region_px = min_region_px  # the operator's; None: each model's own
         self._meta: dict[str, ModelMetadata | None] = {}
 
     def active(self) -> ActiveModel | None:
@@ -261,7 +267,15 @@ def infer(
     for i, out in segmented:  # contract 2: regions instead of boxes (consumers/segment.py)
         seg_meta = models.metadata(per_frame[i])
         assert seg_meta is not None
-        outcome = segment.tile_result(feed, todo[i], out, seg_meta, per_frame[i].version, models.simplify_px)
+        outcome = segment.tile_result(
+            feed,
+            todo[i],
+            out,
+            seg_meta,
+            per_frame[i].version,
+            models.simplify_px,
+            modelmeta.region_minimum(models.min_region_px, seg_meta),
+        )
         if isinstance(outcome, TileResult):
             results.append((todo[i], outcome))
         else:

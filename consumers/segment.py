@@ -99,11 +99,14 @@ def georeference(
 
 
 def merge_scene(parts: Sequence[TileResult]) -> list[Region]:
-    """A scene's regions, pieces of one feature across tile borders united (regions.merge).
+    """A scene's regions, pieces of one feature across tile borders united, and those smaller
+    than their class's minimum dropped (regions.merge: judged by the united feature's pixels).
 
     Regions that stand alone are published as their tile published them; united ones are
     simplified (at the tolerance the tiles were) and georeferenced again with the scene's
-    transform, both from the tiles' results. ConsumerError when no result carries a transform."""
+    transform, both from the tiles' results. The minimum is the tiles' ``min_region_px``, the
+    smallest per class where they differ (a model switch mid-scene: no model's region is lost).
+    ConsumerError when no result carries a transform."""
     by_piece: dict[regions.Piece, Region] = {}
     pieces: list[regions.Piece] = []
     for part in parts:
@@ -115,7 +118,7 @@ def merge_scene(parts: Sequence[TileResult]) -> list[Region]:
         return []
     located = next((p for p in parts if p.regions and p.transform is not None), None)
     out: list[Region] = []
-    for merged in regions.merge(pieces):
+    for merged in regions.merge(pieces, scene_minimum(parts)):
         alone = by_piece.get(merged)
         if alone is not None:
             out.append(replace(alone, tiles=merged.tiles))
@@ -135,6 +138,15 @@ def merge_scene(parts: Sequence[TileResult]) -> list[Region]:
             )
         )
     return out
+
+
+def scene_minimum(parts: Sequence[TileResult]) -> tuple[int, ...]:
+    """The per-class minimum region the scene's merge applies: the smallest of its segmentation
+    tiles' ``min_region_px`` (a tile that carries none keeps everything)."""
+    minima = [p.min_region_px for p in parts if p.simplify_px is not None]  # contract-2 results
+    if not minima or not all(minima):
+        return ()
+    return tuple(min(m[c] if c < len(m) else 0 for m in minima) for c in range(max(map(len, minima))))
 
 
 def _pixel_area_m2(crs: str, transform: Sequence[float]) -> float | None:
@@ -164,11 +176,19 @@ def _spherical_area_m2(rings: Sequence[Sequence[tuple[float, float]]]) -> float:
 
 
 def tile_result(
-    feed: str, entry: Entry, out: np.ndarray, meta: ModelMetadata, version: str, simplify_px: float
+    feed: str,
+    entry: Entry,
+    out: np.ndarray,
+    meta: ModelMetadata,
+    version: str,
+    simplify_px: float,
+    min_region_px: Sequence[int] = (),
 ) -> TileResult | tuple[str, bool]:
-    """The frame's result, or (reason, poison): an output that breaks contract 2 is the frame's
-    failure (retried, as a contract-1 output that does not decode); a frame that cannot be placed
-    on the map or encoded is poison. Any exception ends here: nothing a model returns stops the feed."""
+    """The frame's result, or (reason, poison). It holds every piece its core yields, specks
+    too: a piece's size says nothing of its feature's, so `min_region_px` (per class id,
+    modelmeta.region_minimum) rides in the result for the scene's merge to apply. An output that
+    breaks contract 2 is the frame's failure (retried, as a contract-1 output that does not
+    decode); a frame that cannot be placed on the map or encoded is poison. Any exception ends here: nothing a model returns stops the feed."""
     f = entry.frame
     assert f is not None
     try:
@@ -181,7 +201,13 @@ def tile_result(
         return f"model {version}: output does not vectorise ({type(err).__name__}: {err})", False
     try:
         result = tile_result_of(
-            feed, f, version, regions=found, transform=tuple(f.transform), simplify_px=simplify_px
+            feed,
+            f,
+            version,
+            regions=found,
+            transform=tuple(f.transform),
+            simplify_px=simplify_px,
+            min_region_px=tuple(min_region_px),
         )
         tile_json(result)  # what the commit will encode: a NaN or inf coordinate fails here
     except Exception as err:

@@ -104,7 +104,9 @@ class Consumer:
         )
         self.r = self.reader.r
         self.stream = self.reader.stream
-        self.models = inference.Models(self.r, self.feed, settings.score_threshold, settings.simplify_px)
+        self.models = inference.Models(
+            self.r, self.feed, settings.score_threshold, settings.simplify_px, settings.min_region_px
+        )
         self.committer = Committer(
             self.r,
             self.feed,

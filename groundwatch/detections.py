@@ -128,6 +128,8 @@ class TileResult:
     # places the polygons it unites with it
     transform: tuple[float, ...] | None = None
     simplify_px: float | None = None  # the tolerance its outlines were simplified at (and the scene's)
+    # the smallest region of each class (by class id) the scene's merge keeps; () keeps every one
+    min_region_px: tuple[int, ...] = ()
     # The JSON text of the features (features_json(detections)) once encoded: a consumer encodes
     # them when it checks a result and publishes it later with its done time. Not part of the format.
     encoded_features: str | None = field(default=None, compare=False, repr=False)
@@ -167,8 +169,8 @@ def class_totals(s: SceneResult) -> dict[str, dict[str, float]]:
 
 def tile_result_of(feed: str, frame: frames.Frame, model: str, **outputs: Any) -> TileResult:
     """The result of `frame` run by `model`: the frame's identity, place and times copied once
-    here, whatever the model yielded (`detections=` for contract 1, `regions=`, `transform=` and
-    `simplify_px=` for contract 2). Its done time is set at commit."""
+    here, whatever the model yielded (`detections=` for contract 1, `regions=`, `transform=`,
+    `simplify_px=` and `min_region_px=` for contract 2). Its done time is set at commit."""
     return TileResult(
         feed=feed,
         frame=frame.frame_id,
@@ -397,6 +399,7 @@ def tile_header(t: TileResult) -> dict[str, Any]:
         **({"source": t.source} if t.source is not None else {}),
         **({"transform": list(t.transform)} if t.transform is not None else {}),
         **({"simplify_px": t.simplify_px} if t.simplify_px is not None else {}),
+        **({"min_region_px": list(t.min_region_px)} if t.min_region_px else {}),
     }
 
 
@@ -491,6 +494,7 @@ def decode_tile(source: str | bytes | Mapping[Any, Any]) -> TileResult:
             regions=regions,
             transform=None if h.get("transform") is None else tuple(_float(x) for x in h["transform"][:6]),
             simplify_px=None if h.get("simplify_px") is None else _float(h["simplify_px"]),
+            min_region_px=tuple(_int(x) for x in h.get("min_region_px") or ()),
         )
     except _DECODE_ERRORS as e:
         raise DetectionFormatError(f"tile result header is incomplete: {e!r}") from e

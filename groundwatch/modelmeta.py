@@ -5,7 +5,8 @@
 without torch, from a file or from a blob fetched with AI.MODELGET. Contract 1 is documented in
 docs/models.md; models write it, loaders check it, consumers read class names and the score
 threshold from it. Contract 2 (segmentation: per-pixel class scores or class ids) is declared by
-``"contract": 2``; it needs no ``max_detections`` and adds ``output`` and ``background``.
+``"contract": 2``; it needs no ``max_detections`` and adds ``output``, ``background`` and
+``min_region_px``.
 """
 
 from __future__ import annotations
@@ -30,6 +31,7 @@ REQUIRED = ("contract", "classes", "bands", "dtype", "tile_size", "max_detection
 REQUIRED_SEGMENTATION = ("contract", "classes", "bands", "dtype", "tile_size")
 # Contract 2's outputs: per-pixel class probabilities [B, K, H, W], or class ids [B, 1, H, W].
 SEGMENTATION_OUTPUTS = ("scores", "class_ids")
+SEGMENTATION_FIELDS = ("output", "background", "min_region_px")
 # A model's groundwatch.json is a few hundred bytes; the cap keeps a hostile archive (a zip bomb
 # of a member, or a blob fetched from the engine) from costing the reader more than this.
 MAX_METADATA_BYTES = 1 << 20
@@ -44,7 +46,9 @@ class ModelMetadata:
     """What a model declares about itself. `extra` keeps the keys not listed here.
 
     Contract 2 (segmentation) has ``max_detections`` 0; its ``output`` says what the model returns
-    and ``background`` is the class index that is never vectorised."""
+    and ``background`` is the class index that is never vectorised. ``min_region_px``: the
+    smallest region of each class (by class index, merged pixels of the tile grid) a scene
+    result publishes; () keeps every region (see :func:`region_minimum`)."""
 
     classes: tuple[str, ...]
     bands: int
@@ -56,6 +60,7 @@ class ModelMetadata:
     extra: dict[str, Any] = field(default_factory=dict, compare=False)
     output: str = "scores"
     background: int = 0
+    min_region_px: tuple[int, ...] = ()
 
     @property
     def segmentation(self) -> bool:
@@ -86,6 +91,7 @@ class ModelMetadata:
             if not isinstance(meta[key], int) or isinstance(meta[key], bool) or meta[key] < 1:
                 raise MetadataError(f"{METADATA_FILE}: {key} must be a positive integer, got {meta[key]!r}")
         output, background = _segmentation_fields(meta, len(classes)) if segmentation else ("scores", 0)
+        min_px = _min_region_px(meta.get("min_region_px", 0), classes, background) if segmentation else ()
         if meta["dtype"] not in DTYPES:
             raise MetadataError(
                 f"{METADATA_FILE}: dtype must be one of {', '.join(DTYPES)}, got {meta['dtype']!r}"
@@ -93,7 +99,7 @@ class ModelMetadata:
         hint = meta.get("score_threshold_hint")
         if hint is not None and not (isinstance(hint, int | float) and 0 <= hint <= 1):
             raise MetadataError(f"{METADATA_FILE}: score_threshold_hint must be in [0, 1], got {hint!r}")
-        known = {*REQUIRED, "score_threshold_hint", *(("output", "background") if segmentation else ())}
+        known = {*REQUIRED, "score_threshold_hint", *(SEGMENTATION_FIELDS if segmentation else ())}
         return cls(
             classes=tuple(classes),
             bands=meta["bands"],
@@ -105,6 +111,7 @@ class ModelMetadata:
             extra={k: v for k, v in meta.items() if k not in known},
             output=output,
             background=background,
+            min_region_px=min_px,
         )
 
     def as_dict(self) -> dict[str, Any]:
@@ -118,6 +125,10 @@ class ModelMetadata:
         )
         if self.segmentation:
             out.update(output=self.output, background=self.background)
+            if self.min_region_px:
+                out["min_region_px"] = {
+                    name: px for name, px in zip(self.classes, self.min_region_px, strict=True) if px
+                }
         else:
             out["max_detections"] = self.max_detections
         if self.score_threshold_hint is not None:
@@ -144,6 +155,47 @@ def _segmentation_fields(meta: dict[str, Any], classes: int) -> tuple[str, int]:
             "(the background and one to vectorise)"
         )
     return output, background
+
+
+def _min_region_px(value: Any, classes: list[str], background: int) -> tuple[int, ...]:
+    """Contract 2's ``min_region_px``: one count of pixels for every class, or an object of class
+    name -> pixels (classes it does not name: 0), as a count per class index; () when all are 0."""
+
+    def count(v: Any, what: str) -> int:
+        if type(v) is not int or v < 0:
+            raise MetadataError(
+                f"{METADATA_FILE}: min_region_px{what} must be a whole number of pixels >= 0 "
+                f"(0 keeps every region), got {v!r}"
+            )
+        return v
+
+    if isinstance(value, dict):
+        unknown = [k for k in value if k not in classes]
+        if unknown:
+            raise MetadataError(
+                f"{METADATA_FILE}: min_region_px names {', '.join(map(repr, unknown))}, not among the "
+                f"classes {classes}; give one number for all classes or an object of class names"
+            )
+        if value.get(classes[background]):
+            raise MetadataError(
+                f"{METADATA_FILE}: min_region_px names the background class {classes[background]!r}, "
+                "which is never vectorised; leave it out"
+            )
+        px = [count(value.get(name, 0), f"[{name!r}]") for name in classes]
+    else:
+        px = [count(value, "") if i != background else 0 for i in range(len(classes))]
+    return tuple(px) if any(px) else ()
+
+
+def region_minimum(operator: int | None, meta: ModelMetadata) -> tuple[int, ...]:
+    """The smallest region of each class (by class index) a feed publishes: the operator's
+    setting (``GROUNDWATCH_MIN_REGION_PX``, one count for every class but the background), else
+    the model's ``min_region_px``; () keeps every region."""
+    if operator is None:
+        return meta.min_region_px
+    if not operator:
+        return ()
+    return tuple(0 if i == meta.background else int(operator) for i in range(len(meta.classes)))
 
 
 def read_raw(source: str | Path | bytes, what: str | None = None) -> dict[str, Any]:

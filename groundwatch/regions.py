@@ -16,6 +16,10 @@ output (pure: numpy, rasterio.features and shapely; no Redis, no CRS):
   one class that share a boundary of positive length (or overlap, for frames that carry no tile
   grid) are united, so one connected feature gives exactly one polygon; its pixels and
   probability sums add up, so its score is the mean probability over all its pixels.
+- **The minimum region area** (``min_region_px`` of :func:`merge`): a feature smaller than its
+  class's minimum (a speck: a rain cell read as land) is dropped, judged by its merged pixel
+  count, never by a tile's piece of it (a coast whose corner lies in one tile's core is one
+  feature of the whole coast's size). So it is applied where the merge is, and only there.
 - **Simplifying** (:func:`simplify`): Douglas-Peucker at a tolerance in pixels, topology kept,
   applied to what is published; the merge always works on the exact pieces.
 
@@ -147,11 +151,14 @@ def _rings(poly: Any) -> tuple[Ring, ...]:
     return (ring(poly.exterior.coords), *(ring(h.coords) for h in poly.interiors))
 
 
-def merge(pieces: Sequence[Piece]) -> list[Piece]:
+def merge(pieces: Sequence[Piece], min_region_px: Sequence[int] = ()) -> list[Piece]:
     """Unite the pieces of each class that share a boundary of positive length or overlap (see
     the module doc): one piece per connected feature, ordered by class, then top-left corner.
 
-    Pieces that touch only at a corner stay apart (rasterio's shapes are 4-connected too)."""
+    Pieces that touch only at a corner stay apart (rasterio's shapes are 4-connected too).
+    `min_region_px`: the smallest feature of each class id that is kept (its merged pixel
+    count); a class beyond its end, or an empty one (the default), keeps every feature. It
+    judges whole features only when `pieces` are all of a scene's pieces."""
     from shapely import STRtree, unary_union
 
     out: list[Piece] = []
@@ -187,8 +194,13 @@ def merge(pieces: Sequence[Piece]) -> list[Piece]:
             if area < pixels:
                 prob, pixels = prob * area / pixels, area
             out.append(Piece(class_id, _rings(parts[0]), pixels, prob, tiles))
+    out = [p for p in out if p.pixels >= _minimum(min_region_px, p.class_id)]
     out.sort(key=_corner)
     return out
+
+
+def _minimum(min_region_px: Sequence[int], class_id: int) -> int:
+    return min_region_px[class_id] if 0 <= class_id < len(min_region_px) else 0
 
 
 def _finder(parent: list[int]) -> Any:

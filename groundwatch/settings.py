@@ -60,6 +60,10 @@ class Settings:
     # consumers, segmentation models (contract 2): Douglas-Peucker tolerance of published outlines
     # in pixels (0: the exact pixel outlines); the merge of a scene always uses the exact ones.
     simplify_px: float = 1.0
+    # consumers and `evaluate`, contract 2: the smallest region a scene result publishes, in pixels
+    # of the tile grid, for every class. None: the model's own min_region_px (docs/models.md);
+    # 0 publishes every region.
+    min_region_px: int | None = None
     tile_size: int = 512
     tile_overlap: int = 64
     read_count: int = 16
@@ -118,6 +122,11 @@ class Settings:
         if not 0.0 <= self.simplify_px <= 1000.0:
             raise ConfigError(
                 f"simplify_px {self.simplify_px} must be between 0 (exact outlines) and 1000 pixels"
+            )
+        if self.min_region_px is not None and self.min_region_px < 0:
+            raise ConfigError(
+                f"min_region_px {self.min_region_px} must be 0 (publish every region) or more pixels; "
+                "unset it to use the model's own min_region_px"
             )
         if self.torch_cpu_cache_mb is not None and self.torch_cpu_cache_mb < 0:
             raise ConfigError(f"torch_cpu_cache_mb must be 0 (off) or more, got {self.torch_cpu_cache_mb}")

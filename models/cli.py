@@ -287,6 +287,12 @@ def _evaluate_with(
     return 0
 
 
+def _minimum_text(min_region_px: dict[str, int]) -> str:
+    """The minimum region area per class of a segmentation evaluation, in words."""
+    named = [f"{px} px ({name})" for name, px in min_region_px.items() if px]
+    return f"regions under {', '.join(named)} dropped" if named else "no minimum region area"
+
+
 def _evaluate_segmenter(
     settings: Settings, args: argparse.Namespace, path: str, module: Any, meta: dict[str, Any], runs_in: str
 ) -> int:
@@ -301,6 +307,7 @@ def _evaluate_segmenter(
         tile_px=int(meta["tile_size"]),
         overlap_px=settings.tile_overlap,  # as ingest tiles (GROUNDWATCH_TILE_OVERLAP)
         simplify_px=settings.simplify_px,  # as the consumers publish (GROUNDWATCH_SIMPLIFY_PX)
+        min_region_px=settings.min_region_px,  # ... and GROUNDWATCH_MIN_REGION_PX
     )
     result = evaluate_segmenter(module, modelmeta.ModelMetadata.from_dict(meta), config)
     result["model"] = str(path)
@@ -311,7 +318,7 @@ def _evaluate_segmenter(
     print(
         f"model {path} ({runs_in}): {result['scenes']} scenes of {result['size_px']} px, seeds "
         f"{result['seeds'][0]}-{result['seeds'][1]}, {result['tiles']} tiles, simplified at "
-        f"{result['simplify_px']} px"
+        f"{result['simplify_px']} px, {_minimum_text(result['min_region_px'])}"
     )
     _print_iou_table(result)
     return 0

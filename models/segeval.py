@@ -5,7 +5,8 @@ The scored polygons go through the service's own functions: the tile grid and pa
 publishes (:func:`groundwatch.geometry.tiles_of`), each tile's owned core
 (:func:`groundwatch.geometry.core_window`), the consumers' decoding and vectorising
 (:func:`groundwatch.regions.decode_mask`, :func:`~groundwatch.regions.vectorise`), the merge
-across tiles and the simplification at the served tolerance (:func:`~groundwatch.regions.merge`,
+across tiles with the served minimum region area and the simplification at the served tolerance
+(:func:`~groundwatch.regions.merge`, :func:`groundwatch.modelmeta.region_minimum`,
 :func:`~groundwatch.regions.simplify`). The published polygons are rasterised back onto the
 scene's pixels (pixel centres inside) and compared with the truth mask pixel by pixel; a class's
 IoU pools all scenes (intersection and union summed over them). The runner is any
@@ -23,7 +24,7 @@ from typing import Any
 import numpy as np
 
 from groundwatch import geometry, regions
-from groundwatch.modelmeta import ModelMetadata
+from groundwatch.modelmeta import ModelMetadata, region_minimum
 from models.errors import ModelsError
 from models.evaluate import TileRunner, no_results, run_scene, truth_files
 from models.scenes import SEG_CLASSES, SceneConfig, generate_scene
@@ -41,19 +42,28 @@ class SegEvalConfig:
     overlap_px: int = 64
     batch_size: int = 4
     simplify_px: float = 1.0  # the consumers' default tolerance (GROUNDWATCH_SIMPLIFY_PX)
+    # None: the model's own min_region_px, as the consumers serve it (GROUNDWATCH_MIN_REGION_PX)
+    min_region_px: int | None = None
 
 
 def served_regions(
-    outputs: Any, meta: ModelMetadata, width_px: int, height_px: int, tile_px: int, overlap_px: int
+    outputs: Any,
+    meta: ModelMetadata,
+    width_px: int,
+    height_px: int,
+    tile_px: int,
+    overlap_px: int,
+    min_region_px: Sequence[int] = (),
 ) -> list[regions.Piece]:
-    """What the consumers make of a scene's tile outputs: each tile's core vectorised, merged."""
+    """What the consumers make of a scene's tile outputs: each tile's core vectorised, merged,
+    the regions under `min_region_px` (per class id) dropped."""
     pieces: list[regions.Piece] = []
     for index, t in enumerate(outputs):
         out = t.output if t.output.ndim == 4 else t.output[None]
         ids, prob = regions.decode_mask(out, meta, t.tile_h, t.tile_w)
         core = geometry.core_window(t.window, width_px, height_px, tile_px, overlap_px)
         pieces.extend(regions.vectorise(ids, prob, t.window, core, meta.background, index))
-    return regions.merge(pieces)
+    return regions.merge(pieces, min_region_px)
 
 
 class IouTally:
@@ -113,6 +123,7 @@ def evaluate_segmenter(
             f"{list(meta.classes)}, so they cannot be compared"
         )
     tally = IouTally(SEG_CLASSES, meta.background)
+    minimum = region_minimum(config.min_region_px, meta)
     t0 = time.monotonic()
     tiles = 0
     for i in range(config.scenes):
@@ -124,7 +135,7 @@ def evaluate_segmenter(
         outputs = run_scene(run, scene.image, config.tile_px, config.overlap_px, None, config.batch_size)
         tiles += len(outputs)
         merged = served_regions(
-            outputs, meta, config.size_px, config.size_px, config.tile_px, config.overlap_px
+            outputs, meta, config.size_px, config.size_px, config.tile_px, config.overlap_px, minimum
         )
         shapes = [(p.class_id, regions.simplify(p.rings_px, config.simplify_px)) for p in merged]
         predicted = regions.rasterize(shapes, config.size_px, config.size_px, fill=meta.background)
@@ -137,6 +148,7 @@ def evaluate_segmenter(
         "seeds": [config.seed_base, config.seed_base + config.scenes - 1],
         "tiles": tiles,
         "simplify_px": config.simplify_px,
+        "min_region_px": {name: minimum[c] if minimum else 0 for c, name in enumerate(SEG_CLASSES)},
         "seconds": round(time.monotonic() - t0, 1),
     }
 

@@ -44,8 +44,15 @@ class Level(torch.nn.Module):
         return p
 
 
-def level_model(shrink: int = 1) -> bytes:
-    meta = {"contract": 2, "classes": ["sea", "slick"], "bands": 1, "dtype": "uint16", "tile_size": 64}
+def level_model(shrink: int = 1, **extra: Any) -> bytes:
+    meta = {
+        "contract": 2,
+        "classes": ["sea", "slick"],
+        "bands": 1,
+        "dtype": "uint16",
+        "tile_size": 64,
+        **extra,
+    }
     buf = io.BytesIO()
     torch.jit.save(
         torch.jit.script(Level(float(LEVEL), shrink)),
@@ -120,6 +127,26 @@ def test_a_feature_across_tile_overlaps_is_published_once_with_its_area_and_scor
     stored = json.loads(engine.get(keys.scene_result(FEED, "two")))
     assert stored["groundwatch"]["v"] == 2 and stored["groundwatch"]["count"] == 2
     assert {f["geometry"]["type"] for f in stored["features"]} == {"Polygon"}
+
+
+def test_the_scene_drops_regions_under_the_models_minimum_judged_by_the_merged_feature(
+    engine: redis.Redis,
+) -> None:
+    install(engine, level_model(min_region_px=100))
+    truth = np.zeros((160, 160), dtype=np.int32)
+    truth[50:90, 50:90] = 1  # 1600 px across the cores of tiles 0, 1, 3 and 4: tile 0 holds 36 px
+    truth[10:18, 120:128] = 1  # a 64-px speck in tile 2's core
+    image = np.where(truth == 1, 2000, 100).astype(np.uint16)[None]
+    publish_array(engine, settings(), image, TRANSFORM, UTM31N, scene="specks")
+
+    assert run(engine).scenes_done == 1
+
+    per_tile = [wire.decode_tile(fields) for _id, fields in engine.xrange(keys.detections(FEED))]
+    assert all(t.min_region_px == (0, 100) for t in per_tile)
+    pieces = sorted(g.pixels for t in per_tile for g in t.regions)
+    assert pieces[0] == 36 and 64 in pieces  # the tiles publish every piece, specks too
+    scene = wire.decode_scene(engine.get(keys.scene_result(FEED, "specks")))
+    assert [(g.pixels, len(g.tiles)) for g in scene.regions] == [(1600, 4)]
 
 
 def test_a_mask_without_features_publishes_nothing(engine: redis.Redis) -> None:

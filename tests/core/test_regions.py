@@ -109,6 +109,20 @@ def test_pieces_of_overlapping_whole_windows_unite_too() -> None:
     assert merged.pixels == int(mask.sum()) and merged.score == pytest.approx(1.0)
 
 
+def test_the_minimum_region_area_judges_merged_features_not_pieces() -> None:
+    mask = np.zeros((160, 160), dtype=np.int32)
+    mask[50:90, 50:90] = 1  # 1600 px across the cores of tiles 0, 1, 3 and 4: tile 0 holds 6x6 px
+    mask[10:18, 120:128] = 1  # a 64-px speck inside tile 2's core
+    mask[140:143, 10:13] = 2  # a 9-px speck of another class
+    pieces = _tiled_pieces(mask, np.ones(mask.shape, np.float32), 64, 16)
+    assert min(p.pixels for p in pieces if p.class_id == 1) == 36  # a piece smaller than the speck
+    assert [p.pixels for p in regions.merge(pieces)] == [64, 1600, 9]  # the default keeps all
+    assert [p.pixels for p in regions.merge(pieces, (0, 100, 0))] == [1600, 9]
+    kept = regions.merge(pieces, (0, 1600, 10))
+    assert [(p.class_id, p.pixels) for p in kept] == [(1, 1600)] and len(kept[0].tiles) == 4
+    assert [p.pixels for p in regions.merge(pieces, (0, 1601))] == [9]  # class 2 is beyond its end
+
+
 def test_simplifying_keeps_the_shape_within_the_tolerance() -> None:
     mask = _disc(200, 200, 100, 100, 60).astype(np.int32)
     (piece,) = regions.vectorise(
@@ -155,11 +169,30 @@ def test_contract_2_metadata_is_checked() -> None:
         ({"background": 3}, "background must be a class index"),
         ({"contract": 3}, "contracts 1, 2"),
         ({"classes": ["only"]}, "at least 2 classes"),
+        ({"min_region_px": -1}, "whole number of pixels >= 0"),
+        ({"min_region_px": 2.5}, "whole number of pixels"),
+        ({"min_region_px": {"land": "big"}}, r"min_region_px\['land'\]"),
+        ({"min_region_px": {"lnad": 10}}, r"'lnad', not among the classes"),
+        ({"min_region_px": {"sea": 10}}, "background class 'sea'"),
     ]:
         with pytest.raises(MetadataError, match=why):
             ModelMetadata.from_dict({**base, **change})  # type: ignore[dict-item]
     with pytest.raises(MetadataError, match="max_detections"):
         ModelMetadata.from_dict({**base, "contract": 1})
+
+
+def test_the_minimum_region_area_comes_from_the_model_unless_the_operator_sets_one() -> None:
+    from groundwatch.modelmeta import region_minimum
+
+    assert META.min_region_px == () and region_minimum(None, META) == ()  # default: keep every region
+    one = ModelMetadata.from_dict({**META.as_dict(), "min_region_px": 300})
+    assert one.min_region_px == (0, 300, 300)  # never the background's
+    per = ModelMetadata.from_dict({**META.as_dict(), "min_region_px": {"land": 500}})
+    assert per.min_region_px == (0, 500, 0) and per.as_dict()["min_region_px"] == {"land": 500}
+    assert ModelMetadata.from_dict(per.as_dict()) == per
+    assert ModelMetadata.from_dict({**META.as_dict(), "min_region_px": 0}).min_region_px == ()
+    assert region_minimum(None, per) == (0, 500, 0)
+    assert region_minimum(40, per) == (0, 40, 40) and region_minimum(0, per) == ()
 
 
 def _region(**kw: object) -> wire.Region:
@@ -196,6 +229,7 @@ def test_results_with_regions_are_version_2_and_round_trip() -> None:
         regions=(_region(),),
         transform=(10.0, 0.0, 0.0, 0.0, -10.0, 0.0),
         simplify_px=1.0,
+        min_region_px=(0, 500, 0),
     )
     fields = wire.encode_tile(tile)
     assert fields["v"] == "2" and fields["count"] == "1"
@@ -204,7 +238,11 @@ def test_results_with_regions_are_version_2_and_round_trip() -> None:
     assert ring[0] == ring[-1] and wire._signed_area(ring) > 0  # closed, counter-clockwise
     back = wire.decode_tile(fields)
     assert back.regions == tile.regions and back.transform == tile.transform and back.simplify_px == 1.0
-    plain = wire.TileResult(**{**tile.__dict__, "regions": (), "transform": None, "simplify_px": None})
+    assert back.min_region_px == (0, 500, 0)
+    plain = wire.TileResult(
+        **{**tile.__dict__, "regions": (), "transform": None, "simplify_px": None, "min_region_px": ()}
+    )
+    assert "min_region_px" not in wire.tile_geojson(plain)["groundwatch"]
     assert wire.encode_tile(plain)["v"] == "1"  # detector feeds keep version 1
     scene = wire.SceneResult(
         feed="f",

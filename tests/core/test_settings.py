@@ -38,6 +38,7 @@ def test_frozen() -> None:
         ({"GROUNDWATCH_TILE_SIZE": "big"}, "GROUNDWATCH_TILE_SIZE"),
         ({"GROUNDWATCH_TILE_OVERLAP": "512"}, "smaller than the tile size"),
         ({"GROUNDWATCH_SCORE_THRESHOLD": "2"}, "between 0 and 1"),
+        ({"GROUNDWATCH_MIN_REGION_PX": "-5"}, "model's own min_region_px"),
     ],
 )
 def test_bad_values_say_what_to_fix(env: dict[str, str], fragment: str) -> None:
