@@ -35,6 +35,7 @@ SMOOTHING_PX = (5, 11, 21)  # windows of the local means the network is given (o
 CONTRACT = 2
 TRAIN_SEED_BASE = 2_000_000
 CALIBRATION_SEED_BASE = 3_000_000  # scenes that choose the slick logit offset (neither training nor held out)
+MIN_REGION_PX = {"land": 500}  # published in the metadata (docs/models.md, contract 2)
 SHIPPED_SEGMENTER = Path(__file__).resolve().parent / "artifacts" / "segmenter.pt"
 
 
@@ -283,6 +284,10 @@ def metadata_for(config: SegTrainConfig, summary: dict[str, Any]) -> dict[str, A
         "dtype": "uint16",
         "tile_size": 512,
         "stride": STRIDE,
+        # Land specks on bright sea (rain cells) are 1-92 px on the held-out scenes, a coast
+        # hundreds of thousands: 500 drops the first and is far below the second. Slicks have no
+        # minimum: they are what a feed looks for (SEGMENTER_CARD.md).
+        "min_region_px": dict(MIN_REGION_PX),
         "trained_on": (
             f"synthetic SAR-like scenes' segmentation truth (models.scenes.draw_scene_with_mask), "
             f"{config.tiles} scenes of {config.scene_px} px, seeds {TRAIN_SEED_BASE}.."

@@ -55,6 +55,7 @@ def test_training_exports_a_model_the_loader_accepts(tmp_path) -> None:
     module, meta = load_model(out)
     parsed = ModelMetadata.from_dict(meta)
     assert parsed.segmentation and parsed.classes == SEG_CLASSES and summary["parameters"] > 0
+    assert parsed.min_region_px == (0, 500, 0)
     small = ModelMetadata.from_dict({**meta, "tile_size": 64})
     tiles = warmup_input(small, 2)
     check_output(module(torch.from_numpy(tiles.astype(np.float32))).detach().numpy(), small, 2)
@@ -76,6 +77,7 @@ def test_the_shipped_segmenter_describes_itself(shipped) -> None:
     _, meta = shipped
     assert meta.contract == 2 and meta.classes == SEG_CLASSES and meta.background == 0
     assert (meta.bands, meta.dtype, meta.tile_size, meta.extra["stride"]) == (1, "uint16", 512, STRIDE)
+    assert meta.min_region_px == (0, 500, 0)  # land specks dropped, every slick kept
     assert SHIPPED_SEGMENTER.stat().st_size < 2_000_000
 
 
