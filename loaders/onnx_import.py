@@ -27,6 +27,8 @@ bytes beside its registry record (keys.registry_originals).
 A raw head that is not contract 1 (a YOLO export) goes through steps 1, 3 and 4 with the
 adapter's channels and tile size, is compared with ONNX Runtime value by value on what the
 adapter feeds it, and is then wrapped by the adapter (`adapt_onnx_file`, loaders/adapters.py).
+An export of a torchvision-style detector (one image in; boxes, scores, labels out) has NMS and
+sizes decided at run time; it takes its own path (loaders/onnx_torchvision.py).
 """
 
 from __future__ import annotations
@@ -61,15 +63,15 @@ DEFAULT_PARITY_TOLERANCE = 1e-3
 METADATA_PROP = modelmeta.METADATA_FILE
 IMPORT_METHOD = "onnx2torch"
 PARITY_BATCH = 2
-# Why an ONNX export of a torchvision-style detector is refused (docs/models.md, "With an adapter").
+# Why an ONNX export of a torchvision-style detector is refused, when it is (docs/models.md, "With
+# `--adapter torchvision`"): {why} names the operator or the failed check.
 TORCHVISION_ONNX_REFUSED = (
-    "{path}: an ONNX export of a torchvision-style detector cannot be served. Its graph runs NMS "
-    "(NonMaxSuppression) and computes the shapes of what NMS keeps at run time; onnx2torch {version} "
-    "converts both into Python (a loop over the kept boxes, a tensor made from a shape), which the "
-    "per-tile trace would freeze to the boxes of the one tile it was traced on. Load the TorchScript "
-    "model instead (torch.jit.script(model).save('det.pt'), then `groundwatch load det.pt --adapter "
-    "torchvision ...`), or export the raw head without NMS and load it with --adapter yolo"
+    "{path}: this ONNX export of a torchvision-style detector cannot be served soundly: {why}. Load "
+    "the TorchScript model instead (torch.jit.script(model).save('det.pt'), then `groundwatch load "
+    "det.pt --adapter torchvision ...`), or export the raw head without NMS and load it with --adapter yolo"
 )
+# Detections compared per image between ONNX Runtime and the converted torchvision-style graph.
+TORCHVISION_COMPARED = "detections"
 # Operators onnx2torch converts into torchvision calls: with no loadable torchvision (no CPU build
 # for torch 2.13) they are reported as unsupported instead of failing at run time.
 _TORCHVISION_OPS = frozenset({"NonMaxSuppression", "RoiAlign"})
@@ -180,7 +182,7 @@ def adapt_onnx_file(
     _check_tolerance(tolerance)
     spec.check()
     if spec.adapter == "torchvision":
-        raise LoaderError(TORCHVISION_ONNX_REFUSED.format(path=path, version=_version("onnx2torch")))
+        return _adapt_torchvision(path, spec, tolerance, samples)
     blob, proto = _read(path)
     converted = _convert_proto(blob, proto, len(spec.channels()), spec.tile_size, str(path))
     meta = ModelMetadata.from_dict(spec.metadata())
@@ -197,6 +199,123 @@ def adapt_onnx_file(
     parity = _refuse_unless(Parity(len(model_input), "output values", int(want.size), diff, tolerance), path)
     adapted = adapters.to_model_file(converted.module, spec, str(path), original=blob)
     return replace(adapted, original=blob, conversion=converted.provenance(parity))
+
+
+def _adapt_torchvision(
+    path: str | Path, spec: Any, tolerance: float, samples: np.ndarray | None
+) -> ModelFile:
+    """An ONNX export of a torchvision-style detector (loaders/onnx_torchvision.py): converted with
+    NMS, RoIAlign and Shape replaced, traced on one image, compared with ONNX Runtime detection by
+    detection on other images (which must keep numbers of detections the traced one did not), then
+    wrapped by the torchvision adapter."""
+    from loaders import adapters
+    from loaders import onnx_torchvision as tv
+
+    blob, proto = _read(path)
+    channels = len(spec.channels())
+    order = tv.check_interface(proto, channels, spec.tile_size, str(path))
+    opset = next((o.version for o in proto.opset_import if o.domain in ("", "ai.onnx")), 0)
+    _normalise(proto)
+    unsupported = unsupported_ops(proto, replaced=_TORCHVISION_OPS)
+    if unsupported:
+        raise LoaderError(
+            TORCHVISION_ONNX_REFUSED.format(
+                path=path,
+                why=f"onnx2torch {_version('onnx2torch')} has no converter for {'; '.join(unsupported)}",
+            )
+        )
+    graph_module = _onnx2torch_convert(proto, str(path))
+    tv.replace_dynamic(graph_module)
+    meta = ModelMetadata.from_dict(spec.metadata())
+    prepare = adapters._Input(spec)
+    with torch.no_grad():
+        example = prepare(torch.from_numpy(_trace_tile(meta)))[0]
+        images = prepare(torch.from_numpy(_torchvision_tiles(meta, samples)))
+    # Compared and wrapped as saved and loaded back, the form the adapter and the engine get.
+    buf = io.BytesIO()
+    torch.jit.save(tv.trace(graph_module, order, example, str(path)), buf)
+    module = torch.jit.load(io.BytesIO(buf.getvalue()))
+    want = [
+        tuple(out[i] for i in order) for out in _run_onnx_images(blob, torch.cat([example[None], images]))
+    ]
+    with torch.no_grad():
+        detections = module([images[i] for i in range(len(images))])
+    got = [(d["boxes"].numpy(), d["scores"].numpy(), d["labels"].numpy()) for d in detections]
+    compared = tv.compare(want[1:], got, str(path), proto)
+    traced_count = len(want[0][0])
+    if all(n == traced_count for n in compared.counts):
+        raise LoaderError(
+            TORCHVISION_ONNX_REFUSED.format(
+                path=path,
+                why=(
+                    f"every sample image keeps {traced_count} detection(s), as the image it was traced "
+                    "on does, so a trace that froze that number could not be told from a sound one. Give "
+                    "--compare-samples tiles on which the model finds different numbers of objects"
+                ),
+            )
+        )
+    parity = Parity(
+        tiles=len(images),
+        compared=TORCHVISION_COMPARED,
+        count=compared.rows,
+        max_abs_diff=max(compared.box, compared.score, compared.label),
+        tolerance=tolerance,
+        max_box_diff=compared.box,
+        max_score_diff=compared.score,
+        class_mismatches=compared.label_mismatches,
+    )
+    if not parity.passed:
+        raise LoaderError(
+            TORCHVISION_ONNX_REFUSED.format(
+                path=path,
+                why=(
+                    f"the converted graph does not reproduce ONNX Runtime's detections ({parity.describe()}; "
+                    f"operators after NonMaxSuppression here: {', '.join(tv.after_nms(proto)) or 'none'}). "
+                    "Raise --parity-tolerance if the difference is acceptable"
+                ),
+            )
+        )
+    adapted = adapters.to_model_file(module, spec, str(path), original=blob)
+    converted = Converted(module, blob, hashlib.sha256(blob).hexdigest(), opset)
+    conversion = converted.provenance(parity)
+    conversion["method"] = (
+        f"{IMPORT_METHOD} {_version('onnx2torch')} import, {', '.join(tv.REPLACED_OPS)} as TorchScript, "
+        "traced per image"
+    )
+    conversion["detections_per_image"] = {"traced": traced_count, "compared": compared.counts}
+    return replace(adapted, original=blob, conversion=conversion)
+
+
+def _trace_tile(meta: ModelMetadata) -> np.ndarray:
+    """The one tile a torchvision-style graph is traced on: not one of the parity tiles."""
+    shape = (1, meta.bands, meta.tile_size, meta.tile_size)
+    if meta.dtype in ("uint8", "uint16"):
+        high = 256 if meta.dtype == "uint8" else 2000
+        return np.random.default_rng(1).integers(0, high, shape).astype(meta.dtype)
+    return np.random.default_rng(1).random(shape, dtype=np.float32)
+
+
+def _torchvision_tiles(meta: ModelMetadata, samples: np.ndarray | None) -> np.ndarray:
+    """The parity tiles of a torchvision-style graph: the warm-up batch, its first tile dimmed and
+    brightened (so the numbers of detections differ from the traced tile's, for most models), and
+    the caller's samples."""
+    tiles = _sample_tiles(meta, None)
+    top = float(np.iinfo(tiles.dtype).max) if tiles.dtype.kind == "u" else 1.0
+    scaled = [np.clip(tiles[:1].astype(np.float64) * f, 0, top).astype(tiles.dtype) for f in (0.3, 3.0)]
+    out = np.concatenate([tiles, *scaled])
+    if samples is not None:
+        out = np.concatenate([out, _sample_tiles(meta, samples)[len(tiles) :]])
+    return out
+
+
+def _run_onnx_images(onnx_blob: bytes, images: Tensor) -> list[list[np.ndarray]]:
+    """ONNX Runtime (CPU) on each [C, H, W] image alone: every output of the graph."""
+    ort = _import("onnxruntime")
+    options = ort.SessionOptions()
+    options.log_severity_level = 3
+    session = ort.InferenceSession(onnx_blob, options, providers=["CPUExecutionProvider"])
+    name = session.get_inputs()[0].name
+    return [session.run(None, {name: image.numpy()}) for image in images]
 
 
 def _check_tolerance(tolerance: float) -> None:
@@ -357,16 +476,18 @@ def _all_nodes(graph: Any) -> Iterator[Any]:
                 yield from _all_nodes(sub)
 
 
-def unsupported_ops(proto: Any) -> list[str]:
+def unsupported_ops(proto: Any, replaced: frozenset[str] = frozenset()) -> list[str]:
     """Every operator of the graph (subgraphs included) onnx2torch cannot convert at the file's
-    opsets, as "Op (domain, opset N): nodes a, b" entries; [] when all can be."""
+    opsets, as "Op (domain, opset N): nodes a, b" entries; [] when all can be. Operators in
+    `replaced` need no torchvision (their converted modules are replaced before they run)."""
     registry, have_torchvision = _onnx2torch_registry()
     opsets = {o.domain or "ai.onnx": o.version for o in proto.opset_import}
     missing: dict[tuple[str, str, int], list[str]] = {}
     for node in _all_nodes(proto.graph):
         domain = node.domain or "ai.onnx"
         version = opsets.get(domain)
-        ok = version is not None and not (node.op_type in _TORCHVISION_OPS and not have_torchvision)
+        needs_torchvision = node.op_type in _TORCHVISION_OPS and node.op_type not in replaced
+        ok = version is not None and not (needs_torchvision and not have_torchvision)
         if ok:
             try:
                 registry.get_converter(node.op_type, version, "" if domain == "ai.onnx" else domain)
@@ -420,15 +541,7 @@ def _torchvision_placeholder() -> Iterator[None]:
 
 def _convert(proto: Any, in_dtype: np.dtype, channels: int, tile: int, what: str) -> Any:
     """onnx2torch's GraphModule, traced at [1, C, T, T] and wrapped to run any batch (scripted)."""
-    _onnx2torch_registry()
-    onnx2torch = _import("onnx2torch")
-    try:
-        graph_module = onnx2torch.convert(proto)
-    except Exception as e:  # a converter refusing one node's form (e.g. a Clip bound computed at run time)
-        raise LoaderError(
-            f"{what}: onnx2torch could not convert the graph: {_failing_nodes(proto, e)}"
-        ) from e
-    graph_module.eval()
+    graph_module = _onnx2torch_convert(proto, what)
     example = torch.from_numpy(
         np.random.default_rng(0).integers(0, 2000, (1, channels, tile, tile)).astype(in_dtype)
     )
@@ -441,6 +554,19 @@ def _convert(proto: Any, in_dtype: np.dtype, channels: int, tile: int, what: str
         raise LoaderError(
             f"{what}: the converted graph does not run on a [1, {channels}, {tile}, {tile}] tile in torch: {e}"
         ) from e
+
+
+def _onnx2torch_convert(proto: Any, what: str) -> Any:
+    """onnx2torch's GraphModule of the graph, in eval mode."""
+    _onnx2torch_registry()
+    onnx2torch = _import("onnx2torch")
+    try:
+        graph_module = onnx2torch.convert(proto)
+    except Exception as e:  # a converter refusing one node's form (e.g. a Clip bound computed at run time)
+        raise LoaderError(
+            f"{what}: onnx2torch could not convert the graph: {_failing_nodes(proto, e)}"
+        ) from e
+    return graph_module.eval()
 
 
 def _failing_nodes(proto: Any, error: Exception) -> str:

@@ -126,3 +126,74 @@ class ScriptedPair(nn.Module):
     ) -> tuple[dict[str, Tensor], list[dict[str, Tensor]]]:
         losses: dict[str, Tensor] = {}
         return losses, self.inner(images)
+
+
+class OneImage(nn.Module):
+    """A torchvision-style detector as torch.onnx.export sees one: one [C, H, W] image in, its
+    boxes, labels and scores out (torchvision's detectors export this way)."""
+
+    def __init__(self, model: nn.Module) -> None:
+        super().__init__()
+        self.model = model
+
+    def forward(self, image: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        d = self.model([image])[0]
+        return d["boxes"], d["labels"], d["scores"]
+
+
+def export_torchvision_onnx(model: nn.Module, path: str, channels: int, size: int) -> None:
+    """`model` exported to ONNX as torchvision's detectors are (the legacy exporter, opset 17,
+    NMS as NonMaxSuppression and RoIAlign as RoiAlign by torchvision's own symbolic functions,
+    mirrored here since torchvision does not load; its operators run as loaders.detops)."""
+    import sys
+    import warnings
+
+    from torch.onnx import symbolic_opset11 as opset11
+    from torch.onnx.symbolic_helper import parse_args
+
+    from loaders import detops
+
+    detops.ensure_schemas()
+
+    def const(values: list[int]) -> object:
+        return torch.tensor(values, dtype=torch.long)
+
+    @parse_args("v", "v", "f")
+    def nms(g, boxes, scores, iou_threshold):
+        boxes = opset11.unsqueeze(g, boxes, 0)
+        scores = opset11.unsqueeze(g, opset11.unsqueeze(g, scores, 0), 0)
+        limit = g.op("Constant", value_t=const([sys.maxsize]))
+        threshold = g.op("Constant", value_t=torch.tensor([iou_threshold], dtype=torch.float))
+        out = g.op("NonMaxSuppression", boxes, scores, limit, threshold)
+        return opset11.squeeze(g, opset11.select(g, out, 1, g.op("Constant", value_t=const([2]))), 1)
+
+    @parse_args("v", "v", "f", "i", "i", "i", "i")
+    def roi_align(g, features, rois, scale, height, width, sampling_ratio, aligned):
+        index = opset11.squeeze(g, opset11.select(g, rois, 1, g.op("Constant", value_t=const([0]))), 1)
+        index = g.op("Cast", index, to_i=torch.onnx.TensorProtoDataType.INT64)
+        corners = opset11.select(g, rois, 1, g.op("Constant", value_t=const([1, 2, 3, 4])))
+        return g.op(
+            "RoiAlign",
+            features,
+            corners,
+            index,
+            coordinate_transformation_mode_s="half_pixel" if aligned else "output_half_pixel",
+            spatial_scale_f=scale,
+            output_height_i=height,
+            output_width_i=width,
+            sampling_ratio_i=max(0, sampling_ratio),
+        )
+
+    torch.onnx.register_custom_op_symbolic("torchvision::nms", nms, 11)
+    torch.onnx.register_custom_op_symbolic("torchvision::roi_align", roi_align, 16)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        torch.onnx.export(
+            OneImage(model).eval(),
+            (torch.rand(channels, size, size) * 3000,),
+            path,
+            dynamo=False,
+            opset_version=17,
+            input_names=["image"],
+            output_names=["boxes", "labels", "scores"],
+        )

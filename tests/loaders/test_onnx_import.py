@@ -25,6 +25,7 @@ from groundwatch.ai import Engine
 from groundwatch.cli import main
 from groundwatch.settings import REPO_ROOT, Settings
 from loaders import LoaderError
+from loaders.adapterspec import AdapterSpec
 from loaders.loader import LoadOptions, load, remove
 from loaders.onnx_import import DEFAULT_PARITY_TOLERANCE, compare_rows, unsupported_ops
 from loaders.registry import Registry
@@ -370,14 +371,157 @@ def test_rows_are_paired_across_near_ties_but_real_differences_count() -> None:
     assert compare_rows(a, relabelled, 1e-3).class_mismatches == 1
 
 
-def test_an_onnx_torchvision_detector_is_refused_with_the_reason_and_the_fix(
+def torchvision_spec(tile: int, k: int = 20) -> AdapterSpec:
+    from tests.loaders import test_adapters as ad
+
+    return AdapterSpec(
+        adapter="torchvision", classes=ad.CLASSES, tile_size=tile, band_map=(0, 0, 0), max_detections=k
+    )
+
+
+def test_an_onnx_torchvision_detector_serves_what_it_computes_in_process(
     engine: redis.Redis, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    """`groundwatch load det.onnx --adapter torchvision`: onnx2torch's NMS and Shape converters are
-    Python that a trace freezes, so the load is refused before anything is converted or stored,
-    saying what to load instead."""
+    """`groundwatch load det.onnx --adapter torchvision`: the adapters' two-stage detector (NMS on
+    the proposals, RoIAlign, per-class NMS), exported as torchvision's detectors export, served
+    by the engine gives per tile the boxes the original model gives in process, on every tile of
+    a scene (each keeps its own number of boxes, not the traced image's)."""
+    from tests.loaders import test_adapters as ad
+    from tests.loaders.detectors import TwoStage, export_torchvision_onnx
+
+    model = TwoStage(in_channels=3, num_classes=3, seed=1).eval()
+    path = tmp_path / "det.onnx"
+    export_torchvision_onnx(model, str(path), 3, ad.TILE)
+    ops = {n.op_type for n in onnx.load(str(path)).graph.node}
+    assert {"NonMaxSuppression", "RoiAlign", "Shape"} <= ops
+    adapter = ["--adapter", "torchvision", "--classes", ",".join(ad.CLASSES), "--band-map", "0,0,0"]
+    adapter += ["--tile-size", str(ad.TILE), "--max-detections", "20"]
+    args = ["load", str(path), "--name", "tvonnx", "--feeds", ad.FEED, "--batch", "4", *adapter]
+    assert main(["--redis-url", url(engine), *args]) == 0
+    assert "converted from ONNX" in capsys.readouterr().out
+    record = Registry(engine).get("tvonnx", 1)
+    prov = record.provenance
+    assert prov["onnx_sha256"] == hashlib.sha256(path.read_bytes()).hexdigest()
+    assert prov["adapter"]["adapter"] == "torchvision" and prov["adapter"]["replaced_ops"] == []
+    parity = prov["parity"]
+    assert parity["compared"] == "detections" and parity["passed"] and parity["count"] > 0
+    assert parity["max_box_diff"] <= DEFAULT_PARITY_TOLERANCE and parity["class_mismatches"] == 0
+    counts = prov["detections_per_image"]
+    assert any(n != counts["traced"] for n in counts["compared"])  # the trace is not what was compared
+    assert Registry(engine).original("tvonnx", 1) == path.read_bytes()
+
+    scene, image = ad.scene_file(tmp_path)
+    served = ad.run_pipeline(engine, scene)
+    assert len({len(ad.cut(rows)) for rows in served.values()}) > 1  # tiles keep different numbers
+    assert ad.assert_same(served, ad.torchvision_reference(model, image, 20)) >= 5
+
+
+def test_a_trace_that_froze_what_nms_keeps_is_refused(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    """What onnx2torch's own NonMaxSuppression does under a trace (the kept indices built as a
+    tensor from a Python list, so a constant of the traced image): the parity check, on images
+    other than the traced one, refuses it naming what follows NMS and what to load instead."""
+    from loaders import onnx_torchvision as tv
+    from loaders.onnx_import import adapt_onnx_file
+    from tests.loaders.detectors import TwoStage, export_torchvision_onnx
+
+    class ListBuilt(tv.ScriptedNonMaxSuppression):
+        def forward(self, *args: torch.Tensor) -> torch.Tensor:  # type: ignore[override]
+            return torch.tensor(super().forward(*args).tolist(), dtype=torch.long).reshape(-1, 3)
+
+    real = tv.replace_dynamic
+
+    def freezing(graph_module: torch.nn.Module) -> list[str]:
+        names = real(graph_module)
+        for name, module in list(graph_module.named_modules()):
+            if (
+                isinstance(module, torch.jit.ScriptModule)
+                and module.original_name == "ScriptedNonMaxSuppression"
+            ):
+                graph_module.set_submodule(name, ListBuilt(int(module.center_point_box)))
+        return names
+
+    monkeypatch.setattr(tv, "replace_dynamic", freezing)
+    path = tmp_path / "det.onnx"
+    export_torchvision_onnx(TwoStage(in_channels=3, num_classes=3, seed=1).eval(), str(path), 3, 64)
+    with pytest.raises(LoaderError, match="cannot be served soundly") as err:
+        adapt_onnx_file(path, torchvision_spec(64))
+    message = str(err.value)
+    assert re.search(
+        r"on sample image \d+ the converted graph returns \d+ detections where ONNX Runtime returns \d+",
+        message,
+    )
+    assert "froze a size NMS decides at run time" in message and "RoiAlign" in message
+    assert "torch.jit.script(model).save('det.pt')" in message and "--adapter yolo" in message
+
+
+def test_a_torchvision_export_that_differs_beyond_the_tolerance_is_refused(tmp_path: Path) -> None:
+    from loaders.onnx_import import adapt_onnx_file
+    from tests.loaders.detectors import TwoStage, export_torchvision_onnx
+
+    path = tmp_path / "det.onnx"
+    export_torchvision_onnx(TwoStage(in_channels=3, num_classes=3, seed=1).eval(), str(path), 3, 64)
+    assert adapt_onnx_file(path, torchvision_spec(64)).conversion["parity"]["passed"]
+    with pytest.raises(LoaderError, match="does not reproduce ONNX Runtime's detections") as err:
+        adapt_onnx_file(path, torchvision_spec(64), tolerance=1e-12)
+    assert "tolerance 1e-12" in str(err.value) and "--parity-tolerance" in str(err.value)
+
+
+def test_onnx_nms_in_torchscript_selects_what_onnx_runtime_selects() -> None:
+    # Two batches, three classes, corners in either order or centre form, a score threshold and
+    # a per-class limit: the selected (batch, class, box) triples, in ONNX Runtime's order.
+    import onnxruntime as ort
+
+    from loaders.onnx_torchvision import ScriptedNonMaxSuppression
+
+    rng = np.random.default_rng(4)
+    corners = rng.uniform(0, 60, (2, 40, 2, 2))
+    for center in (0, 1):
+        boxes = corners.reshape(2, 40, 4).astype(np.float32)
+        if center:
+            boxes[..., 2:] = np.abs(boxes[..., 2:]) / 2 + 1
+        scores = rng.random((2, 3, 40)).astype(np.float32)
+        node = helper.make_node(
+            "NonMaxSuppression", ["b", "s", "k", "iou", "t"], ["sel"], center_point_box=center
+        )
+        graph = helper.make_graph(
+            [node],
+            "nms",
+            [
+                helper.make_tensor_value_info("b", TensorProto.FLOAT, [2, 40, 4]),
+                helper.make_tensor_value_info("s", TensorProto.FLOAT, [2, 3, 40]),
+            ],
+            [helper.make_tensor_value_info("sel", TensorProto.INT64, ["m", 3])],
+            [
+                helper.make_tensor("k", TensorProto.INT64, [1], [5]),
+                helper.make_tensor("iou", TensorProto.FLOAT, [1], [0.3]),
+                helper.make_tensor("t", TensorProto.FLOAT, [1], [0.2]),
+            ],
+        )
+        blob = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]).SerializeToString()
+        want = ort.InferenceSession(blob, providers=["CPUExecutionProvider"]).run(
+            None, {"b": boxes, "s": scores}
+        )[0]
+        nms = torch.jit.script(ScriptedNonMaxSuppression(center))
+        got = nms(
+            torch.from_numpy(boxes),
+            torch.from_numpy(scores),
+            torch.tensor([5]),
+            torch.tensor([0.3]),
+            torch.tensor([0.2]),
+        )
+        assert len(want) > 12 and np.array_equal(got.numpy(), want), center
+
+
+def test_an_onnx_torchvision_detector_is_refused_when_its_trace_cannot_be_checked(
+    engine: redis.Redis, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A graph that keeps the same number of detections on every image: a trace that froze that
+    number would pass the comparison, so the load is refused before anything is stored, saying
+    what to give (--compare-samples) or load instead."""
     # torchvision's export interface: one [C, H, W] image in, boxes, labels, scores out
-    image = helper.make_tensor_value_info("image", TensorProto.FLOAT, [3, 64, 64])
+    image = helper.make_tensor_value_info("image", TensorProto.FLOAT, [3, 128, 128])
     outputs = [
         helper.make_tensor_value_info("boxes", TensorProto.FLOAT, ["n", 4]),
         helper.make_tensor_value_info("labels", TensorProto.INT64, ["n"]),
@@ -385,7 +529,8 @@ def test_an_onnx_torchvision_detector_is_refused_with_the_reason_and_the_fix(
     ]
     nodes = [
         helper.make_node("ReduceMean", ["image"], ["m"], keepdims=0),
-        helper.make_node("Reshape", ["m", "shape4"], ["boxes"]),
+        helper.make_node("Reshape", ["m", "one"], ["m1"]),
+        helper.make_node("Expand", ["m1", "shape4"], ["boxes"]),
         helper.make_node(
             "Constant", [], ["labels"], value=helper.make_tensor("l", TensorProto.INT64, [1], [1])
         ),
@@ -393,16 +538,21 @@ def test_an_onnx_torchvision_detector_is_refused_with_the_reason_and_the_fix(
             "Constant", [], ["scores"], value=helper.make_tensor("s", TensorProto.FLOAT, [1], [0.9])
         ),
     ]
-    shape4 = helper.make_tensor("shape4", TensorProto.INT64, [2], [-1, 4])
+    initializers = [
+        helper.make_tensor("one", TensorProto.INT64, [2], [1, 1]),
+        helper.make_tensor("shape4", TensorProto.INT64, [2], [1, 4]),
+    ]
     model = helper.make_model(
-        helper.make_graph(nodes, "tv", [image], outputs, [shape4]),
+        helper.make_graph(nodes, "tv", [image], outputs, initializers),
         opset_imports=[helper.make_opsetid("", 17)],
     )
     path = tmp_path / "det.onnx"
     onnx.save(model, str(path))
     args = ["--redis-url", url(engine), "load", str(path), "--name", "tv", "--feeds", "tvf"]
-    assert main([*args, "--adapter", "torchvision", "--classes", "ship", "--band-map", "0,0,0"]) == 1
+    adapter = ["--adapter", "torchvision", "--classes", "ship", "--band-map", "0,0,0", "--tile-size", "128"]
+    assert main([*args, *adapter]) == 1
     err = capsys.readouterr().err
-    assert "an ONNX export of a torchvision-style detector cannot be served" in err
+    assert "this ONNX export of a torchvision-style detector cannot be served soundly" in err
+    assert "every sample image keeps 1 detection(s)" in err and "--compare-samples" in err
     assert "torch.jit.script(model).save('det.pt')" in err and "--adapter yolo" in err
     assert engine.keys("gw:{tvf}:*") == [] and not Registry(engine).versions("tv")
