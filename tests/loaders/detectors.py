@@ -142,9 +142,10 @@ class OneImage(nn.Module):
 
 
 def export_torchvision_onnx(model: nn.Module, path: str, channels: int, size: int) -> None:
-    """`model` exported to ONNX as torchvision's detectors are (the legacy exporter, opset 17,
-    NMS as NonMaxSuppression and RoIAlign as RoiAlign by torchvision's own symbolic functions,
-    mirrored here since torchvision does not load; its operators run as loaders.detops)."""
+    """`model` exported to ONNX in the form torchvision's detectors take (the legacy exporter,
+    opset 17; NMS as one NonMaxSuppression node with no per-class limit, RoIAlign as RoiAlign
+    with the batch index split off). torchvision does not load here, so the symbolic functions
+    that emit those nodes are registered for loaders.detops' operators instead."""
     import sys
     import warnings
 
