@@ -105,7 +105,8 @@ def merge_scene(parts: Sequence[TileResult]) -> list[Region]:
     Regions that stand alone are published as their tile published them; united ones are
     simplified (at the tolerance the tiles were) and georeferenced again with the scene's
     transform, both from the tiles' results. The minimum is the tiles' ``min_region_px``, the
-    smallest per class where they differ (a model switch mid-scene: no model's region is lost).
+    smallest per class where they differ (a model switch mid-scene: no model's region is lost),
+    none while a tile of the scene has no segmentation result (:func:`scene_minimum`).
     ConsumerError when no result carries a transform."""
     by_piece: dict[regions.Piece, Region] = {}
     pieces: list[regions.Piece] = []
@@ -141,10 +142,17 @@ def merge_scene(parts: Sequence[TileResult]) -> list[Region]:
 
 
 def scene_minimum(parts: Sequence[TileResult]) -> tuple[int, ...]:
-    """The per-class minimum region the scene's merge applies: the smallest of its segmentation
-    tiles' ``min_region_px`` (a tile that carries none keeps everything)."""
-    minima = [p.min_region_px for p in parts if p.simplify_px is not None]  # contract-2 results
-    if not minima or not all(minima):
+    """The per-class minimum region the scene's merge applies: the smallest of its tiles'
+    ``min_region_px``; () (keep every region) unless every tile of the scene is a segmentation
+    result that carries one. A tile that carries none keeps everything; a tile that is not among
+    `parts` (its stored result did not decode) or has no regions to give (a detector ran it: a
+    model switch mid-scene) leaves the features that cross its core in pieces, and a piece's size
+    says nothing of its feature's."""
+    segmented = [p for p in parts if p.simplify_px is not None]  # contract-2 results
+    if not segmented or len({p.tile for p in segmented}) < segmented[0].tiles:
+        return ()
+    minima = [p.min_region_px for p in segmented]
+    if not all(minima):
         return ()
     return tuple(min(m[c] if c < len(m) else 0 for m in minima) for c in range(max(map(len, minima))))
 

@@ -220,3 +220,31 @@ def test_boxes_that_cannot_reach_lon_lat_are_an_error_not_garbage() -> None:
     with pytest.raises(ConsumerError, match="coordinate reference system"):
         check_crs("EPSG:999999")
     check_crs(UTM31N)
+
+
+def test_the_scene_minimum_is_the_smallest_and_none_while_a_tile_has_no_regions_to_merge() -> None:
+    from consumers.segment import scene_minimum
+
+    def tile(i: int, minimum: tuple[int, ...] = (0, 500, 0), segmented: bool = True) -> wire.TileResult:
+        return wire.TileResult(
+            feed="f",
+            frame=f"s1/{i}",
+            scene="s1",
+            tile=i,
+            tiles=3,
+            model="seg:1",
+            crs=UTM31N,
+            window=(0, 0, 64, 64),
+            acquired="2026-01-01T00:00:00Z",
+            published_ms=1,
+            done_ms=5,
+            simplify_px=1.0 if segmented else None,
+            min_region_px=minimum if segmented else (),
+        )
+
+    assert scene_minimum([tile(0), tile(1), tile(2)]) == (0, 500, 0)
+    # a model switch mid-scene: per class, the smaller (a class beyond a list's end has none)
+    assert scene_minimum([tile(0), tile(1, (0, 200, 40)), tile(2, (0, 900))]) == (0, 200, 0)
+    assert scene_minimum([tile(0), tile(1, ()), tile(2)]) == ()  # no minimum, or an older consumer
+    assert scene_minimum([tile(0), tile(2)]) == ()  # tile 1's stored result did not decode
+    assert scene_minimum([tile(0), tile(1, segmented=False), tile(2)]) == ()  # a detector ran tile 1

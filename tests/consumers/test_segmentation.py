@@ -147,6 +147,11 @@ def test_the_scene_drops_regions_under_the_models_minimum_judged_by_the_merged_f
     assert pieces[0] == 36 and 64 in pieces  # the tiles publish every piece, specks too
     scene = wire.decode_scene(engine.get(keys.scene_result(FEED, "specks")))
     assert [(g.pixels, len(g.tiles)) for g in scene.regions] == [(1600, 4)]
+    # The operator's 0 (GROUNDWATCH_MIN_REGION_PX, --min-region-px) publishes every region.
+    publish_array(engine, settings(), image, TRANSFORM, UTM31N, scene="specks-kept")
+    assert run(engine, min_region_px=0).scenes_done == 1
+    kept = wire.decode_scene(engine.get(keys.scene_result(FEED, "specks-kept")))
+    assert sorted(g.pixels for g in kept.regions) == [64, 1600]
 
 
 def test_a_mask_without_features_publishes_nothing(engine: redis.Redis) -> None:
@@ -211,8 +216,10 @@ def test_the_shipped_segmenter_serves_polygons_that_match_the_truth(
     land = [g for g in result.regions if g.label == "land"]
     coast = max(land, key=lambda g: g.pixels)
     assert len(coast.tiles) >= 2  # the coast crosses tile borders and is published once
-    # The model's min_region_px (land 500) drops the specks on bright sea: the coast is all.
+    # The model's min_region_px (land 500) drops the specks on bright sea; what is left beside
+    # the coast is little.
     assert all(g.pixels >= 500 for g in land), [g.pixels for g in land]
+    assert sum(g.pixels for g in land) - coast.pixels < 0.02 * coast.pixels
     back = published_mask(result, tuple(scene.transform)[:6], 768, 768)
     a, b = back == 1, scene.mask == 1
     iou = (a & b).sum() / (a | b).sum()

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import numpy as np
 import pytest
 
@@ -239,6 +241,9 @@ def test_results_with_regions_are_version_2_and_round_trip() -> None:
     back = wire.decode_tile(fields)
     assert back.regions == tile.regions and back.transform == tile.transform and back.simplify_px == 1.0
     assert back.min_region_px == (0, 500, 0)
+    before = json.loads(fields["geojson"])  # a result written before min_region_px existed
+    del before["groundwatch"]["min_region_px"]
+    assert wire.decode_tile(json.dumps(before)).min_region_px == ()  # keeps every region
     plain = wire.TileResult(
         **{**tile.__dict__, "regions": (), "transform": None, "simplify_px": None, "min_region_px": ()}
     )
