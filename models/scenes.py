@@ -256,8 +256,9 @@ def speckle(rng: np.random.Generator, shape: tuple[int, ...], looks: int = SPECK
     return rng.gamma(looks, 1.0 / looks, size=shape).astype(np.float32)
 
 
-def _paste(canvas: np.ndarray, y0: int, x0: int, patch: np.ndarray, op: str) -> None:
-    """Combine `patch` into canvas at (y0, x0), clipped to the canvas. op: add, mul or max."""
+def paste(canvas: np.ndarray, y0: int, x0: int, patch: np.ndarray, op: str) -> None:
+    """Combine `patch` into canvas at (y0, x0), clipped to the canvas. op: add, mul or max (on
+    boolean masks: or). The one home of drawing a patch into a scene (models.slickceiling too)."""
     h, w = canvas.shape[-2:]
     py0, px0 = max(0, -y0), max(0, -x0)
     cy0, cx0 = max(0, y0), max(0, x0)
@@ -360,7 +361,7 @@ def draw_scene_layers(seed: int, config: SceneConfig) -> SceneLayers:
                 rng.uniform(1.0, 2.0),
                 rng.uniform(0, math.pi),
             )
-            _paste(
+            paste(
                 sigma0,
                 int(rng.integers(0, h)) - blob.shape[0] // 2,
                 int(rng.integers(0, w)) - blob.shape[1] // 2,
@@ -374,14 +375,14 @@ def draw_scene_layers(seed: int, config: SceneConfig) -> SceneLayers:
             y0 = int(rng.integers(0, h)) - blob.shape[0] // 2
             x0 = int(rng.integers(0, w)) - blob.shape[1] // 2
             slicks.append(SlickBlob(y0, x0, *shape))
-            _paste(sigma0, y0, x0, 1.0 - blob, "mul")
-            _paste(slick, y0, x0, blob >= SLICK_HALF_DAMPING * float(blob.max()), "max")
+            paste(sigma0, y0, x0, 1.0 - blob, "mul")
+            paste(slick, y0, x0, blob >= SLICK_HALF_DAMPING * float(blob.max()), "max")
         if has_land:
             for y0, x0, patch in land_scatterers(rng, land, rng.poisson(area_km2 / 3.0) + 2):
-                _paste(bright, y0, x0, patch, "max")
+                paste(bright, y0, x0, patch, "max")
         # isolated bright sea clutter: single-pixel spikes
         for _ in range(rng.poisson(area_km2 / 4.0)):
-            _paste(
+            paste(
                 bright,
                 int(rng.integers(0, h)),
                 int(rng.integers(0, w)),
@@ -414,8 +415,8 @@ def draw_scene_layers(seed: int, config: SceneConfig) -> SceneLayers:
                     continue
                 if not _free(box, taken, margin=6):
                     continue
-                _paste(sigma0, y0, x0, wake, "mul")
-                _paste(bright, y0, x0, hull_add, "max")
+                paste(sigma0, y0, x0, wake, "mul")
+                paste(bright, y0, x0, hull_add, "max")
                 obj = TruthObject(
                     "ship", box, heading_deg=round(heading, 2), length_m=round(length * PIXEL_SIZE_M, 1)
                 )
@@ -428,7 +429,7 @@ def draw_scene_layers(seed: int, config: SceneConfig) -> SceneLayers:
                     continue
                 if not _free(box, taken, margin=6):
                     continue
-                _paste(bright, y0, x0, add, "max")
+                paste(bright, y0, x0, add, "max")
                 obj = TruthObject("platform", box)
             taken.append(box)
             objects.append(obj)
