@@ -27,8 +27,8 @@ bytes beside its registry record (keys.registry_originals).
 A raw head that is not contract 1 (a YOLO export) goes through steps 1, 3 and 4 with the
 adapter's channels and tile size, is compared with ONNX Runtime value by value on what the
 adapter feeds it, and is then wrapped by the adapter (`adapt_onnx_file`, loaders/adapters.py).
-An export of a torchvision-style detector (one image in; boxes, scores, labels out) has NMS and
-sizes decided at run time; it takes its own path (loaders/onnx_torchvision.py).
+An export of a torchvision-style detector (one image, or a batch of one, in; boxes, scores, labels
+out) has NMS and sizes decided at run time; it takes its own path (loaders/onnx_torchvision.py).
 """
 
 from __future__ import annotations
@@ -63,12 +63,17 @@ DEFAULT_PARITY_TOLERANCE = 1e-3
 METADATA_PROP = modelmeta.METADATA_FILE
 IMPORT_METHOD = "onnx2torch"
 PARITY_BATCH = 2
+# What to load instead of an ONNX export of a torchvision-style detector that is refused: the
+# refusals for its interface, its operators and the behavioural checks end with it.
+TORCHVISION_ONNX_INSTEAD = (
+    "load the TorchScript model instead (torch.jit.script(model).save('det.pt'), then `groundwatch "
+    "load det.pt --adapter torchvision ...`), or export the raw head without NMS and load it with --adapter yolo"
+)
 # Why an ONNX export of a torchvision-style detector is refused, when it is (docs/models.md, "With
 # `--adapter torchvision`"): {why} names the operator or the failed check.
 TORCHVISION_ONNX_REFUSED = (
-    "{path}: this ONNX export of a torchvision-style detector cannot be served soundly: {why}. Load "
-    "the TorchScript model instead (torch.jit.script(model).save('det.pt'), then `groundwatch load "
-    "det.pt --adapter torchvision ...`), or export the raw head without NMS and load it with --adapter yolo"
+    "{path}: this ONNX export of a torchvision-style detector cannot be served soundly: {why}. To "
+    "serve the detector, " + TORCHVISION_ONNX_INSTEAD
 )
 # Detections compared per image between ONNX Runtime and the converted torchvision-style graph.
 TORCHVISION_COMPARED = "detections"
@@ -213,7 +218,7 @@ def _adapt_torchvision(
 
     blob, proto = _read(path)
     channels = len(spec.channels())
-    order = tv.check_interface(proto, channels, spec.tile_size, str(path))
+    interface = tv.check_interface(proto, channels, spec.tile_size, str(path))
     opset = next((o.version for o in proto.opset_import if o.domain in ("", "ai.onnx")), 0)
     _normalise(proto)
     unsupported = unsupported_ops(proto, replaced=_TORCHVISION_OPS)
@@ -233,10 +238,11 @@ def _adapt_torchvision(
         images = prepare(torch.from_numpy(_torchvision_tiles(meta, samples)))
     # Compared and wrapped as saved and loaded back, the form the adapter and the engine get.
     buf = io.BytesIO()
-    torch.jit.save(tv.trace(graph_module, order, example, str(path)), buf)
+    torch.jit.save(tv.trace(graph_module, interface, example, str(path)), buf)
     module = torch.jit.load(io.BytesIO(buf.getvalue()))
     want = [
-        tuple(out[i] for i in order) for out in _run_onnx_images(blob, torch.cat([example[None], images]))
+        interface.detections(out, str(path))
+        for out in _run_onnx_images(blob, torch.cat([example[None], images]), interface.batched_input)
     ]
     with torch.no_grad():
         detections = module([images[i] for i in range(len(images))])
@@ -308,14 +314,15 @@ def _torchvision_tiles(meta: ModelMetadata, samples: np.ndarray | None) -> np.nd
     return out
 
 
-def _run_onnx_images(onnx_blob: bytes, images: Tensor) -> list[list[np.ndarray]]:
-    """ONNX Runtime (CPU) on each [C, H, W] image alone: every output of the graph."""
+def _run_onnx_images(onnx_blob: bytes, images: Tensor, batched: bool) -> list[list[np.ndarray]]:
+    """ONNX Runtime (CPU) on each [C, H, W] image alone (as a batch of one [1, C, H, W] when
+    `batched`): every output of the graph."""
     ort = _import("onnxruntime")
     options = ort.SessionOptions()
     options.log_severity_level = 3
     session = ort.InferenceSession(onnx_blob, options, providers=["CPUExecutionProvider"])
     name = session.get_inputs()[0].name
-    return [session.run(None, {name: image.numpy()}) for image in images]
+    return [session.run(None, {name: image.numpy()[None] if batched else image.numpy()}) for image in images]
 
 
 def _check_tolerance(tolerance: float) -> None:

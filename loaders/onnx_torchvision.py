@@ -1,7 +1,8 @@
 """ONNX exports of torchvision-style detectors (`groundwatch load det.onnx --adapter torchvision`).
 
-Such a graph takes one `[C, H, W]` float image and returns boxes `[n, 4]`, labels `[n]` and
-scores `[n]`; it runs NMS in the middle (the proposals) and at the end, and computes the sizes of
+Such a graph takes one `[C, H, W]` float image (or a batch of one, `[1, C, H, W]`) and returns
+boxes `[n, 4]`, labels `[n]` and scores `[n]` (after a batch of one, each may keep a leading batch
+dimension of 1); it runs NMS in the middle (the proposals) and at the end, and computes the sizes of
 what NMS keeps at run time. onnx2torch converts `NonMaxSuppression` into a Python loop that
 builds the kept indices as a tensor from a Python list, which the trace the loader takes records as
 a constant: the boxes of the one image it was traced on. Here, in the converted fx graph and
@@ -119,17 +120,47 @@ class TracedShape(nn.Module):
         return torch._shape_as_tensor(x)[self.start : self.end]
 
 
-class _Ordered(nn.Module):
-    """The converted graph with its outputs as (boxes, scores, labels); used only to trace it."""
+@dataclass(frozen=True)
+class Interface:
+    """How a torchvision-style graph takes its image and returns its detections: the positions of
+    (boxes, scores, labels) among its outputs, whether its input is a batch of one [1, C, H, W]
+    (else one image [C, H, W]) and whether each output has a leading batch dimension of 1."""
 
-    def __init__(self, graph: nn.Module, order: tuple[int, int, int]) -> None:
+    order: tuple[int, int, int]
+    batched_input: bool = False
+    batched_outputs: bool = False
+
+    def detections(self, outputs: Sequence[np.ndarray], what: str) -> tuple[np.ndarray, ...]:
+        """ONNX Runtime's outputs for one image as (boxes, scores, labels), the batch dim removed."""
+        picked = tuple(outputs[i] for i in self.order)
+        if not self.batched_outputs:
+            return picked
+        if any(p.ndim == 0 or p.shape[0] != 1 for p in picked):
+            raise LoaderError(
+                f"{what}: given a batch of one image, ONNX Runtime returns outputs of shapes "
+                f"{[list(p.shape) for p in picked]}, not a batch of one; {_instead()}"
+            )
+        return tuple(p[0] for p in picked)
+
+
+class _Ordered(nn.Module):
+    """The converted graph with one [C, H, W] image in (the batch dim added when the graph takes
+    a batch of one) and (boxes, scores, labels) out (the batch dim removed when it returns one);
+    used only to trace it."""
+
+    def __init__(self, graph: nn.Module, interface: Interface) -> None:
         super().__init__()
         self.graph = graph
-        self.order = order
+        self.order = interface.order
+        self.batched_input = interface.batched_input
+        self.batched_outputs = interface.batched_outputs
 
     def forward(self, image: Tensor) -> tuple[Tensor, Tensor, Tensor]:
-        out = self.graph(image)
-        return out[self.order[0]], out[self.order[1]], out[self.order[2]]
+        out = self.graph(image.unsqueeze(0) if self.batched_input else image)
+        boxes, scores, labels = out[self.order[0]], out[self.order[1]], out[self.order[2]]
+        if self.batched_outputs:
+            return boxes[0], scores[0], labels[0]
+        return boxes, scores, labels
 
 
 class TorchvisionOnnx(nn.Module):
@@ -149,45 +180,103 @@ class TorchvisionOnnx(nn.Module):
         return out
 
 
-def check_interface(proto: Any, channels: int, tile: int, what: str) -> tuple[int, int, int]:
-    """One float image [C, H, W] in (C the adapter's channels, H and W free or the tile size);
-    boxes [n, 4], scores [n] and labels [n] out. Returns the positions of (boxes, scores,
-    labels) among the outputs: by name when they are torchvision's, else by type and rank."""
+def check_interface(proto: Any, channels: int, tile: int, what: str) -> Interface:
+    """One float image in, [C, H, W] or a batch of one [1, C, H, W] (C the adapter's channels, H
+    and W free or the tile size, the batch free or 1); boxes [n, 4], scores [n] and labels [n]
+    out, or, after a batch of one in, all three with a leading batch dimension of 1 ([1, n, 4],
+    [1, n]). The outputs are told apart by name when they are torchvision's, else by type and
+    rank. LoaderError, saying what is accepted and what to load instead, for anything else."""
     onnx = _onnx()
     initializers = {i.name for i in proto.graph.initializer}
     inputs = [i for i in proto.graph.input if i.name not in initializers]
     outputs = list(proto.graph.output)
     dims = _dims(inputs[0]) if len(inputs) == 1 else []
     elem = inputs[0].type.tensor_type.elem_type if len(inputs) == 1 else None
+    batched = len(dims) == 4
+    image = dims[1:] if batched else dims
     if (
         len(inputs) != 1
-        or len(dims) != 3
-        or dims[0] not in (None, channels)
-        or any(d not in (None, tile) for d in dims[1:])
+        or len(dims) not in (3, 4)
+        or (batched and dims[0] not in (None, 1))
+        or image[0] not in (None, channels)
+        or any(d not in (None, tile) for d in image[1:])
         or elem != onnx.TensorProto.FLOAT
     ):
         raise LoaderError(
-            f"{what}: a torchvision-style ONNX export takes one float image [{channels}, H, W] "
-            f"(H and W free or {tile}, {channels} the --band-map's channels), as torch.onnx.export of a "
-            f"torchvision detector writes it; this graph takes {_inputs_text(inputs)}"
+            f"{what}: a torchvision-style ONNX export takes one float image [{channels}, H, W] or a "
+            f"batch of one [1, {channels}, H, W] (H and W free or {tile}, {channels} the --band-map's "
+            f"channels); this graph takes {_inputs_text(inputs)}. Re-export it as torchvision's "
+            f"detectors export, with one image as the example input (torch.onnx.export(model, "
+            f"([torch.rand({channels}, {tile}, {tile})],), 'det.onnx', input_names=['image'], "
+            f"output_names=['boxes', 'labels', 'scores'])), or {_instead()}"
         )
+    offsets = (0, 1) if batched else (0,)
     names = [o.name for o in outputs]
     if len(outputs) == 3 and sorted(names) == sorted(OUTPUTS):
-        return names.index("boxes"), names.index("scores"), names.index("labels")
-    kinds: dict[str, list[int]] = {}
-    for i, o in enumerate(outputs):
-        rank, t = len(_dims(o)), o.type.tensor_type.elem_type
-        kind = "boxes" if rank == 2 and t == onnx.TensorProto.FLOAT else None
-        kind = "scores" if rank == 1 and t == onnx.TensorProto.FLOAT else kind
-        kind = "labels" if rank == 1 and t == onnx.TensorProto.INT64 else kind
-        if kind is not None:
-            kinds.setdefault(kind, []).append(i)
-    if len(outputs) != 3 or any(len(kinds.get(k, [])) != 1 for k in OUTPUTS):
-        raise LoaderError(
-            f"{what}: a torchvision-style ONNX export returns boxes [n, 4] (float), labels [n] (int64) "
-            f"and scores [n] (float); this graph returns {len(outputs)} output(s) named {names}"
-        )
-    return kinds["boxes"][0], kinds["scores"][0], kinds["labels"][0]
+        order = (names.index("boxes"), names.index("scores"), names.index("labels"))
+        ranks = [_rank(outputs[i]) for i in order]
+        fitting = [
+            k
+            for k in offsets
+            if all(r is None or r == base + k for r, base in zip(ranks, (2, 1, 1), strict=True))
+        ]
+        if fitting:
+            # one offset fits the declared ranks, or both when none is declared (then no batch dim)
+            return _interface(order, batched, fitting[0] == 1, outputs, what)
+    else:
+        for k in offsets:
+            kinds: dict[str, list[int]] = {}
+            for i, o in enumerate(outputs):
+                rank, t = _rank(o), o.type.tensor_type.elem_type
+                kind = "boxes" if rank == 2 + k and t == onnx.TensorProto.FLOAT else None
+                kind = "scores" if rank == 1 + k and t == onnx.TensorProto.FLOAT else kind
+                kind = "labels" if rank == 1 + k and t == onnx.TensorProto.INT64 else kind
+                if kind is not None:
+                    kinds.setdefault(kind, []).append(i)
+            if len(outputs) == 3 and all(len(kinds.get(n, [])) == 1 for n in OUTPUTS):
+                order = (kinds["boxes"][0], kinds["scores"][0], kinds["labels"][0])
+                return _interface(order, batched, k == 1, outputs, what)
+    raise _outputs_refused(outputs, batched, what)
+
+
+def _interface(
+    order: tuple[int, int, int], batched: bool, batched_outputs: bool, outputs: list[Any], what: str
+) -> Interface:
+    """The Interface, once the leading dims of batched outputs and the width of the boxes are
+    checked where the graph declares them."""
+    boxes = _dims(outputs[order[0]])
+    lead = [(_dims(outputs[i]) or [None])[0] for i in order] if batched_outputs else []
+    if any(d not in (None, 1) for d in lead) or (boxes and boxes[-1] not in (None, 4)):
+        raise _outputs_refused(outputs, batched, what)
+    return Interface(order, batched, batched_outputs)
+
+
+def _outputs_refused(outputs: list[Any], batched: bool, what: str) -> LoaderError:
+    onnx = _onnx()
+    listed = ", ".join(
+        f"{o.name} {onnx.TensorProto.DataType.Name(o.type.tensor_type.elem_type)} {_shape_text(_dims(o))}"
+        for o in outputs
+    )
+    also = " (after a batch of one in, each may have a leading batch dimension of 1)" if batched else ""
+    return LoaderError(
+        f"{what}: a torchvision-style ONNX export returns three outputs, boxes [n, 4] (float), "
+        f"labels [n] (int64) and scores [n] (float){also}, named so or told apart by type and rank; "
+        f"this graph returns {len(outputs)} output(s): {listed or 'none'}. Re-export it returning "
+        "one image's boxes, labels and scores (output_names=['boxes', 'labels', 'scores']), or "
+        f"{_instead()}"
+    )
+
+
+def _instead() -> str:
+    from loaders.onnx_import import TORCHVISION_ONNX_INSTEAD
+
+    return TORCHVISION_ONNX_INSTEAD
+
+
+def _rank(value_info: Any) -> int | None:
+    """A graph value's rank; None when the graph does not declare its shape."""
+    tensor_type = value_info.type.tensor_type
+    return len(tensor_type.shape.dim) if tensor_type.HasField("shape") else None
 
 
 def _onnx() -> Any:
@@ -202,9 +291,13 @@ def _dims(value_info: Any) -> list[int | None]:
     return dims(value_info)
 
 
-def _inputs_text(inputs: list[Any]) -> str:
-    from loaders.onnx_import import _shape_text
+def _shape_text(dims: list[int | None]) -> str:
+    from loaders.onnx_import import _shape_text as text
 
+    return text(dims)
+
+
+def _inputs_text(inputs: list[Any]) -> str:
     return ", ".join(f"{i.name} {_shape_text(_dims(i))}" for i in inputs) or "no input"
 
 
@@ -240,14 +333,12 @@ def replace_dynamic(graph_module: Any) -> list[str]:
     return replaced
 
 
-def trace(
-    graph_module: Any, order: tuple[int, int, int], example: Tensor, what: str
-) -> torch.jit.ScriptModule:
-    """The graph traced on one image and wrapped in TorchvisionOnnx (scripted)."""
+def trace(graph_module: Any, interface: Interface, example: Tensor, what: str) -> torch.jit.ScriptModule:
+    """The graph traced on one [C, H, W] image and wrapped in TorchvisionOnnx (scripted)."""
     try:
         with warnings.catch_warnings(), torch.no_grad():
             warnings.simplefilter("ignore")  # TracerWarnings: what they warn of, the parity check measures
-            traced = torch.jit.trace(_Ordered(graph_module.eval(), order), example, check_trace=False)
+            traced = torch.jit.trace(_Ordered(graph_module.eval(), interface), example, check_trace=False)
         return torch.jit.script(TorchvisionOnnx(traced))
     except Exception as e:
         raise LoaderError(

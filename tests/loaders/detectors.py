@@ -130,22 +130,30 @@ class ScriptedPair(nn.Module):
 
 class OneImage(nn.Module):
     """A torchvision-style detector as torch.onnx.export sees one: one [C, H, W] image in, its
-    boxes, labels and scores out (torchvision's detectors export this way)."""
+    boxes, labels and scores out (torchvision's detectors export this way). With `batch` "input",
+    the image comes as a batch of one [1, C, H, W]; with "both", the outputs also get a leading
+    batch dimension of 1 ([1, n, 4], [1, n]), as wrappers that export a batch of one write them."""
 
-    def __init__(self, model: nn.Module) -> None:
+    def __init__(self, model: nn.Module, batch: str = "none") -> None:
         super().__init__()
         self.model = model
+        self.batch = batch
 
     def forward(self, image: Tensor) -> tuple[Tensor, Tensor, Tensor]:
-        d = self.model([image])[0]
+        d = self.model([image[0] if self.batch != "none" else image])[0]
+        if self.batch == "both":
+            return d["boxes"][None], d["labels"][None], d["scores"][None]
         return d["boxes"], d["labels"], d["scores"]
 
 
-def export_torchvision_onnx(model: nn.Module, path: str, channels: int, size: int) -> None:
+def export_torchvision_onnx(
+    model: nn.Module, path: str, channels: int, size: int, batch: str = "none"
+) -> None:
     """`model` exported to ONNX in the form torchvision's detectors take (the legacy exporter,
     opset 17; NMS as one NonMaxSuppression node with no per-class limit, RoIAlign as RoiAlign
-    with the batch index split off). torchvision does not load here, so the symbolic functions
-    that emit those nodes are registered for loaders.detops' operators instead."""
+    with the batch index split off), or with a batch of one (`batch`, see OneImage). torchvision
+    does not load here, so the symbolic functions that emit those nodes are registered for
+    loaders.detops' operators instead."""
     import sys
     import warnings
 
@@ -187,11 +195,12 @@ def export_torchvision_onnx(model: nn.Module, path: str, channels: int, size: in
 
     torch.onnx.register_custom_op_symbolic("torchvision::nms", nms, 11)
     torch.onnx.register_custom_op_symbolic("torchvision::roi_align", roi_align, 16)
+    example = torch.rand(channels, size, size) * 3000
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         torch.onnx.export(
-            OneImage(model).eval(),
-            (torch.rand(channels, size, size) * 3000,),
+            OneImage(model, batch).eval(),
+            (example[None] if batch != "none" else example,),
             path,
             dynamo=False,
             opset_version=17,

@@ -556,3 +556,165 @@ def test_an_onnx_torchvision_detector_is_refused_when_its_trace_cannot_be_checke
     assert "every sample image keeps 1 detection(s)" in err and "--compare-samples" in err
     assert "torch.jit.script(model).save('det.pt')" in err and "--adapter yolo" in err
     assert engine.keys("gw:{tvf}:*") == [] and not Registry(engine).versions("tv")
+
+
+@pytest.mark.parametrize("batch", ["input", "both"])
+def test_a_batch_of_one_torchvision_export_serves_as_the_one_image_export(batch: str, tmp_path: Path) -> None:
+    """An export that takes a batch of one [1, C, H, W] (and may return [1, n, 4], [1, n]): the
+    wrapper adds the batch dim before the graph and removes it after, and the load gives what
+    the one-image export of the same model gives, tile for tile."""
+    from loaders import onnx_torchvision as tv
+    from loaders.onnx_import import adapt_onnx_file
+    from tests.loaders.detectors import TwoStage, export_torchvision_onnx
+
+    model = TwoStage(in_channels=3, num_classes=3, seed=1).eval()
+    single, batched = tmp_path / "single.onnx", tmp_path / "batched.onnx"
+    export_torchvision_onnx(model, str(single), 3, 64)
+    export_torchvision_onnx(model, str(batched), 3, 64, batch=batch)
+    proto = onnx.load(str(batched))
+    assert [d.dim_value for d in proto.graph.input[0].type.tensor_type.shape.dim] == [1, 3, 64, 64]
+    interface = tv.check_interface(proto, 3, 64, "batched.onnx")
+    assert interface.batched_input and interface.batched_outputs == (batch == "both")
+    imported = adapt_onnx_file(batched, torchvision_spec(64, k=64))
+    assert imported.conversion["parity"]["passed"] and imported.conversion["parity"]["count"] > 0
+    counts = imported.conversion["detections_per_image"]
+    assert any(n != counts["traced"] for n in counts["compared"])
+    reference = adapt_onnx_file(single, torchvision_spec(64, k=64))
+    noise = np.random.default_rng(5).integers(0, 3000, (4, 1, 64, 64))
+    tiles = torch.from_numpy((noise * np.array([0.1, 0.5, 1.0, 2.0])[:, None, None, None]).astype(np.uint16))
+    with torch.no_grad():
+        got = torch.jit.load(io.BytesIO(imported.blob))(tiles).numpy()
+        want = torch.jit.load(io.BytesIO(reference.blob))(tiles).numpy()
+    assert len({int((rows[:, 4] > 0).sum()) for rows in want}) > 1  # the tiles keep different numbers
+    np.testing.assert_allclose(got, want, atol=1e-5, rtol=0)
+
+
+def torchvision_graph(inputs: list, outputs: list, nodes: list | None = None) -> onnx.ModelProto:
+    """A graph with the given inputs and outputs; outputs not computed by `nodes` are constants
+    (one detection), so only the interface differs from what the loader takes."""
+    nodes = list(nodes or [])
+    computed = {o for n in nodes for o in n.output}
+    for value in outputs:
+        if value.name in computed:
+            continue
+        dims = [d.dim_value or 1 for d in value.type.tensor_type.shape.dim]
+        elem = value.type.tensor_type.elem_type
+        tensor = helper.make_tensor(value.name + "_value", elem, dims, [1] * int(np.prod(dims)))
+        nodes.append(helper.make_node("Constant", [], [value.name], value=tensor))
+    return helper.make_model(
+        helper.make_graph(nodes, "tv", inputs, outputs), opset_imports=[helper.make_opsetid("", 17)]
+    )
+
+
+def image_info(name: str, dims: list) -> onnx.ValueInfoProto:
+    return helper.make_tensor_value_info(name, TensorProto.FLOAT, dims)
+
+
+TORCHVISION_OUTPUTS = [
+    helper.make_tensor_value_info("boxes", TensorProto.FLOAT, ["n", 4]),
+    helper.make_tensor_value_info("labels", TensorProto.INT64, ["n"]),
+    helper.make_tensor_value_info("scores", TensorProto.FLOAT, ["n"]),
+]
+INSTEAD = ("torch.jit.script(model).save('det.pt')", "--adapter torchvision", "--adapter yolo")
+
+
+@pytest.mark.parametrize(
+    ("inputs", "outputs", "named"),
+    [
+        # two inputs (an image and its size, as some wrappers take)
+        (
+            [image_info("image", [3, 64, 64]), image_info("size", [2])],
+            TORCHVISION_OUTPUTS,
+            "image [3, 64, 64], size [2]",
+        ),
+        # a batch of two images
+        ([image_info("images", [2, 3, 64, 64])], TORCHVISION_OUTPUTS, "images [2, 3, 64, 64]"),
+        # the wrong number of channels for --band-map 0,0,0
+        ([image_info("image", [1, "h", "w"])], TORCHVISION_OUTPUTS, "image [1, ?, ?]"),
+    ],
+)
+def test_a_torchvision_export_taking_another_input_is_refused(
+    inputs: list, outputs: list, named: str, tmp_path: Path
+) -> None:
+    from loaders.onnx_import import adapt_onnx_file
+
+    path = tmp_path / "det.onnx"
+    onnx.save(torchvision_graph(inputs, outputs), str(path))
+    with pytest.raises(LoaderError) as err:
+        adapt_onnx_file(path, torchvision_spec(64))
+    message = str(err.value)
+    assert "takes one float image [3, H, W] or a batch of one [1, 3, H, W]" in message
+    assert f"this graph takes {named}." in message
+    assert "torch.onnx.export(model, ([torch.rand(3, 64, 64)],), 'det.onnx'" in message
+    assert all(s in message for s in INSTEAD)
+
+
+@pytest.mark.parametrize(
+    ("inputs", "outputs", "listed"),
+    [
+        # four outputs (masks too, as Mask R-CNN returns)
+        (
+            [image_info("image", [3, 64, 64])],
+            [*TORCHVISION_OUTPUTS, image_info("masks", ["n", 1, 64, 64])],
+            "4 output(s): boxes FLOAT [?, 4], labels INT64 [?], scores FLOAT [?], masks FLOAT [?, 1, 64, 64]",
+        ),
+        # three outputs not named so, and two of them could be the scores: no labels told apart
+        (
+            [image_info("image", [3, 64, 64])],
+            [image_info("out0", ["n", 4]), image_info("out1", ["n"]), image_info("out2", ["n"])],
+            "3 output(s): out0 FLOAT [?, 4], out1 FLOAT [?], out2 FLOAT [?]",
+        ),
+        # torchvision's names, but with a batch dim after a single image in: what would dim 0 be?
+        (
+            [image_info("image", [3, 64, 64])],
+            [
+                helper.make_tensor_value_info("boxes", TensorProto.FLOAT, [1, "n", 4]),
+                helper.make_tensor_value_info("labels", TensorProto.INT64, [1, "n"]),
+                helper.make_tensor_value_info("scores", TensorProto.FLOAT, [1, "n"]),
+            ],
+            "3 output(s): boxes FLOAT [1, ?, 4], labels INT64 [1, ?], scores FLOAT [1, ?]",
+        ),
+        # a batch of one in, but boxes for a batch of two out
+        (
+            [image_info("image", [1, 3, 64, 64])],
+            [
+                helper.make_tensor_value_info("boxes", TensorProto.FLOAT, [2, "n", 4]),
+                helper.make_tensor_value_info("labels", TensorProto.INT64, [2, "n"]),
+                helper.make_tensor_value_info("scores", TensorProto.FLOAT, [2, "n"]),
+            ],
+            "3 output(s): boxes FLOAT [2, ?, 4], labels INT64 [2, ?], scores FLOAT [2, ?]",
+        ),
+    ],
+)
+def test_a_torchvision_export_returning_other_outputs_is_refused(
+    inputs: list, outputs: list, listed: str, tmp_path: Path
+) -> None:
+    from loaders.onnx_import import adapt_onnx_file
+
+    path = tmp_path / "det.onnx"
+    onnx.save(torchvision_graph(inputs, outputs), str(path))
+    with pytest.raises(LoaderError) as err:
+        adapt_onnx_file(path, torchvision_spec(64))
+    message = str(err.value)
+    assert "returns three outputs, boxes [n, 4] (float), labels [n] (int64) and scores [n] (float)" in message
+    assert f"this graph returns {listed}." in message
+    assert "output_names=['boxes', 'labels', 'scores']" in message
+    assert all(s in message for s in INSTEAD)
+
+
+def test_a_torchvision_export_with_an_operator_onnx2torch_lacks_is_refused_by_name(tmp_path: Path) -> None:
+    from loaders.onnx_import import adapt_onnx_file
+
+    # The scores from Det (no onnx2torch converter) of the image's three 64 x 64 planes.
+    det = helper.make_node("Det", ["image"], ["scores"], name="determinant")
+    model = torchvision_graph([image_info("image", [3, 64, 64])], TORCHVISION_OUTPUTS, [det])
+    path = tmp_path / "det.onnx"
+    onnx.save(model, str(path))
+    with pytest.raises(LoaderError) as err:
+        adapt_onnx_file(path, torchvision_spec(64))
+    message = str(err.value)
+    assert "this ONNX export of a torchvision-style detector cannot be served soundly" in message
+    assert re.search(
+        r"onnx2torch \S+ has no converter for Det \(ai\.onnx, opset 17\): 1 node\(s\) determinant", message
+    )
+    assert all(s in message for s in INSTEAD)
