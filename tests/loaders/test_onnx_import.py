@@ -618,6 +618,17 @@ TORCHVISION_OUTPUTS = [
 INSTEAD = ("torch.jit.script(model).save('det.pt')", "--adapter torchvision", "--adapter yolo")
 
 
+def refusal_of(graph: onnx.ModelProto, tmp_path: Path) -> str:
+    """The message `--adapter torchvision` refuses `graph` with (64-px tiles)."""
+    from loaders.onnx_import import adapt_onnx_file
+
+    path = tmp_path / "det.onnx"
+    onnx.save(graph, str(path))
+    with pytest.raises(LoaderError) as err:
+        adapt_onnx_file(path, torchvision_spec(64))
+    return str(err.value)
+
+
 @pytest.mark.parametrize(
     ("inputs", "outputs", "named"),
     [
@@ -636,13 +647,7 @@ INSTEAD = ("torch.jit.script(model).save('det.pt')", "--adapter torchvision", "-
 def test_a_torchvision_export_taking_another_input_is_refused(
     inputs: list, outputs: list, named: str, tmp_path: Path
 ) -> None:
-    from loaders.onnx_import import adapt_onnx_file
-
-    path = tmp_path / "det.onnx"
-    onnx.save(torchvision_graph(inputs, outputs), str(path))
-    with pytest.raises(LoaderError) as err:
-        adapt_onnx_file(path, torchvision_spec(64))
-    message = str(err.value)
+    message = refusal_of(torchvision_graph(inputs, outputs), tmp_path)
     assert "takes one float image [3, H, W] or a batch of one [1, 3, H, W]" in message
     assert f"this graph takes {named}." in message
     assert "torch.onnx.export(model, ([torch.rand(3, 64, 64)],), 'det.onnx'" in message
@@ -689,13 +694,7 @@ def test_a_torchvision_export_taking_another_input_is_refused(
 def test_a_torchvision_export_returning_other_outputs_is_refused(
     inputs: list, outputs: list, listed: str, tmp_path: Path
 ) -> None:
-    from loaders.onnx_import import adapt_onnx_file
-
-    path = tmp_path / "det.onnx"
-    onnx.save(torchvision_graph(inputs, outputs), str(path))
-    with pytest.raises(LoaderError) as err:
-        adapt_onnx_file(path, torchvision_spec(64))
-    message = str(err.value)
+    message = refusal_of(torchvision_graph(inputs, outputs), tmp_path)
     assert "returns three outputs, boxes [n, 4] (float), labels [n] (int64) and scores [n] (float)" in message
     assert f"this graph returns {listed}." in message
     assert "output_names=['boxes', 'labels', 'scores']" in message
