@@ -317,10 +317,7 @@ def _torchvision_tiles(meta: ModelMetadata, samples: np.ndarray | None) -> np.nd
 def _run_onnx_images(onnx_blob: bytes, images: Tensor, batched: bool) -> list[list[np.ndarray]]:
     """ONNX Runtime (CPU) on each [C, H, W] image alone (as a batch of one [1, C, H, W] when
     `batched`): every output of the graph."""
-    ort = _import("onnxruntime")
-    options = ort.SessionOptions()
-    options.log_severity_level = 3
-    session = ort.InferenceSession(onnx_blob, options, providers=["CPUExecutionProvider"])
+    session = _ort_session(onnx_blob)
     name = session.get_inputs()[0].name
     return [session.run(None, {name: image.numpy()[None] if batched else image.numpy()}) for image in images]
 
@@ -650,13 +647,18 @@ def check_parity(scripted_blob: bytes, onnx_blob: bytes, tiles: np.ndarray, tole
     return compare_rows(want, got, tolerance)
 
 
-def _run_onnx(onnx_blob: bytes, tiles: np.ndarray) -> np.ndarray:
-    """ONNX Runtime (CPU) on `tiles`, cast to the graph's input type; one tile at a time when the
-    graph's batch is fixed."""
+def _ort_session(onnx_blob: bytes) -> Any:
+    """An ONNX Runtime session on the CPU, its warnings silenced (the parity check reports)."""
     ort = _import("onnxruntime")
     options = ort.SessionOptions()
     options.log_severity_level = 3
-    session = ort.InferenceSession(onnx_blob, options, providers=["CPUExecutionProvider"])
+    return ort.InferenceSession(onnx_blob, options, providers=["CPUExecutionProvider"])
+
+
+def _run_onnx(onnx_blob: bytes, tiles: np.ndarray) -> np.ndarray:
+    """ONNX Runtime (CPU) on `tiles`, cast to the graph's input type; one tile at a time when the
+    graph's batch is fixed."""
+    session = _ort_session(onnx_blob)
     inp = session.get_inputs()[0]
     x = tiles.astype(np.dtype(_ORT_TYPES.get(inp.type, "float32")))
     steps = [x] if not isinstance(inp.shape[0], int) else [x[i : i + 1] for i in range(len(x))]

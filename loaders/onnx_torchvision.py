@@ -36,6 +36,13 @@ import torch
 from torch import Tensor, nn
 
 from loaders import LoaderError, detops
+from loaders.onnx_import import (
+    TORCHVISION_ONNX_INSTEAD,
+    TORCHVISION_ONNX_REFUSED,
+    _dims,
+    _import,
+    _shape_text,
+)
 
 # The outputs of torchvision's export, by the names it gives them or, failing that, by type.
 OUTPUTS = ("boxes", "scores", "labels")
@@ -138,7 +145,7 @@ class Interface:
         if any(p.ndim == 0 or p.shape[0] != 1 for p in picked):
             raise LoaderError(
                 f"{what}: given a batch of one image, ONNX Runtime returns outputs of shapes "
-                f"{[list(p.shape) for p in picked]}, not a batch of one; {_instead()}"
+                f"{[list(p.shape) for p in picked]}, not a batch of one; {TORCHVISION_ONNX_INSTEAD}"
             )
         return tuple(p[0] for p in picked)
 
@@ -186,7 +193,7 @@ def check_interface(proto: Any, channels: int, tile: int, what: str) -> Interfac
     out, or, after a batch of one in, all three with a leading batch dimension of 1 ([1, n, 4],
     [1, n]). The outputs are told apart by name when they are torchvision's, else by type and
     rank. LoaderError, saying what is accepted and what to load instead, for anything else."""
-    onnx = _onnx()
+    onnx = _import("onnx")
     initializers = {i.name for i in proto.graph.initializer}
     inputs = [i for i in proto.graph.input if i.name not in initializers]
     outputs = list(proto.graph.output)
@@ -208,7 +215,7 @@ def check_interface(proto: Any, channels: int, tile: int, what: str) -> Interfac
             f"channels); this graph takes {_inputs_text(inputs)}. Re-export it as torchvision's "
             f"detectors export, with one image as the example input (torch.onnx.export(model, "
             f"([torch.rand({channels}, {tile}, {tile})],), 'det.onnx', input_names=['image'], "
-            f"output_names=['boxes', 'labels', 'scores'])), or {_instead()}"
+            f"output_names=['boxes', 'labels', 'scores'])), or {TORCHVISION_ONNX_INSTEAD}"
         )
     offsets = (0, 1) if batched else (0,)
     names = [o.name for o in outputs]
@@ -252,7 +259,7 @@ def _interface(
 
 
 def _outputs_refused(outputs: list[Any], batched: bool, what: str) -> LoaderError:
-    onnx = _onnx()
+    onnx = _import("onnx")
     listed = ", ".join(
         f"{o.name} {onnx.TensorProto.DataType.Name(o.type.tensor_type.elem_type)} {_shape_text(_dims(o))}"
         for o in outputs
@@ -263,38 +270,14 @@ def _outputs_refused(outputs: list[Any], batched: bool, what: str) -> LoaderErro
         f"labels [n] (int64) and scores [n] (float){also}, named so or told apart by type and rank; "
         f"this graph returns {len(outputs)} output(s): {listed or 'none'}. Re-export it returning "
         "one image's boxes, labels and scores (output_names=['boxes', 'labels', 'scores']), or "
-        f"{_instead()}"
+        f"{TORCHVISION_ONNX_INSTEAD}"
     )
-
-
-def _instead() -> str:
-    from loaders.onnx_import import TORCHVISION_ONNX_INSTEAD
-
-    return TORCHVISION_ONNX_INSTEAD
 
 
 def _rank(value_info: Any) -> int | None:
     """A graph value's rank; None when the graph does not declare its shape."""
     tensor_type = value_info.type.tensor_type
     return len(tensor_type.shape.dim) if tensor_type.HasField("shape") else None
-
-
-def _onnx() -> Any:
-    from loaders.onnx_import import _import
-
-    return _import("onnx")
-
-
-def _dims(value_info: Any) -> list[int | None]:
-    from loaders.onnx_import import _dims as dims
-
-    return dims(value_info)
-
-
-def _shape_text(dims: list[int | None]) -> str:
-    from loaders.onnx_import import _shape_text as text
-
-    return text(dims)
 
 
 def _inputs_text(inputs: list[Any]) -> str:
@@ -376,8 +359,6 @@ def compare(
     """Detections (boxes, scores, labels) per image, in the order each side returns them (both
     sort by score with ties in index order); a different number of detections on any image is a
     frozen trace and refuses the file."""
-    from loaders.onnx_import import TORCHVISION_ONNX_REFUSED
-
     box = score = label = 0.0
     mismatches = rows = 0
     for i, ((wb, ws, wl), (gb, gs, gl)) in enumerate(zip(want, got, strict=True)):
